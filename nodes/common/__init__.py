@@ -1,0 +1,1 @@
+"""Pieces shared by every stage: naming, records passed between nodes."""

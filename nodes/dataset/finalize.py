@@ -1,0 +1,167 @@
+"""Finalize a dataset: re-decide every image against the final score population, move files
+between ``images/`` and ``rejected/``, add an optional train/val/test split, write the report.
+
+Crash-safe order per re-decided image: move the file, then append its ``redecide`` manifest line;
+``reconcile`` recognises a moved file without its line (``recovered``), so re-running finalize
+after an interruption completes the job. At the end the manifest is compacted atomically (old
+one kept as ``manifest.jsonl.bak-<time>``) and ``images/metadata.jsonl`` is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import embeddings, manifest, metadata, report
+from .fsio import fsync_dir, move_unique
+from .layout import IMAGES, ORPHANS, REJECTED, REPORT, DatasetError, now_iso, open_dataset
+from .lock import DatasetLock
+from .reconcile import ReconcileReport, reconcile
+
+# decide_fn(records) -> one (accepted, threshold, reason, provisional) per record, same order.
+DecideFn = Callable[[list[dict]], Sequence[tuple]]
+PlotFn = Callable[[list[dict], Path], object]
+
+
+@dataclass
+class Report:
+    per_class: dict[str, dict]
+    moved: dict[str, int] = field(default_factory=lambda: {"to_accepted": 0, "to_rejected": 0})
+    split: dict[str, int] = field(default_factory=dict)
+    report_json: Path | None = None
+    contact_sheets: dict[str, Path] = field(default_factory=dict)
+    plot: Path | None = None
+    reconciled: ReconcileReport | None = None
+
+    @property
+    def table(self) -> str:
+        return report.table(self.per_class)
+
+
+def parse_split(split) -> dict[str, float]:
+    """``(0.8, 0.1, 0.1)``, ``"0.8,0.1,0.1"`` or ``{"train": 0.8, "val": 0.1, "test": 0.1}`` -> checked dict."""
+    if split is None:
+        return {}
+    if isinstance(split, str):
+        try:
+            split = [float(x) for x in split.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"split {split!r}: expected comma-separated fractions like 0.8,0.1,0.1") from None
+    if isinstance(split, dict):
+        fractions = {str(k): float(v) for k, v in split.items()}
+    else:
+        values = [float(v) for v in split]
+        if not 1 <= len(values) <= 3:
+            raise ValueError(f"split {split!r}: give 1 to 3 fractions (train, val, test)")
+        fractions = dict(zip(("train", "val", "test"), values))
+    for name, frac in fractions.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+            raise ValueError(f"split name {name!r}: use 1-32 ASCII letters, digits, '_' or '-'")
+        if not 0 <= frac <= 1:
+            raise ValueError(f"split fraction {name}={frac}: must be within 0..1")
+    if abs(sum(fractions.values()) - 1) > 1e-6:
+        raise ValueError(f"split {fractions}: fractions must sum to 1, not {sum(fractions.values()):.6f}")
+    return fractions
+
+
+def split_of(item_id: str, fractions: dict[str, float]) -> str:
+    """Deterministic split from the item id hash: stable across runs, machines and re-decisions."""
+    u = int(hashlib.sha256(item_id.encode()).hexdigest()[:12], 16) / 16**12
+    acc = 0.0
+    for name, frac in fractions.items():
+        acc += frac
+        if u < acc:
+            return name
+    return name  # rounding: the last split
+
+
+def _with_embeddings(dataset_dir, records: list[dict]) -> list[dict]:
+    vectors = embeddings.load(dataset_dir, {r["id"] for r in records})
+    return [dict(r, embedding=vectors.get(r["id"])) for r in records]
+
+
+def _move(dataset_dir: Path, rec: dict, accepted: bool) -> str:
+    tree = IMAGES if accepted else REJECTED
+    _, folder, name = rec["file"].split("/", 2)
+    src, dest = dataset_dir / rec["file"], dataset_dir / tree / folder / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():  # not ours (reconcile would have recorded it): keep it aside, never overwrite
+        move_unique(dest, dataset_dir / ORPHANS / tree / folder)
+    os.replace(src, dest)
+    fsync_dir(dest.parent)
+    return f"{tree}/{folder}/{name}"
+
+
+def _redecide(dataset_dir: Path, records: list[dict], decide_fn: DecideFn, result: Report) -> list[dict]:
+    decisions = list(decide_fn(_with_embeddings(dataset_dir, records)))
+    if len(decisions) != len(records):
+        raise ValueError(f"decide_fn returned {len(decisions)} decisions for {len(records)} records")
+    out, pending = [], []
+    for rec, decision in zip(records, decisions):
+        accepted, threshold, reason, provisional = decision
+        new = dict(rec, decision="accepted" if accepted else "rejected", reason=str(reason),
+                   threshold=None if threshold is None else float(threshold), provisional=bool(provisional),
+                   event="redecide", time=now_iso())
+        if new["decision"] != rec["decision"]:
+            try:
+                new["file"] = _move(dataset_dir, rec, bool(accepted))
+            except OSError as e:
+                raise DatasetError(dataset_dir / rec["file"], f"could not move image ({e.strerror or e}); "
+                                   "run finalize again to complete it") from e
+            manifest.append(dataset_dir, [new])  # one durable line per move
+            result.moved["to_accepted" if accepted else "to_rejected"] += 1
+        elif (new["reason"], new["threshold"], new["provisional"]) != (rec.get("reason"), rec.get("threshold"),
+                                                                        rec.get("provisional")):
+            pending.append(new)
+        else:
+            new = rec
+        out.append(new)
+    if pending:
+        manifest.append(dataset_dir, pending)
+    return out
+
+
+def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn: PlotFn | None = None,
+             contact_sheet_max: int = 24, echo: bool = True) -> Report:
+    """Re-decide (optional), split (optional), report. Files go to ``<dataset>/report/``."""
+    dataset_dir = Path(dataset_dir)
+    fractions = parse_split(split)
+    open_dataset(dataset_dir, create=False)
+    with DatasetLock(dataset_dir):
+        result = Report(per_class={}, reconciled=reconcile(dataset_dir))
+        records = list(manifest.live(manifest.read(dataset_dir).records).values())
+        if decide_fn is not None and records:
+            records = _redecide(dataset_dir, records, decide_fn, result)
+        if fractions:
+            records = [dict(r, split=split_of(r["id"], fractions)) for r in records]
+            for r in records:
+                if r["decision"] == "accepted":
+                    result.split[r["split"]] = result.split.get(r["split"], 0) + 1
+        if decide_fn is not None or fractions:
+            manifest.rewrite(dataset_dir, records)
+            metadata.regenerate(dataset_dir, records)
+
+    out = dataset_dir / REPORT
+    out.mkdir(exist_ok=True)
+    result.per_class = report.class_counts(records)
+    for label in result.per_class:
+        folder = next(r["label_dir"] for r in records if r["label"] == label)
+        result.contact_sheets[label] = report.contact_sheet(
+            dataset_dir, label, records, out / f"contact_{folder}.png", contact_sheet_max)
+    if plot_fn is not None:
+        result.plot = out / "histogram.png"
+        plot_fn(records, result.plot)
+    result.report_json = out / "report.json"
+    report.write_json(result.report_json, {
+        "dataset": dataset_dir.name, "finalized": now_iso(), "per_class": result.per_class,
+        "moved": result.moved, "split": {"fractions": fractions, "accepted_counts": result.split},
+        "redecided": decide_fn is not None,
+        "contact_sheets": {k: v.name for k, v in result.contact_sheets.items()},
+        "plot": result.plot.name if result.plot else None,
+    })
+    if echo:
+        print(result.table)
+    return result

@@ -1,0 +1,64 @@
+"""Read-only views of a dataset for the filter: past scores, past embeddings, a cache fingerprint.
+
+Safe to call while a writer is appending (a partial last manifest line is skipped). ``which``
+selects records by decision: ``"all"``, ``"accepted"`` or ``"rejected"``. Keys are the original
+class labels (``ScoredItem.label``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import embeddings, manifest
+from .layout import EMBEDDINGS, MANIFEST
+
+_WHICH = {"all": ("accepted", "rejected"), "accepted": ("accepted",), "rejected": ("rejected",)}
+
+
+def live_records(dataset_dir, which: str = "all") -> list[dict]:
+    if which not in _WHICH:
+        raise ValueError(f"which={which!r}: choose one of {sorted(_WHICH)}")
+    keep = _WHICH[which]
+    return [r for r in manifest.live(manifest.read(dataset_dir).records).values() if r["decision"] in keep]
+
+
+def load_history(dataset_dir, which: str = "all") -> dict[str, np.ndarray]:
+    """{label: float32 array of scores} of stored items (unscored items are left out)."""
+    out: dict[str, list] = {}
+    for rec in live_records(dataset_dir, which):
+        if rec.get("score") is not None:
+            out.setdefault(rec["label"], []).append(rec["score"])
+    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def load_history_embeddings(dataset_dir, which: str = "accepted") -> dict[str, np.ndarray]:
+    """{label: float32 [n, D]} embeddings of stored items, in manifest order.
+
+    Default ``accepted``: what a near-duplicate check compares new images against. Items stored
+    with different embedding sizes (model changed) are grouped by the most common size per label.
+    """
+    recs = [r for r in live_records(dataset_dir, which) if r.get("embedding_dim")]
+    vectors = embeddings.load(dataset_dir, {r["id"] for r in recs})
+    grouped: dict[str, list] = {}
+    for rec in recs:
+        if rec["id"] in vectors:
+            grouped.setdefault(rec["label"], []).append(vectors[rec["id"]])
+    out = {}
+    for label, vecs in grouped.items():
+        dims = [v.shape[0] for v in vecs]
+        dim = max(set(dims), key=dims.count)
+        out[label] = np.stack([v for v in vecs if v.shape[0] == dim]).astype(np.float32)
+    return out
+
+
+def history_fingerprint(dataset_dir) -> str:
+    """Cheap change marker (size + mtime of the manifest and embedding stores) for IS_CHANGED."""
+    parts = []
+    for path in [Path(dataset_dir) / MANIFEST, *sorted((Path(dataset_dir) / EMBEDDINGS).glob("*.bin"))]:
+        try:
+            st = path.stat()
+            parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
+        except FileNotFoundError:
+            parts.append(f"{path.name}:-")
+    return "|".join(parts)

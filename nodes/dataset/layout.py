@@ -1,0 +1,96 @@
+"""Folder layout of a DTGen dataset and its ``dataset.json`` marker (see docs/dataset-format.md)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .fsio import is_temp, write_bytes_atomic
+from .lock import LOCK_NAME, DatasetLock
+
+FORMAT = "dtgen-dataset"
+FORMAT_VERSION = 1
+
+MARKER = "dataset.json"
+MANIFEST = "manifest.jsonl"
+IMAGES = "images"          # the ImageFolder / `datasets` imagefolder root: accepted images only
+REJECTED = "rejected"
+EMBEDDINGS = "embeddings"
+ORPHANS = "orphans"
+REPORT = "report"
+METADATA = "metadata.jsonl"  # inside IMAGES, for `datasets`
+
+IMAGE_EXTS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
+
+
+class DatasetError(RuntimeError):
+    """A dataset folder cannot be used as asked; ``path`` names the file or folder."""
+
+    def __init__(self, path, problem: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {problem}")
+
+
+class DatasetFormatError(DatasetError):
+    """The folder is not a DTGen dataset (or one of a newer format)."""
+
+
+class DatasetWriteError(DatasetError):
+    """Writing failed (disk full, permission denied ...); the dataset stays consistent."""
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def read_marker(dataset_dir: Path) -> dict:
+    path = Path(dataset_dir) / MARKER
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetFormatError(dataset_dir, f"not a DTGen dataset: {MARKER} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetFormatError(path, f"unreadable dataset marker ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise DatasetFormatError(path, f"not a DTGen dataset marker (format must be {FORMAT!r})")
+    if not isinstance(info.get("format_version"), int) or info["format_version"] > FORMAT_VERSION:
+        raise DatasetFormatError(
+            path, f"format_version {info.get('format_version')!r} is not supported (this DTGen reads <= {FORMAT_VERSION})"
+        )
+    return info
+
+
+def _foreign_entries(dataset_dir: Path) -> list[str]:
+    return sorted(p.name for p in dataset_dir.iterdir() if p.name != LOCK_NAME and not is_temp(p))
+
+
+def open_dataset(dataset_dir, create: bool = True) -> dict:
+    """Return the marker of ``dataset_dir``, creating an empty dataset there if allowed.
+
+    A non-empty folder without our marker is refused untouched (it may hold someone's files).
+    """
+    dataset_dir = Path(dataset_dir)
+    if (dataset_dir / MARKER).exists():
+        return read_marker(dataset_dir)
+    if not create:
+        raise DatasetFormatError(dataset_dir, f"not a DTGen dataset: {MARKER} is missing")
+    if dataset_dir.exists():
+        if not dataset_dir.is_dir():
+            raise DatasetFormatError(dataset_dir, "exists and is not a folder")
+        foreign = _foreign_entries(dataset_dir)
+        if foreign:
+            raise DatasetFormatError(
+                dataset_dir,
+                f"folder is not empty and has no {MARKER}, so it was not written by DTGen "
+                f"(found {foreign[:5]}); choose another dataset name. Nothing was changed.",
+            )
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    with DatasetLock(dataset_dir):
+        if (dataset_dir / MARKER).exists():  # another process created it meanwhile
+            return read_marker(dataset_dir)
+        foreign = _foreign_entries(dataset_dir)
+        if foreign:
+            raise DatasetFormatError(dataset_dir, f"files appeared while creating the dataset: {foreign[:5]}")
+        info = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now_iso(), "name": dataset_dir.name}
+        write_bytes_atomic(dataset_dir / MARKER, (json.dumps(info, indent=2) + "\n").encode())
+    return info

@@ -1,0 +1,213 @@
+"""V3 adapters: ``DTGenDatasetWriter`` and ``DTGenDatasetFinalize`` (ComfyUI only).
+
+The writer stores what the filter decided (or plain images + labels) crash-safely under ComfyUI's
+output folder; the logic is in writer.py, finalize.py, provenance.py and friends.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..common.comfy_types import ScoredBatchType
+from ..common.items import items_from_lists
+from ..common.lists import as_list, first
+from ..common.naming import category, node_id
+from ..common.records import ScoredBatch
+
+FORMATS = ("png", "jpeg", "webp")
+METHOD_NAMES = ("mean_std", "median_mad", "percentile", "fixed", "gmm")
+
+
+def dataset_dir(name: str):
+    from .paths import safe_dataset_dir
+
+    return safe_dataset_dir(folder_paths.get_output_directory(), name)
+
+
+def _hash_cache():
+    from .provenance import HashCache
+
+    return HashCache(os.path.join(folder_paths.get_user_directory(), "dtgen", "model_hashes.json"))
+
+
+def _resolve(folder: str, name: str):
+    try:
+        return folder_paths.get_full_path(folder, name)
+    except KeyError:  # folder not registered in this ComfyUI
+        return None
+
+
+class DTGenDatasetWriter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("DatasetWriter"),
+            display_name="DTGen Dataset Writer",
+            category=category("dataset"),
+            description=(
+                "Writes a labelled dataset under ComfyUI's output folder, crash-safely: accepted images in "
+                "<dataset>/images/<label>/ (loads with torchvision ImageFolder and datasets 'imagefolder'), "
+                "rejected ones in <dataset>/rejected/<label>/, one manifest line per image with prompt, seed, "
+                "score, threshold, decision, models and sampler settings. Rerunning an item never duplicates it."),
+            is_input_list=True,
+            is_output_node=True,
+            inputs=[
+                io.String.Input("dataset_name", default="dtgen_dataset",
+                                tooltip="Dataset folder under ComfyUI's output directory (letters, digits, . _ -; "
+                                        "'/' for sub-folders)."),
+                ScoredBatchType.Input("scored", optional=True,
+                                      tooltip="Scored batch from DTGen CLIP Filter (images, decisions, scores)."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Plain images, for graphs without a filter (all stored as accepted)."),
+                io.String.Input("label", force_input=True, optional=True,
+                                tooltip="Class label per plain image (from DTGen Prompt Sampler)."),
+                io.String.Input("positive", force_input=True, optional=True, tooltip="Prompt per plain image."),
+                io.String.Input("negative", force_input=True, optional=True, tooltip="Negative prompt per plain image."),
+                io.String.Input("metadata", force_input=True, optional=True,
+                                tooltip="Metadata JSON per plain image (from DTGen Prompt Sampler)."),
+                io.Int.Input("seed", force_input=True, optional=True, tooltip="Image seed per plain image."),
+                io.Combo.Input("image_format", options=list(FORMATS), default="png", optional=True,
+                               tooltip="File format. PNG carries the prompt and workflow in text chunks like SaveImage."),
+                io.Int.Input("quality", default=95, min=1, max=100, optional=True,
+                             tooltip="JPEG/WebP quality (1-100); ignored for PNG."),
+                io.Int.Input("quota_per_class", default=0, min=0, max=10_000_000, optional=True,
+                             tooltip="Target accepted images per class; accepted images past it are not stored. "
+                                     "0 = no quota."),
+            ],
+            outputs=[
+                io.String.Output("dataset_path", tooltip="Absolute path of the dataset folder."),
+                io.String.Output("status", tooltip="Per-class counts as JSON: accepted, rejected, target, missing."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, dataset_name) -> bool | str:
+        from .paths import DatasetPathError
+
+        try:
+            dataset_dir(first(dataset_name))
+        except DatasetPathError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, dataset_name, scored=None, images=None, label=None, positive=None, negative=None,
+                metadata=None, seed=None, image_format=None, quality=None, quota_per_class=None) -> io.NodeOutput:
+        from .provenance import model_files, sampler_settings
+        from .writer import DatasetWriter
+
+        items = []
+        for batch in as_list(scored):
+            items.extend(batch.items if isinstance(batch, ScoredBatch) else [])
+        if as_list(images):
+            items.extend(items_from_lists(as_list(images), as_list(positive), as_list(label),
+                                          as_list(metadata), as_list(negative), as_list(seed)))
+        if not items:
+            raise ValueError("DTGen Dataset Writer: nothing to write; connect 'scored' (from DTGen CLIP "
+                             "Filter) or 'images' + 'label'")
+        prompt = cls.hidden.prompt if cls.hidden is not None else None
+        png_text = {}
+        if prompt is not None:
+            png_text["prompt"] = json.dumps(prompt)
+        extra = cls.hidden.extra_pnginfo if cls.hidden is not None else None
+        if isinstance(extra, dict):
+            png_text.update({k: json.dumps(v) for k, v in extra.items()})
+
+        path = dataset_dir(first(dataset_name))
+        quota = first(quota_per_class, 0) or 0
+        labels = sorted({it.label for it in items})
+        quotas = {lab: quota for lab in labels} if quota > 0 else None
+        with DatasetWriter(path, image_format=first(image_format, "png"), quality=first(quality, 95),
+                           quotas=quotas) as writer:
+            writer.write(items, models=model_files(prompt, _resolve, _hash_cache()),
+                         sampler_settings=sampler_settings(prompt), png_text=png_text or None)
+            status = writer.status()
+        text = json.dumps(status, sort_keys=True)
+        summary = "\n".join(f"{lab}: {s['accepted']} accepted, {s['rejected']} rejected"
+                            + (f", {s['missing']} missing" if s.get("missing") is not None else "")
+                            for lab, s in status.items())
+        return io.NodeOutput(str(path), text, ui=ui.PreviewText(f"{path}\n{summary}"))
+
+
+class DTGenDatasetFinalize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("DatasetFinalize"),
+            display_name="DTGen Dataset Finalize",
+            category=category("dataset"),
+            description=(
+                "Re-decides every stored image with the final population's per-class thresholds (moving files "
+                "between images/ and rejected/ and updating the manifest atomically), adds an optional "
+                "deterministic train/val/test split, and writes report/ (counts, histograms, contact sheets)."),
+            is_output_node=True,
+            inputs=[
+                io.String.Input("dataset_name", default="dtgen_dataset",
+                                tooltip="Dataset folder under ComfyUI's output directory."),
+                io.Boolean.Input("redecide", default=True,
+                                 tooltip="Re-apply the threshold to all stored scores (no re-encoding)."),
+                io.Combo.Input("method", options=list(METHOD_NAMES), default="mean_std",
+                               tooltip="Per-class threshold method used to re-decide."),
+                io.Float.Input("k", default=1.5, min=0.0, max=10.0, step=0.05, tooltip="k for mean_std / median_mad."),
+                io.Float.Input("keep_percent", default=90.0, min=0.0, max=100.0, step=1.0,
+                               tooltip="percentile method: percent of each class to keep."),
+                io.Float.Input("fixed_threshold", default=0.25, min=-1.0, max=1.0, step=0.005,
+                               tooltip="fixed method: cosine similarity an image must reach."),
+                io.Int.Input("min_count", default=8, min=1, max=100000,
+                             tooltip="Classes with fewer scores are decided but marked provisional."),
+                io.String.Input("split", default="", optional=True,
+                                tooltip="Optional train,val,test fractions, e.g. 0.8,0.1,0.1 (by hash of the image id: "
+                                        "stable across reruns). Empty = no split."),
+            ],
+            outputs=[
+                io.String.Output("report", tooltip="Report as JSON: per-class counts and acceptance rate, moves, split."),
+                io.Image.Output("plot", tooltip="Per-class score histograms with thresholds."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, dataset_name, split="") -> bool | str:
+        from .finalize import parse_split
+        from .paths import DatasetPathError
+
+        try:
+            path = dataset_dir(dataset_name)
+            if split and split.strip():
+                parse_split(split)
+        except (DatasetPathError, ValueError) as exc:
+            return str(exc)
+        if not path.is_dir():
+            return f"no dataset {dataset_name!r} at {path}"
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, dataset_name, **_) -> str:
+        from .history import history_fingerprint
+
+        return history_fingerprint(dataset_dir(dataset_name))
+
+    @classmethod
+    def execute(cls, dataset_name, redecide, method, k, keep_percent, fixed_threshold, min_count,
+                split="") -> io.NodeOutput:
+        import numpy as np
+        import torch
+
+        from PIL import Image
+
+        from ..filtering.offline import decide_fn_for, histogram_image, method_from
+        from .finalize import finalize
+
+        path = dataset_dir(dataset_name)
+        decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count) if redecide else None
+        report = finalize(path, decide_fn=decide_fn, split=split.strip() or None, plot_fn=histogram_image, echo=False)
+        data = json.loads(report.report_json.read_text())
+        plot = np.asarray(Image.open(report.plot).convert("RGB"), dtype=np.float32)
+        image = torch.from_numpy(plot / 255.0)[None]
+        return io.NodeOutput(json.dumps(data, sort_keys=True), image,
+                             ui=ui.PreviewImage(image, cls=cls))
+
+
+NODES = [DTGenDatasetWriter, DTGenDatasetFinalize]

@@ -1,0 +1,92 @@
+"""Safe names for dataset folders, labels and files: nothing may leave the output directory.
+
+A name is NFKC-normalised (so full-width look-alikes become ASCII), then must be plain ASCII
+``[A-Za-z0-9._-]``, must not start with a dot, end with a dot, or be a Windows device name
+(``CON``, ``NUL.txt``, ``COM1`` ...). Dataset names may be nested with ``/``; labels may not.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+_ALLOWED = re.compile(r"^[A-Za-z0-9._-]+$")
+_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
+MAX_PART = 100
+
+
+class DatasetPathError(ValueError):
+    """A dataset name, label or file name that is unsafe; ``field`` and ``value`` say which."""
+
+    def __init__(self, field: str, value, problem: str):
+        self.field, self.value = field, value
+        super().__init__(f"{field} {value!r}: {problem}")
+
+
+def _check_part(part: str, field: str, original) -> str:
+    if not part:
+        raise DatasetPathError(field, original, "empty name (or empty path segment)")
+    if part in (".", ".."):
+        raise DatasetPathError(field, original, "'.' and '..' are not allowed")
+    if part.startswith("."):
+        raise DatasetPathError(field, original, "must not start with '.' (hidden / reserved for DTGen files)")
+    if part.endswith("."):
+        raise DatasetPathError(field, original, "must not end with '.' (Windows drops it)")
+    if not _ALLOWED.match(part):
+        bad = sorted({c for c in part if not re.match(r"[A-Za-z0-9._-]", c)})
+        raise DatasetPathError(field, original, f"only ASCII letters, digits, '.', '_' and '-' are allowed; found {bad}")
+    if part.split(".")[0].upper() in _RESERVED:
+        raise DatasetPathError(field, original, "is a reserved Windows device name")
+    if len(part) > MAX_PART:
+        raise DatasetPathError(field, original, f"longer than {MAX_PART} characters")
+    return part
+
+
+def _normalise(value, field: str) -> str:
+    if not isinstance(value, str):
+        raise DatasetPathError(field, value, "must be a string")
+    return unicodedata.normalize("NFKC", value).strip()
+
+
+def safe_label(label: str) -> str:
+    """Folder name for a class label; whitespace runs become ``_`` (``"tea cup"`` -> ``"tea_cup"``)."""
+    text = re.sub(r"\s+", "_", _normalise(label, "label"))
+    if "/" in text or "\\" in text or ":" in text:
+        raise DatasetPathError("label", label, "must not contain '/', '\\' or ':'")
+    return _check_part(text, "label", label)
+
+
+def check_labels(labels) -> dict[str, str]:
+    """Map every label to its folder name; two labels whose folders differ only by case collide."""
+    folders: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for label in labels:
+        folder = safe_label(label)
+        other = seen.setdefault(folder.lower(), label)
+        if other != label:
+            raise DatasetPathError(
+                "label", label, f"collides with label {other!r}: both become folder {folder!r} (case-insensitive)"
+            )
+        folders[label] = folder
+    return folders
+
+
+def safe_dataset_dir(output_dir, name: str) -> Path:
+    """``output_dir / name`` after checking ``name`` (nested with '/' allowed) stays inside ``output_dir``."""
+    text = _normalise(name, "dataset name")
+    if "\\" in text or ":" in text:
+        raise DatasetPathError("dataset name", name, "must not contain '\\' or ':' (use '/' to nest)")
+    if text.startswith("/"):
+        raise DatasetPathError("dataset name", name, "must be relative, not an absolute path")
+    parts = [_check_part(p, "dataset name", name) for p in text.split("/")]
+    root = Path(output_dir).resolve()
+    target = root.joinpath(*parts)
+    # A symlinked folder inside output_dir could still point outside it.
+    if not target.resolve().is_relative_to(root):
+        raise DatasetPathError("dataset name", name, f"resolves outside the output directory {root}")
+    return target
+
+
+def safe_file_name(name: str) -> str:
+    """Check a single file name (e.g. a caller-supplied item id) the same way."""
+    return _check_part(_normalise(name, "file name"), "file name", name)

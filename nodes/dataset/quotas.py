@@ -1,0 +1,54 @@
+"""Per-class targets: what is missing, which item indices are done, which to generate next."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .history import live_records
+
+
+def counts(dataset_dir) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for rec in live_records(dataset_dir):
+        c = out.setdefault(rec["label"], {"accepted": 0, "rejected": 0})
+        c[rec["decision"]] += 1
+    return out
+
+
+def missing(dataset_dir, targets: dict[str, int]) -> dict[str, int]:
+    """{label: accepted images still needed to reach its target} (0 when full)."""
+    have = counts(dataset_dir)
+    return {label: max(0, int(t) - have.get(label, {}).get("accepted", 0)) for label, t in targets.items()}
+
+
+def done_indices(dataset_dir, pack_hash: str | None = None) -> set[int]:
+    """Sampler indices already stored (accepted or rejected), optionally of one prompt pack only."""
+    return {
+        int(r["index"]) for r in live_records(dataset_dir)
+        if r.get("index") is not None and (pack_hash is None or r.get("pack_hash") == pack_hash)
+    }
+
+
+def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,
+                         targets: dict[str, int] | None = None, pack_hash: str | None = None,
+                         max_scan: int | None = None) -> list[int]:
+    """Up to ``n`` indices from ``start`` on that are not done and whose class still needs images.
+
+    Each picked index counts as one future accepted image of its class, so a class with 3 missing
+    gets at most 3 indices (ask again after filtering: rejected ones leave a gap). Labels absent from
+    ``targets`` have no limit. Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
+    """
+    done = done_indices(dataset_dir, pack_hash)
+    need = dict(missing(dataset_dir, targets)) if targets else {}
+    picked: list[int] = []
+    limit = start + (max_scan if max_scan is not None else 100 * n + 1000)
+    i = start
+    while len(picked) < n and i < limit:
+        if i not in done:
+            label = label_of(i)
+            if label not in need:
+                picked.append(i)
+            elif need[label] > 0:
+                need[label] -= 1
+                picked.append(i)
+        i += 1
+    return picked

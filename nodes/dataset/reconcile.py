@@ -1,0 +1,106 @@
+"""Bring a dataset back to a consistent state after a crash, a kill or an interrupted finalize.
+
+Run under the dataset lock (``DatasetWriter`` does at open, ``finalize`` before and after).
+Afterwards: every live manifest record has its file, every image under ``images/`` and
+``rejected/`` has a record, no temp files remain, ``images/metadata.jsonl`` matches the records.
+Nothing is deleted except our own temp files: bad manifest bytes go to a ``.corrupt-`` side file,
+unrecorded images to ``orphans/``, a rewritten manifest leaves a ``.bak-`` copy.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import embeddings, manifest, metadata
+from .fsio import is_temp, move_unique
+from .layout import IMAGES, ORPHANS, REJECTED
+
+TREES = {IMAGES: "accepted", REJECTED: "rejected"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+@dataclass
+class ReconcileReport:
+    corrupt_lines: int = 0
+    corrupt_file: str | None = None
+    temps_removed: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)      # where unrecorded images were moved
+    dropped: list[str] = field(default_factory=list)      # ids whose file is gone
+    recovered: list[str] = field(default_factory=list)    # ids found in the other tree (interrupted move)
+    backup: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.corrupt_lines or self.temps_removed or self.orphans or self.dropped or self.recovered)
+
+
+def _remove_temps(dataset_dir: Path, report: ReconcileReport) -> None:
+    for root, dirs, files in os.walk(dataset_dir):
+        dirs[:] = [d for d in dirs if d != ORPHANS]
+        for name in files:
+            path = Path(root) / name
+            if is_temp(path):
+                path.unlink()
+                report.temps_removed.append(str(path.relative_to(dataset_dir)))
+
+
+def _image_files(dataset_dir: Path) -> dict[str, Path]:
+    """{relative posix path: path} of images in ``images/<label>/`` and ``rejected/<label>/``."""
+    found = {}
+    for tree in TREES:
+        base = dataset_dir / tree
+        if not base.is_dir():
+            continue
+        for label_dir in base.iterdir():
+            if label_dir.is_dir():
+                for p in label_dir.iterdir():
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                        found[f"{tree}/{label_dir.name}/{p.name}"] = p
+    return found
+
+
+def reconcile(dataset_dir) -> ReconcileReport:
+    dataset_dir = Path(dataset_dir)
+    report = ReconcileReport()
+    _remove_temps(dataset_dir, report)
+    embeddings.truncate_partial(dataset_dir)
+
+    read = manifest.read(dataset_dir)
+    rewrite = False
+    bad = [raw for _, raw in read.bad_lines] + ([read.partial_tail] if read.partial_tail else [])
+    if bad:
+        report.corrupt_lines = len(bad)
+        report.corrupt_file = manifest.save_side_file(dataset_dir, "corrupt", b"\n".join(bad) + b"\n").name
+        if read.bad_lines:
+            rewrite = True
+        else:  # only an interrupted last append: cut it off
+            manifest.rollback(dataset_dir, read.end)
+
+    view = manifest.live(read.records)
+    on_disk = _image_files(dataset_dir)
+    for item_id, rec in list(view.items()):
+        if rec["file"] in on_disk:
+            continue
+        tree, label, name = rec["file"].split("/", 2)
+        other = (REJECTED if tree == IMAGES else IMAGES) + f"/{label}/{name}"
+        if other in on_disk:  # finalize moved the file but died before recording it
+            view[item_id] = dict(rec, file=other, decision=TREES[other.split("/")[0]],
+                                 reason="recovered_interrupted_move", event="recovered")
+            report.recovered.append(item_id)
+        else:
+            del view[item_id]
+            report.dropped.append(item_id)
+        rewrite = True
+
+    recorded = {rec["file"] for rec in view.values()}
+    for rel, path in on_disk.items():
+        if rel not in recorded:
+            dest = move_unique(path, dataset_dir / ORPHANS / Path(rel).parent)
+            report.orphans.append(str(dest.relative_to(dataset_dir)))
+
+    if rewrite:
+        backup = manifest.rewrite(dataset_dir, list(view.values()))
+        report.backup = backup.name if backup else None
+    metadata.regenerate(dataset_dir, view.values())
+    return report

@@ -1,0 +1,291 @@
+"""``DatasetWriter``: stores scored images crash-safely, one durable step at a time.
+
+Per batch, under the dataset lock: each image -> hidden temp file -> fsync -> ``os.replace`` into
+``images/<label>/`` (accepted) or ``rejected/<label>/``; then the batch's embeddings and manifest
+lines are appended and fsynced; then ``images/metadata.jsonl`` rows. A kill at any point leaves at
+worst an image without a line, which ``reconcile`` (run at open) moves to ``orphans/``.
+
+Item identity (dedup key): ``metadata["item_id"]`` if the caller gives one, else
+``pack_hash:index`` from the prompt sampler, else a hash of label + prompt + seed + pixels.
+Writing an id that is already in the dataset is skipped and counted as a duplicate.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..common.records import ScoredItem
+from . import embeddings, manifest, metadata
+from .fsio import fsync_dir, move_unique, write_atomic
+from .layout import IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, now_iso, open_dataset
+from .lock import DatasetLock
+from .paths import DatasetPathError, safe_label
+from .reconcile import ReconcileReport, reconcile
+
+PNG_COMPRESS_LEVEL = 4  # same as ComfyUI SaveImage
+
+
+@dataclass
+class WriteResult:
+    written: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "rejected": 0})
+    skipped_duplicate: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "rejected": 0})
+    skipped_quota: int = 0                            # accepted items of a class already at its target
+    paths: list[Path] = field(default_factory=list)   # files written, in item order
+
+
+def item_key(item: ScoredItem) -> str:
+    meta = item.metadata or {}
+    if meta.get("item_id") is not None:
+        return f"item_id:{meta['item_id']}"
+    if item.index is not None:
+        return f"{meta.get('pack_hash') or ''}:{int(item.index)}"
+    h = hashlib.sha256(f"{item.label}\0{item.prompt}\0{item.seed}".encode())
+    h.update(np.ascontiguousarray(item.image).tobytes())
+    return f"content:{h.hexdigest()}"
+
+
+def item_id(item: ScoredItem) -> str:
+    return hashlib.sha256(item_key(item).encode()).hexdigest()[:16]
+
+
+def to_uint8(image, where: str) -> np.ndarray:
+    """ComfyUI IMAGE row (H x W x C float in [0, 1]) -> uint8, the way SaveImage converts it."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"{where}: image must be H x W x 3 (or 1/4 channels), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(255.0 * arr.astype(np.float32), 0, 255).astype(np.uint8)
+    return arr
+
+
+def encode_image(arr: np.ndarray, fmt: str, quality: int, png_text: dict | None, out) -> None:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    img = Image.fromarray(arr)
+    if fmt == "png":
+        info = None
+        if png_text:
+            info = PngInfo()
+            for key, value in png_text.items():
+                info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+        img.save(out, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+    elif fmt == "jpeg":
+        img.convert("RGB").save(out, format="JPEG", quality=quality)
+    else:
+        img.save(out, format="WEBP", quality=quality)
+
+
+class DatasetWriter:
+    """Context manager: ``with DatasetWriter(dir) as w: w.write(items, models, sampler_settings)``."""
+
+    def __init__(self, dataset_dir, image_format: str = "png", quality: int = 95, quotas: dict | None = None):
+        fmt = str(image_format).lower()
+        if fmt not in IMAGE_EXTS:
+            raise ValueError(f"image_format {image_format!r}: choose one of png, jpeg, webp")
+        if not 1 <= int(quality) <= 100:
+            raise ValueError(f"quality {quality!r}: must be 1..100")
+        self.dir = Path(dataset_dir)
+        self.format = "jpeg" if fmt == "jpg" else fmt
+        self.ext = IMAGE_EXTS[fmt]
+        self.quality = int(quality)
+        self.quotas = {}
+        for label, target in (quotas or {}).items():
+            if target is not None and int(target) < 0:
+                raise ValueError(f"quota for label {label!r}: {target!r} must be >= 0")
+            self.quotas[label] = None if target is None else int(target)
+        self.reconciled: ReconcileReport | None = None
+        self._ids: set[str] = set()
+        self._counts: dict[str, dict[str, int]] = {}
+        self._folders: dict[str, str] = {}     # folder.lower() -> label that owns it
+        self._offset = 0
+        self._inode = None
+        self._current: dict | None = None  # record being placed (names the file in errors)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> DatasetWriter:
+        open_dataset(self.dir)
+        with DatasetLock(self.dir):
+            self.reconciled = reconcile(self.dir)
+            self._reload()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass  # every write is already durable; nothing is buffered
+
+    # -- state from the manifest -----------------------------------------------------------
+    def _manifest_stat(self):
+        try:
+            st = (self.dir / MANIFEST).stat()
+            return st.st_ino, st.st_size
+        except FileNotFoundError:
+            return None, 0
+
+    def _reload(self) -> None:
+        self._ids.clear(), self._counts.clear(), self._folders.clear()
+        self._offset, self._inode = 0, None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Take in lines other writers appended; a rewritten manifest (finalize) means full reload."""
+        inode, size = self._manifest_stat()
+        if self._inode is not None and (inode != self._inode or size < self._offset):
+            self._inode = None
+            return self._reload()
+        read = manifest.read(self.dir, self._offset)
+        view = manifest.live(read.records)
+        for rec in view.values():
+            if rec["id"] in self._ids:  # only happens for redecide lines: recount from scratch
+                self._inode = None
+                return self._reload()
+            self._ids.add(rec["id"])
+            self._count(rec["label"], rec["decision"], 1)
+            self._folders.setdefault(rec["label_dir"].lower(), rec["label"])
+        self._offset, self._inode = read.end, inode
+
+    def _count(self, label: str, decision: str, n: int) -> None:
+        c = self._counts.setdefault(label, {"accepted": 0, "rejected": 0})
+        c[decision] += n
+
+    def _folder(self, label: str) -> str:
+        folder = safe_label(label)
+        owner = self._folders.setdefault(folder.lower(), label)
+        if owner != label:
+            raise DatasetPathError(
+                "label", label, f"collides with label {owner!r} already in {self.dir}: both become folder {folder!r}"
+            )
+        return folder
+
+    # -- public API ------------------------------------------------------------------------
+    def status(self) -> dict[str, dict]:
+        """{label: {accepted, rejected, target, missing}} (target/missing None without a quota)."""
+        self._refresh()
+        out = {}
+        for label in sorted(set(self._counts) | set(self.quotas)):
+            c = self._counts.get(label, {"accepted": 0, "rejected": 0})
+            target = self.quotas.get(label)
+            missing = None if target is None else max(0, target - c["accepted"])
+            out[label] = {"accepted": c["accepted"], "rejected": c["rejected"], "target": target, "missing": missing}
+        return out
+
+    def write(self, items: list[ScoredItem], models: dict | None = None, sampler_settings: dict | None = None,
+              png_text: dict | None = None) -> WriteResult:
+        result = WriteResult()
+        with DatasetLock(self.dir):
+            self._refresh()
+            for item in items:  # label problems are refused before anything is written
+                self._folder(item.label)
+            placed: list[tuple[dict, ScoredItem]] = []
+            error, self._current = None, None
+            try:
+                self._place_all(items, models, sampler_settings, png_text, placed, result)
+            except OSError as e:
+                rec = self._current
+                error = DatasetWriteError(
+                    self.dir / rec["file"],
+                    f"could not write image ({e.strerror or e}); {len(placed)} earlier item(s) of this batch "
+                    "were saved, this one and the rest were not; the dataset is consistent - free space / "
+                    "fix permissions and run again (saved items are skipped as duplicates)",
+                )
+                error.__cause__ = e
+            except BaseException as e:  # bad image, interrupt ...: still record what is on disk
+                error = e
+            if placed:
+                self._commit(placed)
+                for rec, _ in placed:
+                    result.written[rec["decision"]] += 1
+                    result.paths.append(self.dir / rec["file"])
+            if error is not None:
+                raise error
+        return result
+
+    # -- internals -------------------------------------------------------------------------
+    def _place_all(self, items, models, sampler_settings, png_text, placed, result) -> None:
+        batch_ids: set[str] = set()
+        for n, item in enumerate(items):
+            decision = "accepted" if item.accepted else "rejected"
+            rid = item_id(item)
+            if rid in self._ids or rid in batch_ids:
+                result.skipped_duplicate[decision] += 1
+                continue
+            if decision == "accepted" and self._quota_full(item.label, placed):
+                result.skipped_quota += 1
+                continue
+            self._current = rec = self._record(item, rid, decision, models, sampler_settings)
+            self._place(item, rec, png_text, n)
+            batch_ids.add(rid)
+            placed.append((rec, item))
+
+    def _quota_full(self, label: str, placed) -> bool:
+        target = self.quotas.get(label)
+        if target is None:
+            return False
+        have = self._counts.get(label, {}).get("accepted", 0)
+        have += sum(1 for rec, _ in placed if rec["label"] == label and rec["decision"] == "accepted")
+        return have >= target
+
+    def _record(self, item: ScoredItem, rid: str, decision: str, models, sampler_settings) -> dict:
+        folder = self._folder(item.label)
+        name = (f"{int(item.index):06d}_{rid[:8]}" if item.index is not None else f"item_{rid}") + self.ext
+        tree = IMAGES if decision == "accepted" else REJECTED
+        meta = item.metadata or {}
+        emb = None if item.embedding is None else np.asarray(item.embedding, dtype=np.float32).reshape(-1)
+        return {
+            "id": rid, "file": f"{tree}/{folder}/{name}", "label": item.label, "label_dir": folder,
+            "prompt": item.prompt, "negative": item.negative, "seed": item.seed,
+            "index": None if item.index is None else int(item.index),
+            "pack": meta.get("pack"), "pack_hash": meta.get("pack_hash"),
+            "score": None if item.score is None else float(item.score),
+            "threshold": None if item.threshold is None else float(item.threshold),
+            "method": item.method, "decision": decision, "reason": item.reason, "provisional": bool(item.provisional),
+            "models": dict(models or {}), "sampler": dict(sampler_settings or {}),
+            "metadata": meta, "extra": item.extra or {},
+            "embedding_dim": None if emb is None else int(emb.shape[0]),
+            "format": self.format, "time": now_iso(), "event": "write",
+        }
+
+    def _place(self, item: ScoredItem, rec: dict, png_text, n: int) -> None:
+        arr = to_uint8(item.image, f"item {n} (label {item.label!r}, index {item.index})")
+        final = self.dir / rec["file"]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            # Not in the manifest (its id is new): a leftover of a crashed writer. Keep it, never overwrite.
+            move_unique(final, self.dir / ORPHANS / Path(rec["file"]).parent)
+        write_atomic(final, lambda f: encode_image(arr, self.format, self.quality, png_text, f), sync_dir=False)
+
+    def _commit(self, placed) -> None:
+        for folder in {(self.dir / rec["file"]).parent for rec, _ in placed}:
+            fsync_dir(folder)
+        rows = [(rec["id"], item.embedding) for rec, item in placed if item.embedding is not None]
+        records = [rec for rec, _ in placed]
+        emb_sizes = {}
+        try:
+            emb_sizes = embeddings.append(self.dir, rows) if rows else {}
+            manifest.append(self.dir, records)
+        except OSError as e:
+            embeddings.rollback(self.dir, emb_sizes)
+            for rec in records:  # images without lines: park them like reconcile would
+                move_unique(self.dir / rec["file"], self.dir / ORPHANS / Path(rec["file"]).parent)
+            raise DatasetWriteError(
+                self.dir / MANIFEST,
+                f"could not record {len(records)} item(s) ({e.strerror or e}); their images were moved to "
+                f"{ORPHANS}/, the manifest is unchanged - free space and run again",
+            ) from e
+        for rec in records:
+            self._ids.add(rec["id"])
+            self._count(rec["label"], rec["decision"], 1)
+        self._offset, self._inode = self._manifest_stat()[1], self._manifest_stat()[0]
+        try:
+            metadata.append(self.dir, records)
+        except OSError as e:
+            raise DatasetWriteError(
+                self.dir / IMAGES / metadata.METADATA,
+                f"images and manifest were saved but metadata.jsonl could not be appended ({e.strerror or e}); "
+                "it is rebuilt from the manifest when a writer next opens the dataset",
+            ) from e

@@ -1,0 +1,18 @@
+"""The pack's one ``ComfyExtension``: lists the V3 nodes of every stage (ComfyUI only)."""
+from comfy_api.latest import ComfyExtension, io
+
+
+class DTGenExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        nodes: list[type[io.ComfyNode]] = []
+        for stage in _stage_modules():
+            nodes.extend(stage.NODES)
+        return nodes
+
+
+def _stage_modules():
+    from .prompting import node as prompting
+    from .filtering import node as filtering
+    from .dataset import node as dataset
+
+    return [prompting, filtering, dataset]

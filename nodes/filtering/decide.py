@@ -1,0 +1,234 @@
+"""Accept / reject scored items per class: adaptive threshold, class margin, near-duplicates.
+
+One decision routine (``_decide``) serves both a live run (``decide`` on ``ScoredItem``s) and
+stored records (``refilter`` on dicts, no re-encoding), so the dataset's finalize step and an
+offline refilter reproduce exactly what the node did. Checks run in this order and the first
+failure is the reason: ``below_threshold`` -> ``class_margin`` -> ``near_duplicate``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..common.records import ScoredBatch, ScoredItem
+from .errors import ClipFilterError
+from .thresholds import ThresholdMethod, get_method
+
+
+@dataclass
+class RefilterResult:
+    records: list[dict]                       # copies with accepted/reason/threshold/... updated
+    thresholds: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(items: list[ScoredItem], method, history: Optional[dict] = None, min_count: int = 8,
+           margin: Optional[float] = None, near_dup: Optional[float] = None,
+           history_embeddings: Optional[dict] = None,
+           class_orders: Optional[dict] = None) -> ScoredBatch:
+    """Decide every item in place and return them as a ``ScoredBatch``.
+
+    method: a ``ThresholdMethod`` or a name from ``METHODS``.
+    history: {label: earlier scores}; the class population is history + this run's scores, and
+        a class with fewer than ``min_count`` of them is decided by the same rule but marked
+        ``provisional``.
+    margin: if set, reject when another class text scores higher than own class text minus
+        ``margin`` (needs ``item.extra["class_scores"]``). For classes with an ``order``
+        (``item.metadata["order"]`` or ``class_orders``), neighbours closer than 2 steps are
+        not compared: adjacent grades legitimately look alike.
+    near_dup: if set, reject an item whose image embedding has cosine >= near_dup with an item of
+        the same class accepted earlier in this run or with ``history_embeddings[label]``.
+    """
+    rows = [_row_from_item(item, pos) for pos, item in enumerate(items)]
+    out = _decide(rows, method, history, min_count, margin, near_dup, history_embeddings,
+                  class_orders)
+    for item, (accepted, reason, thr, prov) in zip(items, out.per_item):
+        item.accepted, item.reason, item.threshold, item.provisional = accepted, reason, thr, prov
+        item.method = out.config["method"]
+    return ScoredBatch(items=list(items), thresholds=out.thresholds, config=out.config)
+
+
+def refilter(records: Sequence[dict], method, history: Optional[dict] = None, min_count: int = 8,
+             margin: Optional[float] = None, near_dup: Optional[float] = None,
+             history_embeddings: Optional[dict] = None,
+             class_orders: Optional[dict] = None) -> RefilterResult:
+    """Re-apply ``decide``'s rules to stored records without re-encoding anything.
+
+    A record is a dict with ``label`` and ``score`` and optionally ``class_scores``
+    ({label: cosine}), ``embedding`` (list or array), ``order`` (or ``metadata["order"]``).
+    Returns copies of the records with ``accepted``, ``reason``, ``threshold``, ``method`` and
+    ``provisional`` set, plus the per-class thresholds.
+    """
+    rows = [_row_from_record(rec, pos) for pos, rec in enumerate(records)]
+    out = _decide(rows, method, history, min_count, margin, near_dup, history_embeddings,
+                  class_orders)
+    name = out.config["method"]
+    updated = [dict(rec, accepted=a, reason=r, threshold=t, provisional=p, method=name)
+               for rec, (a, r, t, p) in zip(records, out.per_item)]
+    return RefilterResult(records=updated, thresholds=out.thresholds, config=out.config)
+
+
+@dataclass
+class _Row:
+    where: str
+    label: str
+    score: float
+    class_scores: Optional[dict]
+    order: Any
+    embedding: Any
+
+
+@dataclass
+class _Outcome:
+    per_item: list[tuple[bool, str, float, bool]]
+    thresholds: dict[str, float]
+    config: dict[str, Any]
+
+
+def _row_from_item(item: ScoredItem, pos: int) -> _Row:
+    where = f"item {pos}" + (f" (sampler index {item.index})" if item.index is not None else "")
+    return _Row(where, item.label, item.score, (item.extra or {}).get("class_scores"),
+                (item.metadata or {}).get("order"), item.embedding)
+
+
+def _row_from_record(rec: dict, pos: int) -> _Row:
+    if not isinstance(rec, dict):
+        raise ClipFilterError(f"record is a {type(rec).__name__}, expected a dict", f"record {pos}")
+    order = rec.get("order", (rec.get("metadata") or {}).get("order"))
+    return _Row(f"record {pos}", rec.get("label"), rec.get("score"), rec.get("class_scores"),
+                order, rec.get("embedding"))
+
+
+def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, history_embeddings,
+            class_orders) -> _Outcome:
+    if not rows:
+        raise ClipFilterError("nothing to decide (empty list)", "items")
+    method = method if isinstance(method, ThresholdMethod) else get_method(method)
+    _check_option("min_count", min_count, lo=0)
+    if margin is not None:
+        _check_option("margin", margin, lo=-2.0, hi=2.0)
+    if near_dup is not None:
+        _check_option("near_dup", near_dup, lo=-1.0, hi=1.0)
+    scores = np.array([_check_row(r) for r in rows], dtype=np.float64)
+    labels = [r.label for r in rows]
+
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    thresholds, provisional, population, notes = {}, {}, {}, {}
+    for label, idx in by_label.items():
+        earlier = _history_scores(history, label)
+        pop = np.concatenate([earlier, scores[idx]])
+        thresholds[label], note = method.threshold_with_note(pop)
+        population[label] = int(pop.size)
+        provisional[label] = pop.size < min_count
+        if note:
+            notes[label] = note
+
+    thr_per_row = np.array([thresholds[label] for label in labels])
+    accepted = scores >= thr_per_row
+    reasons = np.where(accepted, "ok", "below_threshold").astype(object)
+    if margin is not None:
+        orders = _class_orders(rows, class_orders)
+        for i in np.flatnonzero(accepted):
+            if _fails_margin(rows[i], float(margin), orders):
+                accepted[i], reasons[i] = False, "class_margin"
+    if near_dup is not None:
+        _near_duplicates(rows, by_label, accepted, reasons, float(near_dup), history_embeddings)
+
+    per_item = [(bool(accepted[i]), str(reasons[i]), float(thr_per_row[i]), provisional[labels[i]])
+                for i in range(len(rows))]
+    config = {"method": method.name, "params": dict(method.params), "min_count": int(min_count),
+              "margin": margin, "near_dup": near_dup, "population": population,
+              "provisional_labels": sorted(k for k, v in provisional.items() if v),
+              "notes": notes}
+    return _Outcome(per_item, {k: float(v) for k, v in thresholds.items()}, config)
+
+
+def _check_option(name, value, lo=None, hi=None):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) \
+            or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ClipFilterError(f"{name}={value!r} must be a number in [{lo}, {hi}]", name)
+
+
+def _check_row(row: _Row) -> float:
+    if not isinstance(row.label, str) or not row.label.strip():
+        raise ClipFilterError(f"label is missing or empty ({row.label!r})", row.where)
+    if row.score is None:
+        raise ClipFilterError("has no score; score it before deciding", row.where)
+    try:
+        value = float(row.score)
+    except (TypeError, ValueError) as exc:
+        raise ClipFilterError(f"score {row.score!r} is not a number", row.where) from exc
+    if not np.isfinite(value):
+        raise ClipFilterError(f"score is {value}", row.where)
+    return value
+
+
+def _history_scores(history, label) -> np.ndarray:
+    if not history or label not in history or history[label] is None:
+        return np.empty(0)
+    earlier = np.asarray(history[label], dtype=np.float64).ravel()
+    if not np.isfinite(earlier).all():
+        raise ClipFilterError("history scores contain NaN or Inf", f"history[{label!r}]")
+    return earlier
+
+
+def _class_orders(rows: list[_Row], explicit: Optional[dict]) -> dict[str, float]:
+    orders: dict[str, float] = {}
+    for row in rows:
+        if row.order is None or row.label in orders:
+            continue
+        try:
+            orders[row.label] = float(row.order)
+        except (TypeError, ValueError) as exc:
+            raise ClipFilterError(f"class order {row.order!r} is not a number", row.where) from exc
+    orders.update({k: float(v) for k, v in (explicit or {}).items()})
+    return orders
+
+
+def _fails_margin(row: _Row, margin: float, orders: dict[str, float]) -> bool:
+    cs = row.class_scores
+    if not cs or row.label not in cs:
+        raise ClipFilterError(f"margin check needs class_scores including own label "
+                              f"{row.label!r} (score with class_texts)", row.where)
+    own = float(cs[row.label])
+    own_order = orders.get(row.label)
+    for other, value in cs.items():
+        if other == row.label:
+            continue
+        other_order = orders.get(other)
+        if own_order is not None and other_order is not None and abs(own_order - other_order) < 2:
+            continue  # neighbouring grade of an ordered class: expected to look alike
+        if own - float(value) < margin:
+            return True
+    return False
+
+
+def _near_duplicates(rows, by_label, accepted, reasons, threshold, history_embeddings) -> None:
+    for label, idx in by_label.items():
+        kept = []
+        earlier = (history_embeddings or {}).get(label)
+        if earlier is not None and len(earlier):
+            kept.append(_unit_rows(np.asarray(earlier, dtype=np.float32).reshape(len(earlier), -1)))
+        bank = np.concatenate(kept) if kept else None
+        for i in idx:
+            if not accepted[i]:
+                continue
+            if rows[i].embedding is None:
+                raise ClipFilterError("near-duplicate check needs an image embedding", rows[i].where)
+            emb = _unit_rows(np.asarray(rows[i].embedding, dtype=np.float32).reshape(1, -1))
+            if bank is not None and bank.shape[1] != emb.shape[1]:
+                raise ClipFilterError(f"embedding size {emb.shape[1]} differs from earlier "
+                                      f"{bank.shape[1]}", rows[i].where)
+            if bank is not None and float((bank @ emb[0]).max()) >= threshold:
+                accepted[i], reasons[i] = False, "near_duplicate"
+                continue
+            bank = emb if bank is None else np.concatenate([bank, emb])
+
+
+def _unit_rows(m: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.where(norms > 0, norms, 1.0)

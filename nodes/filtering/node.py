@@ -1,0 +1,275 @@
+"""V3 adapters: ``DTGenClipLoader`` and ``DTGenClipFilter`` (ComfyUI only).
+
+The logic (loading, batched scoring, thresholds, decisions, plot) lives in the plain modules of
+this folder; this file translates ComfyUI lists and tensors, places the model through ComfyUI's
+model management (so it is offloaded when memory is needed) and reports progress.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..common.comfy_types import DtgenClip, ScoredBatchType
+from ..common.items import items_from_lists
+from ..common.lists import as_list, first
+from ..common.naming import category, node_id
+from ..common.records import ScoredBatch, ScoredItem
+
+CLIP_FOLDER = "open_clip"  # models/open_clip, mappable in extra_model_paths.yaml
+WEIGHT_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin"}
+folder_paths.add_model_folder_path(CLIP_FOLDER, os.path.join(folder_paths.models_dir, CLIP_FOLDER))
+folder_paths.folder_names_and_paths[CLIP_FOLDER][1].update(WEIGHT_SUFFIXES)
+FROM_CACHE = "(open_clip / Hugging Face cache)"
+METHOD_NAMES = ("mean_std", "median_mad", "percentile", "fixed", "gmm")
+TEXT_SIDES = ("prompt", "class_text", "both")
+
+
+
+# ------------------------------------------------------------------------------------ loader
+class LoadedClip:
+    """A cached ``ClipBundle`` plus the ModelPatcher through which ComfyUI places and offloads it."""
+
+    def __init__(self, bundle):
+        import comfy.model_management as mm
+        import comfy.model_patcher
+
+        self.bundle = bundle
+        self.load_device = mm.text_encoder_device()
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            bundle.model, load_device=self.load_device, offload_device=mm.text_encoder_offload_device())
+
+    def ready(self):
+        """Load onto ComfyUI's device (freeing other models if needed); the bundle to score with."""
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([self.patcher])
+        return dataclasses.replace(self.bundle, device=str(self.load_device))
+
+
+_LOADED: dict[int, LoadedClip] = {}  # id(bundle) -> wrapper, so a cached bundle gets one patcher
+
+
+def resolve_weights(weights: str, arch: str, pretrained_tag: str) -> str:
+    from .clip_model import ClipFilterError, find_cached_weights
+
+    if weights == FROM_CACHE:
+        found = find_cached_weights(arch, pretrained_tag or "openai")
+        if found is None:
+            raise ClipFilterError(
+                f"no cached weights for {arch} / {pretrained_tag or 'openai'} in the open_clip or Hugging Face "
+                f"cache; put a weights file in {folder_paths.get_folder_paths(CLIP_FOLDER)}", "weights")
+        return found
+    path = folder_paths.get_full_path(CLIP_FOLDER, weights)
+    if path is None:
+        raise ClipFilterError(
+            f"weights file {weights!r} not found in the '{CLIP_FOLDER}' model folder(s) "
+            f"{folder_paths.get_folder_paths(CLIP_FOLDER)}; put the {arch} weights there "
+            f"(e.g. {arch}.safetensors)", "weights")
+    return path
+
+
+class DTGenClipLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = folder_paths.get_filename_list(CLIP_FOLDER)
+        return io.Schema(
+            node_id=node_id("ClipLoader"),
+            display_name="DTGen CLIP Loader (open_clip)",
+            category=category("filtering"),
+            description=("Loads an open_clip model from a local weights file in models/open_clip (or an "
+                         "already-downloaded open_clip / Hugging Face cache entry). Never downloads. Loaded "
+                         "once and cached; placed and offloaded by ComfyUI's model management."),
+            inputs=[
+                io.String.Input("arch", default="ViT-B-32",
+                                tooltip="open_clip architecture name, e.g. ViT-B-32, ViT-L-14, RN50."),
+                io.Combo.Input("weights", options=[*files, FROM_CACHE],
+                               tooltip="Weights file in models/open_clip (.safetensors preferred; .pt/.bin "
+                                       "are read with weights_only=True), or the open_clip/HF cache."),
+                io.String.Input("pretrained_tag", default="openai", optional=True,
+                                tooltip="open_clip pretrained tag the file came from (e.g. openai, laion2b_s34b_b79k); "
+                                        "selects its preprocessing and cache entry. Nothing is downloaded."),
+            ],
+            outputs=[DtgenClip.Output("clip", tooltip="The loaded open_clip model for DTGen CLIP Filter.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, arch, weights, pretrained_tag="openai") -> bool | str:
+        from .clip_model import ClipFilterError, _check_arch
+
+        try:
+            _check_arch(arch)
+            resolve_weights(weights, arch, pretrained_tag)
+        except ClipFilterError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, arch, weights, pretrained_tag="openai") -> io.NodeOutput:
+        from .clip_model import load_clip
+
+        path = resolve_weights(weights, arch, pretrained_tag)
+        bundle = load_clip(arch, path, device="cpu", dtype=_dtype(), pretrained_tag=pretrained_tag or None)
+        loaded = _LOADED.get(id(bundle))
+        if loaded is None or loaded.bundle is not bundle:
+            loaded = _LOADED[id(bundle)] = LoadedClip(bundle)
+        return io.NodeOutput(loaded)
+
+
+def _dtype() -> str:
+    import comfy.model_management as mm
+
+    return "fp16" if mm.should_use_fp16(mm.text_encoder_device()) else "fp32"
+
+
+# ------------------------------------------------------------------------------------ filter
+def dataset_dir_for(name: str):
+    from ..dataset.paths import safe_dataset_dir
+
+    return safe_dataset_dir(folder_paths.get_output_directory(), name) if name and name.strip() else None
+
+
+def stack_images(items: list[ScoredItem]):
+    """A preview batch; images of another size than the first are letterboxed to it."""
+    import torch
+
+    if not items:
+        return torch.zeros((1, 64, 64, 3))  # PreviewImage needs one frame: a black placeholder
+    h, w = items[0].image.shape[:2]
+    frames = []
+    for it in items:
+        t = torch.from_numpy(it.image[..., :3] if it.image.ndim == 3 else it.image[..., None].repeat(3, -1)).float()
+        if t.shape[:2] != (h, w):
+            t = torch.nn.functional.interpolate(t.permute(2, 0, 1)[None], size=(h, w), mode="bilinear")[0].permute(1, 2, 0)
+        frames.append(t.clamp(0, 1))
+    return torch.stack(frames)
+
+
+class DTGenClipFilter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("ClipFilter"),
+            display_name="DTGen CLIP Filter",
+            category=category("filtering"),
+            description=("Scores every image of the run against its text with CLIP (batched, text embeddings "
+                         "cached) and rejects, per class, images below an adaptive threshold computed over this "
+                         "run plus the dataset's history. Outputs a scored batch for DTGen Dataset Writer."),
+            is_input_list=True,
+            inputs=[
+                DtgenClip.Input("clip", tooltip="Model from DTGen CLIP Loader."),
+                io.Image.Input("images", tooltip="Generated images (the list of one queue run)."),
+                io.String.Input("positive", force_input=True,
+                                tooltip="Positive prompt per image (from DTGen Prompt Sampler)."),
+                io.String.Input("label", force_input=True, tooltip="Class label per image (from DTGen Prompt Sampler)."),
+                io.Combo.Input("text_side", options=list(TEXT_SIDES), default="class_text",
+                               tooltip="Text the image is scored against: the generating prompt, the class's "
+                                       "CLIP text from the pack, or the mean of both."),
+                io.Combo.Input("method", options=list(METHOD_NAMES), default="mean_std",
+                               tooltip="Per-class threshold: mean_std (mean - k*std, DTGen), median_mad (robust), "
+                                       "percentile (keep top p%), fixed, gmm (two-component mixture)."),
+                io.Float.Input("k", default=1.5, min=0.0, max=10.0, step=0.05,
+                               tooltip="k for mean_std and median_mad (in std / scaled-MAD units)."),
+                io.Float.Input("keep_percent", default=90.0, min=0.0, max=100.0, step=1.0,
+                               tooltip="percentile method: percent of each class to keep."),
+                io.Float.Input("fixed_threshold", default=0.25, min=-1.0, max=1.0, step=0.005,
+                               tooltip="fixed method: cosine similarity an image must reach."),
+                io.Int.Input("min_count", default=8, min=1, max=100000,
+                             tooltip="Below this many scores in a class (history + run) decisions are marked provisional."),
+                io.String.Input("dataset_name", default="", optional=True,
+                                tooltip="Dataset (under ComfyUI's output folder) whose stored scores join the "
+                                        "population, so one-image runs still threshold adaptively. Empty = this run only."),
+                io.String.Input("metadata", force_input=True, optional=True,
+                                tooltip="Per-image metadata JSON from DTGen Prompt Sampler (class text, order, index)."),
+                io.String.Input("negative", force_input=True, optional=True,
+                                tooltip="Negative prompt per image (stored in the dataset)."),
+                io.Int.Input("seed", force_input=True, optional=True, tooltip="Image seed per image (stored in the dataset)."),
+                io.Float.Input("class_margin", default=-1.0, min=-1.0, max=1.0, step=0.005, optional=True,
+                               tooltip="If >= 0: reject when another class's text beats the own class text by more "
+                                       "than this margin (ordered classes: only classes 2+ levels away). -1 = off."),
+                io.Float.Input("near_duplicate", default=0.0, min=0.0, max=1.0, step=0.005, optional=True,
+                               tooltip="If > 0: reject an image whose embedding cosine with an accepted image of its "
+                                       "class reaches this value. 0 = off."),
+                io.Int.Input("batch_size", default=32, min=1, max=1024, optional=True,
+                             tooltip="Images per CLIP forward pass."),
+            ],
+            outputs=[
+                ScoredBatchType.Output("scored", tooltip="Images with scores, thresholds, decisions, reasons and "
+                                                         "embeddings, for DTGen Dataset Writer."),
+                io.Image.Output("accepted", tooltip="Accepted images (preview; a black frame when none)."),
+                io.Image.Output("rejected", tooltip="Rejected images (preview; a black frame when none)."),
+                io.Image.Output("plot", tooltip="Per-class score histograms with the threshold line and counts."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, dataset_name=None, **_) -> str:
+        # The decision depends on the dataset's history: rerun whenever it changed.
+        from ..dataset.history import history_fingerprint
+
+        path = dataset_dir_for(first(dataset_name, ""))
+        return history_fingerprint(path) if path is not None and path.exists() else ""
+
+    @classmethod
+    def execute(cls, clip, images, positive, label, text_side, method, k, keep_percent, fixed_threshold,
+                min_count, dataset_name=None, metadata=None, negative=None, seed=None, class_margin=None,
+                near_duplicate=None, batch_size=None) -> io.NodeOutput:
+        import comfy.utils
+
+        from ..dataset.history import load_history, load_history_embeddings
+        from .decide import decide
+        from .offline import method_from
+        from .plot import score_histograms
+        from .scoring import score_items
+
+        loaded: LoadedClip = first(clip)
+        items = items_from_lists(as_list(images), as_list(positive), as_list(label), as_list(metadata),
+                                 as_list(negative), as_list(seed))
+        margin = first(class_margin, -1.0)
+        near = first(near_duplicate, 0.0)
+        class_texts = _class_texts(items) if margin is not None and margin >= 0 else None
+
+        bar = comfy.utils.ProgressBar(len(items))
+        score_items(loaded.ready(), items, text_side=first(text_side), batch_size=first(batch_size, 32),
+                    progress=lambda done, total: bar.update_absolute(done, total), class_texts=class_texts)
+
+        ds = dataset_dir_for(first(dataset_name, ""))
+        history = load_history(ds) if ds is not None and ds.exists() else None
+        history_emb = load_history_embeddings(ds) if ds is not None and ds.exists() and near > 0 else None
+        batch = decide(items, method_from(first(method), first(k), first(keep_percent), first(fixed_threshold)),
+                       history=history, min_count=first(min_count), margin=margin if margin >= 0 else None,
+                       near_dup=near if near > 0 else None, history_embeddings=history_emb)
+        batch.config.update(text_side=first(text_side), clip=loaded.bundle.describe(),
+                            dataset=first(dataset_name, "") or None)
+
+        plot = _plot(batch, history, score_histograms)
+        accepted = [it for it in batch.items if it.accepted]
+        rejected = [it for it in batch.items if not it.accepted]
+        return io.NodeOutput(batch, stack_images(accepted), stack_images(rejected), plot)
+
+
+def _class_texts(items: list[ScoredItem]) -> dict[str, str]:
+    texts = {}
+    for it in items:
+        text = it.metadata.get("clip_text") or "a photo of " + it.label.replace("_", " ")
+        texts.setdefault(it.label, text)
+    return texts
+
+
+def _plot(batch: ScoredBatch, history, score_histograms):
+    import numpy as np
+    import torch
+
+    scores: dict[str, list] = {lab: list(map(float, v)) for lab, v in (history or {}).items()}
+    acc: dict[str, int] = {}
+    rej: dict[str, int] = {}
+    for it in batch.items:
+        scores.setdefault(it.label, []).append(float(it.score))
+        (acc if it.accepted else rej)[it.label] = (acc if it.accepted else rej).get(it.label, 0) + 1
+    img = score_histograms({k: np.asarray(v) for k, v in scores.items()}, batch.thresholds, acc, rej)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
+
+
+NODES = [DTGenClipLoader, DTGenClipFilter]

@@ -1,0 +1,247 @@
+"""Batched CLIP scoring: images and texts -> L2-normalised embeddings -> cosine similarities.
+
+Preprocessing runs in torch on a whole batch and follows open_clip's eval transform
+(``Resize(shortest side, bicubic)`` -> ``CenterCrop`` -> ``Normalize(mean, std)``):
+the resize is ``F.interpolate(..., mode="bicubic", antialias=True)``, whose kernel is PIL's
+(a = -0.5, widened when downscaling), output size and crop offsets are computed exactly as
+torchvision does. Known difference: open_clip works on an 8-bit PIL image and rounds to 8 bits
+again after resizing; here pixels stay float32 throughout (clamped to [0, 1] after the bicubic
+overshoot, as PIL does), so inputs differ by at most about one 8-bit step.
+
+Accepted image inputs (each item of the list, or one N x H x W x C array):
+H x W x 3 float in [0, 1] (the normal case), H x W or H x W x 1 grayscale (repeated to RGB),
+H x W x 4 RGBA (alpha dropped), uint8 (divided by 255). Images of different sizes may be mixed.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..common.records import ScoredItem
+from .errors import ClipFilterError
+
+TEXT_SIDES = ("prompt", "class_text", "both")
+_RANGE_TOLERANCE = 1e-3   # float images a hair outside [0, 1] (e.g. after a VAE) are clamped
+
+
+def prepare_images(images) -> list[np.ndarray]:
+    """Validate and convert inputs to a list of H x W x 3 float32 arrays in [0, 1]."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if images is None or len(images) == 0:
+        raise ClipFilterError("no images to score (empty list)", "images")
+    return [_prepare_one(img, i) for i, img in enumerate(images)]
+
+
+def _prepare_one(img, index: int) -> np.ndarray:
+    where = f"image {index}"
+    try:
+        arr = np.asarray(img)
+    except Exception as exc:
+        raise ClipFilterError(f"not an array ({type(img).__name__})", where) from exc
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ClipFilterError(f"expected H x W x 3 (or gray H x W / x1, RGBA x4), got shape "
+                              f"{arr.shape}", where)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ClipFilterError(f"image has no pixels (shape {arr.shape})", where)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ClipFilterError(f"pixel type {arr.dtype} not supported; use float in [0, 1] or uint8",
+                              where)
+    arr = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise ClipFilterError(f"{int((~finite).sum())} pixel values are NaN or Inf", where)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+        raise ClipFilterError(f"pixel values span [{lo:.3g}, {hi:.3g}]; expected [0, 1]", where)
+    return np.clip(arr, 0.0, 1.0)
+
+
+def resized_size(h: int, w: int, target: tuple[int, int], mode: str) -> tuple[int, int]:
+    """Output (h, w) of open_clip's resize step for an h x w image."""
+    th, tw = target
+    if mode == "squash":
+        return th, tw
+    if mode == "longest":
+        scale = min(th / h, tw / w)
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    if th == tw:  # torchvision Resize(int): short side -> size, long side truncated
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(th * long / short)
+        return (new_long, th) if w <= h else (th, new_long)
+    scale = max(th / h, tw / w)
+    return max(th, round(h * scale)), max(tw, round(w * scale))
+
+
+def preprocess_batch(bundle, arrays: Sequence[np.ndarray]):
+    """Float [N, 3, H, W] model input for already-validated images, on ``bundle.device``."""
+    import torch
+    import torch.nn.functional as F
+
+    th, tw = bundle.image_size
+    out = torch.empty((len(arrays), 3, th, tw), dtype=torch.float32)
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, arr in enumerate(arrays):
+        groups[arr.shape[:2]].append(i)
+    mode = "bilinear" if bundle.interpolation == "bilinear" else "bicubic"
+    for (h, w), idx in groups.items():
+        x = torch.from_numpy(np.stack([arrays[i] for i in idx])).permute(0, 3, 1, 2)
+        rh, rw = resized_size(h, w, (th, tw), bundle.resize_mode)
+        if (rh, rw) != (h, w):
+            x = F.interpolate(x, size=(rh, rw), mode=mode, antialias=True, align_corners=False)
+            x = x.clamp_(0.0, 1.0)
+        out[idx] = _crop_or_pad(x, th, tw)
+    mean = torch.tensor(bundle.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(bundle.std, dtype=torch.float32).view(1, 3, 1, 1)
+    out = (out - mean) / std
+    return out.to(device=bundle.device, dtype=bundle.dtype)
+
+
+def _crop_or_pad(x, th: int, tw: int):
+    """torchvision CenterCrop offsets; pads with 0 (open_clip's fill) when smaller ("longest")."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    if h < th or w < tw:
+        ph, pw = max(th - h, 0), max(tw - w, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+        h, w = x.shape[-2:]
+    top = int(round((h - th) / 2.0))
+    left = int(round((w - tw) / 2.0))
+    return x[..., top:top + th, left:left + tw]
+
+
+def encode_images(bundle, images, batch_size: int = 32,
+                  progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+    """L2-normalised image embeddings, float32 [N, D], ``batch_size`` images per forward pass."""
+    import torch
+
+    arrays = prepare_images(images)
+    if batch_size < 1:
+        raise ClipFilterError(f"batch_size must be >= 1, got {batch_size}", "batch_size")
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(arrays), batch_size):
+            x = preprocess_batch(bundle, arrays[start:start + batch_size])
+            feats = bundle.model.encode_image(x).float()
+            chunks.append(torch.nn.functional.normalize(feats, dim=-1).cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, len(arrays)), len(arrays))
+    return np.concatenate(chunks, axis=0)
+
+
+class TextEmbeddingCache:
+    """Encodes each distinct text once per cache; ``encoded_count`` counts texts sent to the model."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+        self._vectors: dict[str, np.ndarray] = {}
+        self.encoded_count = 0
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """L2-normalised text embeddings, float32 [len(texts), D] (CLIP truncates at 77 tokens)."""
+        import torch
+
+        if texts is None or len(texts) == 0:
+            raise ClipFilterError("no texts to encode (empty list)", "texts")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ClipFilterError(f"text is missing or empty ({text!r})", f"text {i}")
+        new = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        with torch.inference_mode():
+            for start in range(0, len(new), batch_size):
+                part = new[start:start + batch_size]
+                tokens = self.bundle.tokenizer(part).to(self.bundle.device)
+                feats = self.bundle.model.encode_text(tokens).float()
+                feats = torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+                self._vectors.update(zip(part, feats))
+                self.encoded_count += len(part)
+        return np.stack([self._vectors[t] for t in texts])
+
+
+def similarities(img_emb: np.ndarray, txt_emb: np.ndarray) -> np.ndarray:
+    """Cosine similarity matrix [N images, M texts] of L2-normalised embeddings."""
+    return np.asarray(img_emb, dtype=np.float32) @ np.asarray(txt_emb, dtype=np.float32).T
+
+
+def paired_similarities(img_emb: np.ndarray, txt_emb: np.ndarray) -> np.ndarray:
+    """Cosine similarity of row i of ``img_emb`` with row i of ``txt_emb`` -> [N]."""
+    return np.einsum("nd,nd->n", np.asarray(img_emb, np.float32), np.asarray(txt_emb, np.float32))
+
+
+def score_items(bundle, items: list[ScoredItem], text_side: str = "prompt", batch_size: int = 32,
+                progress: Optional[Callable[[int, int], None]] = None,
+                class_texts: Optional[dict[str, str]] = None,
+                text_cache: Optional[TextEmbeddingCache] = None) -> None:
+    """Fill ``item.score`` and ``item.embedding`` (and ``extra["class_scores"]``) in place.
+
+    ``text_side``: "prompt" scores against the generating prompt; "class_text" against the class
+    text (``item.metadata["clip_text"]``, else ``class_texts[label]``); "both" stores the mean
+    of those two cosine scores, and each one in ``extra["score_prompt"]`` / ``["score_class_text"]``.
+    ``class_texts`` ({label: text}) also adds ``extra["class_scores"]`` = {label: cosine} for
+    every class, which the class-margin check uses.
+    """
+    if text_side not in TEXT_SIDES:
+        raise ClipFilterError(f"unknown text side {text_side!r}; use one of {TEXT_SIDES}", "text_side")
+    if not items:
+        raise ClipFilterError("no items to score (empty list)", "items")
+    _check_labels(items)
+    cache = text_cache if text_cache is not None else TextEmbeddingCache(bundle)
+    per_side = {}
+    if text_side in ("prompt", "both"):
+        per_side["prompt"] = [_item_text(it, i, "prompt", class_texts) for i, it in enumerate(items)]
+    if text_side in ("class_text", "both"):
+        per_side["class_text"] = [_item_text(it, i, "class_text", class_texts)
+                                  for i, it in enumerate(items)]
+    if class_texts:
+        labels = list(class_texts)
+        class_emb = cache.encode([class_texts[k] for k in labels])
+
+    img_emb = encode_images(bundle, [it.image for it in items], batch_size, progress)
+    side_scores = {side: paired_similarities(img_emb, cache.encode(texts))
+                   for side, texts in per_side.items()}
+    final = np.mean(np.stack(list(side_scores.values())), axis=0)
+    class_matrix = similarities(img_emb, class_emb) if class_texts else None
+    for i, item in enumerate(items):
+        item.embedding = img_emb[i]
+        item.score = float(final[i])
+        item.extra["text_side"] = text_side
+        if text_side == "both":
+            item.extra["score_prompt"] = float(side_scores["prompt"][i])
+            item.extra["score_class_text"] = float(side_scores["class_text"][i])
+        if class_matrix is not None:
+            item.extra["class_scores"] = {k: float(v) for k, v in zip(labels, class_matrix[i])}
+
+
+def _where(item: ScoredItem, pos: int) -> str:
+    return f"item {pos}" + (f" (sampler index {item.index})" if item.index is not None else "")
+
+
+def _check_labels(items: list[ScoredItem]) -> None:
+    for pos, item in enumerate(items):
+        if not isinstance(item.label, str) or not item.label.strip():
+            raise ClipFilterError(f"label is missing or empty ({item.label!r})", _where(item, pos))
+
+
+def _item_text(item: ScoredItem, pos: int, side: str, class_texts) -> str:
+    if side == "prompt":
+        text = item.prompt
+        if not isinstance(text, str) or not text.strip():
+            raise ClipFilterError("prompt is missing or empty, cannot score against it",
+                                  _where(item, pos))
+        return text
+    text = (item.metadata or {}).get("clip_text") or (class_texts or {}).get(item.label)
+    if not isinstance(text, str) or not text.strip():
+        raise ClipFilterError(f"no class text for label {item.label!r}: metadata has no "
+                              f"'clip_text' and class_texts has no entry", _where(item, pos))
+    return text

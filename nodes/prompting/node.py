@@ -1,0 +1,110 @@
+"""V3 adapter: ``DTGenPromptSampler`` (ComfyUI only; the logic is in pack.py and sampler.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..common.naming import category, node_id
+from .pack import PromptPackError, find_packs, load_pack, parse_pack
+from .sampler import MODES, Sampler
+
+SHIPPED_PACKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "prompts")
+USER_FOLDER = "dtgen_prompts"  # models/dtgen_prompts, mappable in extra_model_paths.yaml
+folder_paths.add_model_folder_path(USER_FOLDER, os.path.join(folder_paths.models_dir, USER_FOLDER))
+MAX_COUNT = 4096
+
+
+def pack_files() -> dict[str, str]:
+    """Shipped packs first (their names stay stable), then the user folder(s)."""
+    return find_packs([SHIPPED_PACKS, *folder_paths.get_folder_paths(USER_FOLDER)])
+
+
+def build_sampler(pack: str, mode: str, seed: int, classes: str = "", inline_yaml: str = "") -> Sampler:
+    if inline_yaml and inline_yaml.strip():
+        loaded = parse_pack(inline_yaml, source="<inline_yaml>")
+    else:
+        files = pack_files()
+        if pack not in files:
+            raise PromptPackError(f"no prompt pack named {pack!r}; found: {', '.join(files) or 'none'} "
+                                  f"(in {SHIPPED_PACKS} and the '{USER_FOLDER}' model folder)")
+        loaded = load_pack(files[pack])
+    subset = [c.strip() for c in (classes or "").split(",") if c.strip()]
+    return Sampler(loaded, mode=mode, seed=seed, classes=subset or None)
+
+
+class DTGenPromptSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        packs = list(pack_files()) or ["tableware"]
+        return io.Schema(
+            node_id=node_id("PromptSampler"),
+            display_name="DTGen Prompt Sampler",
+            category=category("prompting"),
+            description=(
+                "Structured prompts from a YAML prompt pack: item i -> (label, positive, negative, seed, "
+                "metadata) as a pure function of the pack, the seed and i. Emits `count` items as lists, "
+                "so one queue run fans out `count` generations; rerunning the same inputs gives the same "
+                "prompts and seeds."),
+            inputs=[
+                io.Combo.Input("pack", options=packs, default=packs[0],
+                               tooltip="Prompt pack: a YAML file from the pack's prompts/ folder or the "
+                                       "'dtgen_prompts' model folder (models/dtgen_prompts)."),
+                io.Combo.Input("mode", options=list(MODES), default="balanced",
+                               tooltip="balanced: classes in turn (any prefix is balanced); random: class "
+                                       "drawn by weight; exhaustive: every combination exactly once."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Base seed. Prompts and per-item image seeds derive from (pack, seed, index)."),
+                io.Int.Input("start_index", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Index of the first item of this run (0-based). Use it to resume or shard a run."),
+                io.Int.Input("count", default=1, min=1, max=MAX_COUNT,
+                             tooltip="Number of items emitted as lists; downstream nodes run once per item."),
+                io.String.Input("classes", default="", optional=True,
+                                tooltip="Optional comma-separated class labels to sample from (empty = all classes)."),
+                io.String.Input("inline_yaml", default="", multiline=True, optional=True,
+                                tooltip="Optional prompt pack as YAML text; when not empty it replaces the chosen pack file."),
+            ],
+            outputs=[
+                io.String.Output("positive", is_output_list=True,
+                                 tooltip="Positive prompt per item (trigger + template + suffix)."),
+                io.String.Output("negative", is_output_list=True, tooltip="Negative prompt per item."),
+                io.String.Output("label", is_output_list=True,
+                                 tooltip="Class label per item (a safe folder name)."),
+                io.Int.Output("item_seed", display_name="seed", is_output_list=True,
+                              tooltip="Per-item image seed (< 2^53, inside KSampler's range); wire it to KSampler."),
+                io.String.Output("metadata", is_output_list=True,
+                                 tooltip="Per-item metadata as JSON: pack, pack_hash, index, class metadata, "
+                                         "clip_text, slot choices."),
+                io.Int.Output("total", tooltip="Size of the pack's combination space for the chosen classes."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="") -> bool | str:
+        try:
+            sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
+            sampler.items(start_index, 0)
+            if mode == "exhaustive" and start_index + count > sampler.total:
+                return (f"start_index {start_index} + count {count} is past the end of the exhaustive "
+                        f"space ({sampler.total} combinations)")
+        except PromptPackError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="") -> io.NodeOutput:
+        sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
+        items = sampler.items(start_index, count)
+        return io.NodeOutput(
+            [it.positive for it in items],
+            [it.negative for it in items],
+            [it.label for it in items],
+            [it.seed for it in items],
+            [json.dumps(it.metadata, sort_keys=True) for it in items],
+            sampler.total,
+        )
+
+
+NODES = [DTGenPromptSampler]

@@ -1,0 +1,521 @@
+"""Prompt packs: the YAML format (``version: 1``), its validation, loading and discovery.
+
+A pack is parsed once into an immutable ``Pack``; every problem raises ``PromptPackError`` naming
+the file, the YAML path (``classes[3].templates[0]``) and the line. The format is documented in
+docs/prompt-packs.md. yaml is imported lazily so that discovering packs stays cheap.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+FORMAT_VERSION = 1
+PACK_SUFFIXES = (".yaml", ".yml")
+MAX_LABEL_LENGTH = 64
+
+_SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_LABEL_CHARS = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{n}" for n in range(1, 10)] + [f"LPT{n}" for n in range(1, 10)]
+)
+_PACK_KEYS = {"version", "name", "description", "trigger", "suffix", "negative", "slots", "classes"}
+_CLASS_KEYS = {"label", "templates", "metadata", "order", "negative", "negative_extra", "weight",
+               "clip_text", "slots"}
+_ENTRY_KEYS = {"text", "weight"}
+
+
+class PromptPackError(ValueError):
+    """A prompt pack or sampler request is invalid; carries where the problem is."""
+
+    def __init__(self, message: str, *, file: Optional[str] = None, path: Optional[str] = None,
+                 line: Optional[int] = None):
+        self.message, self.file, self.path, self.line = message, file, path, line
+        where = ":".join(str(p) for p in (file, line) if p is not None)
+        prefix = ": ".join(p for p in (where, path) if p)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One template or vocabulary entry; ``text`` may reference slots as ``{name}``."""
+
+    text: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class PackClass:
+    """One class (one dataset folder). ``negative`` and ``clip_text`` are already resolved."""
+
+    index: int
+    label: str
+    templates: tuple
+    negative: str
+    clip_text: str
+    weight: float = 1.0
+    order: Optional[int] = None
+    metadata: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    slots: Mapping[str, tuple] = field(default_factory=lambda: MappingProxyType({}))  # overrides
+
+
+@dataclass(frozen=True, eq=False)
+class Pack:
+    """A validated, immutable prompt pack. ``pack_hash`` identifies its normalised content."""
+
+    name: str
+    trigger: str
+    suffix: str
+    negative: str
+    slots: Mapping[str, tuple]
+    classes: tuple
+    pack_hash: str
+    source: str = "<inline>"
+    description: str = ""
+    version: int = FORMAT_VERSION
+
+    @property
+    def labels(self) -> tuple:
+        return tuple(c.label for c in self.classes)
+
+    def get_class(self, label: str) -> PackClass:
+        for c in self.classes:
+            if c.label == label:
+                return c
+        raise PromptPackError(f"unknown class {label!r}; this pack has {', '.join(self.labels)}",
+                              file=self.source)
+
+    def slot_table(self, cls: PackClass) -> dict:
+        """The vocabularies a class sees: its own overrides first, then the pack's slots."""
+        return {**self.slots, **cls.slots}
+
+
+def split_template(text: str) -> tuple:
+    """``"a {x} b"`` -> ``(("a ", " b"), ("x",))``: literals around the slot references.
+
+    Raises ``ValueError`` (message only) on stray braces or bad slot names.
+    """
+    literals, refs, pos = [], [], 0
+    while True:
+        open_at = text.find("{", pos)
+        close_at = text.find("}", pos)
+        if open_at < 0:
+            if close_at >= 0:
+                raise ValueError(f"'}}' without '{{' at character {close_at + 1} of {text!r}")
+            literals.append(text[pos:])
+            return tuple(literals), tuple(refs)
+        if 0 <= close_at < open_at:
+            raise ValueError(f"'}}' without '{{' at character {close_at + 1} of {text!r}")
+        end = text.find("}", open_at)
+        if end < 0:
+            raise ValueError(f"unclosed '{{' at character {open_at + 1} of {text!r}")
+        name = text[open_at + 1:end]
+        if not _SLOT_NAME.match(name):
+            raise ValueError(f"{{{name}}} is not a slot reference (slot names use letters, digits "
+                             f"and '_', starting with a letter or '_') in {text!r}")
+        literals.append(text[pos:open_at])
+        refs.append(name)
+        pos = end + 1
+
+
+def label_problem(label: str) -> Optional[str]:
+    """Why ``label`` is not safe as a folder name on Linux, macOS and Windows, or None."""
+    if not label:
+        return "label is empty"
+    if len(label) > MAX_LABEL_LENGTH:
+        return f"label {label!r} is longer than {MAX_LABEL_LENGTH} characters"
+    if not _LABEL_CHARS.match(label):
+        bad = sorted({ch for ch in label if not re.match(r"[A-Za-z0-9_.-]", ch)})
+        return (f"label {label!r} contains {', '.join(repr(ch) for ch in bad)}; labels are folder "
+                "names and may use only ASCII letters, digits, '_', '-' and '.'")
+    if not label[0].isalnum():
+        return f"label {label!r} must start with a letter or digit"
+    if label.endswith("."):
+        return f"label {label!r} must not end with '.'"
+    if ".." in label:
+        return f"label {label!r} must not contain '..'"
+    if label.split(".")[0].upper() in _WINDOWS_RESERVED:
+        return f"label {label!r} is a reserved device name on Windows"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def parse_pack(text: str, source: str = "<inline>") -> Pack:
+    """Parse and validate pack YAML text; ``source`` names it in errors and ``Pack.source``."""
+    import yaml
+
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        message = f"malformed YAML: {problem}" + (f" ({context})" if context else "")
+        raise PromptPackError(message, file=source, line=mark.line + 1 if mark else None) from None
+    return _Validator(source, node).pack(data)
+
+
+def _format_path(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Validator:
+    """Turns constructed YAML data into a ``Pack``; uses the composed node tree for line numbers."""
+
+    def __init__(self, source: str, root_node):
+        self.source = source
+        self.root_node = root_node
+
+    # -- errors with location ------------------------------------------------------------------
+    def error(self, path: tuple, message: str) -> PromptPackError:
+        return PromptPackError(message, file=self.source, path=_format_path(path) or None,
+                               line=self._line(path))
+
+    def _line(self, path: tuple) -> Optional[int]:
+        node = self.root_node
+        if node is None:
+            return None
+        for part in path:
+            child = None
+            if isinstance(part, int) and node.id == "sequence" and part < len(node.value):
+                child = node.value[part]
+            elif isinstance(part, str) and node.id == "mapping":
+                for key, value in node.value:
+                    if key.id == "scalar" and key.value == part:
+                        child = value
+            if child is None:
+                break
+            node = child
+        return node.start_mark.line + 1
+
+    def _check_duplicate_keys(self, node, path: tuple) -> None:
+        # PyYAML silently keeps the last of two equal keys; a pack must not lose the first.
+        if node.id == "mapping":
+            seen = set()
+            for key, value in node.value:
+                name = key.value if key.id == "scalar" else None
+                if name in seen:
+                    raise PromptPackError(f"key {name!r} appears twice", file=self.source,
+                                          path=_format_path(path) or None, line=key.start_mark.line + 1)
+                seen.add(name)
+                self._check_duplicate_keys(value, path + ((name,) if name is not None else ()))
+        elif node.id == "sequence":
+            for index, value in enumerate(node.value):
+                self._check_duplicate_keys(value, path + (index,))
+
+    # -- typed field readers -------------------------------------------------------------------
+    def text(self, value: Any, path: tuple, *, required: bool = False) -> str:
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str):
+            raise self.error(path, f"must be text, got {_describe(value)}")
+        if required and not value.strip():
+            raise self.error(path, "must not be empty")
+        return value
+
+    def number(self, value: Any, path: tuple, *, positive: bool) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(path, f"must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise self.error(path, f"must be a finite number, got {value}")
+        if value < 0 or (positive and value == 0):
+            raise self.error(path, f"must be {'> 0' if positive else '>= 0'}, got {value}")
+        return float(value)
+
+    def mapping(self, value: Any, path: tuple, allowed: set) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(path, f"must be a mapping, got {_describe(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.error(path, f"key {key!r} must be text")
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                raise self.error(path + (key,), f"unknown key {key!r}"
+                                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                                 + f"; allowed: {', '.join(sorted(allowed))}")
+        return value
+
+    def entries(self, value: Any, path: tuple, what: str) -> tuple:
+        """A non-empty list of plain strings or ``{text, weight}`` mappings."""
+        if value is None:
+            raise self.error(path, f"missing {what}")
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.error(path, f"{what} must be a list, got {_describe(value)}")
+        if not value:
+            raise self.error(path, f"{what} is empty")
+        out = []
+        for index, item in enumerate(value):
+            item_path = path + (index,)
+            if isinstance(item, dict):
+                self.mapping(item, item_path, _ENTRY_KEYS)
+                if "text" not in item:
+                    raise self.error(item_path, "entry mapping needs 'text'")
+                text = self.text(item["text"], item_path + ("text",), required=False)
+                weight = self.number(item.get("weight", 1), item_path + ("weight",), positive=False)
+            else:
+                text, weight = self.text(item, item_path, required=False), 1.0
+            try:
+                split_template(text)
+            except ValueError as exc:
+                raise self.error(item_path, str(exc)) from None
+            out.append(Entry(text, weight))
+        if not any(e.weight > 0 for e in out):
+            raise self.error(path, f"every entry of {what} has weight 0; nothing can be chosen")
+        return tuple(out)
+
+    def slots(self, value: Any, path: tuple) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(path, f"must be a mapping of slot name to entries, got {_describe(value)}")
+        out = {}
+        for name, entries in value.items():
+            if not isinstance(name, str) or not _SLOT_NAME.match(name):
+                raise self.error(path + (str(name),), f"slot name {name!r} must use letters, digits "
+                                 "and '_', starting with a letter or '_'")
+            out[name] = self.entries(entries, path + (name,), f"vocabulary {name!r}")
+        return out
+
+    # -- the pack --------------------------------------------------------------------------------
+    def pack(self, data: Any) -> Pack:
+        if self.root_node is not None:
+            self._check_duplicate_keys(self.root_node, ())
+        if data is None:
+            raise self.error((), "the pack is empty")
+        self.mapping(data, (), _PACK_KEYS)
+        if "version" not in data:
+            raise self.error((), f"missing 'version' (this DTGen reads version: {FORMAT_VERSION})")
+        version = data["version"]
+        if isinstance(version, bool) or version != FORMAT_VERSION:
+            raise self.error(("version",), f"unsupported format version {version!r}; "
+                             f"this DTGen reads version: {FORMAT_VERSION}")
+        if "name" not in data:
+            raise self.error((), "missing 'name'")
+        name = self.text(data["name"], ("name",), required=True).strip()
+        trigger = self.text(data.get("trigger"), ("trigger",)).strip()
+        suffix = self.text(data.get("suffix"), ("suffix",)).strip()
+        negative = self.text(data.get("negative"), ("negative",)).strip()
+        description = self.text(data.get("description"), ("description",)).strip()
+        slots = self.slots(data.get("slots"), ("slots",))
+
+        raw_classes = data.get("classes")
+        if not isinstance(raw_classes, list) or not raw_classes:
+            raise self.error(("classes",) if "classes" in data else (),
+                             "missing 'classes'" if raw_classes is None else
+                             "'classes' must be a non-empty list")
+        classes, seen, folded = [], {}, {}
+        for index, raw in enumerate(raw_classes):
+            cls = self.pack_class(raw, ("classes", index), index, negative)
+            if cls.label in seen:
+                raise self.error(("classes", index, "label"), f"duplicate label {cls.label!r} "
+                                 f"(also classes[{seen[cls.label]}])")
+            key = cls.label.casefold()
+            if key in folded:
+                other = raw_classes[folded[key]]["label"]
+                raise self.error(("classes", index, "label"), f"label {cls.label!r} collides with "
+                                 f"{other!r} (classes[{folded[key]}]) on case-insensitive file systems")
+            seen[cls.label], folded[key] = index, index
+            classes.append(cls)
+
+        self.check_references(slots, classes)
+        normalised = {
+            "version": FORMAT_VERSION, "name": name, "trigger": trigger, "suffix": suffix,
+            "negative": negative, "slots": _normal_slots(slots),
+            "classes": [
+                {"label": c.label, "templates": _normal_entries(c.templates), "negative": c.negative,
+                 "clip_text": c.clip_text, "weight": c.weight, "order": c.order,
+                 "metadata": dict(c.metadata), "slots": _normal_slots(c.slots)}
+                for c in classes
+            ],
+        }
+        blob = json.dumps(normalised, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return Pack(
+            name=name, trigger=trigger, suffix=suffix, negative=negative,
+            slots=MappingProxyType(slots), classes=tuple(classes),
+            pack_hash=hashlib.blake2b(blob.encode("utf-8"), digest_size=16).hexdigest(),
+            source=self.source, description=description,
+        )
+
+    def pack_class(self, raw: Any, path: tuple, index: int, pack_negative: str) -> PackClass:
+        self.mapping(raw, path, _CLASS_KEYS)
+        if "label" not in raw:
+            raise self.error(path, "class needs a 'label'")
+        label = raw["label"]
+        if not isinstance(label, str):
+            raise self.error(path + ("label",), f"label must be text, got {_describe(label)}")
+        problem = label_problem(label)
+        if problem:
+            raise self.error(path + ("label",), problem)
+        if "templates" not in raw:
+            raise self.error(path, f"class {label!r} has no 'templates'")
+        templates = self.entries(raw["templates"], path + ("templates",), "templates")
+
+        metadata = raw.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise self.error(path + ("metadata",), f"must be a mapping of numbers, got {_describe(metadata)}")
+        for key, value in metadata.items():
+            if not isinstance(key, str):
+                raise self.error(path + ("metadata",), f"key {key!r} must be text")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise self.error(path + ("metadata", key), f"must be a finite number, got {_describe(value)}")
+
+        order = raw.get("order")
+        if order is not None and (isinstance(order, bool) or not isinstance(order, int)):
+            raise self.error(path + ("order",), f"must be an integer, got {_describe(order)}")
+        weight = self.number(raw.get("weight", 1), path + ("weight",), positive=True)
+
+        negative = pack_negative
+        if raw.get("negative") is not None:
+            negative = self.text(raw["negative"], path + ("negative",)).strip()
+        extra = self.text(raw.get("negative_extra"), path + ("negative_extra",)).strip()
+        if extra:
+            negative = f"{negative}, {extra}" if negative else extra
+        clip_text = self.text(raw.get("clip_text"), path + ("clip_text",)).strip()
+        if not clip_text:
+            clip_text = "a photo of " + " ".join(re.split(r"[_.\-]+", label)).strip()
+        return PackClass(
+            index=index, label=label, templates=templates, negative=negative, clip_text=clip_text,
+            weight=weight, order=order, metadata=MappingProxyType(dict(metadata)),
+            slots=MappingProxyType(self.slots(raw.get("slots"), path + ("slots",))),
+        )
+
+    def check_references(self, pack_slots: dict, classes: list) -> None:
+        """Every ``{name}`` a class can reach must resolve, without cycles."""
+        known_anywhere = set(pack_slots).union(*(c.slots for c in classes))
+        for name, entries in pack_slots.items():
+            for index, entry in enumerate(entries):
+                for ref in split_template(entry.text)[1]:
+                    if ref not in known_anywhere:
+                        raise self.error(("slots", name, index),
+                                         _unknown(ref, known_anywhere))
+        for cls in classes:
+            table = {**pack_slots, **cls.slots}
+            where = {name: ("slots", name) for name in pack_slots}
+            where.update({name: ("classes", cls.index, "slots", name) for name in cls.slots})
+            state: dict = {}   # slot name -> "visiting" | "done"
+
+            def visit(name: str, chain: list, strict: bool) -> None:
+                if state.get(name) == "done":
+                    return
+                state[name] = "visiting"
+                stack = chain + [name]
+                for index, entry in enumerate(table[name]):
+                    for ref in split_template(entry.text)[1]:
+                        if ref not in table:
+                            if not strict:   # an unused pack slot may rely on other classes' slots
+                                continue
+                            raise self.error(where[name] + (index,), _unknown(ref, table, cls.label))
+                        if state.get(ref) == "visiting":
+                            cycle = stack[stack.index(ref):] + [ref]
+                            raise self.error(where[name] + (index,), "reference cycle: "
+                                             + " -> ".join(cycle) + f" (class {cls.label!r})")
+                        visit(ref, stack, strict)
+                state[name] = "done"
+
+            for index, template in enumerate(cls.templates):
+                for ref in split_template(template.text)[1]:
+                    if ref not in table:
+                        raise self.error(("classes", cls.index, "templates", index),
+                                         _unknown(ref, table, cls.label))
+                    visit(ref, [], True)
+            for name in table:   # unused slots too: a cycle there is a mistake all the same
+                visit(name, [], False)
+
+
+def _unknown(ref: str, known, label: Optional[str] = None) -> str:
+    hint = difflib.get_close_matches(ref, list(known), n=1)
+    return (f"unknown slot {{{ref}}}" + (f" in class {label!r}" if label else "")
+            + (f" (did you mean {{{hint[0]}}}?)" if hint else "")
+            + f"; defined slots: {', '.join(sorted(known)) or 'none'}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing"
+
+
+def _normal_entries(entries: tuple) -> list:
+    return [[e.text, e.weight] for e in entries]
+
+
+def _normal_slots(slots: Mapping) -> dict:
+    return {name: _normal_entries(entries) for name, entries in slots.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Files: loading with a cache, discovery
+
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 32
+
+
+def load_pack(path: str) -> Pack:
+    """Load a pack file; repeated loads of an unchanged file (same mtime and size) are free."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise PromptPackError(f"cannot read prompt pack: {exc.strerror}", file=path) from None
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise PromptPackError(f"cannot read prompt pack: {exc.strerror}", file=path) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PromptPackError(f"not UTF-8 text (byte {exc.start})", file=path) from None
+    pack = parse_pack(text, source=path)
+    with _CACHE_LOCK:
+        for old in [k for k in _CACHE if k[0] == path]:
+            del _CACHE[old]
+        while len(_CACHE) >= _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[key] = pack
+    return pack
+
+
+def find_packs(dirs) -> dict:
+    """``{file stem: path}`` of the ``*.yaml`` / ``*.yml`` files in ``dirs`` (not parsed).
+
+    Sorted by name; when two folders hold the same stem, the earlier folder wins. Missing
+    folders are skipped.
+    """
+    found: dict = {}
+    for folder in dirs:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for file_name in names:
+            stem, ext = os.path.splitext(file_name)
+            full = os.path.join(folder, file_name)
+            if ext.lower() in PACK_SUFFIXES and stem not in found and os.path.isfile(full):
+                found[stem] = full
+    return dict(sorted(found.items()))

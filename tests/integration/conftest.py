@@ -1,0 +1,66 @@
+"""Integration fixtures: a real ComfyUI server on CPU with this pack and tiny model fixtures.
+
+Skipped, with one line naming the paths looked at, where no ComfyUI is installed. The server log
+is attached to the report of every failing test.
+"""
+from __future__ import annotations
+
+import pytest
+
+from support import fixtures
+from support.comfy_server import ComfyClient, ComfyServer, find_comfyui, skip_reason
+
+_SERVERS: list[ComfyServer] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    here = str(config.rootpath / "tests" / "integration")
+    if find_comfyui() is None:
+        marker = pytest.mark.skip(reason=skip_reason())
+        for item in items:
+            if str(item.fspath).startswith(here):
+                item.add_marker(marker)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _SERVERS:
+        for server in _SERVERS:
+            report.sections.append((f"ComfyUI server log ({server.url})", server.log()[-20000:]))
+
+
+@pytest.fixture(scope="session")
+def comfyui_path():
+    path = find_comfyui()
+    if path is None:
+        pytest.skip(skip_reason())
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dirs(comfyui_path):
+    dirs = fixtures.tiny_sd3(comfyui_path)
+    dirs["open_clip"] = fixtures.random_open_clip()
+    return {k: [v] for k, v in dirs.items()}
+
+
+def start_server(comfyui_path, base_dir, model_dirs, **kw) -> ComfyServer:
+    server = ComfyServer(comfyui=comfyui_path, base_dir=base_dir, model_dirs=model_dirs, **kw)
+    _SERVERS.append(server)
+    return server.start()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfyui_path, model_dirs, tmp_path_factory):
+    server = start_server(comfyui_path, tmp_path_factory.mktemp("comfy"), model_dirs)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(comfy_server):
+    c = ComfyClient(comfy_server.url)
+    yield c
+    c.close()

@@ -1,0 +1,124 @@
+"""Build a tiny random-weight SD3 checkpoint and a matching LoRA, for tests and the demo.
+
+Run with ComfyUI importable (``cwd`` = the ComfyUI folder):
+    python build_tiny_sd3.py <out_dir>
+Writes ``tiny_sd3.safetensors`` (MMDiT depth 2, TAESD-shaped VAE, clip_l only) and
+``tiny_sd3_lora.safetensors`` (diffusers-form and kohya-form MMDiT keys plus a text-encoder key),
+built from ComfyUI's own classes so ComfyUI detects them as SD3. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+DEPTH = 2            # hidden = 64 * depth, heads = depth (ComfyUI's detection rule)
+HIDDEN = 64 * DEPTH
+LORA_RANK = 4
+BUILD_VERSION = "3"  # bump to invalidate cached fixtures
+
+
+def build_checkpoint() -> dict[str, torch.Tensor]:
+    from comfy.cli_args import args
+
+    args.cpu = True  # before comfy.model_management is imported: no GPU probing
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+    from comfy.taesd.taesd import TAESD
+    from comfy.sd1_clip import SDClipModel
+    import comfy.ops
+
+    torch.manual_seed(0)
+    mmdit = MMDiT(
+        patch_size=2, in_channels=16, out_channels=16, depth=DEPTH,
+        adm_in_channels=2048,  # fixed by SD3's pooled text (clip_l 768 + clip_g 1280)
+        context_embedder_config={"target": "torch.nn.Linear",
+                                 "params": {"in_features": 4096, "out_features": HIDDEN}},
+        pos_embed_max_size=64, num_patches=64 * 64,  # 64x64 patches -> up to 1024 px
+        operations=comfy.ops.disable_weight_init,
+    )
+    for p in mmdit.parameters():  # disable_weight_init leaves memory uninitialised
+        torch.nn.init.normal_(p, std=0.02)
+    vae = TAESD(latent_channels=16)
+    _default_init(vae)
+    _visible_decoder(vae)
+    clip = SDClipModel(device="cpu", dtype=torch.float16)
+    for p in clip.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+
+    sd: dict[str, torch.Tensor] = {}
+    for k, v in mmdit.state_dict().items():
+        sd["model.diffusion_model." + k] = v.to(torch.float16)
+    for k, v in vae.state_dict().items():
+        sd["first_stage_model." + k] = v.to(torch.float16)
+    for k, v in clip.state_dict().items():
+        sd["text_encoders.clip_l." + k] = v.to(torch.float16)
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def _default_init(module: torch.nn.Module) -> None:
+    """He init for conv/linear layers (ComfyUI's ops leave memory uninitialised)."""
+    for m in module.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and w.dim() > 1:
+            torch.nn.init.kaiming_normal_(w, nonlinearity="relu")
+            if isinstance(getattr(m, "bias", None), torch.Tensor):
+                torch.nn.init.zeros_(m.bias)
+
+
+def _visible_decoder(vae) -> None:
+    """Rescale the decoder's last conv so random latents decode to mid-grey +- 0.25, not black:
+    images must differ visibly when the latent differs (the LoRA test compares pixels)."""
+    last = [m for m in vae.taesd_decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.bias.zero_()
+        out = vae.taesd_decoder(torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(2)))
+        last.weight.mul_(0.25 / out.std().clamp_min(1e-6))
+        last.bias.fill_(0.5)
+
+
+def build_lora() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+
+    def pair(out_f: int, in_f: int) -> tuple[torch.Tensor, torch.Tensor]:
+        down = torch.randn(LORA_RANK, in_f, generator=g) * 0.5
+        up = torch.randn(out_f, LORA_RANK, generator=g) * 0.5
+        return down, up
+
+    lora: dict[str, torch.Tensor] = {}
+    for n in range(DEPTH):  # diffusers form
+        for proj in ("to_q", "to_k", "to_v", "add_q_proj"):
+            down, up = pair(HIDDEN, HIDDEN)
+            base = f"transformer.transformer_blocks.{n}.attn.{proj}"
+            lora[f"{base}.lora_A.weight"] = down
+            lora[f"{base}.lora_B.weight"] = up
+    for n in range(DEPTH):  # kohya form
+        down, up = pair(HIDDEN * 4, HIDDEN)
+        base = f"lora_unet_joint_blocks_{n}_x_block_mlp_fc1"
+        lora[f"{base}.lora_down.weight"] = down
+        lora[f"{base}.lora_up.weight"] = up
+        lora[f"{base}.alpha"] = torch.tensor(float(LORA_RANK))
+    down, up = pair(768, 768)  # text encoder (clip_l)
+    base = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    lora[f"{base}.lora_down.weight"] = down
+    lora[f"{base}.lora_up.weight"] = up
+    lora[f"{base}.alpha"] = torch.tensor(float(LORA_RANK))
+    return {k: v.to(torch.float16).contiguous() for k, v in lora.items()}
+
+
+def main(out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    for name, build in (("tiny_sd3.safetensors", build_checkpoint),
+                        ("tiny_sd3_lora.safetensors", build_lora)):
+        path = os.path.join(out_dir, name)
+        tmp = path + ".tmp"
+        save_file(build(), tmp, metadata={"dtgen_fixture": BUILD_VERSION})
+        os.replace(tmp, path)  # a killed build never leaves a half file under the real name
+    print(out_dir)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())
+    main(sys.argv[1])

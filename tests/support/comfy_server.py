@@ -1,0 +1,240 @@
+"""Start a real ComfyUI server for integration tests and talk to it over its HTTP API.
+
+ComfyUI is found at ``$COMFYUI_PATH``, else comfy-cli's default workspace ``~/comfy/ComfyUI``.
+The server runs ``main.py --cpu`` on a free loopback port with a temporary base directory (its
+output, input, temp and user folders) and an ``extra_model_paths.yaml`` that loads this checkout
+as a custom node pack and maps the fixture model folders. It is stopped by its PID.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .pkg import ROOT
+
+PACK_NAME = "dtgen"
+
+
+def comfyui_candidates() -> list[Path]:
+    paths = []
+    if os.environ.get("COMFYUI_PATH"):
+        paths.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
+    paths.append(Path.home() / "comfy" / "ComfyUI")
+    return paths
+
+
+def find_comfyui() -> Path | None:
+    for path in comfyui_candidates():
+        if (path / "main.py").is_file() and (path / "comfy_api").is_dir():
+            return path
+    return None
+
+
+def skip_reason() -> str:
+    return "integration tests SKIPPED: no ComfyUI at " + ", ".join(str(p) for p in comfyui_candidates())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ComfyServer:
+    comfyui: Path
+    base_dir: Path                     # temporary: output/, input/, temp/, user/, custom_nodes/
+    model_dirs: dict[str, list[Path]] = field(default_factory=dict)  # folder name -> paths
+    port: int = 0
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "server.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _write_config(self) -> Path:
+        nodes_dir = self.base_dir / "pack_link"
+        nodes_dir.mkdir(parents=True, exist_ok=True)
+        link = nodes_dir / PACK_NAME
+        if not link.exists():
+            link.symlink_to(ROOT, target_is_directory=True)
+        lines = ["dtgen_tests:", f"    base_path: {self.base_dir}", f"    custom_nodes: {nodes_dir}"]
+        for folder, paths in self.model_dirs.items():
+            lines.append(f"    {folder}: |")
+            lines.extend(f"        {p}" for p in paths)
+        cfg = self.base_dir / "extra_model_paths.yaml"
+        cfg.write_text("\n".join(lines) + "\n")
+        return cfg
+
+    def start(self, timeout: float = 120.0) -> "ComfyServer":
+        for sub in ("output", "input", "temp", "user", "custom_nodes", "models"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        cmd = [
+            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--base-directory", str(self.base_dir),
+            "--extra-model-paths-config", str(self._write_config()),
+            "--output-directory", str(self.base_dir / "output"),
+            "--input-directory", str(self.base_dir / "input"),
+            "--temp-directory", str(self.base_dir / "temp"),
+            "--user-directory", str(self.base_dir / "user"),
+            "--database-url", "sqlite:///:memory:",
+            "--disable-auto-launch", *self.extra_args,
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}\n--- server log ---\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/system_stats", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"ComfyUI not ready after {timeout}s\n--- server log ---\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=15)
+
+
+class ComfyClient:
+    """POST /prompt, follow the websocket, read /history/<id>, fetch outputs."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.client_id = str(uuid.uuid4())
+        self._ws = None
+
+    # ---- plain HTTP
+    def get_json(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as r:
+            return json.loads(r.read())
+
+    def post_json(self, path: str, payload: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+                return r.status, (json.loads(body) if body else {})
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def queue(self, prompt: dict) -> dict:
+        """Queue an API-format graph; returns ComfyUI's answer (prompt_id, or error + node_errors)."""
+        status, body = self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        body["_status"] = status
+        return body
+
+    def history(self, prompt_id: str) -> dict:
+        return self.get_json(f"/history/{prompt_id}").get(prompt_id, {})
+
+    def view(self, filename: str, subfolder: str = "", folder_type: str = "output") -> bytes:
+        q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
+        with urllib.request.urlopen(f"{self.url}/view?{q}", timeout=60) as r:
+            return r.read()
+
+    # ---- websocket
+    def connect(self):
+        import websocket  # websocket-client
+
+        ws = websocket.WebSocket()
+        ws.connect(self.url.replace("http://", "ws://") + f"/ws?clientId={self.client_id}", timeout=300)
+        self._ws = ws
+        return self
+
+    def close(self):
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
+
+    def run(self, prompt: dict, timeout: float = 600.0) -> "RunResult":
+        """Queue and wait until the prompt finished; collects websocket events on the way."""
+        if self._ws is None:
+            self.connect()
+        answer = self.queue(prompt)
+        if "prompt_id" not in answer:
+            raise QueueRejected(answer)
+        pid = answer["prompt_id"]
+        result = RunResult(pid)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            msg = self._ws.recv()
+            if not isinstance(msg, str):
+                continue  # binary preview frames
+            event = json.loads(msg)
+            data = event.get("data", {})
+            if data.get("prompt_id") not in (None, pid):
+                continue
+            result.events.append(event)
+            kind = event["type"]
+            if kind == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
+                break
+            if kind == "execution_error":
+                result.error = data
+                break
+        else:
+            raise TimeoutError(f"prompt {pid} did not finish in {timeout}s")
+        result.history = self.history(pid)
+        return result
+
+
+class QueueRejected(Exception):
+    def __init__(self, answer: dict):
+        self.answer = answer
+        super().__init__(json.dumps(answer, indent=1)[:4000])
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    events: list[dict] = field(default_factory=list)
+    history: dict = field(default_factory=dict)
+    error: dict | None = None
+
+    def executed_nodes(self) -> list[str]:
+        return [e["data"]["node"] for e in self.events if e["type"] == "executed"]
+
+    def outputs(self, node_id: str) -> dict:
+        return self.history.get("outputs", {}).get(str(node_id), {})
+
+    def progress_events(self) -> list[dict]:
+        return [e for e in self.events if e["type"] == "progress"]

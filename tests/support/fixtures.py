@@ -1,0 +1,75 @@
+"""Model fixtures built at test time into a cache directory outside the repository.
+
+Nothing here is downloaded and no weights are ever committed. The cache lives at
+``$DTGEN_FIXTURE_CACHE``, else ``~/.cache/dtgen-tests/fixtures``; a version tag in the path
+invalidates old builds. A file lock keeps two concurrent test runs from building twice.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from .pkg import ROOT
+
+FIXTURE_VERSION = "v3"
+CHECKPOINT = "tiny_sd3.safetensors"
+LORA = "tiny_sd3_lora.safetensors"
+CLIP_ARCH = "ViT-B-32"
+CLIP_WEIGHTS = "ViT-B-32-random.safetensors"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("DTGEN_FIXTURE_CACHE") or Path.home() / ".cache" / "dtgen-tests" / "fixtures"
+    path = Path(base) / FIXTURE_VERSION
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def _locked(path: Path):
+    with open(path / ".build.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def tiny_sd3(comfyui: Path) -> dict[str, Path]:
+    """Folders ``checkpoints`` and ``loras`` holding the tiny SD3 checkpoint and its LoRA."""
+    root = cache_dir()
+    ckpt_dir, lora_dir = root / "checkpoints", root / "loras"
+    with _locked(root):
+        if not (ckpt_dir / CHECKPOINT).exists() or not (lora_dir / LORA).exists():
+            build = root / "build"
+            subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "build_tiny_sd3.py"), str(build)],
+                           cwd=comfyui, check=True)
+            ckpt_dir.mkdir(exist_ok=True)
+            lora_dir.mkdir(exist_ok=True)
+            os.replace(build / CHECKPOINT, ckpt_dir / CHECKPOINT)
+            os.replace(build / LORA, lora_dir / LORA)
+    return {"checkpoints": ckpt_dir, "loras": lora_dir}
+
+
+def random_open_clip(arch: str = CLIP_ARCH, name: str = CLIP_WEIGHTS) -> Path:
+    """Folder ``open_clip`` holding a random-init open_clip model saved as safetensors."""
+    folder = cache_dir() / "open_clip"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    with _locked(cache_dir()):
+        if not path.exists():
+            code = (
+                "import sys, torch, open_clip\n"
+                "from safetensors.torch import save_file\n"
+                "torch.manual_seed(0)\n"
+                f"m = open_clip.create_model({arch!r}, pretrained=None)\n"
+                "sd = {k: v.contiguous() for k, v in m.state_dict().items()}\n"
+                f"save_file(sd, {str(path) + '.tmp'!r})\n"
+            )
+            subprocess.run([sys.executable, "-c", code], check=True)
+            os.replace(str(path) + ".tmp", path)
+    return folder

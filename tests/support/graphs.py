@@ -1,0 +1,25 @@
+"""API-format graphs used by the integration tests (built in code, model names from fixtures)."""
+from __future__ import annotations
+
+from .fixtures import CHECKPOINT, LORA
+
+
+def stock_sd3_lora(strength: float = 1.0, seed: int = 7, size: int = 128, steps: int = 4,
+                   prefix: str = "stock") -> dict:
+    """CheckpointLoaderSimple -> LoraLoader -> CLIPTextEncode x2 -> EmptySD3LatentImage -> KSampler
+    -> VAEDecode -> SaveImage: the stock part of the DTGen graph."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "2": {"class_type": "LoraLoader", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "lora_name": LORA,
+            "strength_model": strength, "strength_clip": strength}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "dtgtableware a clean white plate"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "blurry, cartoon"}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0],
+            "seed": seed, "steps": steps, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform",
+            "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
+    }

@@ -1,0 +1,44 @@
+import numpy as np
+from dtgen.nodes.dataset.history import history_fingerprint, load_history, load_history_embeddings
+from dtgen.nodes.dataset.quotas import done_indices, missing, next_missing_indices
+from dtgen.nodes.dataset.writer import DatasetWriter
+
+from .conftest import make_items
+
+
+def test_history_scores_embeddings_fingerprint(tmp_path):
+    ds = tmp_path / "ds"
+    items = make_items(range(9))
+    with DatasetWriter(ds) as w:
+        w.write(items[:6])
+        fp = history_fingerprint(ds)
+        w.write(items[6:])
+    assert history_fingerprint(ds) != fp
+    hist = load_history(ds)
+    assert np.allclose(sorted(hist["cat"]), sorted(it.score for it in items if it.label == "cat"))
+    acc = load_history(ds, which="accepted")
+    assert len(acc["cat"]) == sum(it.accepted for it in items if it.label == "cat")
+    emb = load_history_embeddings(ds)
+    want = np.stack([it.embedding for it in items if it.label == "dog" and it.accepted])
+    assert emb["dog"].dtype == np.float32 and np.array_equal(emb["dog"], want)
+    assert load_history_embeddings(ds, which="all")["cat"].shape == (3, 4)
+    # a half-written last line (writer still appending) is ignored by readers
+    with open(ds / "manifest.jsonl", "ab") as f:
+        f.write(b'{"id": "x", "fi')
+    assert len(load_history(ds)["cat"]) == 3
+
+
+def test_missing_done_and_next_indices(tmp_path):
+    ds = tmp_path / "ds"
+    labels = ("a", "b")
+    with DatasetWriter(ds) as w:
+        w.write(make_items([0, 1, 2, 3, 5], labels=labels, accepted=True))
+    # a: 0, 2 accepted; b: 1, 3, 5 accepted
+    assert done_indices(ds) == {0, 1, 2, 3, 5}
+    assert done_indices(ds, pack_hash="nope") == set()
+    assert missing(ds, {"a": 4, "b": 3}) == {"a": 2, "b": 0}
+    label_of = lambda i: labels[i % 2]
+    # b is full, a needs 2: skip done 0, 2 and every b index
+    assert next_missing_indices(ds, label_of, 0, 10, {"a": 4, "b": 3}) == [4, 6]
+    assert next_missing_indices(ds, label_of, 0, 3, None) == [4, 6, 7]
+    assert next_missing_indices(ds, label_of, 0, 5, {"a": 2, "b": 3}, max_scan=50) == []
