@@ -86,7 +86,3 @@ def safe_dataset_dir(output_dir, name: str) -> Path:
         raise DatasetPathError("dataset name", name, f"resolves outside the output directory {root}")
     return target
 
-
-def safe_file_name(name: str) -> str:
-    """Check a single file name (e.g. a caller-supplied item id) the same way."""
-    return _check_part(_normalise(name, "file name"), "file name", name)

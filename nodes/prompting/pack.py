@@ -409,37 +409,48 @@ class _Validator:
                         raise self.error(("slots", name, index),
                                          _unknown(ref, known_anywhere))
         for cls in classes:
-            table = {**pack_slots, **cls.slots}
-            where = {name: ("slots", name) for name in pack_slots}
-            where.update({name: ("classes", cls.index, "slots", name) for name in cls.slots})
-            state: dict = {}   # slot name -> "visiting" | "done"
+            _ClassReferences(self, pack_slots, cls).check()
 
-            def visit(name: str, chain: list, strict: bool) -> None:
-                if state.get(name) == "done":
-                    return
-                state[name] = "visiting"
-                stack = chain + [name]
-                for index, entry in enumerate(table[name]):
-                    for ref in split_template(entry.text)[1]:
-                        if ref not in table:
-                            if not strict:   # an unused pack slot may rely on other classes' slots
-                                continue
-                            raise self.error(where[name] + (index,), _unknown(ref, table, cls.label))
-                        if state.get(ref) == "visiting":
-                            cycle = stack[stack.index(ref):] + [ref]
-                            raise self.error(where[name] + (index,), "reference cycle: "
-                                             + " -> ".join(cycle) + f" (class {cls.label!r})")
-                        visit(ref, stack, strict)
-                state[name] = "done"
 
-            for index, template in enumerate(cls.templates):
-                for ref in split_template(template.text)[1]:
-                    if ref not in table:
-                        raise self.error(("classes", cls.index, "templates", index),
-                                         _unknown(ref, table, cls.label))
-                    visit(ref, [], True)
-            for name in table:   # unused slots too: a cycle there is a mistake all the same
-                visit(name, [], False)
+class _ClassReferences:
+    """Depth-first walk of one class's slot graph: unknown references and cycles."""
+
+    def __init__(self, validator: _Validator, pack_slots: dict, cls: PackClass):
+        self.validator, self.cls = validator, cls
+        self.table = {**pack_slots, **cls.slots}     # class overrides win
+        self.where = {name: ("slots", name) for name in pack_slots}
+        self.where.update({name: ("classes", cls.index, "slots", name) for name in cls.slots})
+        self.state: dict = {}                        # slot name -> "visiting" | "done"
+
+    def check(self) -> None:
+        cls = self.cls
+        for index, template in enumerate(cls.templates):
+            for ref in split_template(template.text)[1]:
+                if ref not in self.table:
+                    raise self.validator.error(("classes", cls.index, "templates", index),
+                                               _unknown(ref, self.table, cls.label))
+                self.visit(ref, [], strict=True)
+        for name in self.table:   # unused slots too: a cycle there is a mistake all the same
+            self.visit(name, [], strict=False)
+
+    def visit(self, name: str, chain: list, strict: bool) -> None:
+        if self.state.get(name) == "done":
+            return
+        self.state[name] = "visiting"
+        stack = chain + [name]
+        for index, entry in enumerate(self.table[name]):
+            for ref in split_template(entry.text)[1]:
+                if ref not in self.table:
+                    if not strict:   # an unused pack slot may rely on other classes' slots
+                        continue
+                    raise self.validator.error(self.where[name] + (index,),
+                                               _unknown(ref, self.table, self.cls.label))
+                if self.state.get(ref) == "visiting":
+                    raise self.validator.error(
+                        self.where[name] + (index,), "reference cycle: "
+                        + " -> ".join(stack[stack.index(ref):] + [ref]) + f" (class {self.cls.label!r})")
+                self.visit(ref, stack, strict)
+        self.state[name] = "done"
 
 
 def _unknown(ref: str, known, label: Optional[str] = None) -> str:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 from bisect import bisect_right
-from itertools import chain
 from dataclasses import dataclass, field
-from typing import Optional
+from itertools import chain
 
 from .pack import Pack, PromptPackError, split_template
 
@@ -170,14 +170,19 @@ _COMPILED: dict = {}
 _COMPILED_SIZE = 16
 
 
+_COMPILED_LOCK = threading.Lock()
+
+
 def _compiled(pack: Pack) -> _CompiledPack:
-    found = _COMPILED.get(pack.pack_hash)
-    if found is None:
-        found = _CompiledPack(pack)
-        while len(_COMPILED) >= _COMPILED_SIZE:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[pack.pack_hash] = found
-    return found
+    """Per-pack tables, shared by every sampler of the same pack content."""
+    with _COMPILED_LOCK:
+        found = _COMPILED.get(pack.pack_hash)
+        if found is None:
+            found = _CompiledPack(pack)
+            while len(_COMPILED) >= _COMPILED_SIZE:
+                _COMPILED.pop(next(iter(_COMPILED)))
+            _COMPILED[pack.pack_hash] = found
+        return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,13 +190,15 @@ def _compiled(pack: Pack) -> _CompiledPack:
 
 
 def _draws(base, i: int):
-    """Uniform 32-bit draws for item i: blake2b(pack_hash, seed, i[, block]) read 32 bits at a time.
-
-    The first 16 draws come from one digest; more (deeply nested packs) from further blocks.
-    """
+    """The first 16 uniform 32-bit draws of item i: one blake2b digest of (pack_hash, seed, i)."""
     h = base.copy()
     h.update(b"%d" % i)
-    return chain(_UNPACK16(h.digest()), _more_draws(base, i))
+    return iter(_UNPACK16(h.digest()))
+
+
+def _long_draws(base, i: int):
+    """All draws of item i, for the rare item that needs more than 16 (deep nesting)."""
+    return chain(_draws(base, i), _more_draws(base, i))
 
 
 def _more_draws(base, i: int):
@@ -336,14 +343,11 @@ class Sampler:
             template = compiled.templates.alts[t]
             _expand_indexed(template, sub, parts, picks)
         else:
-            draws = _draws(self._draw_base, i)
-            if self.mode == "balanced":
-                compiled = self._classes[i % self._n_classes]
-            else:
-                compiled = self._classes[self._class_choice.pick(next(draws))]
-            templates = compiled.templates
-            template = templates.alts[templates.pick(next(draws))]
-            _expand_drawn(template, draws, parts, picks)
+            try:
+                compiled, template = self._drawn(_draws(self._draw_base, i), i, parts, picks)
+            except StopIteration:      # > 16 draws: redo with the longer, identical-prefix stream
+                parts, picks = [], {}
+                compiled, template = self._drawn(_long_draws(self._draw_base, i), i, parts, picks)
         positive = self._prefix + "".join(parts) + self._suffix
         if not compiled.tidy_free:
             positive = tidy(positive)
@@ -352,6 +356,16 @@ class Sampler:
                     "index": i, "seed": seed, "class_metadata": dict(compiled.class_metadata),
                     "template": template.index, "slots": picks}
         return PromptItem(i, compiled.cls.label, positive, compiled.cls.negative, seed, metadata)
+
+    def _drawn(self, draws, i: int, parts: list, picks: dict) -> tuple:
+        if self.mode == "balanced":
+            compiled = self._classes[i % self._n_classes]
+        else:
+            compiled = self._classes[self._class_choice.pick(next(draws))]
+        templates = compiled.templates
+        template = templates.alts[templates.pick(next(draws))]
+        _expand_drawn(template, draws, parts, picks)
+        return compiled, template
 
     def items(self, start: int, count: int) -> list:
         """Items start .. start+count-1 (in exhaustive mode the range must fit in ``total``)."""

@@ -1,7 +1,10 @@
 """API-format graphs used by the integration tests (built in code, model names from fixtures)."""
 from __future__ import annotations
 
-from .fixtures import CHECKPOINT, LORA
+import json
+
+from .fixtures import CHECKPOINT, CLIP_WEIGHTS, LORA
+from .pkg import ROOT
 
 
 def stock_sd3_lora(strength: float = 1.0, seed: int = 7, size: int = 128, steps: int = 4,
@@ -23,3 +26,28 @@ def stock_sd3_lora(strength: float = 1.0, seed: int = 7, size: int = 128, steps:
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
     }
+
+
+EXAMPLES = ROOT / "example_workflows" / "api"
+
+
+def example_api(name: str, **overrides) -> dict:
+    """An API twin from example_workflows/api with only the model files swapped for the fixtures,
+    and small sizes for CPU; ``overrides`` sets sampler/filter/writer widgets by input name."""
+    graph = json.loads((EXAMPLES / f"{name}.json").read_text())
+    for node in graph.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = CHECKPOINT
+        elif kind == "LoraLoader":
+            inputs["lora_name"] = LORA
+        elif kind == "DTGenClipLoader":
+            inputs["weights"] = CLIP_WEIGHTS
+        elif kind == "EmptySD3LatentImage":
+            inputs["width"] = inputs["height"] = 128
+        elif kind == "KSampler":
+            inputs["steps"] = 4
+        for key, value in overrides.items():
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = value
+    return graph

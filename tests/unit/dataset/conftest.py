@@ -1,6 +1,7 @@
 """Helpers for dataset tests: tiny deterministic ScoredItems and a dataset consistency check."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,9 @@ def check_consistent(dataset_dir: Path) -> dict[str, dict]:
         assert tree == ("images" if rec["decision"] == "accepted" else "rejected")
     temps = [p for p in Path(dataset_dir).rglob(".*.tmp-*")]
     assert temps == []
+    rows = [json.loads(x) for x in (Path(dataset_dir) / "images" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted("images/" + r["file_name"] for r in rows) == sorted(
+        r["file"] for r in view.values() if r["decision"] == "accepted")
     return view
 
 

@@ -66,7 +66,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
             repairs += reconcile(ds).changed
         view = check_consistent(ds)  # no line without file, no file without line, no temp files
         assert _verify_images(ds) == len(view)  # every stored image decodes
-    assert killed_mid_run >= 20  # the kills really interrupted writing ...
+    assert killed_mid_run >= 10  # the kills really interrupted writing ...
     assert repairs > 0  # ... and some landed between an image and its manifest line
 
     done = {r["index"] for r in check_consistent(ds).values()}
@@ -85,7 +85,7 @@ def test_two_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     a = _spawn(ds, 0, 30, 2)
     b = _spawn(ds, 15, 45, 3)  # overlaps indices 15..29
     for p in (a, b):
-        out, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
     read = manifest.read(ds)
     ids = [r["id"] for r in read.records]

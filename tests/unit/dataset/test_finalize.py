@@ -40,7 +40,7 @@ def test_finalize_redecides_moves_and_reports(ds, capsys):
     report = json.loads(rep.report_json.read_text())
     assert report["per_class"]["cat"]["total"] == 10
     assert "tea cup" in capsys.readouterr().out  # printed table
-    for label, path in rep.contact_sheets.items():
+    for path in rep.contact_sheets.values():
         with Image.open(path) as im:
             assert im.format == "PNG" and im.width > 0
     meta = [json.loads(x) for x in (ds / "images" / "metadata.jsonl").read_text().splitlines()]

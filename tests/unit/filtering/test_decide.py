@@ -51,12 +51,12 @@ def test_history_raises_the_bar():
 
 
 def test_provisional_below_min_count():
-    items = _batch({"cup": [0.3, 0.31, 0.1], "plate": [0.2] * 5 + [0.21] * 5})
+    items = _batch({"cup": [0.3, 0.31, 0.3, 0.1], "plate": [0.2] * 5 + [0.21] * 5})
     batch = decide(items, "mean_std", min_count=8)
-    assert [it.provisional for it in batch.items if it.label == "cup"] == [True] * 3
+    assert [it.provisional for it in batch.items if it.label == "cup"] == [True] * 4
     assert not any(it.provisional for it in batch.items if it.label == "plate")
     assert batch.config["provisional_labels"] == ["cup"]
-    assert not batch.items[2].accepted                 # decided by the same rule anyway
+    assert not batch.items[3].accepted                 # decided by the same rule anyway
     assert not decide(_batch({"cup": [0.3, 0.31, 0.1]}), "mean_std",
                       history={"cup": [0.3] * 5}).items[0].provisional
 
@@ -160,4 +160,4 @@ def test_bad_options_and_records():
     with pytest.raises(ClipFilterError, match="record 1: score 'x' is not a number"):
         refilter([{"label": "a", "score": 0.1}, {"label": "a", "score": "x"}], "mean_std")
     with pytest.raises(ClipFilterError, match="near-duplicate check needs an image embedding"):
-        refilter([{"label": "a", "score": 0.1}], "fixed", near_dup=0.9)
+        refilter([{"label": "a", "score": 0.3}], "fixed", near_dup=0.9)

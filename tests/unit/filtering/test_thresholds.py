@@ -45,11 +45,12 @@ def test_gmm_finds_boundary_between_two_groups():
     thr, note = get_method("gmm").threshold_with_note(np.concatenate([low, high]))
     assert note is None
     assert low.max() < thr < high.min()
-    # equal variances: boundary = midpoint shifted by log(w_lo / w_hi) * var / (m_hi - m_lo)
-    m_lo, m_hi = low.mean(), high.mean()
-    var = (low.var() * 30 + high.var() * 70) / 100
-    closed = (m_lo + m_hi) / 2 + np.log(0.3 / 0.7) * var / (m_hi - m_lo)
-    assert thr == pytest.approx(closed, abs=0.004)
+    # well separated: EM converges to each group's own moments; solve w1 N1(x) = w2 N2(x) for x
+    (w1, m1, v1), (w2, m2, v2) = [(g.size / 100, g.mean(), g.var()) for g in (low, high)]
+    quad = [1 / (2 * v2) - 1 / (2 * v1), m1 / v1 - m2 / v2,
+            m2**2 / (2 * v2) - m1**2 / (2 * v1) + np.log(w1 / w2) - 0.5 * np.log(v1 / v2)]
+    closed = [r.real for r in np.roots(quad) if m1 < r.real < m2]
+    assert len(closed) == 1 and thr == pytest.approx(closed[0], abs=1e-4)
 
 
 @pytest.mark.parametrize("scores,why", [

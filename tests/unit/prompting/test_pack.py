@@ -1,4 +1,5 @@
 """Prompt-pack parsing and validation: every error names file, YAML path and line."""
+import dataclasses
 import json
 import os
 import textwrap
@@ -49,7 +50,7 @@ def test_good_pack_parses_into_immutable_pack():
     assert a.negative == "blurry" and b.negative == "blurry, cartoon"
     assert a.clip_text == "a photo of a one" and b.clip_text == "a photo of b"
     assert pack.slots["color"][1].weight == 2.0
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         pack.name = "other"
     with pytest.raises(TypeError):
         pack.slots["color"] = ()

@@ -274,3 +274,16 @@ def test_bad_requests_are_refused(tableware):
             sampler.item(bad)
     with pytest.raises(PromptPackError):
         Sampler(tableware, "exhaustive", 0).items(sampler.total - 1, 2)
+
+
+def test_items_needing_more_than_one_digest_of_draws():
+    slots = "\n".join(f"  s{k}: [a{k}, b{k}]" for k in range(20))
+    template = " ".join(f"{{s{k}}}" for k in range(20))
+    pack = parse_pack(f"version: 1\nname: deep\nslots:\n{slots}\nclasses:\n"
+                      f"  - label: a\n    templates: ['{template}']\n")
+    sampler = Sampler(pack, "random", 3)
+    items = [sampler.item(i) for i in range(64)]
+    assert all(len(item.metadata["slots"]) == 20 for item in items)
+    for k in (0, 15, 16, 19):     # draws from the first and from the second digest both vary
+        assert {item.metadata["slots"][f"s{k}"] for item in items} == {f"a{k}", f"b{k}"}
+    assert [as_plain(item) for item in items] == [as_plain(Sampler(pack, "random", 3).item(i)) for i in range(64)]
