@@ -7,6 +7,7 @@ Run from anywhere: ``python bench/bench_prompt_sampler.py [count]``.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -41,6 +42,8 @@ def time_per_call(fn, repeats: int) -> float:
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    if hasattr(os, "getloadavg"):
+        print(f"load average before the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     pack = load_pack(ROOT / "prompts" / "tableware.yaml")
     for mode in ("balanced", "random", "exhaustive"):
         sampler = Sampler(pack, mode, seed=1234)

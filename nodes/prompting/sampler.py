@@ -34,6 +34,8 @@ _UNTIDY = ("  ", ",,", " ,")    # what empty or padded entries leave behind; see
 
 @dataclass(slots=True)
 class PromptItem:
+    """One sampled item; ``seed`` is the image seed, ``metadata`` is JSON-serialisable."""
+
     index: int
     label: str
     positive: str
@@ -211,6 +213,7 @@ def _more_draws(base, i: int):
 
 
 def _expand_drawn(phrase: _Phrase, draws, parts: list, picks: dict) -> None:
+    """Append the text of ``phrase`` to ``parts``, drawing each referenced entry by weight."""
     literals = phrase.literals
     parts.append(literals[0])
     k = 0
@@ -232,6 +235,7 @@ def _expand_drawn(phrase: _Phrase, draws, parts: list, picks: dict) -> None:
 
 
 def _expand_indexed(phrase: _Phrase, x: int, parts: list, picks: dict) -> None:
+    """Append the text of combination ``x`` of ``phrase`` (rotated mixed radix, see _Phrase)."""
     refs = phrase.refs
     digits = [0] * len(refs)
     lower, place = 0, 1
@@ -279,7 +283,11 @@ def tidy(text: str) -> str:
 
 
 class Sampler:
-    """Deterministic prompt items from a pack. ``item(i)`` is pure and O(1)."""
+    """Deterministic prompt items from a pack. ``item(i)`` is pure and O(1).
+
+    ``labels``: sampled classes in pack order; ``class_totals``: combinations per label;
+    ``total``: their sum. ``classes`` (labels, None or empty = all) restricts the classes.
+    """
 
     def __init__(self, pack: Pack, mode: str = "balanced", seed: int = 0, classes=None):
         if mode not in MODES:

@@ -1,0 +1,103 @@
+"""Packaging and layering rules of the pack, checked without ComfyUI."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import tomllib
+
+from support.pkg import BOOTSTRAP, ROOT
+
+ADAPTERS = {"node.py", "extension.py", "comfy_types.py"}   # the only files allowed to import ComfyUI
+COMFY_MODULES = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "server",
+                 "execution", "node_helpers", "latent_preview"}
+
+
+def _imported_roots(path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_logic_modules_never_import_comfyui():
+    offenders = {}
+    for path in sorted((ROOT / "nodes").rglob("*.py")) + sorted((ROOT / "runner").rglob("*.py")):
+        if path.name in ADAPTERS:
+            continue
+        bad = _imported_roots(path) & COMFY_MODULES
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = sorted(bad)
+    assert not offenders, offenders
+
+
+def test_import_without_comfyui_is_light():
+    code = BOOTSTRAP + (
+        "import json, sys\n"
+        "import dtgen\n"
+        "import dtgen.nodes.prompting.sampler, dtgen.nodes.filtering.decide, dtgen.nodes.dataset.writer\n"
+        "print(json.dumps({'entry': hasattr(dtgen, 'comfy_entrypoint'), 'version': dtgen.__version__,\n"
+        "  'heavy': sorted(m for m in ('open_clip', 'comfy', 'comfy_api', 'torch') if m in sys.modules)}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert data["entry"] is False, "comfy_entrypoint must only exist inside ComfyUI"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", data["version"])
+    assert data["heavy"] == [], f"imported without need: {data['heavy']}"
+
+
+def test_pyproject_has_what_the_registry_needs():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    assert project["name"] == "dtgen"
+    from dtgen import __version__
+    assert project["version"] == __version__, "pyproject version and dtgen.__version__ differ"
+    assert (ROOT / project["license"]["file"]).is_file()
+    assert project["urls"]["Repository"].startswith("https://")
+    assert project["requires-python"].startswith(">=")
+    assert comfy["PublisherId"] == "dtgen"
+    assert comfy["DisplayName"] == "DTGen — few-shot synthetic datasets"
+    assert comfy["Icon"] and comfy["requires-comfyui"] == ">=0.3.64"
+    assert (ROOT / "docs" / "icon.png").is_file()
+
+
+def _requirements(path) -> list[str]:
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.append(re.split(r"[<>=!~\[ ]", line)[0].lower())
+    return names
+
+
+def test_requirements_never_pull_torch():
+    runtime = _requirements(ROOT / "requirements.txt")
+    assert set(runtime) == {"open_clip_torch", "pyyaml", "numpy", "pillow"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = {re.split(r"[<>=!~\[ ]", d)[0].lower() for d in project["dependencies"]}
+    assert listed == set(runtime), "pyproject dependencies and requirements.txt differ"
+    for path in (ROOT / "requirements.txt", ROOT / "tests" / "requirements.txt"):
+        assert not {"torch", "torchvision", "torchaudio"} & set(_requirements(path)), path
+
+
+def test_published_archive_leaves_tests_out():
+    ignored = (ROOT / ".comfyignore").read_text().split()
+    assert "tests/" in ignored
+
+
+def test_node_ids_and_categories_come_from_one_place():
+    from dtgen.nodes.common.naming import category, node_id
+
+    assert node_id("PromptSampler") == "DTGenPromptSampler"
+    assert category("filtering") == "DTGen/filtering"
+    for path in (ROOT / "nodes").rglob("node.py"):
+        text = path.read_text()
+        assert "node_id=node_id(" in text and "category=category(" in text, path
+        assert 'node_id="' not in text, f"{path}: hard-coded node id"
