@@ -24,20 +24,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _pkg import load_package  # noqa: E402
+from _pkg import load_package
 
 load_package()
 
-import numpy as np  # noqa: E402
+import numpy as np
+from dtgen.nodes.common.records import ScoredItem
+from dtgen.nodes.filtering.clip_model import load_clip
+from dtgen.nodes.filtering.decide import decide, refilter
+from dtgen.nodes.filtering.scoring import TextEmbeddingCache, score_items
 
-from dtgen.nodes.common.records import ScoredItem  # noqa: E402
-from dtgen.nodes.filtering.clip_model import load_clip  # noqa: E402
-from dtgen.nodes.filtering.decide import decide, refilter  # noqa: E402
-from dtgen.nodes.filtering.scoring import TextEmbeddingCache, score_items  # noqa: E402
-
-SOURCES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "motorcycle_left", "retina",
-           "hubble_deep_field", "immunohistochemistry", "coins", "moon", "page", "brick", "grass",
-           "gravel", "color"]
+# photos bundled with scikit-image (no download): colour and gray, natural and microscopy
+SOURCES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "retina", "hubble_deep_field",
+           "immunohistochemistry", "coins", "moon", "page", "brick", "grass", "gravel", "logo", "text"]
 CLASSES = ["cup", "plate", "bowl", "glass"]
 SIZE = 512
 
@@ -49,10 +48,7 @@ def photos(n: int, seed: int = 0) -> list[np.ndarray]:
 
     bases = []
     for name in SOURCES:
-        try:
-            img = np.asarray(getattr(data, name)())
-        except Exception:   # a sample that would need a download: skip it
-            continue
+        img = np.asarray(getattr(data, name)())
         if img.ndim == 2:
             img = np.stack([img] * 3, axis=-1)
         bases.append(np.ascontiguousarray(img[..., :3]).astype(np.uint8))

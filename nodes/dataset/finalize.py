@@ -99,12 +99,15 @@ def _redecide(dataset_dir: Path, records: list[dict], decide_fn: DecideFn, resul
     decisions = list(decide_fn(_with_embeddings(dataset_dir, records)))
     if len(decisions) != len(records):
         raise ValueError(f"decide_fn returned {len(decisions)} decisions for {len(records)} records")
+    method = getattr(decide_fn, "method", None)
     out, pending = [], []
     for rec, decision in zip(records, decisions):
         accepted, threshold, reason, provisional = decision
         new = dict(rec, decision="accepted" if accepted else "rejected", reason=str(reason),
                    threshold=None if threshold is None else float(threshold), provisional=bool(provisional),
                    event="redecide", time=now_iso())
+        if method is not None:  # the decide_fn may say which threshold method it applied
+            new["method"] = method
         if new["decision"] != rec["decision"]:
             try:
                 new["file"] = _move(dataset_dir, rec, bool(accepted))
@@ -113,8 +116,8 @@ def _redecide(dataset_dir: Path, records: list[dict], decide_fn: DecideFn, resul
                                    "run finalize again to complete it") from e
             manifest.append(dataset_dir, [new])  # one durable line per move
             result.moved["to_accepted" if accepted else "to_rejected"] += 1
-        elif (new["reason"], new["threshold"], new["provisional"]) != (rec.get("reason"), rec.get("threshold"),
-                                                                        rec.get("provisional")):
+        elif (new["reason"], new["threshold"], new["provisional"], new.get("method")) != (
+                rec.get("reason"), rec.get("threshold"), rec.get("provisional"), rec.get("method")):
             pending.append(new)
         else:
             new = rec

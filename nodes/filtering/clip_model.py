@@ -12,10 +12,10 @@ import logging
 import os
 import pickle
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .errors import ClipFilterError
 
@@ -61,7 +61,7 @@ def clear_cache() -> None:
 
 
 def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
-              pretrained_tag: Optional[str] = None) -> ClipBundle:
+              pretrained_tag: str | None = None) -> ClipBundle:
     """Load ``arch`` with weights from the local file ``weights_path``; cached per process.
 
     ``dtype``: a torch dtype or "fp32"/"fp16"/"bf16" (default float32).
@@ -69,8 +69,6 @@ def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
     selects that tag's preprocessing (mean/std, interpolation) and QuickGELU setting, nothing is
     downloaded. Without it the architecture's defaults are used (OpenAI mean/std, bicubic).
     """
-    import torch
-
     torch_dtype = _resolve_dtype(dtype)
     arch = _check_arch(arch)
     path = _check_file(weights_path)
@@ -180,8 +178,6 @@ def _check_file(weights_path) -> Path:
 
 def _read_state_dict(path: Path) -> dict:
     """Read tensors from ``path``; safetensors directly, pickles only with weights_only=True."""
-    import torch
-
     if path.stat().st_size == 0:
         raise ClipFilterError("weights file is empty (0 bytes); the download or copy was cut short",
                               str(path))
@@ -232,10 +228,8 @@ def _load_strict(model, state: dict, arch: str, path: Path) -> None:
     """Load ``state`` into ``model``; on any key/shape difference explain the mismatch."""
     from open_clip.factory import convert_state_dict
 
-    try:
+    with suppress(KeyError, ValueError, RuntimeError):   # unknown layout: compare it as is
         state = convert_state_dict(model, state)   # timm / big_vision layouts -> open_clip
-    except Exception:
-        pass  # not a known third-party layout: compare as is
     expected = model.state_dict()
     if "logit_scale" in state and state["logit_scale"].ndim != expected["logit_scale"].ndim:
         state["logit_scale"] = state["logit_scale"].reshape(expected["logit_scale"].shape)
@@ -251,7 +245,7 @@ def _load_strict(model, state: dict, arch: str, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _tag_config(arch: str, tag: Optional[str]) -> dict:
+def _tag_config(arch: str, tag: str | None) -> dict:
     if not tag:
         return {}
     import open_clip
@@ -284,7 +278,7 @@ def cache_dirs() -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def find_cached_weights(arch: str, pretrained_tag: str) -> Optional[str]:
+def find_cached_weights(arch: str, pretrained_tag: str) -> str | None:
     """Path of an already-downloaded weights file for (arch, tag), or None. Never downloads.
 
     Looks in the open_clip URL cache (~/.cache/clip) and the Hugging Face hub cache

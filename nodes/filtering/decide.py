@@ -7,8 +7,9 @@ failure is the reason: ``below_threshold`` -> ``class_margin`` -> ``near_duplica
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,10 +25,10 @@ class RefilterResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def decide(items: list[ScoredItem], method, history: Optional[dict] = None, min_count: int = 8,
-           margin: Optional[float] = None, near_dup: Optional[float] = None,
-           history_embeddings: Optional[dict] = None,
-           class_orders: Optional[dict] = None) -> ScoredBatch:
+def decide(items: list[ScoredItem], method, history: dict | None = None, min_count: int = 8,
+           margin: float | None = None, near_dup: float | None = None,
+           history_embeddings: dict | None = None,
+           class_orders: dict | None = None) -> ScoredBatch:
     """Decide every item in place and return them as a ``ScoredBatch``.
 
     method: a ``ThresholdMethod`` or a name from ``METHODS``.
@@ -50,10 +51,10 @@ def decide(items: list[ScoredItem], method, history: Optional[dict] = None, min_
     return ScoredBatch(items=list(items), thresholds=out.thresholds, config=out.config)
 
 
-def refilter(records: Sequence[dict], method, history: Optional[dict] = None, min_count: int = 8,
-             margin: Optional[float] = None, near_dup: Optional[float] = None,
-             history_embeddings: Optional[dict] = None,
-             class_orders: Optional[dict] = None) -> RefilterResult:
+def refilter(records: Sequence[dict], method, history: dict | None = None, min_count: int = 8,
+             margin: float | None = None, near_dup: float | None = None,
+             history_embeddings: dict | None = None,
+             class_orders: dict | None = None) -> RefilterResult:
     """Re-apply ``decide``'s rules to stored records without re-encoding anything.
 
     A record is a dict with ``label`` and ``score`` and optionally ``class_scores``
@@ -75,7 +76,7 @@ class _Row:
     where: str
     label: str
     score: float
-    class_scores: Optional[dict]
+    class_scores: dict | None
     order: Any
     embedding: Any
 
@@ -176,7 +177,7 @@ def _history_scores(history, label) -> np.ndarray:
     return earlier
 
 
-def _class_orders(rows: list[_Row], explicit: Optional[dict]) -> dict[str, float]:
+def _class_orders(rows: list[_Row], explicit: dict | None) -> dict[str, float]:
     orders: dict[str, float] = {}
     for row in rows:
         if row.order is None or row.label in orders:
@@ -209,24 +210,50 @@ def _fails_margin(row: _Row, margin: float, orders: dict[str, float]) -> bool:
 
 def _near_duplicates(rows, by_label, accepted, reasons, threshold, history_embeddings) -> None:
     for label, idx in by_label.items():
-        kept = []
         earlier = (history_embeddings or {}).get(label)
+        bank = _Bank()
         if earlier is not None and len(earlier):
-            kept.append(_unit_rows(np.asarray(earlier, dtype=np.float32).reshape(len(earlier), -1)))
-        bank = np.concatenate(kept) if kept else None
+            bank.add(_unit_rows(np.asarray(earlier, dtype=np.float32).reshape(len(earlier), -1)),
+                     f"history_embeddings[{label!r}]")
         for i in idx:
             if not accepted[i]:
-                continue
+                continue   # only accepted items count as originals
             if rows[i].embedding is None:
                 raise ClipFilterError("near-duplicate check needs an image embedding", rows[i].where)
             emb = _unit_rows(np.asarray(rows[i].embedding, dtype=np.float32).reshape(1, -1))
-            if bank is not None and bank.shape[1] != emb.shape[1]:
-                raise ClipFilterError(f"embedding size {emb.shape[1]} differs from earlier "
-                                      f"{bank.shape[1]}", rows[i].where)
-            if bank is not None and float((bank @ emb[0]).max()) >= threshold:
+            if bank.max_cosine(emb[0], rows[i].where) >= threshold:
                 accepted[i], reasons[i] = False, "near_duplicate"
-                continue
-            bank = emb if bank is None else np.concatenate([bank, emb])
+            else:
+                bank.add(emb, rows[i].where)
+
+
+class _Bank:
+    """Growing matrix of unit embeddings (amortised O(1) append)."""
+
+    def __init__(self):
+        self.data, self.n = None, 0
+
+    def add(self, m: np.ndarray, where: str) -> None:
+        if self.data is None:
+            self.data = np.empty((max(64, 2 * len(m)), m.shape[1]), np.float32)
+        self._check_dim(m.shape[1], where)
+        if self.n + len(m) > len(self.data):
+            grown = np.empty((2 * (self.n + len(m)), self.data.shape[1]), np.float32)
+            grown[:self.n] = self.data[:self.n]
+            self.data = grown
+        self.data[self.n:self.n + len(m)] = m
+        self.n += len(m)
+
+    def max_cosine(self, v: np.ndarray, where: str) -> float:
+        if self.n == 0:
+            return -np.inf
+        self._check_dim(v.shape[0], where)
+        return float((self.data[:self.n] @ v).max())
+
+    def _check_dim(self, dim: int, where: str) -> None:
+        if dim != self.data.shape[1]:
+            raise ClipFilterError(f"embedding size {dim} differs from earlier {self.data.shape[1]}",
+                                  where)
 
 
 def _unit_rows(m: np.ndarray) -> np.ndarray:

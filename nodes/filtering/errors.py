@@ -1,12 +1,10 @@
 """The filtering stage's one exception type."""
 from __future__ import annotations
 
-from typing import Optional
-
 
 class ClipFilterError(ValueError):
     """Bad input to the CLIP filter; ``location`` names the file, item or parameter at fault."""
 
-    def __init__(self, message: str, location: Optional[str] = None):
+    def __init__(self, message: str, location: str | None = None):
         super().__init__(f"{location}: {message}" if location else message)
         self.location = location

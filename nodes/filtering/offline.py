@@ -41,6 +41,7 @@ def decide_fn_for(method, min_count: int = 8, margin=None, near_dup=None):
                 out.append((new["accepted"], new["threshold"], new["reason"], new["provisional"]))
         return out
 
+    decide_records.method = method.name  # finalize records it in the manifest
     return decide_records
 
 

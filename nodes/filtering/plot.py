@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -17,7 +16,7 @@ KEPT, DROPPED, LINE = (70, 150, 90), (200, 110, 90), (200, 30, 30)
 
 def score_histograms(scores_by_label: dict[str, np.ndarray], thresholds: dict[str, float],
                      accepted_counts: dict[str, int], rejected_counts: dict[str, int],
-                     columns: Optional[int] = None) -> np.ndarray:
+                     columns: int | None = None) -> np.ndarray:
     """One panel per class in a grid -> H x W x 3 uint8 image.
 
     Bars left of the threshold are drawn in red, the rest in green; the red line marks the
@@ -63,7 +62,7 @@ def _panel(draw, font, x0, y0, label, scores, thr, n_acc, n_rej) -> None:
     lo, hi = _range(scores, thr)
     counts, edges = np.histogram(scores, bins=BINS, range=(lo, hi))
     scale = (bottom - top) / max(int(counts.max()), 1)
-    to_x = lambda v: left + (v - lo) / (hi - lo) * (right - left)  # noqa: E731
+    to_x = lambda v: left + (v - lo) / (hi - lo) * (right - left)
     for c, a, b in zip(counts, edges[:-1], edges[1:]):
         if c:
             colour = DROPPED if thr is not None and b <= thr else KEPT

@@ -8,7 +8,7 @@ when a method fell back to a simpler rule). Add a method = add a class to ``METH
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import numpy as np
 
@@ -34,15 +34,17 @@ class ThresholdMethod:
 
     def _validate(self) -> None:
         """Range checks for parameters; raise ClipFilterError."""
+        if self.params.get("k", 0.0) < 0:
+            raise ClipFilterError(f"k={self.params['k']:g} must be >= 0", f"{self.name} params")
 
-    def with_params(self, **kw) -> "ThresholdMethod":
+    def with_params(self, **kw) -> ThresholdMethod:
         """A copy with some parameters changed."""
         return type(self)(**{**self.params, **kw})
 
     def threshold(self, scores) -> float:
         return self.threshold_with_note(scores)[0]
 
-    def threshold_with_note(self, scores) -> tuple[float, Optional[str]]:
+    def threshold_with_note(self, scores) -> tuple[float, str | None]:
         arr = np.asarray(scores, dtype=np.float64).ravel()
         if arr.size == 0:
             raise ClipFilterError("no scores to compute a threshold from", self.name)
@@ -50,7 +52,7 @@ class ThresholdMethod:
             raise ClipFilterError("scores contain NaN or Inf", self.name)
         return self._compute(arr)
 
-    def _compute(self, scores: np.ndarray) -> tuple[float, Optional[str]]:
+    def _compute(self, scores: np.ndarray) -> tuple[float, str | None]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -62,7 +64,7 @@ class MeanStd(ThresholdMethod):
     """mean - k * std, population std (ddof=0) like DTGen's ``numpy.std``; k=1.5 as in DTGen."""
 
     name = "mean_std"
-    defaults = {"k": 1.5}
+    defaults: ClassVar[dict] = {"k": 1.5}
 
     def _compute(self, s):
         return float(s.mean() - self.params["k"] * s.std(ddof=0)), None
@@ -77,7 +79,7 @@ class MedianMad(ThresholdMethod):
     """
 
     name = "median_mad"
-    defaults = {"k": 2.5}
+    defaults: ClassVar[dict] = {"k": 2.5}
 
     def _compute(self, s):
         med = float(np.median(s))
@@ -93,7 +95,7 @@ class Percentile(ThresholdMethod):
     """Keep the top ``p`` % of each class: threshold = the (100 - p) percentile (linear interp.)."""
 
     name = "percentile"
-    defaults = {"p": 90.0}
+    defaults: ClassVar[dict] = {"p": 90.0}
 
     def _validate(self):
         if not 0 < self.params["p"] <= 100:
@@ -107,7 +109,7 @@ class Fixed(ThresholdMethod):
     """A fixed cosine threshold (model dependent: ~0.2-0.3 is typical for OpenAI ViT-B-32)."""
 
     name = "fixed"
-    defaults = {"value": 0.25}
+    defaults: ClassVar[dict] = {"value": 0.25}
 
     def _compute(self, s):
         return self.params["value"], None
@@ -125,7 +127,11 @@ class Gmm(ThresholdMethod):
     """
 
     name = "gmm"
-    defaults = {"min_points": 4, "min_separation": 2.0, "fallback_k": 1.5, "max_iter": 200}
+    defaults: ClassVar[dict] = {"min_points": 4, "min_separation": 2.0, "fallback_k": 1.5, "max_iter": 200}
+
+    def _validate(self):
+        if self.params["min_points"] < 4 or self.params["max_iter"] < 1:
+            raise ClipFilterError("min_points must be >= 4 and max_iter >= 1", "gmm params")
 
     def _compute(self, s):
         why = self._degenerate(s)
@@ -147,7 +153,7 @@ class Gmm(ThresholdMethod):
         k = self.params["fallback_k"]
         return float(s.mean() - k * s.std(ddof=0)), f"gmm fell back to mean_std (k={k:g}): {why}"
 
-    def _degenerate(self, s) -> Optional[str]:
+    def _degenerate(self, s) -> str | None:
         if s.size < self.params["min_points"]:
             return f"only {s.size} score(s), need {int(self.params['min_points'])}"
         if float(s.std()) <= 1e-9:
@@ -181,7 +187,7 @@ def _fit_gmm2(s: np.ndarray, max_iter: int):
     return (w[lo], mu[lo], var[lo]), (w[hi], mu[hi], var[hi])
 
 
-def _boundary(fit) -> Optional[float]:
+def _boundary(fit) -> float | None:
     """x in [m_lo, m_hi] where w_lo N(x; m_lo, v_lo) = w_hi N(x; m_hi, v_hi)."""
     (w1, m1, v1), (w2, m2, v2) = fit
     # log w1 - 0.5 log v1 - (x-m1)^2 / 2v1 = log w2 - 0.5 log v2 - (x-m2)^2 / 2v2

@@ -61,3 +61,29 @@ def test_single_item_runs_use_the_dataset_history(client, comfy_server):
     lines = manifest(comfy_server.output_dir / "e2e_single")
     assert [r["index"] for r in lines] == list(range(6))
     assert [r["provisional"] for r in lines] == [True, True, True, False, False, False]
+
+
+def test_finalize_node_redecides_splits_and_reports(client, comfy_server):
+    run_ok(client, example_api("dtgen_sd35_lora_batch", count=16, dataset_name="e2e_finalize", k=3.0))
+    ds = comfy_server.output_dir / "e2e_finalize"
+    before = {r["id"]: r["decision"] for r in manifest(ds)}
+    finalize = {"1": {"class_type": "DTGenDatasetFinalize", "inputs": {
+        "dataset_name": "e2e_finalize", "redecide": True, "method": "percentile", "k": 1.5,
+        "keep_percent": 50.0, "fixed_threshold": 0.25, "min_count": 2, "split": "0.5,0.25,0.25"}}}
+    result = run_ok(client, finalize)
+    after = {r["id"]: r for r in manifest(ds)}
+    assert set(after) == set(before), "finalize lost or added images"
+    # keep the top 50 % per class of 2 images: one accepted, one rejected per class
+    per_class: dict[str, list[str]] = {}
+    for r in after.values():
+        per_class.setdefault(r["label"], []).append(r["decision"])
+        assert (ds / r["file"]).is_file()
+        assert r["file"].startswith("images/" if r["decision"] == "accepted" else "rejected/")
+        assert r["method"] == "percentile"
+    assert all(sorted(v) == ["accepted", "rejected"] for v in per_class.values()), per_class
+    assert {r["split"] for r in after.values()} <= {"train", "val", "test"}
+    assert (ds / "report" / "report.json").is_file() and (ds / "report" / "histogram.png").is_file()
+    assert len(list((ds / "report").glob("contact_*.png"))) == 8
+    assert result.outputs("1").get("images"), "finalize shows its plot as a preview"
+    report = json.loads((ds / "report" / "report.json").read_text())
+    assert sum(c["accepted"] for c in report["per_class"].values()) == 8

@@ -46,7 +46,7 @@ def tiny_sd3(comfyui: Path) -> dict[str, Path]:
     with _locked(root):
         if not (ckpt_dir / CHECKPOINT).exists() or not (lora_dir / LORA).exists():
             build = root / "build"
-            subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "build_tiny_sd3.py"), str(build)],
+            subprocess.run([sys.executable, str(ROOT / "runner" / "demo_models.py"), str(build)],
                            cwd=comfyui, check=True)
             ckpt_dir.mkdir(exist_ok=True)
             lora_dir.mkdir(exist_ok=True)

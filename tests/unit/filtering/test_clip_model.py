@@ -2,7 +2,6 @@
 import pickle
 
 import pytest
-
 from dtgen.nodes.filtering.clip_model import ClipBundle, find_cached_weights, load_clip
 from dtgen.nodes.filtering.errors import ClipFilterError
 

@@ -1,7 +1,6 @@
 """Per-class decisions: history, provisional, class margin, near-duplicates, refilter."""
 import numpy as np
 import pytest
-
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.filtering.decide import decide, refilter
 from dtgen.nodes.filtering.errors import ClipFilterError
@@ -105,6 +104,8 @@ def test_near_duplicates_within_class_and_history():
     with_hist = decide(items, "fixed", near_dup=0.99, history_embeddings={"cup": np.stack([b])})
     assert [it.reason for it in with_hist.items] == ["ok", "near_duplicate", "near_duplicate", "ok"]
     assert [it.reason for it in decide(items, "fixed", near_dup=0.9999).items] == ["ok"] * 4
+    with pytest.raises(ClipFilterError, match=r"item 0 \(sampler index 0\): embedding size 3 differs from earlier 4"):
+        decide(items, "fixed", near_dup=0.99, history_embeddings={"cup": np.ones((2, 4))})
 
 
 def test_rejected_items_do_not_count_as_originals_for_near_dup():
@@ -125,7 +126,7 @@ def test_refilter_matches_decide():
                            extra={"class_scores": cs}))
     records = [{"label": it.label, "score": it.score, "class_scores": it.extra["class_scores"],
                 "embedding": it.embedding.tolist(), "file": f"{i}.png"} for i, it in enumerate(items)]
-    opts = dict(method="mean_std", margin=-0.1, near_dup=0.8)
+    opts = {"method": "mean_std", "margin": -0.1, "near_dup": 0.8}
     batch = decide(items, **opts)
     result = refilter(records, **opts)
     assert [r["accepted"] for r in result.records] == [it.accepted for it in batch.items]

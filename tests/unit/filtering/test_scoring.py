@@ -1,12 +1,16 @@
 """Batched image/text encoding, preprocessing fidelity, score_items and input validation."""
 import numpy as np
 import pytest
-
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.filtering.errors import ClipFilterError
 from dtgen.nodes.filtering.scoring import (
-    TextEmbeddingCache, encode_images, prepare_images, preprocess_batch, resized_size,
-    score_items, similarities,
+    TextEmbeddingCache,
+    encode_images,
+    prepare_images,
+    preprocess_batch,
+    resized_size,
+    score_items,
+    similarities,
 )
 
 

@@ -1,19 +1,17 @@
-"""Build a tiny random-weight SD3 checkpoint and a matching LoRA, for tests and the demo.
+"""Build a tiny random-weight SD3 checkpoint, a matching LoRA and a random open_clip model, for
+the tests and the demo (``python -m runner demo`` when the real weights are absent).
 
 Run with ComfyUI importable (``cwd`` = the ComfyUI folder):
-    python build_tiny_sd3.py <out_dir>
-Writes ``tiny_sd3.safetensors`` (MMDiT depth 2, TAESD-shaped VAE, clip_l only) and
-``tiny_sd3_lora.safetensors`` (diffusers-form and kohya-form MMDiT keys plus a text-encoder key),
-built from ComfyUI's own classes so ComfyUI detects them as SD3. Nothing is downloaded.
+    python demo_models.py <out_dir>                  tiny_sd3(.safetensors) + tiny_sd3_lora
+    python demo_models.py --clip ViT-B-32 <file>     random-init open_clip model as safetensors
+``tiny_sd3.safetensors``: MMDiT depth 2, TAESD-shaped VAE, clip_l only; ``tiny_sd3_lora.safetensors``:
+diffusers-form and kohya-form MMDiT keys plus a text-encoder key. Built from ComfyUI's own classes
+so ComfyUI detects them as SD3. Nothing is downloaded; the pictures they make are noise.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
-
-import torch
-from safetensors.torch import save_file
 
 DEPTH = 2            # hidden = 64 * depth, heads = depth (ComfyUI's detection rule)
 HIDDEN = 64 * DEPTH
@@ -21,7 +19,12 @@ LORA_RANK = 4
 BUILD_VERSION = "3"  # bump to invalidate cached fixtures
 
 
-def build_checkpoint() -> dict[str, torch.Tensor]:
+CHECKPOINT = "tiny_sd3.safetensors"
+LORA = "tiny_sd3_lora.safetensors"
+
+
+def build_checkpoint() -> dict:
+    import torch
     from comfy.cli_args import args
 
     args.cpu = True  # before comfy.model_management is imported: no GPU probing
@@ -58,8 +61,10 @@ def build_checkpoint() -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in sd.items()}
 
 
-def _default_init(module: torch.nn.Module) -> None:
+def _default_init(module) -> None:
     """He init for conv/linear layers (ComfyUI's ops leave memory uninitialised)."""
+    import torch
+
     for m in module.modules():
         w = getattr(m, "weight", None)
         if isinstance(w, torch.Tensor) and w.dim() > 1:
@@ -71,6 +76,8 @@ def _default_init(module: torch.nn.Module) -> None:
 def _visible_decoder(vae) -> None:
     """Rescale the decoder's last conv so random latents decode to mid-grey +- 0.25, not black:
     images must differ visibly when the latent differs (the LoRA test compares pixels)."""
+    import torch
+
     last = [m for m in vae.taesd_decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():
         last.bias.zero_()
@@ -79,10 +86,12 @@ def _visible_decoder(vae) -> None:
         last.bias.fill_(0.5)
 
 
-def build_lora() -> dict[str, torch.Tensor]:
+def build_lora() -> dict:
+    import torch
+
     g = torch.Generator().manual_seed(1)
 
-    def pair(out_f: int, in_f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(out_f: int, in_f: int) -> tuple:
         down = torch.randn(LORA_RANK, in_f, generator=g) * 0.5
         up = torch.randn(out_f, LORA_RANK, generator=g) * 0.5
         return down, up
@@ -108,10 +117,24 @@ def build_lora() -> dict[str, torch.Tensor]:
     return {k: v.to(torch.float16).contiguous() for k, v in lora.items()}
 
 
+def build_open_clip(arch: str, path: str) -> None:
+    """A random-init open_clip model of the real architecture, saved as safetensors."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(arch, pretrained=None)
+    tmp = path + ".tmp"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
 def main(out_dir: str) -> None:
+    from safetensors.torch import save_file
+
     os.makedirs(out_dir, exist_ok=True)
-    for name, build in (("tiny_sd3.safetensors", build_checkpoint),
-                        ("tiny_sd3_lora.safetensors", build_lora)):
+    for name, build in ((CHECKPOINT, build_checkpoint), (LORA, build_lora)):
         path = os.path.join(out_dir, name)
         tmp = path + ".tmp"
         save_file(build(), tmp, metadata={"dtgen_fixture": BUILD_VERSION})
@@ -121,4 +144,7 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())
-    main(sys.argv[1])
+    if sys.argv[1] == "--clip":
+        build_open_clip(sys.argv[2], sys.argv[3])
+    else:
+        main(sys.argv[1])

@@ -1,0 +1,132 @@
+"""``python -m runner queue|demo ...`` (from the DTGen checkout) or ``python <checkout>/runner ...``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..nodes.prompting.pack import PromptPackError
+from .api import ComfyError
+from .workflow import Workflow, WorkflowError
+
+DEFAULT_SERVER = "http://127.0.0.1:8188"
+
+
+def parse_quotas(values, labels) -> dict[str, int] | None:
+    """``--quota N`` (every sampled class) and/or ``--quota label=N``; labels are checked."""
+    if not values:
+        return None
+    out: dict[str, int] = {}
+    for value in values:
+        label, sep, n = value.rpartition("=")
+        if not n.isdigit() or (sep and not label):
+            raise ValueError(f"--quota {value!r}: expected N or label=N")
+        if not sep:
+            out.update({lab: int(n) for lab in labels if lab not in out})
+        elif label not in labels:
+            raise ValueError(f"--quota {value!r}: class {label!r} is not sampled; sampled classes: {', '.join(labels)}")
+        else:
+            out[label] = int(n)
+    return out
+
+
+def add_queue_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workflow", help="API-format workflow JSON with a DTGenPromptSampler and a DTGenDatasetWriter")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--quota", action="append", metavar="N|LABEL=N",
+                      help="accepted images per class (repeat LABEL=N for per-class targets)")
+    goal.add_argument("--items", type=int, metavar="N", help="queue items start..start+N-1 (accepted or not)")
+    p.add_argument("--server", action="append", metavar="URL",
+                   help=f"ComfyUI server; repeat to use several as workers (default {DEFAULT_SERVER})")
+    p.add_argument("--dataset", help="dataset name (sets the writer's and the filter's dataset_name)")
+    p.add_argument("--output-dir", type=Path, help="the servers' ComfyUI output folder as seen from here "
+                   "(default: learnt from the first finished item)")
+    p.add_argument("--pending", type=int, default=2, help="prompts kept queued per server (default 2)")
+    p.add_argument("--per-prompt", type=int, default=1, metavar="K", help="items per queued prompt (sampler count)")
+    p.add_argument("--start", type=int, help="first item index (default: the sampler's start_index)")
+    p.add_argument("--retries", type=int, default=2, help="tries again a failed prompt this many times (default 2)")
+    p.add_argument("--max-items", type=int, help="stop after queueing this many items (default 20 x the quota)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="override an input, e.g. 7.steps=20 or KSampler.steps=20 (value parsed as JSON if it can be)")
+    p.add_argument("--ckpt", help="checkpoint file name for every CheckpointLoaderSimple")
+    p.add_argument("--lora", help="LoRA file name for every LoraLoader")
+    p.add_argument("--clip-weights", help="open_clip weights file name for DTGenClipLoader")
+    p.add_argument("--pack-dir", action="append", default=[], metavar="DIR",
+                   help="extra prompt-pack folder (the server's models/dtgen_prompts), searched after prompts/")
+    p.add_argument("--dead-after", type=float, default=10.0, help="seconds without answer before a server "
+                   "counts as gone and its items move to the others (default 10)")
+    p.add_argument("--give-up-after", type=float, default=120.0,
+                   help="seconds with no server answering before the run stops (default 120)")
+
+
+def prepare(args) -> tuple:
+    """Workflow with overrides, the local sampler, and run settings from parsed arguments."""
+    from .packs import local_sampler
+    from .scheduler import RunSettings
+
+    wf = Workflow.load(args.workflow)
+    for assignment in args.set:
+        wf.apply_set(assignment)
+    wf.set_models(ckpt=args.ckpt, lora=args.lora, clip_weights=args.clip_weights)
+    if args.dataset:
+        wf.set_dataset(args.dataset)
+    sampler = local_sampler(wf.sampler_inputs(), args.pack_dir)
+    targets = parse_quotas(args.quota, sampler.labels)
+    if targets is not None:
+        wf.set_writer_quota(max(targets.values()))   # a safety net: never more accepted than asked
+    start = args.start if args.start is not None else int(wf.graph[wf.sampler_id]["inputs"].get("start_index") or 0)
+    for name in ("pending", "per_prompt"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.items is not None and args.items < 1:
+        raise ValueError("--items must be >= 1")
+    max_items = args.max_items
+    if max_items is None and targets is not None:
+        max_items = 20 * sum(targets.values()) + 20
+    settings = RunSettings(
+        servers=args.server or [os.environ.get("COMFYUI_URL", DEFAULT_SERVER)], targets=targets,
+        items=args.items, start=start, per_prompt=args.per_prompt, pending=args.pending, retries=args.retries,
+        output_dir=args.output_dir, dead_after=args.dead_after, give_up_after=args.give_up_after,
+        max_items=max_items)
+    return wf, sampler, settings
+
+
+def print_summary(result, out=sys.stdout) -> None:
+    print(f"dataset: {result.dataset_dir}", file=out)
+    for label, c in sorted(result.counts.items()):
+        print(f"  {label:<28} {c['accepted']:>6} accepted {c['rejected']:>6} rejected", file=out)
+    per_server = ", ".join(f"{u}: {n}" for u, n in result.servers.items())
+    print(f"{result.items_done} item(s) generated in {result.elapsed:.1f} s ({per_server})", file=out)
+    if result.failed:
+        print(f"failed after retries: {result.failed[:20]}", file=out)
+
+
+def cmd_queue(args) -> int:
+    from .scheduler import QueueRun
+
+    wf, sampler, settings = prepare(args)
+    result = QueueRun(wf, sampler, settings).run()
+    print_summary(result)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner",
+                                     description="Queue DTGen workflows on ComfyUI servers over the HTTP API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_queue_args(sub.add_parser("queue", help="queue a workflow until per-class quotas (or N items) are met"))
+    from .demo import add_demo_args
+    add_demo_args(sub.add_parser("demo", help="one command: find ComfyUI, start it, generate a small dataset"))
+    args = parser.parse_args(argv)
+    from .scheduler import RunError
+    try:
+        if args.command == "queue":
+            return cmd_queue(args)
+        from .demo import cmd_demo
+        return cmd_demo(args)
+    except KeyboardInterrupt:
+        return 130
+    except (RunError, ComfyError, WorkflowError, PromptPackError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

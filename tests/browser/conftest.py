@@ -1,0 +1,142 @@
+"""Browser tests: the ComfyUI editor in headless Chromium, driven by driver.mjs (playwright-core).
+
+Needs ComfyUI (as for tests/integration), Debian's ``chromium`` (``$CHROMIUM`` overrides
+/usr/bin/chromium), ``node``, and the npm package playwright-core, which .ci/run installs into
+``~/.cache/dtgen-ci/node`` (``$DTGEN_NODE_MODULES`` names another node_modules folder). Where one
+is missing, every browser test is skipped with one line naming what is missing.
+
+The driver runs once per session against its own server; the tests assert on what it observed.
+With ``DTGEN_UPDATE_SCREENSHOTS=1`` the session also refreshes docs/screenshots/editor.png and the
+template thumbnails example_workflows/<name>.jpg from its screenshots.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support import fixtures
+from support.comfy_server import ComfyClient, ComfyServer, comfyui_candidates, find_comfyui
+from support.pkg import ROOT
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES = ROOT / "example_workflows"
+# The editor settings of a fresh user that would cover or clutter the canvas.
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
+            "LiteGraph.Canvas.MinFontSizeForLOD": 0}
+QUEUED = "dtgen_sd35_lora"
+QUEUED_COUNT = 8
+QUEUED_DATASET = "browser_run"
+
+
+def chromium_path() -> str | None:
+    path = os.environ.get("CHROMIUM") or "/usr/bin/chromium"
+    return path if os.access(path, os.X_OK) else None
+
+
+def playwright_path() -> Path | None:
+    cache = Path(os.environ.get("DTGEN_CI_CACHE") or Path.home() / ".cache" / "dtgen-ci")
+    modules = Path(os.environ.get("DTGEN_NODE_MODULES") or cache / "node" / "node_modules")
+    path = modules / "playwright-core"
+    return path if (path / "package.json").is_file() else None
+
+
+def missing() -> list[str]:
+    gaps = []
+    if find_comfyui() is None:
+        gaps.append("ComfyUI (" + ", ".join(map(str, comfyui_candidates())) + ")")
+    if chromium_path() is None:
+        gaps.append("chromium (apt-get install chromium chromium-driver)")
+    if shutil.which("node") is None:
+        gaps.append("node")
+    if playwright_path() is None:
+        gaps.append("npm playwright-core (in ~/.cache/dtgen-ci/node or $DTGEN_NODE_MODULES)")
+    return gaps
+
+
+def pytest_collection_modifyitems(config, items):
+    ours = [item for item in items if str(item.fspath).startswith(str(HERE))]
+    gaps = missing() if ours else []
+    if gaps:
+        marker = pytest.mark.skip(reason="browser tests SKIPPED: missing " + "; ".join(gaps))
+        for item in ours:
+            item.add_marker(marker)
+
+
+def workflow_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(EXAMPLES.glob("*.json"))}
+
+
+def fixture_swap() -> dict:
+    """Widget values that point the queued workflow at the test fixtures and keep it small."""
+    return {
+        "CheckpointLoaderSimple": {"ckpt_name": fixtures.CHECKPOINT},
+        "LoraLoader": {"lora_name": fixtures.LORA},
+        "DTGenClipLoader": {"weights": fixtures.CLIP_WEIGHTS},
+        "EmptySD3LatentImage": {"width": 128, "height": 128},
+        "KSampler": {"steps": 4},
+        "DTGenPromptSampler": {"count": QUEUED_COUNT},
+        "DTGenClipFilter": {"dataset_name": QUEUED_DATASET},
+        "DTGenDatasetWriter": {"dataset_name": QUEUED_DATASET},
+    }
+
+
+class EditorRun:
+    """What driver.mjs saw, plus the server, the screenshots folder and what was queued."""
+
+    queued, count, dataset = QUEUED, QUEUED_COUNT, QUEUED_DATASET
+
+    def __init__(self, result: dict, server: ComfyServer, shots: Path):
+        self.result, self.server, self.shots = result, server, shots
+        self.workflows = {w["name"]: w for w in result["workflows"]}
+        self.swap = fixture_swap()
+
+
+@pytest.fixture(scope="session")
+def editor_run(tmp_path_factory) -> EditorRun:
+    comfyui = find_comfyui()
+    dirs = fixtures.tiny_sd3(comfyui)
+    dirs["open_clip"] = fixtures.random_open_clip()
+    base = tmp_path_factory.mktemp("browser")
+    server = ComfyServer(comfyui=comfyui, base_dir=base / "comfy", model_dirs={k: [v] for k, v in dirs.items()})
+    server.start()
+    try:
+        client = ComfyClient(server.url)
+        for key, value in SETTINGS.items():
+            status, _ = client.post_json(f"/settings/{key}", value)
+            assert status == 200, f"POST /settings/{key} answered {status}"
+        shots = base / "shots"
+        shots.mkdir()
+        config = {
+            "url": server.url, "chromium": chromium_path(), "playwright": str(playwright_path()),
+            "userDataDir": str(base / "chromium-profile"), "shotsDir": str(shots), "timeoutMs": 600_000,
+            "workflows": [{"name": n, "path": str(p)} for n, p in workflow_files().items()],
+            "queue": {"name": QUEUED, "swap": fixture_swap()},
+        }
+        (base / "config.json").write_text(json.dumps(config))
+        proc = subprocess.run(["node", str(HERE / "driver.mjs"), str(base / "config.json")],
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (f"driver.mjs failed ({proc.returncode})\n{proc.stderr[-4000:]}\n"
+                                      f"--- server log ---\n{server.log()[-4000:]}")
+        run = EditorRun(json.loads(proc.stdout.strip().splitlines()[-1]), server, shots)
+        if os.environ.get("DTGEN_UPDATE_SCREENSHOTS") == "1":
+            update_screenshots(shots)
+        yield run
+    finally:
+        server.stop()
+
+
+def update_screenshots(shots: Path) -> None:
+    from PIL import Image
+
+    target = ROOT / "docs" / "screenshots"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shots / "editor.png", target / "editor.png")
+    for name in workflow_files():
+        image = Image.open(shots / f"{name}.png").convert("RGB")
+        image.thumbnail((960, 960))
+        image.save(EXAMPLES / f"{name}.jpg", quality=85, optimize=True)

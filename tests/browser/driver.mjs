@@ -1,0 +1,145 @@
+// Drives the ComfyUI editor in headless Chromium for tests/browser/test_editor.py.
+//
+//   node driver.mjs <config.json>      (prints one JSON result line on stdout)
+//
+// config: { url, chromium, playwright (path of the playwright-core package), userDataDir, shotsDir,
+//           workflows: [{name, path}], queue: {name, swap: {NodeType: {widget: value}}}, timeoutMs }
+// For every workflow: load it with app.loadGraphData as the template browser does, report the
+// graph's nodes (type, registered?, serialised widget values), the prompt the frontend would queue
+// (app.graphToPrompt) and the console errors seen while loading; screenshot <name>.png.
+// Then the `queue` workflow: swap model names to the fixtures, app.queuePrompt, wait for /history,
+// screenshot editor.png. The Python test makes every assertion; this script only observes.
+import { createRequire } from 'node:module'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+const config = JSON.parse(readFileSync(process.argv[2], 'utf8'))
+const { chromium } = createRequire(import.meta.url)(config.playwright)
+const timeout = config.timeoutMs ?? 300000
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+async function getJson(path) {
+  const r = await fetch(config.url + path)
+  return r.json()
+}
+
+// Zoom so the whole graph fills the visible canvas (the editor's own fit leaves wide margins);
+// returns the graph's box on screen, the crop of the thumbnail.
+const MARGIN = { left: 80, top: 90, right: 24, bottom: 24 } // sidebar and top bar overlay the canvas
+function fitGraph(page) {
+  return page.evaluate((m) => {
+    const app = window.comfyAPI.app.app
+    const box = [Infinity, Infinity, -Infinity, -Infinity]
+    for (const n of app.graph.nodes) {
+      box[0] = Math.min(box[0], n.pos[0]); box[1] = Math.min(box[1], n.pos[1] - 30)
+      box[2] = Math.max(box[2], n.pos[0] + n.size[0]); box[3] = Math.max(box[3], n.pos[1] + n.size[1])
+    }
+    const r = app.canvas.canvas.getBoundingClientRect()
+    const w = box[2] - box[0], h = box[3] - box[1]
+    const availW = r.width - m.left - m.right, availH = r.height - m.top - m.bottom
+    const scale = Math.min(availW / w, availH / h, 1.2)
+    const ds = app.canvas.ds
+    ds.scale = scale
+    ds.offset = [(m.left + (availW - w * scale) / 2) / scale - box[0], (m.top + (availH - h * scale) / 2) / scale - box[1]]
+    app.canvas.setDirty(true, true)
+    const [x0, y0] = ds.convertOffsetToCanvas([box[0], box[1]])
+    const [x1, y1] = ds.convertOffsetToCanvas([box[2], box[3]])
+    return { x: r.left + x0 - 12, y: r.top + y0 - 12, width: x1 - x0 + 24, height: y1 - y0 + 24 }
+  }, MARGIN)
+}
+
+const result = { startupErrors: [], workflows: [], queue: null }
+let errors = result.startupErrors
+const context = await chromium.launchPersistentContext(config.userDataDir, {
+  executablePath: config.chromium,
+  headless: true,
+  viewport: { width: 1920, height: 1080 },
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+})
+try {
+  const page = context.pages()[0] ?? (await context.newPage())
+  page.setDefaultTimeout(timeout)
+  page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()) })
+  page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}\n${err.stack}`))
+  page.on('response', (r) => { if (r.status() >= 400) errors.push(`HTTP ${r.status()} ${r.url()}`) })
+  page.on('requestfailed', (r) => errors.push(`request failed: ${r.url()} ${r.failure()?.errorText}`))
+
+  await page.goto(config.url, { waitUntil: 'load' })
+  await page.waitForFunction(() => {
+    const app = window.comfyAPI?.app?.app
+    return app?.graph && app.canvas && window.LiteGraph?.registered_node_types?.DTGenPromptSampler
+  })
+  await sleep(1500) // let startup dialogs and extensions settle
+
+  const frames = () => page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))))
+
+  for (const wf of config.workflows) {
+    const entry = { name: wf.name, errors: [] }
+    errors = entry.errors
+    const data = JSON.parse(readFileSync(wf.path, 'utf8'))
+    Object.assign(entry, await page.evaluate(async ({ data, name }) => {
+      const app = window.comfyAPI.app.app
+      await app.loadGraphData(data, true, true, name, { showMissingModelsDialog: false })
+      const nodes = app.graph.nodes.map((n) => {
+        const s = n.serialize()
+        return { id: n.id, type: n.type, registered: n.type in window.LiteGraph.registered_node_types,
+          hasErrors: !!n.has_errors, widgets_values: s.widgets_values ?? [],
+          inputs: (s.inputs ?? []).map((i) => ({ name: i.name, link: i.link ?? null })) }
+      })
+      const { output } = await app.graphToPrompt()
+      return { nodes, prompt: output }
+    }, { data, name: wf.name }))
+    const clip = await fitGraph(page)
+    await frames()
+    await sleep(300)
+    if (config.shotsDir) await page.screenshot({ path: join(config.shotsDir, `${wf.name}.png`), clip })
+    result.workflows.push(entry)
+  }
+
+  if (config.queue) {
+    const q = { errors: [] }
+    errors = q.errors
+    const before = Object.keys(await getJson('/history')).length
+    const wf = config.workflows.find((w) => w.name === config.queue.name)
+    const data = JSON.parse(readFileSync(wf.path, 'utf8'))
+    q.swapped = await page.evaluate(async ({ data, swap }) => {
+      const app = window.comfyAPI.app.app
+      await app.loadGraphData(data, true, true, 'queued', { showMissingModelsDialog: false })
+      const done = []
+      for (const node of app.graph.nodes) {
+        for (const [name, value] of Object.entries(swap[node.type] ?? {})) {
+          const w = node.widgets.find((x) => x.name === name)
+          w.value = value
+          w.callback?.(value)
+          done.push(`${node.type}.${name}`)
+        }
+      }
+      await app.queuePrompt(0, 1)
+      return done
+    }, { data, swap: config.queue.swap })
+    q.nodeErrors = await page.evaluate(() => window.comfyAPI.app.app.lastNodeErrors ?? null)
+    const deadline = Date.now() + timeout
+    while (Date.now() < deadline) {
+      const queue = await getJson('/queue')
+      const history = await getJson('/history')
+      const ids = Object.keys(history)
+      if (ids.length > before && !queue.queue_running.length && !queue.queue_pending.length) {
+        const last = history[ids[ids.length - 1]]
+        q.status = last.status
+        q.outputs = last.outputs
+        break
+      }
+      if (q.nodeErrors && Object.keys(q.nodeErrors).length) break
+      await sleep(500)
+    }
+    await sleep(1500) // previews arrive over the websocket
+    await fitGraph(page)
+    await frames()
+    if (config.shotsDir) await page.screenshot({ path: join(config.shotsDir, 'editor.png') })
+    result.queue = q
+  }
+} finally {
+  await context.close()
+}
+console.log(JSON.stringify(result))

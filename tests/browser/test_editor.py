@@ -1,0 +1,96 @@
+"""The UI-format example workflows in the real ComfyUI editor (frontend 1.27, headless Chromium).
+
+Each workflow is loaded with ``app.loadGraphData``, as the template browser does. The editor must
+know every node type, keep every widget value of the file, and queue exactly the API twin; the main
+workflow, pointed at the test fixtures, is queued from the editor and must run to completion.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from support.pkg import ROOT
+
+pytestmark = pytest.mark.browser
+EXAMPLES = ROOT / "example_workflows"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
+PACK_MARKERS = ("dtgen", "DTGen")
+
+
+def file_nodes(name: str) -> dict[int, dict]:
+    return {n["id"]: n for n in json.loads((EXAMPLES / f"{name}.json").read_text())["nodes"]}
+
+
+def test_every_workflow_was_loaded(editor_run):
+    assert set(editor_run.workflows) == set(NAMES) and len(NAMES) >= 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_node_type_is_registered(editor_run, name):
+    seen = editor_run.workflows[name]["nodes"]
+    assert sorted(n["id"] for n in seen) == sorted(file_nodes(name)), "the editor's graph lost or added nodes"
+    unknown = [(n["id"], n["type"]) for n in seen if not n["registered"] or n["hasErrors"]]
+    assert not unknown, f"node types the editor does not know: {unknown}"
+    assert [n["type"] for n in sorted(seen, key=lambda n: n["id"])] == \
+        [file_nodes(name)[i]["type"] for i in sorted(file_nodes(name))]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_widget_values_and_links_are_kept_as_in_the_file(editor_run, name):
+    expected = file_nodes(name)
+    for node in editor_run.workflows[name]["nodes"]:
+        want = expected[node["id"]]
+        assert node["widgets_values"] == want["widgets_values"], \
+            f"node {node['id']} ({node['type']}): editor has {node['widgets_values']}, file has {want['widgets_values']}"
+        assert node["inputs"] == [{"name": i["name"], "link": i["link"]} for i in want["inputs"]], \
+            f"node {node['id']} ({node['type']}): inputs or links changed on load"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_editor_would_queue_exactly_the_api_twin(editor_run, name):
+    twin = json.loads((EXAMPLES / "api" / f"{name}.json").read_text())
+    prompt = editor_run.workflows[name]["prompt"]
+    strip = lambda graph: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in graph.items()}  # noqa: E731
+    assert strip(prompt) == strip(twin)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loading_logs_no_console_error(editor_run, name):
+    assert editor_run.workflows[name]["errors"] == []
+
+
+def test_startup_errors_are_not_the_packs(editor_run):
+    """A fresh profile without network logs a few errors of ComfyUI's own (no user.css, no release
+    feed); none may come from this pack."""
+    ours = [e for e in editor_run.result["startupErrors"] if any(m in e for m in PACK_MARKERS)]
+    assert not ours, ours
+
+
+def test_main_workflow_queued_from_the_editor_runs(editor_run):
+    q = editor_run.result["queue"]
+    log = editor_run.server.log()[-4000:]
+    assert not q["nodeErrors"], f"the server rejected the queued graph: {q['nodeErrors']}\n{log}"
+    assert sorted(q["swapped"]) == sorted(f"{t}.{w}" for t, ws in editor_run.swap.items() for w in ws), \
+        "a widget to swap was not found in the editor"
+    assert q.get("status", {}).get("status_str") == "success", f"{q.get('status')}\n{log}"
+    assert q["errors"] == [], q["errors"]
+    nodes = {n["type"]: str(n["id"]) for n in file_nodes(editor_run.queued).values()}
+    outputs = q["outputs"]
+    assert outputs[nodes["DTGenDatasetWriter"]]["text"], "the dataset writer reported nothing"
+    previews = [nid for nid, n in file_nodes(editor_run.queued).items() if n["type"] == "PreviewImage"]
+    assert all(outputs[str(p)]["images"] for p in previews), "a preview (plot, rejected) is empty"
+    manifest = editor_run.server.output_dir / editor_run.dataset / "manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    assert len(lines) == editor_run.count and {r["pack"] for r in lines} == {"tableware"}
+
+
+def test_screenshots_show_the_graph(editor_run):
+    shots = [editor_run.shots / "editor.png", *(editor_run.shots / f"{n}.png" for n in NAMES)]
+    for path in shots:
+        image = Image.open(path).convert("L")
+        assert min(image.size) >= 300, f"{path.name}: {image.size}"
+        lo, hi = image.getextrema()
+        assert hi - lo > 100, f"{path.name} is blank"
+    assert Image.open(shots[0]).size == (1920, 1080)

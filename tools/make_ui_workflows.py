@@ -1,0 +1,369 @@
+"""Generate the UI-format example workflows (example_workflows/<name>.json) from their API twins.
+
+The template browser of ComfyUI loads UI-format workflows; the API twins in example_workflows/api/
+are what the HTTP API and the integration tests queue. This script turns each twin into the UI
+format the frontend (1.27) itself writes, with node definitions read from a running server's
+``/object_info``, a left-to-right layout and Markdown notes saying which file goes where:
+
+    python tools/make_ui_workflows.py --url http://127.0.0.1:8188          # write the files
+    python tools/make_ui_workflows.py --url http://127.0.0.1:8188 --check  # exit 1 when stale
+
+How the frontend lays out a node (checked in its sources, ``litegraphService.ts``, ``useIntWidget.ts``):
+- inputs are the definition's required then optional inputs in ``input_order``; hidden ones are not shown;
+- an INT/FLOAT/STRING/BOOLEAN/COMBO input without ``forceInput`` is a widget, and still gets an input
+  socket (``widget: {name}``); a link into it keeps the widget and its value in ``widgets_values``;
+- ``node.inputs`` lists the socket-only inputs first, then the widget inputs, each in definition order;
+- an INT with ``control_after_generate`` (or, lacking the flag, named ``seed``/``noise_seed``) is
+  followed by a ``control_after_generate`` widget whose value ("fixed", "randomize", ...) is stored too.
+
+``ui_to_api`` is the reverse (what the frontend's graphToPrompt produces); tests use both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "example_workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+NOTE_TYPES = {"Note", "MarkdownNote"}  # frontend-only nodes: never sent to the server
+SEED_CONTROL = "fixed"  # datasets must be reproducible: never re-randomise a seed after a run
+
+
+class WorkflowConvertError(ValueError):
+    """A graph that cannot be converted; the message names the node and input."""
+
+
+# ------------------------------------------------------------------------------- node definitions
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    type: str          # "COMBO" for a list of options, else the declared type
+    options: dict
+    widget: bool       # shown as a widget (and serialised in widgets_values)
+    control: bool      # followed by a control_after_generate widget
+
+
+def input_specs(definition: dict) -> list[InputSpec]:
+    """A node definition's visible inputs in the frontend's order (required, then optional)."""
+    specs, order = [], definition.get("input_order", {})
+    for group in ("required", "optional"):
+        declared = definition.get("input", {}).get(group, {})
+        for name in order.get(group, list(declared)):
+            if name not in declared:
+                continue
+            raw_type, *rest = declared[name]
+            options = (rest[0] if rest else None) or {}
+            kind = "COMBO" if isinstance(raw_type, list) else raw_type
+            widget = kind in WIDGET_TYPES and not options.get("forceInput", False)
+            default_control = kind == "INT" and name in ("seed", "noise_seed")
+            control = widget and bool(options.get("control_after_generate", default_control))
+            specs.append(InputSpec(name, kind, options, widget, control))
+    return specs
+
+
+def socket_order(specs: list[InputSpec]) -> list[InputSpec]:
+    """Order of ``node.inputs``: socket-only inputs first, then widget inputs."""
+    return [s for s in specs if not s.widget] + [s for s in specs if s.widget]
+
+
+def _definition(object_info: dict, class_type: str, where: str) -> dict:
+    if class_type not in object_info:
+        raise WorkflowConvertError(f"{where}: node type {class_type!r} is not in /object_info "
+                                   "(is the pack loaded in this ComfyUI?)")
+    return object_info[class_type]
+
+
+# ----------------------------------------------------------------------------------- layout
+SLOT_H, WIDGET_H, MULTILINE_H, TITLE_PAD = 22, 24, 110, 14
+COLUMN_GAP, ROW_GAP = 70, 50
+NODE_WIDTH = {"DTGenClipFilter": 360, "DTGenPromptSampler": 340, "KSampler": 320, "PreviewImage": 380,
+              "CLIPTextEncode": 300, "DTGenDatasetWriter": 340, "CheckpointLoaderSimple": 380,
+              "LoraLoader": 360}
+PREVIEW_H = 300
+
+
+def node_size(class_type: str, definition: dict) -> list[int]:
+    specs = input_specs(definition)
+    sockets = len([s for s in specs if not s.widget])
+    widgets = [s for s in specs if s.widget]
+    rows = max(sockets, len(definition.get("output", [])))
+    height = rows * SLOT_H + TITLE_PAD
+    for s in widgets:
+        height += MULTILINE_H if s.type == "STRING" and s.options.get("multiline") else WIDGET_H
+        height += WIDGET_H if s.control else 0
+    if class_type == "PreviewImage":
+        height = PREVIEW_H
+    return [NODE_WIDTH.get(class_type, 300), height]
+
+
+def columns(api: dict) -> dict[str, int]:
+    """Column of each node: longest path from a source; a source sits just left of its first consumer."""
+    deps = {nid: [v[0] for v in node["inputs"].values() if _is_link(v)] for nid, node in api.items()}
+    col: dict[str, int] = {}
+
+    def depth(nid: str, stack=()) -> int:
+        if nid in stack:
+            raise WorkflowConvertError(f"node {nid}: the graph has a cycle")
+        if nid not in col:
+            col[nid] = 1 + max((depth(d, stack + (nid,)) for d in deps[nid]), default=-1)
+        return col[nid]
+
+    for nid in api:
+        depth(nid)
+    for nid in api:
+        if not deps[nid]:
+            consumers = [col[c] for c, ds in deps.items() if nid in ds]
+            if consumers:
+                col[nid] = max(0, min(consumers) - 1)
+    return col
+
+
+def layout(api: dict, sizes: dict[str, list[int]], top: int = 0) -> dict[str, list[int]]:
+    col = columns(api)
+    pos, x = {}, 0
+    for c in sorted(set(col.values())):
+        members = sorted((nid for nid in api if col[nid] == c), key=int)
+        y = top
+        for nid in members:
+            pos[nid] = [x, y]
+            y += sizes[nid][1] + ROW_GAP
+        x += max(sizes[nid][0] for nid in members) + COLUMN_GAP
+    return pos
+
+
+def place_notes(sizes: list[list[int]], nodes: list[dict]) -> list[list[int]]:
+    """Notes side by side from the left edge, under the nodes they would otherwise cover."""
+    width = sum(w for w, _ in sizes) + COLUMN_GAP * (len(sizes) - 1)
+    below = [n["pos"][1] + n["size"][1] for n in nodes if n["pos"][0] < width]
+    x, y, out = 0, max(below, default=0) + ROW_GAP + 30, []  # + the title bar above a node's pos
+    for w, _ in sizes:
+        out.append([x, y])
+        x += w + COLUMN_GAP
+    return out
+
+
+# ------------------------------------------------------------------------------ API -> UI
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _order(api: dict) -> dict[str, int]:
+    col = columns(api)
+    return {nid: i for i, nid in enumerate(sorted(api, key=lambda n: (col[n], int(n))))}
+
+
+def api_to_ui(api: dict, object_info: dict, notes: list[dict] = (), models: dict | None = None) -> dict:
+    """A UI-format (version 0.4) workflow equivalent to the API-format graph ``api``.
+
+    ``notes``: MarkdownNote nodes as ``{"title", "text", "size"}``, placed under the graph's left part; ``models``: class_type ->
+    ``{"name", "url", "directory"}`` entries the frontend offers to download when missing.
+    """
+    sizes = {nid: node_size(n["class_type"], _definition(object_info, n["class_type"], f"node {nid}"))
+             for nid, n in api.items()}
+    positions = layout(api, sizes)
+    order = _order(api)
+    nodes, links = {}, []
+
+    for nid, node in api.items():
+        kind, where = node["class_type"], f"node {nid} ({node['class_type']})"
+        definition = _definition(object_info, kind, where)
+        specs = input_specs(definition)
+        unknown = set(node["inputs"]) - {s.name for s in specs}
+        if unknown:
+            raise WorkflowConvertError(f"{where}: inputs {sorted(unknown)} are not in its definition")
+        values = []
+        for s in specs:
+            if not s.widget:
+                continue
+            value = node["inputs"].get(s.name, s.options.get("default"))
+            if _is_link(value):  # a linked widget keeps its (unused) value; the definition's default
+                value = s.options.get("default", "" if s.type == "STRING" else 0)
+            values.append(value)
+            if s.control:
+                values.append(SEED_CONTROL)
+        ui = {
+            "id": int(nid), "type": kind, "pos": positions[nid], "size": sizes[nid], "flags": {},
+            "order": order[nid], "mode": 0,
+            "inputs": [{"name": s.name, "type": s.type, **({"widget": {"name": s.name}} if s.widget else {}),
+                        "link": None} for s in socket_order(specs)],
+            "outputs": [{"name": name, "type": typ, "links": []}
+                        for name, typ in zip(definition.get("output_name", []), definition.get("output", []))],
+            "properties": {"Node name for S&R": kind},
+            "widgets_values": values,
+        }
+        title = node.get("_meta", {}).get("title")
+        if title and title != definition.get("display_name", kind):
+            ui["title"] = title
+        if models and kind in models:
+            ui["properties"]["models"] = [models[kind]]
+        nodes[nid] = ui
+
+    for nid, node in api.items():  # links in a stable order: by target node, then input order
+        slots = {inp["name"]: i for i, inp in enumerate(nodes[nid]["inputs"])}
+        for name in [inp["name"] for inp in nodes[nid]["inputs"]]:
+            value = node["inputs"].get(name)
+            if not _is_link(value):
+                continue
+            src, out = value
+            if src not in nodes or out >= len(nodes[src]["outputs"]):
+                raise WorkflowConvertError(f"node {nid} input {name!r}: no output {out} on node {src}")
+            link_id = len(links) + 1
+            typ = nodes[src]["outputs"][out]["type"]
+            links.append([link_id, int(src), out, int(nid), slots[name], typ])
+            nodes[nid]["inputs"][slots[name]]["link"] = link_id
+            nodes[src]["outputs"][out]["links"].append(link_id)
+
+    last_id = max(int(n) for n in api)
+    all_nodes = sorted(nodes.values(), key=lambda n: n["id"])
+    note_pos = place_notes([n["size"] for n in notes], list(nodes.values()))
+    for i, (note, pos) in enumerate(zip(notes, note_pos), start=1):
+        all_nodes.append({
+            "id": last_id + i, "type": "MarkdownNote", "pos": pos, "size": note["size"], "flags": {},
+            "order": len(api) + i - 1, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+            "widgets_values": [note["text"]], "color": "#432", "bgcolor": "#653",
+            **({"title": note["title"]} if note.get("title") else {}),
+        })
+    return {
+        "last_node_id": last_id + len(notes), "last_link_id": len(links), "nodes": all_nodes, "links": links,
+        "groups": [], "config": {}, "extra": {}, "version": 0.4,  # no extra.ds: the editor fits the view
+    }
+
+
+# ------------------------------------------------------------------------------ UI -> API
+def ui_to_api(ui: dict, object_info: dict) -> dict:
+    """The API-format graph of a UI-format workflow (notes dropped; widget values by input name)."""
+    links = {link[0]: link for link in ui.get("links", [])}
+    api = {}
+    for node in ui["nodes"]:
+        kind = node["type"]
+        if kind in NOTE_TYPES:
+            continue
+        where = f"node {node['id']} ({kind})"
+        specs = input_specs(_definition(object_info, kind, where))
+        linked = {}
+        for inp in node.get("inputs", []):
+            if inp.get("link") is not None:
+                if inp["link"] not in links:
+                    raise WorkflowConvertError(f"{where} input {inp['name']!r}: link {inp['link']} is not in 'links'")
+                _, src, slot, dst, _, _ = links[inp["link"]]
+                if dst != node["id"]:
+                    raise WorkflowConvertError(f"{where} input {inp['name']!r}: link {inp['link']} ends at node {dst}")
+                linked[inp["name"]] = [str(src), slot]
+        values = list(node.get("widgets_values", []))
+        expected = sum(1 + s.control for s in specs if s.widget)
+        if len(values) != expected:
+            raise WorkflowConvertError(f"{where}: {len(values)} widget values, the definition has {expected} widgets")
+        inputs = {}
+        for s in specs:
+            if s.widget:
+                value = values.pop(0)
+                if s.control:
+                    values.pop(0)
+                inputs[s.name] = linked.get(s.name, value)
+            elif s.name in linked:
+                inputs[s.name] = linked[s.name]
+        entry = {"class_type": kind, "inputs": inputs}
+        if node.get("title"):
+            entry["_meta"] = {"title": node["title"]}
+        api[str(node["id"])] = entry
+    return api
+
+
+# --------------------------------------------------------------------------- the shipped examples
+CKPT = {"name": "sd3.5_large_fp8_scaled.safetensors",
+        "url": "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/sd3.5_large_fp8_scaled.safetensors",
+        "directory": "checkpoints"}
+
+FILES_NOTE = """## Model files: where they go
+
+| file | folder |
+|---|---|
+| `sd3.5_large_fp8_scaled.safetensors`: SD3.5 Large with its text encoders inside | `models/checkpoints` |
+{lora_row}| `ViT-B-32.safetensors`: open_clip ViT-B/32 weights (OpenAI) for the CLIP filter | `models/open_clip` |
+
+Nothing is downloaded by DTGen. Another open_clip model: set `arch` and `pretrained_tag` on
+**DTGen CLIP Loader** to match its file.
+
+**Checkpoint without text encoders** (e.g. `sd3.5_large.safetensors`)? Add a **TripleCLIPLoader**
+with `clip_l.safetensors`, `clip_g.safetensors` and `t5xxl_fp16.safetensors` (or
+`t5xxl_fp8_e4m3fn.safetensors`) from `models/text_encoders` and wire its CLIP output where the
+checkpoint's CLIP output goes now{clip_target}.
+"""
+
+LORA_ROW = ("| `dtgen_tableware_lora.safetensors`: your LoRA, trained on a few real photos "
+            "(trigger `dtgtableware`, see `prompts/tableware.yaml`) | `models/loras` |\n")
+
+RUN_NOTE = """## How it runs
+
+1. **DTGen Prompt Sampler** draws `count` items from the `{pack}` prompt pack: prompt, negative,
+   label, seed and metadata per item. `count` > 1 fans out `count` generations in one queue run.
+2. Stock SD3.5 nodes{lora} render each item.
+3. **DTGen CLIP Filter** scores each image against its class text; per-class thresholds
+   (`mean_std`: mean − k·std) use this run **and** the dataset's earlier runs.
+4. **DTGen Dataset Writer** stores accepted images in `output/{dataset}/images/<label>/`,
+   rejected ones in `output/{dataset}/rejected/<label>/`, and a line per image in `manifest.jsonl`.
+
+Resume or continue: queue again with `start_index` advanced by `count`.
+"""
+
+WORKFLOWS = {
+    "dtgen_sd35_lora": dict(pack="tableware", lora=True),
+    "dtgen_sd35_fruits": dict(pack="fruits", lora=False),
+    "dtgen_sd35_lora_batch": dict(pack="tableware", lora=True),
+}
+
+
+def notes_for(name: str, api: dict) -> list[dict]:
+    spec = WORKFLOWS[name]
+    dataset = next((n["inputs"]["dataset_name"] for n in api.values()
+                    if n["class_type"] == "DTGenDatasetWriter"), spec["pack"])
+    files = FILES_NOTE.format(lora_row=LORA_ROW if spec["lora"] else "",
+                              clip_target=" (LoraLoader's `clip` input)" if spec["lora"] else
+                              " (both CLIPTextEncode nodes)")
+    run = RUN_NOTE.format(pack=spec["pack"], dataset=dataset,
+                          lora=" + **LoraLoader** (your LoRA)" if spec["lora"] else "")
+    return [{"title": "Read me: model files", "text": files, "size": [620, 240]},
+            {"title": "Read me: how it runs", "text": run, "size": [620, 240]}]
+
+
+def build(name: str, object_info: dict) -> dict:
+    api = json.loads((EXAMPLES / "api" / f"{name}.json").read_text())
+    return api_to_ui(api, object_info, notes_for(name, api), models={"CheckpointLoaderSimple": CKPT})
+
+
+def dumps(workflow: dict) -> str:
+    return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+
+
+def fetch_object_info(url: str) -> dict:
+    with urllib.request.urlopen(url.rstrip("/") + "/object_info", timeout=60) as r:
+        return json.loads(r.read())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", default="http://127.0.0.1:8188", help="running ComfyUI with DTGen loaded")
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when a file is stale")
+    args = ap.parse_args(argv)
+    object_info = fetch_object_info(args.url)
+    stale = []
+    for name in WORKFLOWS:
+        path, text = EXAMPLES / f"{name}.json", dumps(build(name, object_info))
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path)
+        else:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+    for path in stale:
+        print(f"stale: {path.relative_to(ROOT)} (run tools/make_ui_workflows.py)", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
