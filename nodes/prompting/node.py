@@ -35,6 +35,26 @@ def build_sampler(pack: str, mode: str, seed: int, classes: str = "", inline_yam
     return Sampler(loaded, mode=mode, seed=seed, classes=subset or None)
 
 
+def _resume_dir(dataset_name: str, quota_per_class: int):
+    if not (dataset_name or "").strip() or not quota_per_class:
+        return None
+    from ..dataset.paths import safe_dataset_dir
+
+    return safe_dataset_dir(folder_paths.get_output_directory(), dataset_name)
+
+
+def missing_indices(sampler: Sampler, dataset_dir, start: int, count: int, quota: int) -> list[int]:
+    """The next `count` indices >= start that the dataset lacks, for classes below `quota`."""
+    from ..dataset.quotas import next_missing_indices
+
+    scan = None
+    if sampler.mode == "exhaustive":
+        scan = max(0, sampler.total - start)
+    return next_missing_indices(dataset_dir, sampler.label_of, start, count,
+                                targets={label: quota for label in sampler.labels},
+                                pack_hash=sampler.pack.pack_hash, max_scan=scan)
+
+
 class DTGenPromptSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -65,6 +85,13 @@ class DTGenPromptSampler(io.ComfyNode):
                                 tooltip="Optional comma-separated class labels to sample from (empty = all classes)."),
                 io.String.Input("inline_yaml", default="", multiline=True, optional=True,
                                 tooltip="Optional prompt pack as YAML text; when not empty it replaces the chosen pack file."),
+                io.String.Input("dataset_name", default="", optional=True,
+                                tooltip="Resume mode, with quota_per_class: emit the next `count` item indices from "
+                                        "start_index on that this dataset (under ComfyUI's output folder) does not "
+                                        "hold yet and whose class is not full. Empty = plain start_index..+count."),
+                io.Int.Input("quota_per_class", default=0, min=0, max=10_000_000, optional=True,
+                             tooltip="Resume mode: accepted images wanted per class. When every class is full the "
+                                     "run stops here (nothing downstream executes). 0 = off."),
             ],
             outputs=[
                 io.String.Output("positive", is_output_list=True,
@@ -82,21 +109,42 @@ class DTGenPromptSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="") -> bool | str:
+    def fingerprint_inputs(cls, dataset_name="", quota_per_class=0, **_) -> str:
+        # In resume mode the items depend on the dataset's content: rerun when it changed.
+        ds = _resume_dir(dataset_name, quota_per_class)
+        if ds is None:
+            return ""
+        from ..dataset.history import history_fingerprint
+
+        return history_fingerprint(ds)
+
+    @classmethod
+    def validate_inputs(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="",
+                        dataset_name="", quota_per_class=0) -> bool | str:
         try:
             sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
             sampler.items(start_index, 0)
             if mode == "exhaustive" and start_index + count > sampler.total:
                 return (f"start_index {start_index} + count {count} is past the end of the exhaustive "
                         f"space ({sampler.total} combinations)")
-        except PromptPackError as exc:
+            _resume_dir(dataset_name, quota_per_class)
+        except (PromptPackError, ValueError) as exc:
             return str(exc)
         return True
 
     @classmethod
-    def execute(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="") -> io.NodeOutput:
+    def execute(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="", dataset_name="",
+                quota_per_class=0) -> io.NodeOutput:
         sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
-        items = sampler.items(start_index, count)
+        ds = _resume_dir(dataset_name, quota_per_class)
+        if ds is None:
+            items = sampler.items(start_index, count)
+        else:
+            items = [sampler.item(i) for i in missing_indices(sampler, ds, start_index, count, quota_per_class)]
+            if not items:  # every class is full: stop this run quietly, nothing downstream executes
+                from comfy_execution.graph_utils import ExecutionBlocker
+
+                return io.NodeOutput(*[ExecutionBlocker(None)] * 5, sampler.total)
         return io.NodeOutput(
             [it.positive for it in items],
             [it.negative for it in items],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from support.graphs import example_api
+from support.pkg import ROOT
 
 TABLEWARE = {f"{k}_{lvl}" for k in ("plate", "bowl")
              for lvl in ("clean", "slightly_dirty", "moderately_dirty", "heavily_dirty")}
@@ -41,6 +42,14 @@ def test_batch_graph_writes_a_labelled_filtered_dataset(client, comfy_server):
         assert (ds / r["file"]).is_file() and r["file"].startswith("images/")
     for r in rejected:
         assert (ds / r["file"]).is_file() and r["file"].startswith("rejected/")
+    # each image carries exactly the sampler's item: label, prompt and seed of its index
+    from dtgen.nodes.prompting.pack import load_pack
+    from dtgen.nodes.prompting.sampler import Sampler
+
+    sampler = Sampler(load_pack(ROOT / "prompts" / "tableware.yaml"), "balanced", 0)
+    for r in lines:
+        item = sampler.item(r["index"])
+        assert (r["label"], r["prompt"], r["seed"]) == (item.label, item.positive, item.seed)
     # sampler metadata and provenance reached the manifest
     assert all(r["pack"] == "tableware" and r["index"] in range(16) for r in lines)
     assert any(m["class_type"] == "LoraLoader" for m in lines[0]["models"].values())
@@ -87,3 +96,26 @@ def test_finalize_node_redecides_splits_and_reports(client, comfy_server):
     assert result.outputs("1").get("images"), "finalize shows its plot as a preview"
     report = json.loads((ds / "report" / "report.json").read_text())
     assert sum(c["accepted"] for c in report["per_class"].values()) == 8
+
+
+def test_sampler_resume_mode_fills_quotas_then_stops(client, comfy_server):
+    """Queue the same graph again and again: the sampler asks the dataset which items are still
+    missing, and once every class is full the run stops at the sampler without an error."""
+    graph = example_api("dtgen_sd35_lora_batch", count=4, classes="plate_clean,bowl_clean",
+                        method="fixed", fixed_threshold=-1.0)  # accept everything: quota math is exact
+    for node in graph.values():
+        if node["class_type"] in ("DTGenPromptSampler", "DTGenClipFilter", "DTGenDatasetWriter"):
+            node["inputs"]["dataset_name"] = "e2e_resume"
+    graph["1"]["inputs"]["quota_per_class"] = 3
+    first = run_ok(client, graph)
+    lines = manifest(comfy_server.output_dir / "e2e_resume")
+    assert len(lines) == 4 and sorted(r["index"] for r in lines) == [0, 1, 2, 3]
+    run_ok(client, graph)  # 2 more: one per class reaches 3
+    lines = manifest(comfy_server.output_dir / "e2e_resume")
+    assert sorted(r["index"] for r in lines) == [0, 1, 2, 3, 4, 5]
+    counts = {lab: sum(r["label"] == lab for r in lines) for lab in ("plate_clean", "bowl_clean")}
+    assert counts == {"plate_clean": 3, "bowl_clean": 3}
+    last = run_ok(client, graph)  # everything full: nothing downstream runs, no error
+    assert len(manifest(comfy_server.output_dir / "e2e_resume")) == 6
+    assert [e for e in first.progress_events() if e["data"]["node"] == "7"], "KSampler progress expected"
+    assert not [e for e in last.progress_events() if e["data"]["node"] == "7"], "KSampler ran for a full dataset"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 import urllib.request
 
 import pytest
 
-from support.comfy_server import PACK_NAME
+from support.comfy_server import PACK_NAME, ComfyClient
 from support.graphs import example_api
 from support.pkg import ROOT
 
@@ -26,6 +27,7 @@ API_NAMES = sorted(p.stem for p in (EXAMPLES / "api").glob("*.json"))
 def load_tool(name: str):
     spec = importlib.util.spec_from_file_location(f"dtgen_tools_{name}", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -35,8 +37,8 @@ locale_tool = load_tool("make_locales")
 
 
 @pytest.fixture(scope="module")
-def object_info(client):
-    return client.get_json("/object_info")
+def object_info(comfy_server):
+    return ComfyClient(comfy_server.url).get_json("/object_info")
 
 
 def fetch(url: str) -> tuple[bytes, str]:
