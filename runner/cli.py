@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from ..nodes.prompting.pack import PromptPackError
+from ..nodes.dataset.layout import DatasetError
 from .api import ComfyError
+from .local_server import LocalServerError
 from .workflow import Workflow, WorkflowError
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -127,6 +129,7 @@ def main(argv=None) -> int:
         return cmd_demo(args)
     except KeyboardInterrupt:
         return 130
-    except (RunError, ComfyError, WorkflowError, PromptPackError, ValueError, OSError) as e:
+    except (RunError, ComfyError, LocalServerError, DatasetError, WorkflowError, PromptPackError, ValueError,
+            OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,5 +1,148 @@
-"""placeholder"""
-def add_demo_args(p):
-    pass
-def cmd_demo(args):
-    return 1
+"""``python -m runner demo``: one command from a checkout to a small labelled dataset.
+
+Finds ComfyUI, links this pack into a workspace of its own (the ComfyUI tree is not touched),
+starts a server unless one already runs on the port, queues the main example workflow for a small
+per-class quota, finalizes the dataset and prints where everything is. Without the real SD3.5,
+LoRA and CLIP files it builds the embedded default: a tiny random-weight SD3 + LoRA and a random
+ViT-B-32 (a pipeline demo: the pictures are noise).
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from .api import ComfyAPI, ComfyError
+from .local_server import ROOT, LocalServer, LocalServerError, comfy_python, find_comfyui, port_in_use
+from .workflow import Workflow
+
+WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
+DEFAULT_WORKSPACE = Path.home() / ".cache" / "dtgen-demo"
+DATASET = "dtgen_demo"
+TINY = {"checkpoints": "tiny_sd3.safetensors", "loras": "tiny_sd3_lora.safetensors",
+        "open_clip": "ViT-B-32-random.safetensors"}
+TINY_CLASSES = "plate_clean,plate_heavily_dirty,bowl_clean,bowl_heavily_dirty"
+TINY_SETTINGS = ("EmptySD3LatentImage.width=64", "EmptySD3LatentImage.height=64", "KSampler.steps=3")
+
+
+def add_demo_args(p) -> None:
+    p.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, then ~/comfy/ComfyUI)")
+    p.add_argument("--python", help="Python that runs ComfyUI (default: its venv if found, else this one)")
+    p.add_argument("--port", type=int, default=8188, help="use the ComfyUI on this port, or start one (8188)")
+    p.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE,
+                   help=f"folder for the server's files, the demo models and the dataset ({DEFAULT_WORKSPACE})")
+    p.add_argument("--quota", type=int, default=2, help="accepted images per class (default 2)")
+    p.add_argument("--classes", help=f"classes to generate (default: all; with the tiny model {TINY_CLASSES})")
+    p.add_argument("--tiny", action="store_true", help="use the tiny random models even if real weights exist")
+    p.add_argument("--keep-server", action="store_true", help="leave the started server running")
+
+
+def real_models(comfyui: Path, wf: Workflow) -> dict[str, Path]:
+    """The example's model files as found in the install's models folder (folder -> path)."""
+    found = {}
+    for node in wf.graph.values():
+        for name, folder in (("ckpt_name", "checkpoints"), ("lora_name", "loras"), ("weights", "open_clip")):
+            value = node["inputs"].get(name)
+            if isinstance(value, str):
+                found[folder] = comfyui / "models" / folder / value
+    return found
+
+
+def build_tiny_models(comfyui: Path, python: str, cache: Path, say) -> dict[str, list[Path]]:
+    """Tiny SD3 + LoRA + random ViT-B-32 in ``cache`` (built once, about 10 s)."""
+    script = str(Path(__file__).with_name("demo_models.py"))
+    dirs = {folder: cache / folder for folder in TINY}
+    if not all((dirs[f] / name).is_file() for f, name in TINY.items()):
+        say("building the embedded demo models (tiny SD3 + LoRA, random ViT-B-32) in "
+            f"{cache} - once, about 10 s ...")
+        build = cache / "build"
+        for cmd in ([python, script, str(build)], [python, script, "--clip", "ViT-B-32", str(build / TINY["open_clip"])]):
+            build.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(cmd, cwd=comfyui, capture_output=True, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise LocalServerError(f"building the demo models failed ({last}); check that {python} can "
+                                       "import torch, safetensors and open_clip (pip install -r requirements.txt)")
+        for folder, name in TINY.items():
+            dirs[folder].mkdir(parents=True, exist_ok=True)
+            (build / name).replace(dirs[folder] / name)
+    return {folder: [path] for folder, path in dirs.items()}
+
+
+def cmd_demo(args) -> int:
+    from .scheduler import QueueRun, RunSettings
+
+    t0 = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[demo {time.monotonic() - t0:5.1f}s] {text}", flush=True)
+
+    comfyui = find_comfyui(args.comfyui)
+    python = comfy_python(comfyui, args.python)
+    workspace = Path(args.workspace).expanduser().resolve()
+    wf = Workflow.load(WORKFLOW)
+    files = real_models(comfyui, wf)
+    tiny = args.tiny or not all(p.is_file() for p in files.values())
+    say(f"ComfyUI: {comfyui}; workspace: {workspace}")
+    model_dirs = {}
+    if tiny:
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        say("the real weights are absent (" + (", ".join(missing) or "--tiny") + "): using the embedded default, "
+            "a tiny random-weight SD3 + LoRA and a random ViT-B-32. THIS IS A PIPELINE DEMO: THE PICTURES ARE NOISE.")
+        model_dirs = build_tiny_models(comfyui, python, workspace / "models-demo", say)
+        wf.set_models(ckpt=TINY["checkpoints"], lora=TINY["loras"], clip_weights=TINY["open_clip"])
+        for assignment in TINY_SETTINGS:
+            wf.apply_set(assignment)
+    classes = args.classes if args.classes is not None else (TINY_CLASSES if tiny else "")
+    wf.set_input(wf.sampler_id, "classes", classes)
+    wf.set_dataset(DATASET)
+
+    server, output_dir = None, None
+    url = f"http://127.0.0.1:{args.port}"
+    if port_in_use(args.port):
+        try:
+            ComfyAPI(url, timeout=5).system_stats()
+        except ComfyError:
+            raise LocalServerError(f"port {args.port} is used by a program that is not ComfyUI; pass --port with "
+                                   "a free port") from None
+        say(f"using the ComfyUI already running at {url}")
+    else:
+        say(f"starting ComfyUI on {url} (log: {workspace / f'server-{args.port}.log'}) ...")
+        server = LocalServer(comfyui, workspace, args.port, python=python, model_dirs=model_dirs, cpu=tiny).start()
+        output_dir = server.output_dir
+        say("ComfyUI is ready")
+    try:
+        from .packs import local_sampler
+        from .progress import Progress
+
+        sampler = local_sampler(wf.sampler_inputs())
+        targets = {label: args.quota for label in sampler.labels}
+        wf.set_writer_quota(args.quota)
+        say(f"queueing {args.quota} accepted image(s) for each of {len(targets)} classes ...")
+        settings = RunSettings(servers=[url], targets=targets, output_dir=output_dir,
+                               max_items=20 * sum(targets.values()) + 20)
+        result = QueueRun(wf, sampler, settings, Progress(every=2.0)).run()
+    finally:
+        if server is not None and not args.keep_server:
+            server.stop()
+    report = finalize_demo(result.dataset_dir)
+    say("done")
+    print(f"dataset: {result.dataset_dir}")
+    for label, c in sorted(result.counts.items()):
+        print(f"  {label:<28} {c['accepted']:>4} accepted {c['rejected']:>4} rejected")
+    print(f"report: {report.report_json}")
+    for path in [*report.contact_sheets.values(), *([report.plot] if report.plot else [])]:
+        print(f"  {path}")
+    if tiny:
+        print("(pipeline demo with random weights: the pictures are noise; put the real SD3.5, LoRA and "
+              "ViT-B-32 files in ComfyUI's models folders for real images)")
+    print(f"demo finished in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def finalize_demo(dataset_dir: Path):
+    """Report images (contact sheets, score histograms) and report.json; decisions are kept."""
+    from ..nodes.dataset.finalize import finalize
+    from ..nodes.filtering.offline import histogram_image
+
+    return finalize(dataset_dir, plot_fn=histogram_image, echo=False)

@@ -274,6 +274,19 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
     return api
 
 
+def with_defaults(api: dict, object_info: dict) -> dict:
+    """``api`` with every omitted widget input set to its default, as the node receives it; two
+    graphs that differ only by spelled-out defaults compare equal after this."""
+    out = {}
+    for nid, node in api.items():
+        inputs = dict(node["inputs"])
+        for s in input_specs(_definition(object_info, node["class_type"], f"node {nid}")):
+            if s.widget and s.name not in inputs and "default" in s.options:
+                inputs[s.name] = s.options["default"]
+        out[nid] = {"class_type": node["class_type"], "inputs": inputs}
+    return out
+
+
 # --------------------------------------------------------------------------- the shipped examples
 CKPT = {"name": "sd3.5_large_fp8_scaled.safetensors",
         "url": "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/sd3.5_large_fp8_scaled.safetensors",

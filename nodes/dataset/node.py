@@ -11,14 +11,13 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..common.comfy_types import ScoredBatchType
+from ..common.comfy_types import ScoredBatchType, threshold_inputs
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
 from ..common.records import ScoredBatch
 
 FORMATS = ("png", "jpeg", "webp")
-METHOD_NAMES = ("mean_std", "median_mad", "percentile", "fixed", "gmm")
 
 
 def dataset_dir(name: str):
@@ -149,15 +148,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
                                 tooltip="Dataset folder under ComfyUI's output directory."),
                 io.Boolean.Input("redecide", default=True,
                                  tooltip="Re-apply the threshold to all stored scores (no re-encoding)."),
-                io.Combo.Input("method", options=list(METHOD_NAMES), default="mean_std",
-                               tooltip="Per-class threshold method used to re-decide."),
-                io.Float.Input("k", default=1.5, min=0.0, max=10.0, step=0.05, tooltip="k for mean_std / median_mad."),
-                io.Float.Input("keep_percent", default=90.0, min=0.0, max=100.0, step=1.0,
-                               tooltip="percentile method: percent of each class to keep."),
-                io.Float.Input("fixed_threshold", default=0.25, min=-1.0, max=1.0, step=0.005,
-                               tooltip="fixed method: cosine similarity an image must reach."),
-                io.Int.Input("min_count", default=8, min=1, max=100000,
-                             tooltip="Classes with fewer scores are decided but marked provisional."),
+                *threshold_inputs(),
                 io.String.Input("split", default="", optional=True,
                                 tooltip="Optional train,val,test fractions, e.g. 0.8,0.1,0.1 (by hash of the image id: "
                                         "stable across reruns). Empty = no split."),

@@ -12,7 +12,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..common.comfy_types import DtgenClip, ScoredBatchType
+from ..common.comfy_types import DtgenClip, ScoredBatchType, threshold_inputs
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
@@ -23,7 +23,6 @@ WEIGHT_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin"}
 folder_paths.add_model_folder_path(CLIP_FOLDER, os.path.join(folder_paths.models_dir, CLIP_FOLDER))
 folder_paths.folder_names_and_paths[CLIP_FOLDER][1].update(WEIGHT_SUFFIXES)
 FROM_CACHE = "(open_clip / Hugging Face cache)"
-METHOD_NAMES = ("mean_std", "median_mad", "percentile", "fixed", "gmm")
 TEXT_SIDES = ("prompt", "class_text", "both")
 
 
@@ -167,17 +166,7 @@ class DTGenClipFilter(io.ComfyNode):
                 io.Combo.Input("text_side", options=list(TEXT_SIDES), default="class_text",
                                tooltip="Text the image is scored against: the generating prompt, the class's "
                                        "CLIP text from the pack, or the mean of both."),
-                io.Combo.Input("method", options=list(METHOD_NAMES), default="mean_std",
-                               tooltip="Per-class threshold: mean_std (mean - k*std, DTGen), median_mad (robust), "
-                                       "percentile (keep top p%), fixed, gmm (two-component mixture)."),
-                io.Float.Input("k", default=1.5, min=0.0, max=10.0, step=0.05,
-                               tooltip="k for mean_std and median_mad (in std / scaled-MAD units)."),
-                io.Float.Input("keep_percent", default=90.0, min=0.0, max=100.0, step=1.0,
-                               tooltip="percentile method: percent of each class to keep."),
-                io.Float.Input("fixed_threshold", default=0.25, min=-1.0, max=1.0, step=0.005,
-                               tooltip="fixed method: cosine similarity an image must reach."),
-                io.Int.Input("min_count", default=8, min=1, max=100000,
-                             tooltip="Below this many scores in a class (history + run) decisions are marked provisional."),
+                *threshold_inputs(),
                 io.String.Input("dataset_name", default="", optional=True,
                                 tooltip="Dataset (under ComfyUI's output folder) whose stored scores join the "
                                         "population, so one-image runs still threshold adaptively. Empty = this run only."),

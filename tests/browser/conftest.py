@@ -94,6 +94,7 @@ class EditorRun:
         self.result, self.server, self.shots = result, server, shots
         self.workflows = {w["name"]: w for w in result["workflows"]}
         self.swap = fixture_swap()
+        self.object_info = ComfyClient(server.url).get_json("/object_info")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,10 @@ import tomllib
 
 from support.pkg import BOOTSTRAP, ROOT
 
-ADAPTERS = {"node.py", "extension.py", "comfy_types.py"}   # the only files allowed to import ComfyUI
+ADAPTERS = {"node.py", "extension.py", "comfy_types.py"}   # the V3 layer: the only modules importing ComfyUI
+# ... and one script that runs in a subprocess with ComfyUI on its path: it builds the demo's tiny
+# random-weight SD3 from ComfyUI's own classes.
+COMFY_SUBPROCESS_SCRIPTS = {"runner/demo_models.py"}
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "server",
                  "execution", "node_helpers", "latent_preview"}
 
@@ -29,7 +32,7 @@ def _imported_roots(path) -> set[str]:
 def test_logic_modules_never_import_comfyui():
     offenders = {}
     for path in sorted((ROOT / "nodes").rglob("*.py")) + sorted((ROOT / "runner").rglob("*.py")):
-        if path.name in ADAPTERS:
+        if path.name in ADAPTERS or str(path.relative_to(ROOT)) in COMFY_SUBPROCESS_SCRIPTS:
             continue
         bad = _imported_roots(path) & COMFY_MODULES
         if bad:

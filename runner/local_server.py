@@ -1,0 +1,173 @@
+"""Find a ComfyUI install and run it in a workspace of its own, with this pack linked in.
+
+The user's ComfyUI tree is never written to: the server runs with ``--base-directory`` set to the
+workspace (custom_nodes/dtgen -> this checkout, output/, input/, temp/, user/) and reads models
+through an ``extra_model_paths.yaml`` listing the install's models folder plus any extra folders.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .api import ComfyAPI, ComfyError
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "dtgen"
+MODEL_FOLDERS = ("checkpoints", "loras", "vae", "text_encoders", "clip", "diffusion_models", "unet",
+                 "open_clip", "dtgen_prompts")
+INSTALL_HINT = ("install it with `pip install comfy-cli && comfy --skip-prompt install --cpu` (needs the "
+                "network) or point COMFYUI_PATH (or --comfyui) at a ComfyUI folder")
+
+
+class LocalServerError(RuntimeError):
+    """Finding or starting ComfyUI failed; the message is one line saying what to do."""
+
+
+def comfyui_candidates(explicit=None) -> list[Path]:
+    paths = [Path(explicit).expanduser()] if explicit else []
+    if os.environ.get("COMFYUI_PATH"):
+        paths.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
+    paths.append(Path.home() / "comfy" / "ComfyUI")
+    return paths
+
+
+def find_comfyui(explicit=None) -> Path:
+    looked = comfyui_candidates(explicit)
+    for path in looked:
+        if (path / "main.py").is_file() and (path / "comfy").is_dir():
+            return path.resolve()
+    raise LocalServerError(f"no ComfyUI found (looked in {', '.join(map(str, looked))}); {INSTALL_HINT}")
+
+
+def comfy_python(comfyui: Path, explicit=None) -> str:
+    """The Python that runs ComfyUI: --python, else a venv next to it, else this one."""
+    if explicit:
+        return str(explicit)
+    for venv in (comfyui / ".venv", comfyui / "venv", comfyui.parent / ".venv", comfyui.parent / "venv"):
+        for exe in ("bin/python", "Scripts/python.exe"):
+            if (venv / exe).is_file():
+                return str(venv / exe)
+    return sys.executable
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def link_pack(workspace: Path) -> Path:
+    """custom_nodes/dtgen -> this checkout, as a symlink (the checkout is never copied)."""
+    nodes = workspace / "custom_nodes"
+    nodes.mkdir(parents=True, exist_ok=True)
+    link = nodes / PACK_NAME
+    if link.is_symlink() and link.resolve() != ROOT:
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(ROOT, target_is_directory=True)
+    return link
+
+
+def write_model_paths(workspace: Path, comfyui: Path, extra: dict[str, list[Path]] | None = None) -> Path:
+    lines = ["comfyui_install:", f"    base_path: {comfyui / 'models'}"]
+    lines += [f"    {folder}: {folder}" for folder in MODEL_FOLDERS]
+    if extra:
+        lines.append("dtgen_extra:")
+        for folder, paths in extra.items():
+            lines.append(f"    {folder}: |")
+            lines.extend(f"        {p}" for p in paths)
+    cfg = workspace / "extra_model_paths.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+class LocalServer:
+    """``main.py`` of ``comfyui`` on 127.0.0.1:``port``, all its files under ``workspace``."""
+
+    def __init__(self, comfyui: Path, workspace: Path, port: int, python: str | None = None,
+                 model_dirs: dict[str, list[Path]] | None = None, cpu: bool = True,
+                 output_dir: Path | None = None, extra_args=()):
+        self.comfyui, self.workspace, self.port = Path(comfyui), Path(workspace), port
+        self.python = python or comfy_python(self.comfyui)
+        self.model_dirs, self.cpu, self.extra_args = model_dirs or {}, cpu, list(extra_args)
+        self.output_dir = Path(output_dir) if output_dir else self.workspace / "output"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workspace / f"server-{self.port}.log"
+
+    def start(self, timeout: float = 180.0) -> "LocalServer":
+        for sub in ("input", "temp", "user", "models"):
+            (self.workspace / sub).mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        link_pack(self.workspace)
+        cfg = write_model_paths(self.workspace, self.comfyui, self.model_dirs)
+        cmd = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--base-directory", str(self.workspace), "--extra-model-paths-config", str(cfg),
+               "--output-directory", str(self.output_dir), "--input-directory", str(self.workspace / "input"),
+               "--temp-directory", str(self.workspace / "temp"), "--user-directory", str(self.workspace / "user"),
+               "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
+               *(["--cpu"] if self.cpu else []), *self.extra_args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        api, deadline = ComfyAPI(self.url, timeout=2), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LocalServerError(f"ComfyUI exited during start-up ({self.last_error()}); see {self.log_path}")
+            try:
+                api.system_stats()
+                return self
+            except ComfyError:
+                time.sleep(0.3)
+        self.stop()
+        raise LocalServerError(f"ComfyUI did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    def last_error(self) -> str:
+        try:
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "no log"
+        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+        return (errors or lines or ["no output"])[-1].strip()[:200]
+
+    def rss_mb(self) -> float | None:
+        """Resident memory of the server process (Linux /proc), in MB."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, AttributeError):
+            return None
+        return None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=15)
