@@ -84,6 +84,14 @@ def cmd_demo(args) -> int:
     files = real_models(comfyui, wf)
     tiny = args.tiny or not all(p.is_file() for p in files.values())
     say(f"ComfyUI: {comfyui}; workspace: {workspace}")
+    url = f"http://127.0.0.1:{args.port}"
+    running = port_in_use(args.port)
+    if running:
+        try:
+            ComfyAPI(url, timeout=5).system_stats()
+        except ComfyError:
+            raise LocalServerError(f"port {args.port} is used by a program that is not ComfyUI; pass --port with "
+                                   "a free port") from None
     model_dirs = {}
     if tiny:
         missing = [str(p) for p in files.values() if not p.is_file()]
@@ -98,13 +106,7 @@ def cmd_demo(args) -> int:
     wf.set_dataset(DATASET)
 
     server, output_dir = None, None
-    url = f"http://127.0.0.1:{args.port}"
-    if port_in_use(args.port):
-        try:
-            ComfyAPI(url, timeout=5).system_stats()
-        except ComfyError:
-            raise LocalServerError(f"port {args.port} is used by a program that is not ComfyUI; pass --port with "
-                                   "a free port") from None
+    if running:
         say(f"using the ComfyUI already running at {url}")
     else:
         say(f"starting ComfyUI on {url} (log: {workspace / f'server-{args.port}.log'}) ...")

@@ -160,8 +160,9 @@ def _order(api: dict) -> dict[str, int]:
 def api_to_ui(api: dict, object_info: dict, notes: list[dict] = (), models: dict | None = None) -> dict:
     """A UI-format (version 0.4) workflow equivalent to the API-format graph ``api``.
 
-    ``notes``: MarkdownNote nodes as ``{"title", "text", "size"}``, placed under the graph's left part; ``models``: class_type ->
-    ``{"name", "url", "directory"}`` entries the frontend offers to download when missing.
+    ``notes``: MarkdownNote nodes as ``{"title", "text", "size"}``, placed under the graph's left part;
+    ``models``: class_type -> ``{"name", "url", "directory"}``, which the frontend offers to download
+    when the file is missing.
     """
     sizes = {nid: node_size(n["class_type"], _definition(object_info, n["class_type"], f"node {nid}"))
              for nid, n in api.items()}
@@ -288,8 +289,8 @@ def with_defaults(api: dict, object_info: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the shipped examples
-CKPT = {"name": "sd3.5_large_fp8_scaled.safetensors",
-        "url": "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/sd3.5_large_fp8_scaled.safetensors",
+CKPT_NAME = "sd3.5_large_fp8_scaled.safetensors"
+CKPT = {"name": CKPT_NAME, "url": f"https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/{CKPT_NAME}",
         "directory": "checkpoints"}
 
 FILES_NOTE = """## Model files: where they go

@@ -40,7 +40,8 @@ function fitGraph(page) {
     const scale = Math.min(availW / w, availH / h, 1.2)
     const ds = app.canvas.ds
     ds.scale = scale
-    ds.offset = [(m.left + (availW - w * scale) / 2) / scale - box[0], (m.top + (availH - h * scale) / 2) / scale - box[1]]
+    ds.offset = [(m.left + (availW - w * scale) / 2) / scale - box[0],
+      (m.top + (availH - h * scale) / 2) / scale - box[1]]
     app.canvas.setDirty(true, true)
     const [x0, y0] = ds.convertOffsetToCanvas([box[0], box[1]])
     const [x1, y1] = ds.convertOffsetToCanvas([box[2], box[3]])

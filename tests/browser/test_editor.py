@@ -21,7 +21,8 @@ NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
 
 
 def _load_converter():
-    spec = importlib.util.spec_from_file_location("dtgen_tools_make_ui_workflows", ROOT / "tools" / "make_ui_workflows.py")
+    path = ROOT / "tools" / "make_ui_workflows.py"
+    spec = importlib.util.spec_from_file_location("dtgen_tools_make_ui_workflows", path)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -55,7 +56,7 @@ def test_widget_values_and_links_are_kept_as_in_the_file(editor_run, name):
     for node in editor_run.workflows[name]["nodes"]:
         want = expected[node["id"]]
         assert node["widgets_values"] == want["widgets_values"], \
-            f"node {node['id']} ({node['type']}): editor has {node['widgets_values']}, file has {want['widgets_values']}"
+            f"node {node['id']} ({node['type']}): editor {node['widgets_values']} != file {want['widgets_values']}"
         assert node["inputs"] == [{"name": i["name"], "link": i["link"]} for i in want["inputs"]], \
             f"node {node['id']} ({node['type']}): inputs or links changed on load"
 

@@ -1,0 +1,141 @@
+"""The queue client's scheduling against a stand-in ComfyUI (fake_comfy.py) that stores items with
+the real DatasetWriter: quotas, resume, adoption, retries, a server that vanishes, several servers."""
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import pytest
+
+from dtgen.nodes.dataset import manifest
+from dtgen.runner.packs import local_sampler
+from dtgen.runner.progress import Progress
+from dtgen.runner.scheduler import QueueRun, RunError, RunSettings
+from dtgen.runner.workflow import Workflow
+from fake_comfy import FakeComfy
+from support.pkg import ROOT
+
+WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
+TWO = "plate_clean,bowl_clean"
+
+
+def make_run(servers, out, classes=TWO, **kw):
+    wf = Workflow.load(WORKFLOW)
+    wf.set_input(wf.sampler_id, "classes", classes)
+    wf.set_dataset(kw.pop("dataset", "ds"))
+    sampler = local_sampler(wf.sampler_inputs())
+    quota = kw.pop("quota", None)
+    targets = {label: quota for label in sampler.labels} if quota is not None else None
+    if targets:
+        wf.set_writer_quota(quota)
+    stream = io.StringIO()
+    settings = RunSettings(servers=[s.url for s in servers], targets=targets, poll=0.02, dead_after=0.3,
+                           give_up_after=2.0, **kw)
+    return QueueRun(wf, sampler, settings, Progress(stream, every=0)), stream
+
+
+def stored(ds):
+    return list(manifest.live(manifest.read(ds).records).values())
+
+
+@pytest.fixture
+def fakes(tmp_path):
+    made = []
+
+    def make(**kw):
+        fake = FakeComfy(tmp_path / "out", **kw)
+        made.append(fake)
+        return fake
+
+    yield make
+    for fake in made:
+        if fake.alive:
+            fake.stop()
+
+
+def test_quota_is_met_exactly_with_rejections(fakes, tmp_path):
+    fake = fakes(reject=lambda i: i % 4 == 3)
+    run, log = make_run([fake], tmp_path / "out", quota=3, output_dir=tmp_path / "out")
+    result = run.run()
+    recs = stored(tmp_path / "out" / "ds")
+    assert Counter(r["label"] for r in recs if r["decision"] == "accepted") == {"plate_clean": 3, "bowl_clean": 3}
+    assert any(r["decision"] == "rejected" for r in recs)
+    assert len(fake.executed) == len(set(fake.executed))            # no index run twice
+    assert sorted(fake.executed) == sorted(r["index"] for r in recs)
+    # balanced: even indices are plates, odd ones bowls; 3 and 7 (bowls) were rejected and replaced
+    assert sorted(r["index"] for r in recs if r["decision"] == "rejected") == [3, 7]
+    assert sorted(fake.executed) == [0, 1, 2, 3, 4, 5, 7, 9]
+    assert result.counts == {"plate_clean": {"accepted": 3, "rejected": 0}, "bowl_clean": {"accepted": 3, "rejected": 2}}
+    assert "6/6 accepted" in log.getvalue() and "acceptance 75%" in log.getvalue()
+
+
+def test_dataset_path_is_learnt_and_a_later_run_only_adds(fakes, tmp_path):
+    fake = fakes()
+    make_run([fake], None, quota=2)[0].run()                       # no output_dir: learnt from history
+    first = list(fake.executed)
+    make_run([fake], None, quota=4)[0].run()                       # resumes: finds the dataset in history
+    assert sorted(first) == [0, 1, 2, 3]
+    assert sorted(fake.executed) == list(range(8))                 # nothing queued twice
+
+
+def test_prompts_left_by_a_killed_client_are_adopted(fakes, tmp_path):
+    fake = fakes(delay=0.3)
+    dead, _ = make_run([fake], None, quota=2, output_dir=tmp_path / "out", pending=3)
+    dead.connect()
+    dead._fill({}, set())                                         # queued, then the client "dies"
+    assert len(fake.pending) + (fake.running is not None) == 3
+    run, log = make_run([fake], None, quota=2, output_dir=tmp_path / "out", pending=3)
+    run.run()
+    assert sorted(fake.executed) == [0, 1, 2, 3]
+    assert "earlier run are still queued" in log.getvalue()
+
+
+def test_failed_prompts_are_retried_a_bounded_number_of_times(fakes, tmp_path):
+    fake = fakes(fail_once={1})
+    run, log = make_run([fake], None, items=4, output_dir=tmp_path / "out")
+    result = run.run()
+    assert sorted(r["index"] for r in stored(tmp_path / "out" / "ds")) == [0, 1, 2, 3]
+    assert "item 1 failed" in log.getvalue() and "boom at 1" in log.getvalue() and "will retry" in log.getvalue()
+    assert result.failed == []
+
+    fake2 = fakes(fail_once={5})
+    run, log = make_run([fake2], None, items=3, start=4, retries=0, output_dir=tmp_path / "out", dataset="ds2")
+    result = run.run()
+    assert result.failed == [5]
+    assert sorted(r["index"] for r in stored(tmp_path / "out" / "ds2")) == [4, 6]
+    assert "gave up after 1 tries" in log.getvalue()
+
+
+def test_a_vanished_server_loses_nothing(fakes, tmp_path):
+    slow, fast = fakes(delay=30.0), fakes(delay=0.02)
+    run, log = make_run([slow, fast], None, quota=3, output_dir=tmp_path / "out")
+    run.connect()
+    run._fill({}, set())
+    slow_jobs = [j.indices for j in run.workers[0].jobs.values()]
+    assert slow_jobs, "the slow server got work"
+    slow.stop()                                                    # killed with its prompts pending
+    result = run.run()
+    recs = stored(tmp_path / "out" / "ds")
+    assert Counter(r["label"] for r in recs if r["decision"] == "accepted") == {"plate_clean": 3, "bowl_clean": 3}
+    assert {i for job in slow_jobs for i in job} <= set(fast.executed)   # its items were run elsewhere
+    assert len(fast.executed) == len(set(fast.executed))
+    assert f"{slow.url} stopped answering" in log.getvalue()
+    assert result.servers[fast.url] == 6
+
+
+def test_several_servers_share_the_work(fakes, tmp_path):
+    servers = [fakes(delay=0.05) for _ in range(3)]
+    result = make_run(servers, None, quota=6, output_dir=tmp_path / "out", pending=1)[0].run()
+    executed = [i for s in servers for i in s.executed]
+    assert sorted(executed) == list(range(12))
+    assert all(n > 0 for n in result.servers.values())
+
+
+def test_no_server_reachable_is_one_clear_error(tmp_path):
+    from support.comfy_server import free_port
+
+    class Down:
+        url = f"http://127.0.0.1:{free_port()}"
+
+    with pytest.raises(RunError, match="cannot reach ComfyUI"):
+        make_run([Down()], None, quota=1)[0].run()
