@@ -70,7 +70,7 @@ def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
     downloaded. Without it the architecture's defaults are used (OpenAI mean/std, bicubic).
     """
     torch_dtype = _resolve_dtype(dtype)
-    arch = _check_arch(arch)
+    arch = check_arch(arch)
     path = _check_file(weights_path)
     stat = path.stat()
     key = (arch, str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device), str(torch_dtype),
@@ -142,7 +142,8 @@ def _resolve_dtype(dtype):
     return getattr(torch, name)
 
 
-def _check_arch(arch: str) -> str:
+def check_arch(arch: str) -> str:
+    """``arch`` if open_clip knows it, else ClipFilterError naming a few close names."""
     import open_clip
 
     known = open_clip.list_models()
@@ -151,6 +152,9 @@ def _check_arch(arch: str) -> str:
     close = difflib.get_close_matches(str(arch), known, n=5, cutoff=0.5)
     hint = f"; close names: {', '.join(close)}" if close else f"; {len(known)} are known, e.g. ViT-B-32"
     raise ClipFilterError(f"unknown CLIP architecture {arch!r}{hint}", "arch")
+
+
+_check_arch = check_arch   # older private name, kept for callers that used it
 
 
 def _check_file(weights_path) -> Path:
@@ -285,7 +289,7 @@ def find_cached_weights(arch: str, pretrained_tag: str) -> str | None:
     (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub), preferring safetensors. Pass the same
     tag to ``load_clip(..., pretrained_tag=tag)`` so preprocessing and QuickGELU match the file.
     """
-    arch = _check_arch(arch)
+    arch = check_arch(arch)
     cfg = _tag_config(arch, pretrained_tag)
     names = []
     hub = cfg.get("hf_hub", "")

@@ -96,10 +96,10 @@ class DTGenClipLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, arch, weights, pretrained_tag="openai") -> bool | str:
-        from .clip_model import ClipFilterError, _check_arch
+        from .clip_model import ClipFilterError, check_arch
 
         try:
-            _check_arch(arch)
+            check_arch(arch)
             resolve_weights(weights, arch, pretrained_tag)
         except ClipFilterError as exc:
             return str(exc)
