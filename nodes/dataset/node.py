@@ -77,8 +77,10 @@ class DTGenDatasetWriter(io.ComfyNode):
                                      "0 = no quota."),
             ],
             outputs=[
-                io.String.Output("dataset_path", tooltip="Absolute path of the dataset folder."),
-                io.String.Output("status", tooltip="Per-class counts as JSON: accepted, rejected, target, missing."),
+                io.String.Output("dataset_path", display_name="dataset_path",
+                    tooltip="Absolute path of the dataset folder."),
+                io.String.Output("status", display_name="status",
+                    tooltip="Per-class counts as JSON: accepted, rejected, target, missing."),
             ],
         )
 
@@ -154,8 +156,9 @@ class DTGenDatasetFinalize(io.ComfyNode):
                                         "stable across reruns). Empty = no split."),
             ],
             outputs=[
-                io.String.Output("report", tooltip="Report as JSON: per-class counts and acceptance rate, moves, split."),
-                io.Image.Output("plot", tooltip="Per-class score histograms with thresholds."),
+                io.String.Output("report", display_name="report",
+                    tooltip="Report as JSON: per-class counts and acceptance rate, moves, split."),
+                io.Image.Output("plot", display_name="plot", tooltip="Per-class score histograms with thresholds."),
             ],
         )
 

@@ -91,7 +91,8 @@ class DTGenClipLoader(io.ComfyNode):
                                 tooltip="open_clip pretrained tag the file came from (e.g. openai, laion2b_s34b_b79k); "
                                         "selects its preprocessing and cache entry. Nothing is downloaded."),
             ],
-            outputs=[DtgenClip.Output("clip", tooltip="The loaded open_clip model for DTGen CLIP Filter.")],
+            outputs=[DtgenClip.Output("clip", display_name="clip",
+                         tooltip="The loaded open_clip model for DTGen CLIP Filter.")],
         )
 
     @classmethod
@@ -185,11 +186,15 @@ class DTGenClipFilter(io.ComfyNode):
                              tooltip="Images per CLIP forward pass."),
             ],
             outputs=[
-                ScoredBatchType.Output("scored", tooltip="Images with scores, thresholds, decisions, reasons and "
+                ScoredBatchType.Output("scored", display_name="scored",
+                    tooltip="Images with scores, thresholds, decisions, reasons and "
                                                          "embeddings, for DTGen Dataset Writer."),
-                io.Image.Output("accepted", tooltip="Accepted images (preview; a black frame when none)."),
-                io.Image.Output("rejected", tooltip="Rejected images (preview; a black frame when none)."),
-                io.Image.Output("plot", tooltip="Per-class score histograms with the threshold line and counts."),
+                io.Image.Output("accepted", display_name="accepted",
+                    tooltip="Accepted images (preview; a black frame when none)."),
+                io.Image.Output("rejected", display_name="rejected",
+                    tooltip="Rejected images (preview; a black frame when none)."),
+                io.Image.Output("plot", display_name="plot",
+                    tooltip="Per-class score histograms with the threshold line and counts."),
             ],
         )
 

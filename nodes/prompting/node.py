@@ -94,17 +94,19 @@ class DTGenPromptSampler(io.ComfyNode):
                                      "run stops here (nothing downstream executes). 0 = off."),
             ],
             outputs=[
-                io.String.Output("positive", is_output_list=True,
+                io.String.Output("positive", display_name="positive", is_output_list=True,
                                  tooltip="Positive prompt per item (trigger + template + suffix)."),
-                io.String.Output("negative", is_output_list=True, tooltip="Negative prompt per item."),
-                io.String.Output("label", is_output_list=True,
+                io.String.Output("negative", display_name="negative", is_output_list=True,
+                    tooltip="Negative prompt per item."),
+                io.String.Output("label", display_name="label", is_output_list=True,
                                  tooltip="Class label per item (a safe folder name)."),
                 io.Int.Output("item_seed", display_name="seed", is_output_list=True,
                               tooltip="Per-item image seed (< 2^53, inside KSampler's range); wire it to KSampler."),
-                io.String.Output("metadata", is_output_list=True,
+                io.String.Output("metadata", display_name="metadata", is_output_list=True,
                                  tooltip="Per-item metadata as JSON: pack, pack_hash, index, class metadata, "
                                          "clip_text, slot choices."),
-                io.Int.Output("total", tooltip="Size of the pack's combination space for the chosen classes."),
+                io.Int.Output("total", display_name="total",
+                    tooltip="Size of the pack's combination space for the chosen classes."),
             ],
         )
 

@@ -63,3 +63,12 @@ print(json.dumps({{"nodes": [n.GET_SCHEMA().node_id for n in node_list], "new": 
     assert set(data["nodes"]) == EXPECTED
     heavy = [m for m in data["new"] if m.split(".")[0] in {"open_clip", "timm", "safetensors", "yaml", "transformers"}]
     assert not heavy, f"heavy modules imported at load: {heavy}"
+
+
+def test_outputs_are_named_in_the_editor(client):
+    """Sockets show their names, not bare types like STRING/IMAGE."""
+    info = client.get_json("/object_info")
+    for name in EXPECTED:
+        spec = info[name]
+        assert spec["output_name"] != spec["output"] or not spec["output"], (name, spec["output_name"])
+        assert all(n and n == n.lower() for n in spec["output_name"]), (name, spec["output_name"])
