@@ -3,7 +3,7 @@
 Needs ComfyUI (as for tests/integration), Debian's ``chromium`` (``$CHROMIUM`` overrides
 /usr/bin/chromium), ``node``, and the npm package playwright-core, which .ci/run installs into
 ``~/.cache/dtgen-ci/node`` (``$DTGEN_NODE_MODULES`` names another node_modules folder). Where one
-is missing, every browser test is skipped with one line naming what is missing.
+is missing, every browser test is skipped, reported as one line naming what is missing.
 
 The driver runs once per session against its own server; the tests assert on what it observed.
 With ``DTGEN_UPDATE_SCREENSHOTS=1`` the session also refreshes docs/screenshots/editor.png and the
@@ -15,15 +15,20 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from support import fixtures
-from support.comfy_server import ComfyClient, ComfyServer, comfyui_candidates, find_comfyui
+from support.comfy_server import ComfyClient, ComfyServer, find_comfyui
 from support.pkg import ROOT
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # browser_env, shared with the test module
+
+from browser_env import chromium_path, playwright_path, skip_reason  # noqa: E402
+
 EXAMPLES = ROOT / "example_workflows"
 # The editor settings of a fresh user that would cover or clutter the canvas.
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
@@ -31,40 +36,6 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Co
 QUEUED = "dtgen_sd35_lora"
 QUEUED_COUNT = 8
 QUEUED_DATASET = "browser_run"
-
-
-def chromium_path() -> str | None:
-    path = os.environ.get("CHROMIUM") or "/usr/bin/chromium"
-    return path if os.access(path, os.X_OK) else None
-
-
-def playwright_path() -> Path | None:
-    cache = Path(os.environ.get("DTGEN_CI_CACHE") or Path.home() / ".cache" / "dtgen-ci")
-    modules = Path(os.environ.get("DTGEN_NODE_MODULES") or cache / "node" / "node_modules")
-    path = modules / "playwright-core"
-    return path if (path / "package.json").is_file() else None
-
-
-def missing() -> list[str]:
-    gaps = []
-    if find_comfyui() is None:
-        gaps.append("ComfyUI (" + ", ".join(map(str, comfyui_candidates())) + ")")
-    if chromium_path() is None:
-        gaps.append("chromium (apt-get install chromium chromium-driver)")
-    if shutil.which("node") is None:
-        gaps.append("node")
-    if playwright_path() is None:
-        gaps.append("npm playwright-core (in ~/.cache/dtgen-ci/node or $DTGEN_NODE_MODULES)")
-    return gaps
-
-
-def pytest_collection_modifyitems(config, items):
-    ours = [item for item in items if str(item.fspath).startswith(str(HERE))]
-    gaps = missing() if ours else []
-    if gaps:
-        marker = pytest.mark.skip(reason="browser tests SKIPPED: missing " + "; ".join(gaps))
-        for item in ours:
-            item.add_marker(marker)
 
 
 def workflow_files() -> dict[str, Path]:
@@ -99,6 +70,8 @@ class EditorRun:
 
 @pytest.fixture(scope="session")
 def editor_run(tmp_path_factory) -> EditorRun:
+    if skip_reason():
+        pytest.skip(skip_reason())
     comfyui = find_comfyui()
     dirs = fixtures.tiny_sd3(comfyui)
     dirs["open_clip"] = fixtures.random_open_clip()

@@ -13,8 +13,11 @@ import sys
 import pytest
 from PIL import Image
 
+from browser_env import skip_reason
 from support.pkg import ROOT
 
+if skip_reason():  # one report line for the whole module
+    pytest.skip(skip_reason(), allow_module_level=True)
 pytestmark = pytest.mark.browser
 EXAMPLES = ROOT / "example_workflows"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.json"))
