@@ -5,7 +5,6 @@ Every failure is an exception whose message is one line a user can act on.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 
@@ -89,7 +88,7 @@ class ComfyAPI:
                 return e.code, json.loads(body) if body.strip() else {}
             except ValueError:
                 return e.code, {"error": {"message": f"HTTP {e.code}", "details": body[:300].decode(errors="replace")}}
-        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError) as e:
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise ServerUnreachable(f"cannot reach ComfyUI at {self.url} ({reason}); start it (e.g. "
                                     f"`comfy launch`) or pass the right --server URL") from None

@@ -20,7 +20,7 @@ class DatasetView:
         self._live: dict[str, dict] = {}
         self._offset, self._inode = 0, None
 
-    def refresh(self) -> "DatasetView":
+    def refresh(self) -> DatasetView:
         try:
             st = os.stat(self.dir / MANIFEST)
         except FileNotFoundError:

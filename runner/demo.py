@@ -8,12 +8,21 @@ ViT-B-32 (a pipeline demo: the pictures are noise).
 """
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 from .api import ComfyAPI, ComfyError
-from .local_server import ROOT, LocalServer, LocalServerError, comfy_python, find_comfyui, port_in_use
+from .local_server import (
+    ROOT,
+    LocalServer,
+    LocalServerError,
+    comfy_python,
+    find_comfyui,
+    port_in_use,
+)
 from .workflow import Workflow
 
 WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
@@ -35,6 +44,8 @@ def add_demo_args(p) -> None:
     p.add_argument("--classes", help=f"classes to generate (default: all; with the tiny model {TINY_CLASSES})")
     p.add_argument("--tiny", action="store_true", help="use the tiny random models even if real weights exist")
     p.add_argument("--keep-server", action="store_true", help="leave the started server running")
+    p.add_argument("--models-cache", type=Path, default=DEFAULT_WORKSPACE / "models-demo",
+                   help="where the embedded tiny models are built once (%(default)s)")
 
 
 def real_models(comfyui: Path, wf: Workflow) -> dict[str, Path]:
@@ -55,10 +66,11 @@ def build_tiny_models(comfyui: Path, python: str, cache: Path, say) -> dict[str,
     if not all((dirs[f] / name).is_file() for f, name in TINY.items()):
         say("building the embedded demo models (tiny SD3 + LoRA, random ViT-B-32) in "
             f"{cache} - once, about 10 s ...")
-        build = cache / "build"
-        for cmd in ([python, script, str(build)], [python, script, "--clip", "ViT-B-32", str(build / TINY["open_clip"])]):
+        build = cache / f"build-{os.getpid()}"   # concurrent builds never share a folder
+        clip = [python, script, "--clip", "ViT-B-32", str(build / TINY["open_clip"])]
+        for cmd in ([python, script, str(build)], clip):
             build.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run(cmd, cwd=comfyui, capture_output=True, text=True)
+            done = subprocess.run(cmd, cwd=comfyui, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 raise LocalServerError(f"building the demo models failed ({last}); check that {python} can "
@@ -66,6 +78,7 @@ def build_tiny_models(comfyui: Path, python: str, cache: Path, say) -> dict[str,
         for folder, name in TINY.items():
             dirs[folder].mkdir(parents=True, exist_ok=True)
             (build / name).replace(dirs[folder] / name)
+        shutil.rmtree(build, ignore_errors=True)
     return {folder: [path] for folder, path in dirs.items()}
 
 
@@ -97,7 +110,7 @@ def cmd_demo(args) -> int:
         missing = [str(p) for p in files.values() if not p.is_file()]
         say("the real weights are absent (" + (", ".join(missing) or "--tiny") + "): using the embedded default, "
             "a tiny random-weight SD3 + LoRA and a random ViT-B-32. THIS IS A PIPELINE DEMO: THE PICTURES ARE NOISE.")
-        model_dirs = build_tiny_models(comfyui, python, workspace / "models-demo", say)
+        model_dirs = build_tiny_models(comfyui, python, Path(args.models_cache).expanduser(), say)
         wf.set_models(ckpt=TINY["checkpoints"], lora=TINY["loras"], clip_weights=TINY["open_clip"])
         for assignment in TINY_SETTINGS:
             wf.apply_set(assignment)

@@ -28,10 +28,10 @@ def build_checkpoint() -> dict:
     from comfy.cli_args import args
 
     args.cpu = True  # before comfy.model_management is imported: no GPU probing
-    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
-    from comfy.taesd.taesd import TAESD
-    from comfy.sd1_clip import SDClipModel
     import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+    from comfy.sd1_clip import SDClipModel
+    from comfy.taesd.taesd import TAESD
 
     torch.manual_seed(0)
     mmdit = MMDiT(

@@ -112,7 +112,7 @@ class LocalServer:
     def log_path(self) -> Path:
         return self.workspace / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 180.0) -> "LocalServer":
+    def start(self, timeout: float = 180.0) -> LocalServer:
         for sub in ("input", "temp", "user", "models"):
             (self.workspace / sub).mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,6 @@ class Planner:
     def adopt(self, job: Job) -> None:
         """A job of an earlier run still on a server: count it as in flight, never plan it again."""
         self.queued.update(job.indices)
-        self.cursor = max(self.cursor, self.start)
 
     def finished(self, job: Job) -> None:
         self.succeeded.update(job.indices)

@@ -13,7 +13,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import ComfyAPI, ComfyError, ServerUnreachable, execution_error, writer_dataset_path
+from .api import (
+    ComfyAPI,
+    ComfyError,
+    ServerUnreachable,
+    execution_error,
+    writer_dataset_path,
+)
 from .dataset_view import DatasetView
 from .planner import Job, Planner
 from .progress import Progress, status_line
@@ -100,7 +106,7 @@ class QueueRun:
                 if len(self.workers) == 1:
                     raise RunError(str(e)) from None
                 self.progress.message(f"warning: {e}")
-                w.dead, w.next_probe = True, time.monotonic() + 3
+                self._mark_dead(w)
             except ComfyError as e:
                 raise RunError(str(e)) from None
         if not reachable:
@@ -220,9 +226,6 @@ class QueueRun:
                         del w.jobs[pid]
                         self.planner.lost(job)
                     continue
-                if not (entry.get("status") or {}).get("completed", True) and \
-                        (entry.get("status") or {}).get("status_str") not in ("error", "success"):
-                    continue
                 del w.jobs[pid]
                 self._finished(w, job, entry)
         except ServerUnreachable:
@@ -279,14 +282,20 @@ class QueueRun:
         if w.failing_since is None:
             w.failing_since = now
         if now - w.failing_since >= self.cfg.dead_after and not w.dead:
-            w.dead, w.next_probe = True, now + 3
-            lost = list(w.jobs.values())
-            w.jobs.clear()
-            for job in lost:
-                self.planner.lost(job)
-            self.progress.message(f"{w.url} stopped answering; its {len(lost)} unfinished prompt(s) are "
+            lost = self._mark_dead(w)
+            self.progress.message(f"{w.url} stopped answering; its {lost} unfinished prompt(s) are "
                                   "queued again" + (" on the other servers" if len(self.workers) > 1 else
                                                     " when it is back"))
+
+    def _mark_dead(self, w: Worker) -> int:
+        """Its unfinished jobs go back to the planner (they may have died with it)."""
+        w.dead, w.next_probe = True, time.monotonic() + 3
+        w.failing_since = w.failing_since or time.monotonic()
+        lost = list(w.jobs.values())
+        w.jobs.clear()
+        for job in lost:
+            self.planner.lost(job)
+        return len(lost)
 
     def _check_alive(self) -> None:
         now = time.monotonic()

@@ -41,7 +41,7 @@ class Workflow:
         self.filter_ids = filters
 
     @classmethod
-    def load(cls, path) -> "Workflow":
+    def load(cls, path) -> Workflow:
         path = Path(path)
         try:
             graph = json.loads(path.read_text(encoding="utf-8"))

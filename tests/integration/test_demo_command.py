@@ -15,12 +15,13 @@ from support.pkg import ROOT
 
 def demo(args, cwd, env=None, timeout=900):
     return subprocess.run([sys.executable, "-m", "runner", "demo", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_demo_builds_a_dataset_from_nothing(comfyui_path, tmp_path):
     ws = tmp_path / "ws"
-    done = demo(["--comfyui", comfyui_path, "--workspace", ws, "--port", free_port(), "--quota", 1], ROOT)
+    done = demo(["--comfyui", comfyui_path, "--workspace", ws, "--models-cache", tmp_path / "models",
+                 "--port", free_port(), "--quota", 1], ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PIPELINE DEMO" in done.stdout and "pictures are noise" in done.stdout
     ds = ws / "output" / "dtgen_demo"
@@ -38,6 +39,7 @@ def test_demo_builds_a_dataset_from_nothing(comfyui_path, tmp_path):
     assert not (comfyui_path / "custom_nodes" / "dtgen").exists()
     # the server it started is gone
     assert "demo finished" in done.stdout
+    assert (tmp_path / "models" / "checkpoints" / "tiny_sd3.safetensors").is_file()
 
 
 class _NotComfy(http.server.BaseHTTPRequestHandler):

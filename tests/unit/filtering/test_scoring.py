@@ -6,6 +6,7 @@ from dtgen.nodes.filtering.errors import ClipFilterError
 from dtgen.nodes.filtering.scoring import (
     TextEmbeddingCache,
     encode_images,
+    encode_text_tokens,
     prepare_images,
     preprocess_batch,
     resized_size,
@@ -77,6 +78,39 @@ def test_text_cache_encodes_each_distinct_text_once(bundle):
     np.testing.assert_allclose(again[0], emb[1], atol=1e-6)
     fresh = TextEmbeddingCache(bundle).encode(["a bowl"])
     np.testing.assert_allclose(again[1], fresh[0], atol=1e-5)
+
+
+def test_trimmed_text_encoding_equals_full_context(bundle):
+    import torch
+
+    model = bundle.model
+    texts = ["a cup", "a photo of a large white porcelain cup on a wooden table, soft light",
+             "word " * 100]   # the last one fills all 77 positions (truncated)
+    tokens = bundle.tokenizer(texts)
+    with torch.inference_mode():
+        full = model.encode_text(tokens)
+        trimmed = encode_text_tokens(model, tokens)
+        short = encode_text_tokens(model, tokens[:2])   # runs 15-odd positions instead of 77
+    assert int(tokens[:2].argmax(-1).max()) < 20
+    assert (full - trimmed).abs().max() <= 1e-5
+    assert (full[:2] - short).abs().max() <= 1e-4
+    assert (full[0] - full[1]).abs().max() > 1e-3
+
+
+def test_text_encoding_without_causal_mask_uses_full_context(bundle):
+    import copy
+
+    import torch
+
+    model = copy.copy(bundle.model)   # shallow: shares the weights, own buffer dict
+    model._buffers = dict(model._buffers, attn_mask=torch.zeros_like(model.attn_mask))
+    tokens = bundle.tokenizer(["a cup", "a plate on a table"])
+    with torch.inference_mode():
+        expected = model.encode_text(tokens)   # padding now influences the result
+        got = encode_text_tokens(model, tokens)
+        causal = bundle.model.encode_text(tokens)
+    assert (got - expected).abs().max() <= 1e-6
+    assert (expected - causal).abs().max() > 1e-3
 
 
 def _items():

@@ -17,7 +17,6 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.dataset.writer import DatasetWriter
 from dtgen.runner.packs import local_sampler

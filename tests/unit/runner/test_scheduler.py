@@ -3,10 +3,11 @@ the real DatasetWriter: quotas, resume, adoption, retries, a server that vanishe
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections import Counter
 
 import pytest
-
 from dtgen.nodes.dataset import manifest
 from dtgen.runner.packs import local_sampler
 from dtgen.runner.progress import Progress
@@ -65,7 +66,8 @@ def test_quota_is_met_exactly_with_rejections(fakes, tmp_path):
     # balanced: even indices are plates, odd ones bowls; 3 and 7 (bowls) were rejected and replaced
     assert sorted(r["index"] for r in recs if r["decision"] == "rejected") == [3, 7]
     assert sorted(fake.executed) == [0, 1, 2, 3, 4, 5, 7, 9]
-    assert result.counts == {"plate_clean": {"accepted": 3, "rejected": 0}, "bowl_clean": {"accepted": 3, "rejected": 2}}
+    assert result.counts == {"plate_clean": {"accepted": 3, "rejected": 0},
+                             "bowl_clean": {"accepted": 3, "rejected": 2}}
     assert "6/6 accepted" in log.getvalue() and "acceptance 75%" in log.getvalue()
 
 
@@ -109,12 +111,19 @@ def test_failed_prompts_are_retried_a_bounded_number_of_times(fakes, tmp_path):
 def test_a_vanished_server_loses_nothing(fakes, tmp_path):
     slow, fast = fakes(delay=30.0), fakes(delay=0.02)
     run, log = make_run([slow, fast], None, quota=3, output_dir=tmp_path / "out")
-    run.connect()
-    run._fill({}, set())
-    slow_jobs = [j.indices for j in run.workers[0].jobs.values()]
-    assert slow_jobs, "the slow server got work"
-    slow.stop()                                                    # killed with its prompts pending
+    slow_jobs = []
+
+    def kill_when_busy():                                          # killed with its prompts pending
+        while not slow.pending:
+            time.sleep(0.005)
+        slow_jobs.extend(e[3]["dtgen_queue"]["indices"] for e in list(slow.pending))
+        slow.stop()
+
+    killer = threading.Thread(target=kill_when_busy, daemon=True)
+    killer.start()
     result = run.run()
+    killer.join(5)
+    assert slow_jobs, "the slow server got work"
     recs = stored(tmp_path / "out" / "ds")
     assert Counter(r["label"] for r in recs if r["decision"] == "accepted") == {"plate_clean": 3, "bowl_clean": 3}
     assert {i for job in slow_jobs for i in job} <= set(fast.executed)   # its items were run elsewhere
