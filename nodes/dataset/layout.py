@@ -19,6 +19,7 @@ EMBEDDINGS = "embeddings"
 ORPHANS = "orphans"
 REPORT = "report"
 METADATA = "metadata.jsonl"  # inside IMAGES, for `datasets`
+CLEAN = ".clean"  # "the last write finished": lets the next open skip the full reconcile
 
 IMAGE_EXTS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
 

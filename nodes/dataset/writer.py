@@ -21,7 +21,8 @@ import numpy as np
 from ..common.records import ScoredItem
 from . import embeddings, manifest, metadata
 from .fsio import fsync_dir, move_unique, write_atomic
-from .layout import IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, now_iso, open_dataset
+from .layout import (CLEAN, IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, now_iso,
+                     open_dataset)
 from .lock import DatasetLock
 from .paths import DatasetPathError, safe_label
 from .reconcile import ReconcileReport, reconcile
@@ -112,12 +113,40 @@ class DatasetWriter:
     def __enter__(self) -> DatasetWriter:
         open_dataset(self.dir)
         with DatasetLock(self.dir):
-            self.reconciled = reconcile(self.dir)
+            if self._is_clean():  # the last write finished and nothing changed since: O(1) open
+                self.reconciled = ReconcileReport()
+            else:
+                self.reconciled = reconcile(self.dir)
+                self._mark_clean()
             self._reload()
         return self
 
     def __exit__(self, *exc) -> None:
         pass  # every write is already durable; nothing is buffered
+
+    # -- clean marker: a full reconcile scans every image, so it runs only when needed ------
+    # Protocol (all under the lock): a write removes the marker before placing any file and puts
+    # it back, stamped with the manifest's inode and size, only after a complete commit. A crash
+    # anywhere in between leaves no marker (or a stale stamp), and the next open reconciles.
+    def _stamp(self) -> str:
+        inode, size = self._manifest_stat()
+        return f"{inode}:{size}"
+
+    def _is_clean(self) -> bool:
+        try:
+            return (self.dir / CLEAN).read_text() == self._stamp()
+        except OSError:
+            return False
+
+    def _mark_clean(self) -> None:
+        write_atomic(self.dir / CLEAN, lambda f: f.write(self._stamp().encode()))
+
+    def _mark_dirty(self) -> None:
+        try:
+            (self.dir / CLEAN).unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self.dir)
 
     # -- state from the manifest -----------------------------------------------------------
     def _manifest_stat(self):
@@ -183,6 +212,7 @@ class DatasetWriter:
                 self._folder(item.label)
             placed: list[tuple[dict, ScoredItem]] = []
             error, self._current = None, None
+            self._mark_dirty()
             try:
                 self._place_all(items, models, sampler_settings, png_text, placed, result)
             except OSError as e:
@@ -202,7 +232,8 @@ class DatasetWriter:
                     result.written[rec["decision"]] += 1
                     result.paths.append(self.dir / rec["file"])
             if error is not None:
-                raise error
+                raise error  # no clean marker: the next open reconciles
+            self._mark_clean()
         return result
 
     # -- internals -------------------------------------------------------------------------

@@ -178,3 +178,30 @@ def test_line_without_file_dropped_with_backup(tmp_path):
         rep = reconcile(ds)
     assert len(rep.dropped) == 1 and (ds / rep.backup).read_bytes().count(b"\n") == 3
     assert len(check_consistent(ds)) == 2
+
+
+def test_open_skips_the_full_reconcile_after_a_clean_write(tmp_path, monkeypatch):
+    """A full reconcile walks every image; after a completed write the next open must not pay
+    for it (5,000-image runs open the dataset once per queue run), but any interruption must."""
+    import numpy as np
+
+    from dtgen.nodes.common.records import ScoredItem
+    from dtgen.nodes.dataset import writer as writer_mod
+
+    calls = []
+    real = writer_mod.reconcile
+    monkeypatch.setattr(writer_mod, "reconcile", lambda d: calls.append(d) or real(d))
+    ds = tmp_path / "ds"
+    item = ScoredItem(image=np.zeros((4, 4, 3), np.float32), label="a", prompt="p", index=0,
+                      metadata={"pack_hash": "h"})
+    with writer_mod.DatasetWriter(ds) as w:
+        w.write([item])
+    assert len(calls) == 1                      # first open of a new dataset
+    with writer_mod.DatasetWriter(ds):
+        pass
+    assert len(calls) == 1                      # clean: skipped
+    with open(ds / "manifest.jsonl", "ab") as f:  # someone else appended behind our back
+        f.write(b'{"truncated": ')
+    with writer_mod.DatasetWriter(ds) as w:
+        assert w.reconciled.corrupt_lines == 1   # stamp no longer matches: full reconcile
+    assert len(calls) == 2
