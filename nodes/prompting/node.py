@@ -8,31 +8,21 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..common.naming import category, node_id
-from .pack import PromptPackError, find_packs, load_pack, parse_pack
+from . import catalog
+from .catalog import USER_FOLDER
+from .pack import PromptPackError
 from .sampler import MODES, Sampler
 
-SHIPPED_PACKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "prompts")
-USER_FOLDER = "dtgen_prompts"  # models/dtgen_prompts, mappable in extra_model_paths.yaml
 folder_paths.add_model_folder_path(USER_FOLDER, os.path.join(folder_paths.models_dir, USER_FOLDER))
 MAX_COUNT = 4096
 
 
 def pack_files() -> dict[str, str]:
-    """Shipped packs first (their names stay stable), then the user folder(s)."""
-    return find_packs([SHIPPED_PACKS, *folder_paths.get_folder_paths(USER_FOLDER)])
+    return catalog.pack_files(folder_paths.get_folder_paths(USER_FOLDER))
 
 
 def build_sampler(pack: str, mode: str, seed: int, classes: str = "", inline_yaml: str = "") -> Sampler:
-    if inline_yaml and inline_yaml.strip():
-        loaded = parse_pack(inline_yaml, source="<inline_yaml>")
-    else:
-        files = pack_files()
-        if pack not in files:
-            raise PromptPackError(f"no prompt pack named {pack!r}; found: {', '.join(files) or 'none'} "
-                                  f"(in {SHIPPED_PACKS} and the '{USER_FOLDER}' model folder)")
-        loaded = load_pack(files[pack])
-    subset = [c.strip() for c in (classes or "").split(",") if c.strip()]
-    return Sampler(loaded, mode=mode, seed=seed, classes=subset or None)
+    return catalog.build_sampler(pack, mode, seed, classes, inline_yaml, folder_paths.get_folder_paths(USER_FOLDER))
 
 
 def _resume_dir(dataset_name: str, quota_per_class: int):
