@@ -6,6 +6,7 @@ class labels (``ScoredItem.label``).
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,50 @@ def live_records(dataset_dir, which: str = "all") -> list[dict]:
     if which not in _WHICH:
         raise ValueError(f"which={which!r}: choose one of {sorted(_WHICH)}")
     keep = _WHICH[which]
-    return [r for r in manifest.live(manifest.read(dataset_dir).records).values() if r["decision"] in keep]
+    return [r for r in _live_view(dataset_dir).values() if r["decision"] in keep]
+
+
+# Per-process cache of each manifest's live view: a queue run reads only the lines appended since
+# the last read, so per-item cost stays flat as the dataset grows. The cache is trusted only if the
+# file is the same one (inode), not shorter, and still ends its read part with the same bytes; a
+# rewritten manifest (finalize, compaction) fails that check and is read again in full.
+_VIEWS: dict[str, tuple[int, int, bytes, dict]] = {}
+_VIEWS_LOCK = threading.Lock()
+_TAIL = 64
+
+
+def _tail(path: Path, end: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(max(0, end - _TAIL))
+        return f.read(min(_TAIL, end))
+
+
+def _live_view(dataset_dir) -> dict[str, dict]:
+    return live_state(dataset_dir)[2]
+
+
+def live_state(dataset_dir) -> tuple[int | None, int, dict[str, dict]]:
+    """(manifest inode, offset read up to, live view), read incrementally and cached per process.
+    Callers must not modify the returned view."""
+    path = Path(dataset_dir) / MANIFEST
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None, 0, {}
+    key = str(path.resolve())
+    with _VIEWS_LOCK:
+        inode, end, tail, view = _VIEWS.get(key, (None, 0, b"", None))
+        same_file = view is not None and inode == st.st_ino and st.st_size >= end and _tail(path, end) == tail
+        if not same_file:
+            read = manifest.read(dataset_dir)
+            view = manifest.live(read.records)
+        elif st.st_size > end:
+            read = manifest.read(dataset_dir, end)
+            view = {**view, **manifest.live(read.records)}
+        else:
+            return inode, end, view
+        _VIEWS[key] = (st.st_ino, read.end, _tail(path, read.end), view)
+        return st.st_ino, read.end, view
 
 
 def load_history(dataset_dir, which: str = "all") -> dict[str, np.ndarray]:

@@ -157,8 +157,17 @@ class DatasetWriter:
             return None, 0
 
     def _reload(self) -> None:
+        """State from the whole manifest, via the per-process cached view (incremental reads), so
+        opening the dataset once per queue run does not re-parse every line."""
+        from .history import live_state
+
         self._ids.clear(), self._counts.clear(), self._folders.clear()
-        self._offset, self._inode = 0, None
+        inode, end, view = live_state(self.dir)
+        for rec in view.values():
+            self._ids.add(rec["id"])
+            self._count(rec["label"], rec["decision"], 1)
+            self._folders.setdefault(rec["label_dir"].lower(), rec["label"])
+        self._offset, self._inode = end, inode
         self._refresh()
 
     def _refresh(self) -> None:

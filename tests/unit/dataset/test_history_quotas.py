@@ -42,3 +42,24 @@ def test_missing_done_and_next_indices(tmp_path):
     assert next_missing_indices(ds, label_of, 0, 10, {"a": 4, "b": 3}) == [4, 6]
     assert next_missing_indices(ds, label_of, 0, 3, None) == [4, 6, 7]
     assert next_missing_indices(ds, label_of, 0, 5, {"a": 2, "b": 3}, max_scan=50) == []
+
+
+def test_cached_live_view_follows_appends_and_rewrites(tmp_path):
+    """The per-process view is read incrementally, and a rewritten manifest (even one at least as
+    long as what was read) is never served from the cache."""
+    from dtgen.nodes.dataset import manifest
+    from dtgen.nodes.dataset.history import live_records
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    rec = lambda i, d="accepted": {"id": f"id{i}", "label": "a", "label_dir": "a", "decision": d,  # noqa: E731
+                                   "file": f"images/a/{i}.png", "score": i / 10}
+    manifest.append(ds, [rec(1), rec(2)])
+    assert [r["id"] for r in live_records(ds)] == ["id1", "id2"]
+    manifest.append(ds, [rec(3), rec(2, "rejected")])            # appended: read incrementally
+    assert {r["id"]: r["decision"] for r in live_records(ds)} == {"id1": "accepted", "id2": "rejected",
+                                                                  "id3": "accepted"}
+    manifest.rewrite(ds, [rec(7), rec(8), rec(9), rec(10), rec(11)])  # longer, new content
+    assert [r["id"] for r in live_records(ds)] == ["id7", "id8", "id9", "id10", "id11"]
+    manifest.rewrite(ds, [rec(7)])                                # shorter
+    assert [r["id"] for r in live_records(ds)] == ["id7"]
