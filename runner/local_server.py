@@ -160,14 +160,20 @@ class LocalServer:
         return None
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
+        stop_process_group(self.proc)
+
+
+def stop_process_group(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGTERM its process group, SIGKILL
+    if it is still there after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=15)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=timeout)

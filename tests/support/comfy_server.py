@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -122,17 +121,9 @@ class ComfyServer:
         raise RuntimeError(f"ComfyUI not ready after {timeout}s\n--- server log ---\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=15)
+        from dtgen.runner.local_server import stop_process_group  # the pack's own, shared with the demo
+
+        stop_process_group(self.proc)
 
 
 class ComfyClient:
