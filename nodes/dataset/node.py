@@ -12,6 +12,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..common.comfy_types import ScoredBatchType, threshold_inputs
+from ..common import comfy_paths
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
@@ -21,9 +22,13 @@ FORMATS = ("png", "jpeg", "webp")
 
 
 def dataset_dir(name: str):
-    from .paths import safe_dataset_dir
+    """Like ``comfy_paths.dataset_dir`` but a blank name is an error: these nodes need a dataset."""
+    path = comfy_paths.dataset_dir(name)
+    if path is None:
+        from .paths import DatasetPathError
 
-    return safe_dataset_dir(folder_paths.get_output_directory(), name)
+        raise DatasetPathError("dataset name", name, "empty name")
+    return path
 
 
 def _hash_cache():

@@ -13,6 +13,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..common.comfy_types import DtgenClip, ScoredBatchType, threshold_inputs
+from ..common.comfy_paths import dataset_dir
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
@@ -125,12 +126,6 @@ def _dtype() -> str:
 
 
 # ------------------------------------------------------------------------------------ filter
-def dataset_dir_for(name: str):
-    from ..dataset.paths import safe_dataset_dir
-
-    return safe_dataset_dir(folder_paths.get_output_directory(), name) if name and name.strip() else None
-
-
 def stack_images(items: list[ScoredItem]):
     """A preview batch; images of another size than the first are letterboxed to it."""
     import torch
@@ -203,7 +198,7 @@ class DTGenClipFilter(io.ComfyNode):
         # The decision depends on the dataset's history: rerun whenever it changed.
         from ..dataset.history import history_fingerprint
 
-        path = dataset_dir_for(first(dataset_name, ""))
+        path = dataset_dir(first(dataset_name, ""))
         return history_fingerprint(path) if path is not None and path.exists() else ""
 
     @classmethod
@@ -229,7 +224,7 @@ class DTGenClipFilter(io.ComfyNode):
         score_items(loaded.ready(), items, text_side=first(text_side), batch_size=first(batch_size, 32),
                     progress=lambda done, total: bar.update_absolute(done, total), class_texts=class_texts)
 
-        ds = dataset_dir_for(first(dataset_name, ""))
+        ds = dataset_dir(first(dataset_name, ""))
         history = load_history(ds) if ds is not None and ds.exists() else None
         history_emb = load_history_embeddings(ds) if ds is not None and ds.exists() and near > 0 else None
         batch = decide(items, method_from(first(method), first(k), first(keep_percent), first(fixed_threshold)),

@@ -7,6 +7,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
+from ..common.comfy_paths import dataset_dir
 from ..common.naming import category, node_id
 from . import catalog
 from .catalog import USER_FOLDER
@@ -28,9 +29,7 @@ def build_sampler(pack: str, mode: str, seed: int, classes: str = "", inline_yam
 def _resume_dir(dataset_name: str, quota_per_class: int):
     if not (dataset_name or "").strip() or not quota_per_class:
         return None
-    from ..dataset.paths import safe_dataset_dir
-
-    return safe_dataset_dir(folder_paths.get_output_directory(), dataset_name)
+    return dataset_dir(dataset_name)
 
 
 def missing_indices(sampler: Sampler, dataset_dir, start: int, count: int, quota: int) -> list[int]:
@@ -115,7 +114,6 @@ class DTGenPromptSampler(io.ComfyNode):
                         dataset_name="", quota_per_class=0) -> bool | str:
         try:
             sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
-            sampler.items(start_index, 0)
             if mode == "exhaustive" and start_index + count > sampler.total:
                 return (f"start_index {start_index} + count {count} is past the end of the exhaustive "
                         f"space ({sampler.total} combinations)")

@@ -10,7 +10,7 @@ import tomllib
 
 from support.pkg import BOOTSTRAP, ROOT
 
-ADAPTERS = {"node.py", "extension.py", "comfy_types.py"}   # the V3 layer: the only modules importing ComfyUI
+ADAPTERS = {"node.py", "extension.py", "comfy_types.py", "comfy_paths.py"}   # the V3 layer: the only modules importing ComfyUI
 # ... and one script that runs in a subprocess with ComfyUI on its path: it builds the demo's tiny
 # random-weight SD3 from ComfyUI's own classes.
 COMFY_SUBPROCESS_SCRIPTS = {"runner/demo_models.py"}
