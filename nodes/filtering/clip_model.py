@@ -213,7 +213,7 @@ def _torch_load(path: Path):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc).lower() and "weights only" not in str(exc).lower():
+        if "unsupported global" not in str(exc).lower():   # not a pickle of objects: corrupt
             raise
         raise ClipFilterError("file holds Python objects besides tensors; refusing to unpickle it "
                               "(torch.load weights_only=True). Convert it to .safetensors",

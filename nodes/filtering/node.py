@@ -24,6 +24,7 @@ WEIGHT_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin"}
 folder_paths.add_model_folder_path(CLIP_FOLDER, os.path.join(folder_paths.models_dir, CLIP_FOLDER))
 folder_paths.folder_names_and_paths[CLIP_FOLDER][1].update(WEIGHT_SUFFIXES)
 FROM_CACHE = "(open_clip / Hugging Face cache)"
+DOWNLOAD = "(download pretrained_tag into models/open_clip)"   # the only entry that downloads
 TEXT_SIDES = ("prompt", "class_text", "both")
 
 
@@ -52,16 +53,26 @@ class LoadedClip:
 _LOADED: dict[int, LoadedClip] = {}  # id(bundle) -> wrapper, so a cached bundle gets one patcher
 
 
-def resolve_weights(weights: str, arch: str, pretrained_tag: str) -> str:
+def resolve_weights(weights: str, arch: str, pretrained_tag: str, fetch: bool = False) -> str:
+    """Local path of the chosen weights. ``DOWNLOAD`` fetches them only when ``fetch`` is true
+    (execution); validation just checks that arch and tag name downloadable weights."""
     from .clip_model import ClipFilterError, find_cached_weights
+    from .download import check_downloadable, download_target, fetch_pretrained
 
+    tag = pretrained_tag or "openai"
     if weights == FROM_CACHE:
-        found = find_cached_weights(arch, pretrained_tag or "openai")
+        found = find_cached_weights(arch, tag)
         if found is None:
             raise ClipFilterError(
-                f"no cached weights for {arch} / {pretrained_tag or 'openai'} in the open_clip or Hugging Face "
+                f"no cached weights for {arch} / {tag} in the open_clip or Hugging Face "
                 f"cache; put a weights file in {folder_paths.get_folder_paths(CLIP_FOLDER)}", "weights")
         return found
+    if weights == DOWNLOAD:
+        folder = folder_paths.get_folder_paths(CLIP_FOLDER)[0]
+        if fetch:
+            return str(fetch_pretrained(arch, tag, folder))
+        check_downloadable(arch, tag)
+        return str(download_target(folder, arch, tag))
     path = folder_paths.get_full_path(CLIP_FOLDER, weights)
     if path is None:
         raise ClipFilterError(
@@ -80,17 +91,19 @@ class DTGenClipLoader(io.ComfyNode):
             display_name="DTGen CLIP Loader (open_clip)",
             category=category("filtering"),
             description=("Loads an open_clip model from a local weights file in models/open_clip (or an "
-                         "already-downloaded open_clip / Hugging Face cache entry). Never downloads. Loaded "
+                         "already-downloaded open_clip / Hugging Face cache entry). Downloads only when the weights entry "
+                         "'(download pretrained_tag ...)' is chosen. Loaded "
                          "once and cached; placed and offloaded by ComfyUI's model management."),
             inputs=[
                 io.String.Input("arch", default="ViT-B-32",
                                 tooltip="open_clip architecture name, e.g. ViT-B-32, ViT-L-14, RN50."),
-                io.Combo.Input("weights", options=[*files, FROM_CACHE],
+                io.Combo.Input("weights", options=[*files, FROM_CACHE, DOWNLOAD],
                                tooltip="Weights file in models/open_clip (.safetensors preferred; .pt/.bin "
-                                       "are read with weights_only=True), or the open_clip/HF cache."),
+                                       "are read with weights_only=True), the open_clip/HF cache, or a one-time "
+                                       "download of pretrained_tag's weights to models/open_clip/<arch>-<tag>.safetensors."),
                 io.String.Input("pretrained_tag", default="openai", optional=True,
                                 tooltip="open_clip pretrained tag the file came from (e.g. openai, laion2b_s34b_b79k); "
-                                        "selects its preprocessing and cache entry. Nothing is downloaded."),
+                                        "selects its preprocessing, cache entry and, with the download entry, what to fetch."),
             ],
             outputs=[DtgenClip.Output("clip", display_name="clip",
                          tooltip="The loaded open_clip model for DTGen CLIP Filter.")],
@@ -111,7 +124,9 @@ class DTGenClipLoader(io.ComfyNode):
     def execute(cls, arch, weights, pretrained_tag="openai") -> io.NodeOutput:
         from .clip_model import load_clip
 
-        path = resolve_weights(weights, arch, pretrained_tag)
+        path = resolve_weights(weights, arch, pretrained_tag, fetch=True)
+        if weights in (FROM_CACHE, DOWNLOAD):   # these resolve an empty tag to openai's weights
+            pretrained_tag = pretrained_tag or "openai"
         bundle = load_clip(arch, path, device="cpu", dtype=_dtype(), pretrained_tag=pretrained_tag or None)
         loaded = _LOADED.get(id(bundle))
         if loaded is None or loaded.bundle is not bundle:

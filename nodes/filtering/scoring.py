@@ -16,7 +16,6 @@ H x W x 4 RGBA (alpha dropped), uint8 (divided by 255). Images of different size
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -92,20 +91,21 @@ def preprocess_batch(bundle, arrays: Sequence[np.ndarray]):
 
     th, tw = bundle.image_size
     out = torch.empty((len(arrays), 3, th, tw), dtype=torch.float32)
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, arr in enumerate(arrays):
-        groups[arr.shape[:2]].append(i)
     mode = "bilinear" if bundle.interpolation == "bilinear" else "bicubic"
-    for (h, w), idx in groups.items():
-        x = torch.from_numpy(np.stack([arrays[i] for i in idx])).permute(0, 3, 1, 2)
+    # One image at a time, straight from its H x W x C memory (a channels-last view): stacking the
+    # batch into N x C x H x W first costs a full copy and makes the resize slower (bench: 2.2 vs
+    # 3.8 ms per 512^2 image).
+    for i, arr in enumerate(arrays):
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None]
+        h, w = arr.shape[:2]
         rh, rw = resized_size(h, w, (th, tw), bundle.resize_mode)
         if (rh, rw) != (h, w):
             x = F.interpolate(x, size=(rh, rw), mode=mode, antialias=True, align_corners=False)
-            x = x.clamp_(0.0, 1.0)
-        out[idx] = _crop_or_pad(x, th, tw)
+        out[i] = _crop_or_pad(x, th, tw)[0]
+    out.clamp_(0.0, 1.0)   # bicubic overshoot, as PIL clips; padding (0) and inputs are in range
     mean = torch.tensor(bundle.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(bundle.std, dtype=torch.float32).view(1, 3, 1, 1)
-    out = (out - mean) / std
+    out.sub_(mean).div_(std)
     return out.to(device=bundle.device, dtype=bundle.dtype)
 
 

@@ -39,6 +39,14 @@ def test_missing_clip_weights_name_the_folder(client):
     assert "ViT-B-32-not-there.safetensors" in text, text
 
 
+def test_download_entry_with_an_unknown_tag_is_refused(client):
+    graph = example_api("dtgen_sd35_lora")
+    graph["9"]["inputs"]["weights"] = "(download pretrained_tag into models/open_clip)"
+    graph["9"]["inputs"]["pretrained_tag"] = "laion9b_nope"
+    text = messages(node_errors(client, graph), "9")
+    assert "unknown pretrained tag 'laion9b_nope' for ViT-B-32" in text, text
+
+
 def test_unknown_clip_architecture_is_refused(client):
     graph = example_api("dtgen_sd35_lora")
     graph["9"]["inputs"]["arch"] = "ViT-B-33"

@@ -79,6 +79,7 @@ def test_dropped_keys_are_counted_in_a_pt_checkpoint(tmp_path, vitb32_path):
 
 @pytest.mark.parametrize("name,content", [
     ("cut.safetensors", None), ("junk.pt", b"\x00not a torch file" * 20), ("empty.bin", b""),
+    ("html.bin", b"<html>rate limited</html>"),   # an error page saved under a weights name
 ])
 def test_corrupt_files_are_reported(tmp_path, vitb32_path, name, content):
     path = tmp_path / name
