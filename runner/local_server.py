@@ -79,9 +79,12 @@ def link_pack(workspace: Path) -> Path:
     return link
 
 
-def write_model_paths(workspace: Path, comfyui: Path, extra: dict[str, list[Path]] | None = None) -> Path:
-    lines = ["comfyui_install:", f"    base_path: {comfyui / 'models'}"]
-    lines += [f"    {folder}: {folder}" for folder in MODEL_FOLDERS]
+def write_model_paths(workspace: Path, comfyui: Path | None, extra: dict[str, list[Path]] | None = None) -> Path:
+    """extra_model_paths.yaml: the install's models folder (unless ``comfyui`` is None) + ``extra``."""
+    lines = []
+    if comfyui is not None:
+        lines += ["comfyui_install:", f"    base_path: {comfyui / 'models'}"]
+        lines += [f"    {folder}: {folder}" for folder in MODEL_FOLDERS]
     if extra:
         lines.append("dtgen_extra:")
         for folder, paths in extra.items():
@@ -93,15 +96,21 @@ def write_model_paths(workspace: Path, comfyui: Path, extra: dict[str, list[Path
 
 
 class LocalServer:
-    """``main.py`` of ``comfyui`` on 127.0.0.1:``port``, all its files under ``workspace``."""
+    """``main.py`` of ``comfyui`` on 127.0.0.1:``port``, all its files under ``workspace``.
+
+    ``install_models=False`` leaves the install's own models folder out (tests see only the
+    folders in ``model_dirs``); ``log_name`` names the log file in the workspace.
+    """
 
     def __init__(self, comfyui: Path, workspace: Path, port: int, python: str | None = None,
                  model_dirs: dict[str, list[Path]] | None = None, cpu: bool = True,
-                 output_dir: Path | None = None, extra_args=()):
+                 output_dir: Path | None = None, extra_args=(), install_models: bool = True,
+                 log_name: str | None = None):
         self.comfyui, self.workspace, self.port = Path(comfyui), Path(workspace), port
         self.python = python or comfy_python(self.comfyui)
         self.model_dirs, self.cpu, self.extra_args = model_dirs or {}, cpu, list(extra_args)
         self.output_dir = Path(output_dir) if output_dir else self.workspace / "output"
+        self.install_models, self.log_name = install_models, log_name
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -110,14 +119,14 @@ class LocalServer:
 
     @property
     def log_path(self) -> Path:
-        return self.workspace / f"server-{self.port}.log"
+        return self.workspace / (self.log_name or f"server-{self.port}.log")
 
     def start(self, timeout: float = 180.0) -> LocalServer:
         for sub in ("input", "temp", "user", "models"):
             (self.workspace / sub).mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         link_pack(self.workspace)
-        cfg = write_model_paths(self.workspace, self.comfyui, self.model_dirs)
+        cfg = write_model_paths(self.workspace, self.comfyui if self.install_models else None, self.model_dirs)
         cmd = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.workspace), "--extra-model-paths-config", str(cfg),
                "--output-directory", str(self.output_dir), "--input-directory", str(self.workspace / "input"),

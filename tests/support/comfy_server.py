@@ -1,15 +1,14 @@
 """Start a real ComfyUI server for integration tests and talk to it over its HTTP API.
 
 ComfyUI is found at ``$COMFYUI_PATH``, else comfy-cli's default workspace ``~/comfy/ComfyUI``.
-The server runs ``main.py --cpu`` on a free loopback port with a temporary base directory (its
-output, input, temp and user folders) and an ``extra_model_paths.yaml`` that loads this checkout
-as a custom node pack and maps the fixture model folders. It is stopped by its PID.
+The server is the pack's own launcher (``runner/local_server.py``): ``main.py --cpu`` on a free
+loopback port with a temporary base directory (output, input, temp, user, custom_nodes/dtgen ->
+this checkout) and an ``extra_model_paths.yaml`` mapping only the fixture model folders. It is
+stopped through its process group.
 """
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .pkg import ROOT
-
-PACK_NAME = "dtgen"
-
-
-def comfyui_candidates() -> list[Path]:
-    paths = []
-    if os.environ.get("COMFYUI_PATH"):
-        paths.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
-    paths.append(Path.home() / "comfy" / "ComfyUI")
-    return paths
+# the launcher the demo uses (dtgen is registered by tests/conftest.py before this is imported)
+from dtgen.runner.local_server import PACK_NAME, comfyui_candidates  # noqa: F401 (PACK_NAME: for tests)
 
 
 def find_comfyui() -> Path | None:
@@ -42,12 +32,6 @@ def find_comfyui() -> Path | None:
 
 def skip_reason() -> str:
     return "integration tests SKIPPED: no ComfyUI at " + ", ".join(str(p) for p in comfyui_candidates())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -74,54 +58,25 @@ class ComfyServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def _write_config(self) -> Path:
-        nodes_dir = self.base_dir / "pack_link"
-        nodes_dir.mkdir(parents=True, exist_ok=True)
-        link = nodes_dir / PACK_NAME
-        if not link.exists():
-            link.symlink_to(ROOT, target_is_directory=True)
-        lines = ["dtgen_tests:", f"    base_path: {self.base_dir}", f"    custom_nodes: {nodes_dir}"]
-        for folder, paths in self.model_dirs.items():
-            lines.append(f"    {folder}: |")
-            lines.extend(f"        {p}" for p in paths)
-        cfg = self.base_dir / "extra_model_paths.yaml"
-        cfg.write_text("\n".join(lines) + "\n")
-        return cfg
-
     def start(self, timeout: float = 120.0) -> "ComfyServer":
-        for sub in ("output", "input", "temp", "user", "custom_nodes", "models"):
-            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        """The pack's own launcher (runner/local_server.py) with this interpreter, CPU only and
+        only the fixture model folders."""
+        from dtgen.runner.local_server import LocalServer, LocalServerError, free_port
+
         self.port = self.port or free_port()
-        cmd = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base_dir),
-            "--extra-model-paths-config", str(self._write_config()),
-            "--output-directory", str(self.base_dir / "output"),
-            "--input-directory", str(self.base_dir / "input"),
-            "--temp-directory", str(self.base_dir / "temp"),
-            "--user-directory", str(self.base_dir / "user"),
-            "--database-url", "sqlite:///:memory:",
-            "--disable-auto-launch", *self.extra_args,
-        ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}\n--- server log ---\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/system_stats", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"ComfyUI not ready after {timeout}s\n--- server log ---\n{self.log()}")
+        server = LocalServer(self.comfyui, self.base_dir, self.port, python=sys.executable,
+                             model_dirs=self.model_dirs, output_dir=self.output_dir,
+                             extra_args=self.extra_args, install_models=False, log_name="server.log")
+        try:
+            server.start(timeout)
+        except LocalServerError as exc:
+            raise RuntimeError(f"{exc}\n--- server log ---\n{self.log()}") from exc
+        finally:
+            self.proc = server.proc
+        return self
 
     def stop(self) -> None:
-        from dtgen.runner.local_server import stop_process_group  # the pack's own, shared with the demo
+        from dtgen.runner.local_server import stop_process_group
 
         stop_process_group(self.proc)
 
