@@ -11,12 +11,13 @@ from pathlib import Path
 
 from ..nodes.dataset import manifest
 from ..nodes.dataset.layout import MANIFEST
+from ..nodes.dataset.quotas import is_done
 
 
 class DatasetView:
-    def __init__(self, dataset_dir, pack_hash: str | None = None):
+    def __init__(self, dataset_dir, pack_hash: str | None = None, stream: str | None = None):
         self.dir = Path(dataset_dir)
-        self.pack_hash = pack_hash
+        self.pack_hash, self.stream = pack_hash, stream
         self._live: dict[str, dict] = {}
         self._offset, self._inode = 0, None
 
@@ -32,7 +33,7 @@ class DatasetView:
             self._offset = 0
         read = manifest.read(self.dir, self._offset)
         for rec in read.records:
-            self._live[rec["id"]] = {k: rec.get(k) for k in ("label", "decision", "index", "pack_hash", "file")}
+            self._live[rec["id"]] = {k: rec.get(k) for k in ("label", "decision", "index", "pack_hash", "stream", "file")}
         self._offset, self._inode = read.end, st.st_ino
         return self
 
@@ -50,9 +51,8 @@ class DatasetView:
         return self.counts().get(label, {}).get("accepted", 0)
 
     def done_indices(self) -> set[int]:
-        """Indices stored (accepted or rejected) for this client's pack."""
-        return {int(r["index"]) for r in self.records() if r.get("index") is not None
-                and (self.pack_hash is None or r.get("pack_hash") == self.pack_hash)}
+        """Indices stored (accepted or rejected) for this client's pack and sampler stream."""
+        return {int(r["index"]) for r in self.records() if is_done(r, self.pack_hash, self.stream)}
 
     def foreign_pack_hashes(self) -> set[str]:
         return {r["pack_hash"] for r in self.records() if r.get("pack_hash") and r["pack_hash"] != self.pack_hash}

@@ -1,10 +1,11 @@
 """``python -m runner demo``: one command from a checkout to a small labelled dataset.
 
 Finds ComfyUI, links this pack into a workspace of its own (the ComfyUI tree is not touched),
-starts a server unless one already runs on the port, queues the main example workflow for a small
-per-class quota, finalizes the dataset and prints where everything is. Without the real SD3.5,
+starts a server unless a ComfyUI already runs on the port, queues the main example workflow for a
+small per-class quota, finalizes the dataset and prints where everything is. Without the real SD3.5,
 LoRA and CLIP files it builds the embedded default: a tiny random-weight SD3 + LoRA and a random
-ViT-B-32 (a pipeline demo: the pictures are noise).
+ViT-B-32 (a pipeline demo: the pictures are noise); then it always runs a server of its own, on a
+free port if a ComfyUI already holds the chosen one.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .local_server import (
     LocalServerError,
     comfy_python,
     find_comfyui,
+    free_port,
     port_in_use,
 )
 from .workflow import Workflow
@@ -37,7 +39,9 @@ TINY_SETTINGS = ("EmptySD3LatentImage.width=64", "EmptySD3LatentImage.height=64"
 def add_demo_args(p) -> None:
     p.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, then ~/comfy/ComfyUI)")
     p.add_argument("--python", help="Python that runs ComfyUI (default: its venv if found, else this one)")
-    p.add_argument("--port", type=int, default=8188, help="use the ComfyUI on this port, or start one (8188)")
+    p.add_argument("--port", type=int, default=8188,
+                   help="use the ComfyUI on this port, or start one there (8188); with the tiny models the demo "
+                        "starts its own, on a free port if a ComfyUI already runs on this one")
     p.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE,
                    help=f"folder for the server's files, the demo models and the dataset ({DEFAULT_WORKSPACE})")
     p.add_argument("--quota", type=int, default=2, help="accepted images per class (default 2)")
@@ -82,6 +86,41 @@ def build_tiny_models(comfyui: Path, python: str, cache: Path, say) -> dict[str,
     return {folder: [path] for folder, path in dirs.items()}
 
 
+# How the demo gets its ComfyUI (see choose_server).
+START, REUSE, START_ELSEWHERE, REFUSE = "start", "reuse", "start-elsewhere", "refuse"
+
+
+def choose_server(port_busy: bool, is_comfy: bool, tiny: bool) -> str:
+    """START a server on the free port, REUSE the ComfyUI answering there, START_ELSEWHERE (on another
+    port) or REFUSE a port held by a program that is not ComfyUI. A running ComfyUI is not reused
+    with the tiny models: their folders reach only a server the demo starts (extra_model_paths)."""
+    if not port_busy:
+        return START
+    if not is_comfy:
+        return REFUSE
+    return START_ELSEWHERE if tiny else REUSE
+
+
+def pick_port(port: int, tiny: bool, say) -> tuple[int, bool]:
+    """(port, reuse): the port the demo's ComfyUI will answer on and whether it already runs there."""
+    busy = port_in_use(port)
+    is_comfy = False
+    if busy:
+        try:
+            ComfyAPI(f"http://127.0.0.1:{port}", timeout=5).system_stats()
+            is_comfy = True
+        except ComfyError:
+            pass
+    choice = choose_server(busy, is_comfy, tiny)
+    if choice == REFUSE:
+        raise LocalServerError(f"port {port} is used by a program that is not ComfyUI; pass --port with a free port")
+    if choice == START_ELSEWHERE:
+        own = free_port()
+        say(f"port {port} is busy with another ComfyUI; the demo starts its own on port {own}")
+        return own, False
+    return port, choice == REUSE
+
+
 def cmd_demo(args) -> int:
     from .scheduler import QueueRun, RunSettings
 
@@ -97,14 +136,8 @@ def cmd_demo(args) -> int:
     files = real_models(comfyui, wf)
     tiny = args.tiny or not all(p.is_file() for p in files.values())
     say(f"ComfyUI: {comfyui}; workspace: {workspace}")
-    url = f"http://127.0.0.1:{args.port}"
-    running = port_in_use(args.port)
-    if running:
-        try:
-            ComfyAPI(url, timeout=5).system_stats()
-        except ComfyError:
-            raise LocalServerError(f"port {args.port} is used by a program that is not ComfyUI; pass --port with "
-                                   "a free port") from None
+    port, running = pick_port(args.port, tiny, say)
+    url = f"http://127.0.0.1:{port}"
     model_dirs = {}
     if tiny:
         missing = [str(p) for p in files.values() if not p.is_file()]
@@ -122,8 +155,8 @@ def cmd_demo(args) -> int:
     if running:
         say(f"using the ComfyUI already running at {url}")
     else:
-        say(f"starting ComfyUI on {url} (log: {workspace / f'server-{args.port}.log'}) ...")
-        server = LocalServer(comfyui, workspace, args.port, python=python, model_dirs=model_dirs, cpu=tiny).start()
+        say(f"starting ComfyUI on {url} (log: {workspace / f'server-{port}.log'}) ...")
+        server = LocalServer(comfyui, workspace, port, python=python, model_dirs=model_dirs, cpu=tiny).start()
         output_dir = server.output_dir
         say("ComfyUI is ready")
     try:

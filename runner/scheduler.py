@@ -87,7 +87,7 @@ class QueueRun:
         self.view: DatasetView | None = None
         self.reported_dir: str | None = None
         if settings.output_dir is not None:
-            self.view = DatasetView(Path(settings.output_dir) / self.dataset, self.pack_hash)
+            self.view = DatasetView(Path(settings.output_dir) / self.dataset, self.pack_hash, sampler.stream)
         self.errors_in_a_row = 0
         self.items_done = 0
         self.t0 = time.monotonic()
@@ -140,7 +140,7 @@ class QueueRun:
             reported = writer_dataset_path(entry, self.wf.writer_id) if mark.get("dataset") == self.dataset else None
             if reported and (Path(reported) / "manifest.jsonl").is_file():
                 self.reported_dir = reported
-                self.view = DatasetView(reported, self.pack_hash)
+                self.view = DatasetView(reported, self.pack_hash, self.sampler.stream)
                 return
 
     # -------------------------------------------------------------------------------------- loop
@@ -264,7 +264,7 @@ class QueueRun:
             if not (Path(reported) / "manifest.jsonl").is_file():
                 raise RunError(f"the server wrote the dataset to {reported}, which this machine cannot see; run "
                                "the client where that folder is visible or pass --output-dir <mounted output folder>")
-            self.view = DatasetView(reported, self.pack_hash)
+            self.view = DatasetView(reported, self.pack_hash, self.sampler.stream)
         elif not (self.view.dir / "manifest.jsonl").is_file():
             raise RunError(f"no manifest at {self.view.dir} although the server wrote {reported}: --output-dir "
                            "must be the server's output folder")

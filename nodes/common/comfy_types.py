@@ -15,7 +15,9 @@ def threshold_inputs() -> list:
                        tooltip="Per-class threshold: mean_std (mean - k*std, DTGen), median_mad (robust), "
                                "percentile (keep top p%), fixed, gmm (two-component mixture)."),
         io.Float.Input("k", default=1.5, min=0.0, max=10.0, step=0.05,
-                       tooltip="k for mean_std and median_mad (in std / scaled-MAD units)."),
+                       tooltip="k for mean_std (mean - k*std; DTGen uses 1.5) and median_mad (in scaled-MAD units; "
+                               "2-2.5 is typical); gmm falls back to mean_std with this k when the mixture does not "
+                               "separate."),
         io.Float.Input("keep_percent", default=90.0, min=0.0, max=100.0, step=1.0,
                        tooltip="percentile method: percent of each class to keep."),
         io.Float.Input("fixed_threshold", default=0.25, min=-1.0, max=1.0, step=0.005,

@@ -44,6 +44,18 @@ def _resolve(folder: str, name: str):
         return None
 
 
+def run_line(result) -> str:
+    """What this queue run did, including what it did not store and why."""
+    skipped = sum(result.skipped_duplicate.values())
+    line = f"this run: {result.written['accepted']} accepted + {result.written['rejected']} rejected written"
+    if skipped:
+        line += (f"; {skipped} skipped, already in the dataset (same sampler item: same pack, mode, seed, "
+                 "classes and index)")
+    if result.skipped_quota:
+        line += f"; {result.skipped_quota} accepted not stored, class already at its quota"
+    return line
+
+
 class DTGenDatasetWriter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -128,14 +140,14 @@ class DTGenDatasetWriter(io.ComfyNode):
         quotas = {lab: quota for lab in labels} if quota > 0 else None
         with DatasetWriter(path, image_format=first(image_format, "png"), quality=first(quality, 95),
                            quotas=quotas) as writer:
-            writer.write(items, models=model_files(prompt, _resolve, _hash_cache()),
-                         sampler_settings=sampler_settings(prompt), png_text=png_text or None)
+            result = writer.write(items, models=model_files(prompt, _resolve, _hash_cache()),
+                                  sampler_settings=sampler_settings(prompt), png_text=png_text or None)
             status = writer.status()
         text = json.dumps(status, sort_keys=True)
         summary = "\n".join(f"{lab}: {s['accepted']} accepted, {s['rejected']} rejected"
                             + (f", {s['missing']} missing" if s.get("missing") is not None else "")
                             for lab, s in status.items())
-        return io.NodeOutput(str(path), text, ui=ui.PreviewText(f"{path}\n{summary}"))
+        return io.NodeOutput(str(path), text, ui=ui.PreviewText(f"{path}\n{run_line(result)}\n{summary}"))
 
 
 class DTGenDatasetFinalize(io.ComfyNode):
@@ -159,6 +171,12 @@ class DTGenDatasetFinalize(io.ComfyNode):
                 io.String.Input("split", default="", optional=True,
                                 tooltip="Optional train,val,test fractions, e.g. 0.8,0.1,0.1 (by hash of the image id: "
                                         "stable across reruns). Empty = no split."),
+                io.Float.Input("class_margin", default=-1.0, min=-1.0, max=1.0, step=0.005, optional=True,
+                               tooltip="If >= 0: re-run the class-margin check with this margin. -1 = keep the "
+                                       "filter's class-margin rejections as they are."),
+                io.Float.Input("near_duplicate", default=0.0, min=0.0, max=1.0, step=0.005, optional=True,
+                               tooltip="If > 0: re-run the near-duplicate check at this cosine. 0 = keep the "
+                                       "filter's near-duplicate rejections as they are."),
             ],
             outputs=[
                 io.String.Output("report", display_name="report",
@@ -168,7 +186,8 @@ class DTGenDatasetFinalize(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset_name, split="") -> bool | str:
+    def validate_inputs(cls, dataset_name, method, k, keep_percent, fixed_threshold, split="", **_) -> bool | str:
+        from ..filtering.offline import method_from
         from .finalize import parse_split
         from .paths import DatasetPathError
 
@@ -176,6 +195,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
             path = dataset_dir(dataset_name)
             if split and split.strip():
                 parse_split(split)
+            method_from(method, k, keep_percent, fixed_threshold)
         except (DatasetPathError, ValueError) as exc:
             return str(exc)
         if not path.is_dir():
@@ -190,7 +210,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset_name, redecide, method, k, keep_percent, fixed_threshold, min_count,
-                split="") -> io.NodeOutput:
+                split="", class_margin=-1.0, near_duplicate=0.0) -> io.NodeOutput:
         import numpy as np
         import torch
 
@@ -200,7 +220,10 @@ class DTGenDatasetFinalize(io.ComfyNode):
         from .finalize import finalize
 
         path = dataset_dir(dataset_name)
-        decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count) if redecide else None
+        margin = class_margin if class_margin is not None and class_margin >= 0 else None
+        near = near_duplicate if near_duplicate else None
+        decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin,
+                                  near) if redecide else None
         report = finalize(path, decide_fn=decide_fn, split=split.strip() or None, plot_fn=histogram_image, echo=False)
         data = json.loads(report.report_json.read_text())
         plot = np.asarray(Image.open(report.plot).convert("RGB"), dtype=np.float32)

@@ -20,24 +20,29 @@ def missing(dataset_dir, targets: dict[str, int]) -> dict[str, int]:
     return {label: max(0, int(t) - have.get(label, {}).get("accepted", 0)) for label, t in targets.items()}
 
 
-def done_indices(dataset_dir, pack_hash: str | None = None) -> set[int]:
-    """Sampler indices already stored (accepted or rejected), optionally of one prompt pack only."""
-    return {
-        int(r["index"]) for r in live_records(dataset_dir)
-        if r.get("index") is not None and (pack_hash is None or r.get("pack_hash") == pack_hash)
-    }
+def done_indices(dataset_dir, pack_hash: str | None = None, stream: str | None = None) -> set[int]:
+    """Sampler indices already stored (accepted or rejected), optionally of one prompt pack and
+    one sampler stream only (records written before streams existed match any stream)."""
+    return {int(r["index"]) for r in live_records(dataset_dir) if is_done(r, pack_hash, stream)}
+
+
+def is_done(rec: dict, pack_hash: str | None, stream: str | None) -> bool:
+    """Whether a live record holds an index of this pack (and stream)."""
+    return (rec.get("index") is not None
+            and (pack_hash is None or rec.get("pack_hash") == pack_hash)
+            and (stream is None or rec.get("stream") in (None, stream)))
 
 
 def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,
                          targets: dict[str, int] | None = None, pack_hash: str | None = None,
-                         max_scan: int | None = None) -> list[int]:
+                         max_scan: int | None = None, stream: str | None = None) -> list[int]:
     """Up to ``n`` indices from ``start`` on that are not done and whose class still needs images.
 
     Each picked index counts as one future accepted image of its class, so a class with 3 missing
     gets at most 3 indices (ask again after filtering: rejected ones leave a gap). Labels absent from
     ``targets`` have no limit. Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
     """
-    done = done_indices(dataset_dir, pack_hash)
+    done = done_indices(dataset_dir, pack_hash, stream)
     need = dict(missing(dataset_dir, targets)) if targets else {}
     picked: list[int] = []
     limit = start + (max_scan if max_scan is not None else 100 * n + 1000)

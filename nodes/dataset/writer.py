@@ -5,8 +5,9 @@ Per batch, under the dataset lock: each image -> hidden temp file -> fsync -> ``
 lines are appended and fsynced; then ``images/metadata.jsonl`` rows. A kill at any point leaves at
 worst an image without a line, which ``reconcile`` (run at open) moves to ``orphans/``.
 
-Item identity (dedup key): ``metadata["item_id"]`` if the caller gives one, else
-``pack_hash:index`` from the prompt sampler, else a hash of label + prompt + seed + pixels.
+Item identity (dedup key): ``metadata["item_id"]`` if the caller gives one, else the prompt
+sampler's ``stream:index`` (the stream names pack content, mode, base seed and classes), else
+``pack_hash:index`` (sampler metadata without a stream), else a hash of label + prompt + seed + pixels.
 Writing an id that is already in the dataset is skipped and counted as a duplicate.
 """
 from __future__ import annotations
@@ -42,6 +43,8 @@ def item_key(item: ScoredItem) -> str:
     meta = item.metadata or {}
     if meta.get("item_id") is not None:
         return f"item_id:{meta['item_id']}"
+    if item.index is not None and meta.get("stream"):
+        return f"stream:{meta['stream']}:{int(item.index)}"
     if item.index is not None:
         return f"{meta.get('pack_hash') or ''}:{int(item.index)}"
     h = hashlib.sha256(f"{item.label}\0{item.prompt}\0{item.seed}".encode())
@@ -280,7 +283,7 @@ class DatasetWriter:
             "id": rid, "file": f"{tree}/{folder}/{name}", "label": item.label, "label_dir": folder,
             "prompt": item.prompt, "negative": item.negative, "seed": item.seed,
             "index": None if item.index is None else int(item.index),
-            "pack": meta.get("pack"), "pack_hash": meta.get("pack_hash"),
+            "pack": meta.get("pack"), "pack_hash": meta.get("pack_hash"), "stream": meta.get("stream"),
             "score": None if item.score is None else float(item.score),
             "threshold": None if item.threshold is None else float(item.threshold),
             "method": item.method, "decision": decision, "reason": item.reason, "provisional": bool(item.provisional),

@@ -58,7 +58,7 @@ def refilter(records: Sequence[dict], method, history: dict | None = None, min_c
     """Re-apply ``decide``'s rules to stored records without re-encoding anything.
 
     A record is a dict with ``label`` and ``score`` and optionally ``class_scores``
-    ({label: cosine}), ``embedding`` (list or array), ``order`` (or ``metadata["order"]``).
+    ({label: cosine}, also read from ``extra["class_scores"]`` as the writer stores it), ``embedding`` (list or array), ``order`` (or ``metadata["order"]``).
     Returns copies of the records with ``accepted``, ``reason``, ``threshold``, ``method`` and
     ``provisional`` set, plus the per-class thresholds.
     """
@@ -98,8 +98,10 @@ def _row_from_record(rec: dict, pos: int) -> _Row:
     if not isinstance(rec, dict):
         raise ClipFilterError(f"record is a {type(rec).__name__}, expected a dict", f"record {pos}")
     order = rec.get("order", (rec.get("metadata") or {}).get("order"))
-    return _Row(f"record {pos}", rec.get("label"), rec.get("score"), rec.get("class_scores"),
-                order, rec.get("embedding"))
+    # the dataset writer stores the filter's per-class scores under "extra"
+    class_scores = rec.get("class_scores") or (rec.get("extra") or {}).get("class_scores")
+    where = f"record {pos}" + (f" (id {rec['id']}, {rec.get('file')})" if rec.get("id") else "")
+    return _Row(where, rec.get("label"), rec.get("score"), class_scores, order, rec.get("embedding"))
 
 
 def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, history_embeddings,

@@ -209,6 +209,18 @@ class DTGenClipFilter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, method, k, keep_percent, fixed_threshold, dataset_name=None, **_) -> bool | str:
+        # an input-list node gets every widget value as a one-element list
+        from .offline import method_from
+
+        try:
+            method_from(first(method), first(k), first(keep_percent), first(fixed_threshold))
+            dataset_dir(first(dataset_name, ""))
+        except ValueError as exc:   # ClipFilterError, DatasetPathError
+            return str(exc)
+        return True
+
+    @classmethod
     def fingerprint_inputs(cls, dataset_name=None, **_) -> str:
         # The decision depends on the dataset's history: rerun whenever it changed.
         from ..dataset.history import history_fingerprint
@@ -233,7 +245,10 @@ class DTGenClipFilter(io.ComfyNode):
                                  as_list(negative), as_list(seed))
         margin = first(class_margin, -1.0)
         near = first(near_duplicate, 0.0)
-        class_texts = _class_texts(items) if margin is not None and margin >= 0 else None
+        # class texts: for the margin check, and as the fallback text of class_text scoring when
+        # the sampler's metadata (with the pack's clip_text) is not wired
+        needs_class_texts = margin >= 0 or first(text_side) != "prompt"
+        class_texts = _class_texts(items) if needs_class_texts else None
 
         bar = comfy.utils.ProgressBar(len(items))
         score_items(loaded.ready(), items, text_side=first(text_side), batch_size=first(batch_size, 32),

@@ -25,18 +25,27 @@ def method_from(name: str, k: float = 1.5, keep_percent: float = 90.0, fixed_thr
 
 
 def decide_fn_for(method, min_count: int = 8, margin=None, near_dup=None):
-    """A ``finalize`` decision callable: records -> [(accepted, threshold, reason, provisional)]."""
+    """A ``finalize`` decision callable: records -> [(accepted, threshold, reason, provisional)].
+
+    The threshold is always re-applied. The class-margin and near-duplicate checks are re-run only
+    when ``margin`` / ``near_dup`` is given; otherwise a record the filter rejected for that reason
+    stays rejected (a re-threshold must not bring such images back).
+    """
+    kept_reasons = {r for r, opt in (("class_margin", margin), ("near_duplicate", near_dup)) if opt is None}
 
     def decide_records(records: list[dict]) -> list[tuple]:
         scored = [r for r in records if r.get("score") is not None]
-        result = refilter(scored, method, min_count=min_count, margin=margin, near_dup=near_dup)
-        by_id = {id(orig): new for orig, new in zip(scored, result.records)}
+        result = refilter(scored, method, min_count=min_count, margin=margin, near_dup=near_dup) \
+            if scored else None
+        by_id = {id(orig): new for orig, new in zip(scored, result.records if result else [])}
         out = []
         for rec in records:
             new = by_id.get(id(rec))
             if new is None:  # stored without a score (unfiltered graph): keep its decision
                 out.append((rec.get("decision") == "accepted", rec.get("threshold"), rec.get("reason", "unfiltered"),
                             bool(rec.get("provisional"))))
+            elif rec.get("reason") in kept_reasons and new["accepted"]:
+                out.append((False, new["threshold"], rec["reason"], new["provisional"]))
             else:
                 out.append((new["accepted"], new["threshold"], new["reason"], new["provisional"]))
         return out
@@ -80,11 +89,15 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-percent", type=float, default=90.0)
     parser.add_argument("--fixed-threshold", type=float, default=0.25)
     parser.add_argument("--min-count", type=int, default=8)
+    parser.add_argument("--class-margin", type=float, default=None,
+                        help="re-run the class-margin check with this margin (default: keep the filter's verdicts)")
+    parser.add_argument("--near-duplicate", type=float, default=None,
+                        help="re-run the near-duplicate check at this cosine (default: keep the filter's verdicts)")
     parser.add_argument("--split", default=None, help="train,val,test fractions, e.g. 0.8,0.1,0.1")
     args = parser.parse_args(argv)
     try:
         method = method_from(args.method, args.k, args.keep_percent, args.fixed_threshold)
-        finalize(args.dataset_dir, decide_fn=decide_fn_for(method, args.min_count), split=args.split,
+        finalize(args.dataset_dir, decide_fn=decide_fn_for(method, args.min_count, args.class_margin, args.near_duplicate), split=args.split,
                  plot_fn=histogram_image)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,8 +1,8 @@
-"""Prompt packs: the YAML format (``version: 1``), its validation, loading and discovery.
+"""Prompt packs: the YAML format (``version: 1``), its validation and loading.
 
 A pack is parsed once into an immutable ``Pack``; every problem raises ``PromptPackError`` naming
 the file, the YAML path (``classes[3].templates[0]``) and the line. The format is documented in
-docs/prompt-packs.md. yaml is imported lazily so that discovering packs stays cheap.
+docs/prompt-packs.md. yaml is imported lazily so that listing packs (catalog.py) stays cheap.
 """
 from __future__ import annotations
 
@@ -473,7 +473,7 @@ def _normal_slots(slots: Mapping) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Files: loading with a cache, discovery
+# Files: loading with a cache
 
 
 _CACHE: dict = {}
@@ -510,23 +510,3 @@ def load_pack(path: str) -> Pack:
             del _CACHE[next(iter(_CACHE))]
         _CACHE[key] = pack
     return pack
-
-
-def find_packs(dirs) -> dict:
-    """``{file stem: path}`` of the ``*.yaml`` / ``*.yml`` files in ``dirs`` (not parsed).
-
-    Sorted by name; when two folders hold the same stem, the earlier folder wins. Missing
-    folders are skipped.
-    """
-    found: dict = {}
-    for folder in dirs:
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            continue
-        for file_name in names:
-            stem, ext = os.path.splitext(file_name)
-            full = os.path.join(folder, file_name)
-            if ext.lower() in PACK_SUFFIXES and stem not in found and os.path.isfile(full):
-                found[stem] = full
-    return dict(sorted(found.items()))

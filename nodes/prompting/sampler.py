@@ -282,6 +282,15 @@ def tidy(text: str) -> str:
 # The sampler
 
 
+def stream_id(pack_hash: str, mode: str, seed: int, labels) -> str:
+    """Names one item sequence: (pack content, mode, base seed, sampled classes). Items with the
+    same stream and index are the same item; a new seed, mode or class subset is a new stream, so
+    its items are new items in a dataset, not duplicates of the old stream's indices."""
+    h = hashlib.blake2b(digest_size=8, person=b"dtgen.stream")
+    h.update(f"{pack_hash}|{mode}|{seed}|{','.join(labels)}".encode())
+    return h.hexdigest()
+
+
 class Sampler:
     """Deterministic prompt items from a pack. ``item(i)`` is pure and O(1).
 
@@ -318,6 +327,7 @@ class Sampler:
         self._seed_base = hashlib.blake2b(digest_size=8, person=b"dtgen.seed")
         self._seed_base.update(b"%d:" % seed)
         self._n_classes = len(self._classes)
+        self.stream = stream_id(pack.pack_hash, mode, seed, self.labels)
 
     def item_seed(self, i: int) -> int:
         """The image seed of item i: depends on (base seed, i) only, < 2**53."""
@@ -360,7 +370,7 @@ class Sampler:
         if not compiled.tidy_free:
             positive = tidy(positive)
         seed = self.item_seed(i)
-        metadata = {**compiled.base_metadata, "mode": self.mode, "base_seed": self.seed,
+        metadata = {**compiled.base_metadata, "mode": self.mode, "base_seed": self.seed, "stream": self.stream,
                     "index": i, "seed": seed, "class_metadata": dict(compiled.class_metadata),
                     "template": template.index, "slots": picks}
         return PromptItem(i, compiled.cls.label, positive, compiled.cls.negative, seed, metadata)

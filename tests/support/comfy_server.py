@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # the launcher the demo uses (dtgen is registered by tests/conftest.py before this is imported)
-from dtgen.runner.local_server import PACK_NAME, comfyui_candidates  # noqa: F401 (PACK_NAME: for tests)
+from dtgen.runner.local_server import PACK_NAME, comfyui_candidates, free_port  # noqa: F401 (re-exported for tests)
 
 
 def find_comfyui() -> Path | None:
@@ -61,7 +61,7 @@ class ComfyServer:
     def start(self, timeout: float = 120.0) -> "ComfyServer":
         """The pack's own launcher (runner/local_server.py) with this interpreter, CPU only and
         only the fixture model folders."""
-        from dtgen.runner.local_server import LocalServer, LocalServerError, free_port
+        from dtgen.runner.local_server import LocalServer, LocalServerError
 
         self.port = self.port or free_port()
         server = LocalServer(self.comfyui, self.base_dir, self.port, python=sys.executable,

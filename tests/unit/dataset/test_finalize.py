@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from dtgen.nodes.dataset import cli, manifest
+from dtgen.nodes.dataset import manifest
 from dtgen.nodes.dataset import finalize as finalize_mod
 from dtgen.nodes.dataset.finalize import finalize, parse_split
 from dtgen.nodes.dataset.writer import DatasetWriter
@@ -105,14 +105,3 @@ def test_split_fractions_are_roughly_kept():
     got = [finalize_mod.split_of(i, {"train": 0.8, "val": 0.1, "test": 0.1}) for i in ids]
     assert abs(got.count("train") / 4000 - 0.8) < 0.03 and abs(got.count("test") / 4000 - 0.1) < 0.02
 
-
-def test_cli(ds, capsys, tmp_path):
-    assert cli.main(["finalize", str(ds), "--split", "0.8,0.2"]) == 0
-    assert "report.json" in capsys.readouterr().out
-    assert cli.main(["status", str(ds), "--target", "cat=12"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["missing"]["cat"] == 12 - out["counts"]["cat"]["accepted"]
-    assert cli.main(["reconcile", str(ds)]) == 0
-    (tmp_path / "other").mkdir()
-    assert cli.main(["finalize", str(tmp_path / "other")]) == 2
-    assert "dataset.json is missing" in capsys.readouterr().err

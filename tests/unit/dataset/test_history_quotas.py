@@ -63,3 +63,32 @@ def test_cached_live_view_follows_appends_and_rewrites(tmp_path):
     assert [r["id"] for r in live_records(ds)] == ["id7", "id8", "id9", "id10", "id11"]
     manifest.rewrite(ds, [rec(7)])                                # shorter
     assert [r["id"] for r in live_records(ds)] == ["id7"]
+
+
+def _with_stream(items, stream):
+    for it in items:
+        it.metadata = dict(it.metadata, stream=stream)
+    return items
+
+
+def test_a_new_sampler_stream_gives_new_items_not_duplicates(tmp_path):
+    ds = tmp_path / "ds"
+    with DatasetWriter(ds) as writer:
+        first = writer.write(_with_stream(make_items(range(4)), "s1"))
+        again = writer.write(_with_stream(make_items(range(4)), "s1"))
+        other = writer.write(_with_stream(make_items(range(4)), "s2"))   # e.g. the sampler seed changed
+    assert sum(first.written.values()) == 4
+    assert sum(again.written.values()) == 0 and sum(again.skipped_duplicate.values()) == 4
+    assert sum(other.written.values()) == 4 and sum(other.skipped_duplicate.values()) == 0
+    assert done_indices(ds, "ph1", "s1") == done_indices(ds, "ph1", "s2") == {0, 1, 2, 3}
+    assert done_indices(ds, "ph1", "s3") == set()
+    assert next_missing_indices(ds, lambda i: "cat", 0, 3, stream="s3") == [0, 1, 2]
+
+
+def test_records_written_before_streams_count_for_every_stream(tmp_path):
+    ds = tmp_path / "ds"
+    with DatasetWriter(ds) as writer:
+        writer.write(make_items(range(3)))                       # no stream in the metadata
+        writer.write(_with_stream(make_items(range(3, 5)), "s1"))
+    assert done_indices(ds, "ph1", "s1") == {0, 1, 2, 3, 4}
+    assert done_indices(ds, "ph1", "s2") == {0, 1, 2}

@@ -58,3 +58,68 @@ def test_unscored_records_keep_their_decision():
     assert out[-1] == (True, None, "unfiltered", False)
     assert [o[0] for o in out[:4]] == [True, True, True, False]  # threshold 0.415 - 0.182
     assert fn.method == "mean_std"
+
+
+def _margin_dataset(tmp_path):
+    """Six images per class, all above any threshold; item 5 of class a was rejected by the filter's
+    class-margin check (class b's text beat its own), item 4 as a near-duplicate of item 3."""
+    rng = np.random.default_rng(1)
+    items = []
+    for label, other in (("a", "b"), ("b", "a")):
+        for j in range(6):
+            own, rival = 0.30, 0.20
+            reason, accepted = "ok", True
+            emb = rng.random(4).astype(np.float32)
+            if label == "a" and j == 5:
+                own, rival, reason, accepted = 0.30, 0.34, "class_margin", False
+            if label == "a" and j == 4:
+                emb, reason, accepted = items[-1].embedding.copy(), "near_duplicate", False
+            items.append(ScoredItem(image=rng.random((8, 8, 3), dtype=np.float32), label=label,
+                                    prompt=f"{label} {j}", index=len(items), metadata={"pack_hash": "h"},
+                                    score=0.30 + 0.001 * j, threshold=0.2, method="mean_std", accepted=accepted,
+                                    reason=reason, embedding=emb, extra={"class_scores": {label: own, other: rival}}))
+    ds = tmp_path / "ds"
+    with DatasetWriter(ds) as writer:
+        writer.write(items)
+    return ds
+
+
+def _by_prompt(ds):
+    return {r["prompt"]: r for r in _live(ds).values()}
+
+
+def test_rethreshold_keeps_the_filters_margin_and_duplicate_rejections(tmp_path):
+    ds = _margin_dataset(tmp_path)
+    assert offline.main([str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1"]) == 0
+    rows = _by_prompt(ds)
+    assert (rows["a 5"]["decision"], rows["a 5"]["reason"]) == ("rejected", "class_margin")
+    assert (rows["a 4"]["decision"], rows["a 4"]["reason"]) == ("rejected", "near_duplicate")
+    assert rows["a 5"]["threshold"] == 0.1 and rows["a 5"]["file"].startswith("rejected/")
+    assert all(r["decision"] == "accepted" for p, r in rows.items() if p not in ("a 4", "a 5"))
+
+
+def test_rerun_checks_read_the_stored_class_scores_and_embeddings(tmp_path):
+    ds = _margin_dataset(tmp_path)
+    # own text may trail another class's by up to 0.05: a 5 (0.30 vs 0.34) comes back
+    assert offline.main([str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1",
+                         "--class-margin", "-0.05"]) == 0
+    rows = _by_prompt(ds)
+    assert (rows["a 5"]["decision"], rows["a 5"]["reason"]) == ("accepted", "ok")
+    assert rows["a 5"]["file"].startswith("images/") and (ds / rows["a 5"]["file"]).is_file()
+    assert rows["a 4"]["reason"] == "near_duplicate"   # not re-run: kept
+
+    # near-duplicate re-run at cosine 0 from the stored embeddings (all positive): only the first
+    # image of each class survives
+    assert offline.main([str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1",
+                         "--near-duplicate", "0.0"]) == 0
+    rows = _by_prompt(ds)
+    assert sorted(p for p, r in rows.items() if r["decision"] == "accepted") == ["a 0", "b 0"]
+    assert {r["reason"] for p, r in rows.items() if p not in ("a 0", "b 0", "a 5")} == {"near_duplicate"}
+    assert rows["a 5"]["reason"] == "near_duplicate"   # accepted again, then a duplicate of a 0
+
+
+def test_out_of_range_recheck_is_refused_and_touches_nothing(tmp_path):
+    ds = _margin_dataset(tmp_path)
+    before = (ds / "manifest.jsonl").read_text()
+    assert offline.main([str(ds), "--near-duplicate", "1.5"]) == 2
+    assert (ds / "manifest.jsonl").read_text() == before

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from dtgen.nodes.prompting.pack import (
-    PromptPackError, find_packs, label_problem, load_pack, parse_pack, split_template,
+    PromptPackError, label_problem, load_pack, parse_pack, split_template,
 )
 
 GOOD = """\
@@ -191,16 +191,3 @@ def test_load_pack_reports_file_and_caches_unchanged_files(tmp_path):
     with pytest.raises(PromptPackError) as info:
         load_pack(str(tmp_path / "missing.yaml"))
     assert "missing.yaml" in str(info.value)
-
-
-def test_find_packs_lists_yaml_without_parsing(tmp_path):
-    first, second = tmp_path / "one", tmp_path / "two"
-    first.mkdir()
-    second.mkdir()
-    (first / "b.yaml").write_text("not: [valid", encoding="utf-8")     # not parsed
-    (first / "a.yml").write_text("", encoding="utf-8")
-    (first / "notes.txt").write_text("", encoding="utf-8")
-    (second / "b.yaml").write_text("", encoding="utf-8")
-    (second / "c.YAML").write_text("", encoding="utf-8")
-    found = find_packs([str(first), str(second), str(tmp_path / "absent")])
-    assert found == {"a": str(first / "a.yml"), "b": str(first / "b.yaml"), "c": str(second / "c.YAML")}

@@ -290,3 +290,14 @@ def test_items_needing_more_than_one_digest_of_draws():
         assert {item.metadata["slots"][f"s{k}"] for item in items} == {f"a{k}", f"b{k}"}
     again = Sampler(pack, "random", 3)
     assert [as_plain(item) for item in items] == [as_plain(again.item(i)) for i in range(64)]
+
+
+def test_stream_names_pack_mode_seed_and_classes(tableware):
+    """Items of one stream are the same items; any input that changes them changes the stream."""
+    base = Sampler(tableware, "balanced", 0)
+    assert base.item(3).metadata["stream"] == base.stream == Sampler(tableware, "balanced", 0).stream
+    others = [Sampler(tableware, "balanced", 1), Sampler(tableware, "random", 0),
+              Sampler(tableware, "balanced", 0, classes=list(tableware.labels[:2]))]
+    assert len({base.stream, *(s.stream for s in others)}) == 4
+    edited = parse_pack(open(TABLEWARE).read().replace("dtgtableware", "dtgtableware2"), source="edited")
+    assert Sampler(edited, "balanced", 0).stream != base.stream

@@ -1,11 +1,12 @@
 """The packs shipped in prompts/ load and carry the vocabularies the docs promise."""
 import pytest
 
-from dtgen.nodes.prompting.pack import find_packs, label_problem, load_pack
+from dtgen.nodes.prompting.catalog import pack_files
+from dtgen.nodes.prompting.pack import label_problem, load_pack
 from dtgen.nodes.prompting.sampler import MODES, Sampler
 from support.pkg import ROOT
 
-PROMPTS = str(ROOT / "prompts")
+PROMPTS = ROOT / "prompts"
 LEVELS = {"clean": 0.0, "slightly_dirty": 0.25, "moderately_dirty": 0.6, "heavily_dirty": 1.0}
 
 
@@ -14,9 +15,10 @@ def distinct_texts(entries):
 
 
 def test_shipped_packs_are_found_and_load():
-    found = find_packs([PROMPTS])
+    found = pack_files()
     assert set(found) == {"tableware", "fruits", "steel_defects"}
     for name, path in found.items():
+        assert path == str(PROMPTS / f"{name}.yaml")
         pack = load_pack(path)
         assert pack.name == name
         assert all(label_problem(label) is None for label in pack.labels)
@@ -26,7 +28,7 @@ def test_shipped_packs_are_found_and_load():
 
 
 def test_tableware_classes_levels_and_vocabularies():
-    pack = load_pack(find_packs([PROMPTS])["tableware"])
+    pack = load_pack(pack_files()["tableware"])
     assert pack.trigger == "dtgtableware" and pack.suffix and pack.negative
     expected = [f"{dish}_{level}" for dish in ("plate", "bowl") for level in LEVELS]
     assert list(pack.labels) == expected
@@ -45,7 +47,7 @@ def test_tableware_classes_levels_and_vocabularies():
 
 
 def test_fruits_are_whole_and_uncut():
-    pack = load_pack(find_packs([PROMPTS])["fruits"])
+    pack = load_pack(pack_files()["fruits"])
     assert set(pack.labels) == {"orange", "peach", "kiwi", "tomato", "banana"}
     for word in ("sliced", "halved", "cut"):
         assert word in pack.negative
@@ -56,7 +58,7 @@ def test_fruits_are_whole_and_uncut():
 
 
 def test_steel_defect_labels():
-    pack = load_pack(find_packs([PROMPTS])["steel_defects"])
+    pack = load_pack(pack_files()["steel_defects"])
     assert list(pack.labels) == ["crazing", "inclusion", "patches", "pitted_surface",
                                  "rolled_in_scale", "scratches"]
     for cls in pack.classes:
@@ -65,7 +67,7 @@ def test_steel_defect_labels():
 
 @pytest.mark.parametrize("name", ["tableware", "fruits", "steel_defects"])
 def test_no_stray_separators_in_shipped_prompts(name):
-    pack = load_pack(find_packs([PROMPTS])[name])
+    pack = load_pack(pack_files()[name])
     sampler = Sampler(pack, "random", 1)
     for i in range(200):
         text = sampler.item(i).positive

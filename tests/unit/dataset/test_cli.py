@@ -1,0 +1,80 @@
+"""``python -m nodes.dataset.cli``: status, reconcile, finalize (no re-decide), one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+from dtgen.nodes.dataset import cli
+from dtgen.nodes.dataset.writer import DatasetWriter
+from PIL import Image
+from support.pkg import ROOT
+
+from .conftest import check_consistent, make_items
+
+
+@pytest.fixture
+def ds(tmp_path):
+    ds = tmp_path / "output" / "tableware"
+    with DatasetWriter(ds) as w:
+        w.write(make_items(range(30)))
+    return ds
+
+
+def test_status_counts_and_missing(ds, capsys):
+    assert cli.main(["status", str(ds), "--target", "cat=12"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    view = check_consistent(ds).values()
+    n_cat = sum(r["label"] == "cat" and r["decision"] == "accepted" for r in view)
+    assert out["counts"]["cat"]["accepted"] == n_cat
+    assert out["missing"] == {"cat": 12 - n_cat}
+
+
+def test_reconcile_moves_an_unrecorded_image_aside(ds, capsys):
+    stray = ds / "images" / "cat" / "stray.png"
+    Image.new("RGB", (4, 4)).save(stray)
+    assert cli.main(["reconcile", str(ds)]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["orphans"]) == 1 and rep["orphans"][0].startswith("orphans/")
+    assert not stray.exists()
+    check_consistent(ds)
+
+
+def test_finalize_splits_and_keeps_every_decision(ds, capsys):
+    before = {r["id"]: r["decision"] for r in check_consistent(ds).values()}
+    assert cli.main(["finalize", str(ds), "--split", "0.8,0.2"]) == 0
+    assert "report.json" in capsys.readouterr().out
+    after = check_consistent(ds)
+    assert {i: r["decision"] for i, r in after.items()} == before
+    assert {r["split"] for r in after.values()} <= {"train", "val"}
+    assert (ds / "report" / "report.json").is_file()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such folder"),
+    ("file", "no such folder"),
+    ("empty", "dataset.json is missing"),
+    ("target", "expected label=N"),
+    ("split", "fractions must sum to 1"),
+])
+def test_errors_are_one_line_and_exit_2(ds, tmp_path, capsys, case, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    argv = {"missing": ["status", str(tmp_path / "nope")],
+            "file": ["reconcile", str(tmp_path / "a_file")],
+            "empty": ["finalize", str(tmp_path / "empty")],
+            "target": ["status", str(ds), "--target", "cat"],
+            "split": ["finalize", str(ds), "--split", "0.5,0.6"]}[case]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_documented_invocation_from_the_checkout(ds, tmp_path):
+    """`python -m nodes.dataset.cli ...` run in the checkout folder, as the README says."""
+    ok = subprocess.run([sys.executable, "-m", "nodes.dataset.cli", "status", str(ds)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert set(json.loads(ok.stdout)["counts"]) == {"cat", "dog", "tea cup"}
+    bad = subprocess.run([sys.executable, "-m", "nodes.dataset.cli", "reconcile", str(tmp_path / "nope")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
