@@ -144,6 +144,11 @@ def main() -> None:
         print(f"DTGen nodes {dtgen:.1f} ms/item, stock nodes {stock:.1f} ms/item: DTGen / stock = {dtgen / stock:.3f}")
         print(f"DTGen nodes in the first tenth {dtgen_ms(items[:tenth]):.1f} ms/item, in the last tenth "
               f"{dtgen_ms(items[-tenth:]):.1f} ms/item (history grows to {len(items) + WARMUP} items)")
+        print("  per node, first tenth -> last tenth (ms/item; stock nodes show the machine's drift):")
+        for k in sorted(names, key=lambda k: -mean[k]):
+            first, last = (1000 * sum(it.get(k, 0.0) for it in part) / len(part)
+                           for part in (items[:tenth], items[-tenth:]))
+            print(f"  {k:<26}{first:>8.1f} -> {last:>8.1f}")
         print(f"wall time {1000 * run['seconds'] / len(items):.1f} ms/item "
               f"({len(items) / run['seconds']:.2f} items/s; nodes account for {dtgen + stock:.1f} ms)")
         growth = run["rss_after"] - run["rss_before"]

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from ..nodes.dataset.layout import DatasetError
 from ..nodes.prompting.pack import PromptPackError
+from ..nodes.prompting.sampler import MAX_COUNT
 from .api import ComfyError
 from .local_server import LocalServerError
 from .workflow import Workflow, WorkflowError
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
-MAX_PER_PROMPT = 4096            # the prompt sampler's largest count
 
 
 def parse_quotas(values, labels) -> dict[str, int] | None:
@@ -82,8 +82,8 @@ def prepare(args) -> tuple:
     for name in ("pending", "per_prompt"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.per_prompt > MAX_PER_PROMPT:
-        raise ValueError(f"--per-prompt must be <= {MAX_PER_PROMPT} (the sampler's largest count)")
+    if args.per_prompt > MAX_COUNT:
+        raise ValueError(f"--per-prompt must be <= {MAX_COUNT} (the sampler's largest count)")
     if args.items is not None and args.items < 1:
         raise ValueError("--items must be >= 1")
     max_items = args.max_items

@@ -117,8 +117,9 @@ class Workflow:
         return value
 
     def set_dataset(self, name: str) -> None:
-        """The writer's folder and the filter's history are the same dataset."""
-        for node_id in [self.writer_id, *self.filter_ids]:
+        """The writer's folder, the filter's history and the sampler's resume dataset are one dataset."""
+        sampler = [self.sampler_id] if "dataset_name" in self.graph[self.sampler_id]["inputs"] else []
+        for node_id in [self.writer_id, *self.filter_ids, *sampler]:
             self.set_input(node_id, "dataset_name", name)
 
     def set_writer_quota(self, per_class: int) -> None:
@@ -128,4 +129,6 @@ class Workflow:
         graph = copy.deepcopy(self.graph)
         inputs = graph[self.sampler_id]["inputs"]
         inputs["start_index"], inputs["count"] = int(start_index), int(count)
+        if "quota_per_class" in inputs:   # the client plans the indices: the sampler's own resume mode is off
+            inputs["quota_per_class"] = 0
         return graph

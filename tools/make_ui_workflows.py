@@ -322,7 +322,10 @@ RUN_NOTE = """## How it runs
 4. **DTGen Dataset Writer** stores accepted images in `output/{dataset}/images/<label>/`,
    rejected ones in `output/{dataset}/rejected/<label>/`, and a line per image in `manifest.jsonl`.
 
-Resume or continue: queue again with `start_index` advanced by `count`.
+Keep queueing (or set a batch count): the sampler is in resume mode (`dataset_name` =
+`{dataset}`, `quota_per_class` = {quota}), so every run makes the next items the dataset still
+lacks, carries on after a crash or restart, and stops quietly once every class has {quota}
+accepted images. A new `seed` starts a new item sequence (new items, not duplicates).
 """
 
 WORKFLOWS = {
@@ -339,7 +342,9 @@ def notes_for(name: str, api: dict) -> list[dict]:
     files = FILES_NOTE.format(lora_row=LORA_ROW if spec["lora"] else "",
                               clip_target=" (LoraLoader's `clip` input)" if spec["lora"] else
                               " (both CLIPTextEncode nodes)")
-    run = RUN_NOTE.format(pack=spec["pack"], dataset=dataset,
+    quota = next(n["inputs"].get("quota_per_class", 0) for n in api.values()
+                 if n["class_type"] == "DTGenPromptSampler")
+    run = RUN_NOTE.format(pack=spec["pack"], dataset=dataset, quota=quota,
                           lora=" + **LoraLoader** (your LoRA)" if spec["lora"] else "")
     return [{"title": "Read me: model files", "text": files, "size": [620, 240]},
             {"title": "Read me: how it runs", "text": run, "size": [620, 240]}]

@@ -34,7 +34,8 @@ def _targets(pairs) -> dict[str, int]:
 
 def _existing_dataset(path: str) -> str:
     if not Path(path).is_dir():
-        raise ValueError(f"{path}: no such folder (give the dataset folder, e.g. ComfyUI/output/tableware)")
+        problem = "is not a folder" if Path(path).exists() else "no such folder"
+        raise ValueError(f"{path}: {problem} (give the dataset folder, e.g. ComfyUI/output/tableware)")
     open_dataset(path, create=False)  # refuses a folder without dataset.json
     return path
 

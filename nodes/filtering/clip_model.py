@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,14 +51,15 @@ class ClipBundle:
                 "dtype": str(self.dtype).replace("torch.", "")}
 
 
-_CACHE: dict[tuple, ClipBundle] = {}
+_CACHE: OrderedDict[tuple, ClipBundle] = OrderedDict()   # least recently used first
 _CACHE_LOCK = threading.Lock()
+CACHE_SIZE = 2   # models kept loaded: switching back and forth between two costs no reload
 
 
-def clear_cache() -> None:
-    """Forget every cached model (frees their memory once no caller holds them)."""
+def cached_bundles() -> list[ClipBundle]:
+    """The bundles currently cached (their memory is freed once evicted and no caller holds them)."""
     with _CACHE_LOCK:
-        _CACHE.clear()
+        return list(_CACHE.values())
 
 
 def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
@@ -80,6 +82,9 @@ def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
         if bundle is None:
             bundle = _load_uncached(arch, path, str(device), torch_dtype, pretrained_tag)
             _CACHE[key] = bundle
+            while len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(key)
     return bundle
 
 
@@ -152,9 +157,6 @@ def check_arch(arch: str) -> str:
     close = difflib.get_close_matches(str(arch), known, n=5, cutoff=0.5)
     hint = f"; close names: {', '.join(close)}" if close else f"; {len(known)} are known, e.g. ViT-B-32"
     raise ClipFilterError(f"unknown CLIP architecture {arch!r}{hint}", "arch")
-
-
-_check_arch = check_arch   # older private name, kept for callers that used it
 
 
 def _check_file(weights_path) -> Path:

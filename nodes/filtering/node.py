@@ -28,7 +28,6 @@ DOWNLOAD = "(download pretrained_tag into models/open_clip)"   # the only entry 
 TEXT_SIDES = ("prompt", "class_text", "both")
 
 
-
 # ------------------------------------------------------------------------------------ loader
 class LoadedClip:
     """A cached ``ClipBundle`` plus the ModelPatcher through which ComfyUI places and offloads it."""
@@ -122,7 +121,7 @@ class DTGenClipLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, arch, weights, pretrained_tag="openai") -> io.NodeOutput:
-        from .clip_model import load_clip
+        from .clip_model import cached_bundles, load_clip
 
         path = resolve_weights(weights, arch, pretrained_tag, fetch=True)
         if weights in (FROM_CACHE, DOWNLOAD):   # these resolve an empty tag to openai's weights
@@ -131,6 +130,9 @@ class DTGenClipLoader(io.ComfyNode):
         loaded = _LOADED.get(id(bundle))
         if loaded is None or loaded.bundle is not bundle:
             loaded = _LOADED[id(bundle)] = LoadedClip(bundle)
+        live = {id(b) for b in cached_bundles()}
+        for key in [k for k in _LOADED if k not in live]:   # evicted from the model cache: let go
+            del _LOADED[key]
         return io.NodeOutput(loaded)
 
 

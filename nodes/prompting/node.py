@@ -12,10 +12,9 @@ from ..common.naming import category, node_id
 from . import catalog
 from .catalog import USER_FOLDER
 from .pack import PromptPackError
-from .sampler import MODES, Sampler
+from .sampler import MAX_COUNT, MODES, Sampler
 
 folder_paths.add_model_folder_path(USER_FOLDER, os.path.join(folder_paths.models_dir, USER_FOLDER))
-MAX_COUNT = 4096
 
 
 def pack_files() -> dict[str, str]:

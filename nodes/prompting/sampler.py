@@ -26,6 +26,7 @@ from itertools import chain
 from .pack import Pack, PromptPackError, split_template
 
 MODES = ("balanced", "random", "exhaustive")
+MAX_COUNT = 4096        # items one queue run may fan out (the sampler node's count limit)
 SEED_BITS = 53          # per-item seeds < 2**53: exact in JSON/JavaScript, inside KSampler's range
 _U32 = 1 << 32
 _UNPACK16 = struct.Struct("<16I").unpack

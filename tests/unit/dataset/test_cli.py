@@ -51,7 +51,7 @@ def test_finalize_splits_and_keeps_every_decision(ds, capsys):
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such folder"),
-    ("file", "no such folder"),
+    ("file", "is not a folder"),
     ("empty", "dataset.json is missing"),
     ("target", "expected label=N"),
     ("split", "fractions must sum to 1"),

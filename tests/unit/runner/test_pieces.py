@@ -38,6 +38,9 @@ def test_overrides_and_item_graph():
     assert g["10"]["inputs"]["dataset_name"] == g["11"]["inputs"]["dataset_name"] == "mine"
     assert (g["1"]["inputs"]["start_index"], g["1"]["inputs"]["count"]) == (40, 3)
     assert g["11"]["inputs"]["quota_per_class"] == 5
+    # the template's sampler resumes by itself in the editor; the client plans indices itself
+    assert wf.graph["1"]["inputs"]["quota_per_class"] > 0 and g["1"]["inputs"]["quota_per_class"] == 0
+    assert g["1"]["inputs"]["dataset_name"] == "mine"
     assert wf.graph["1"]["inputs"]["start_index"] == 0          # the template is not changed
     assert wf.sampler_inputs()["classes"] == "plate_clean"
 
