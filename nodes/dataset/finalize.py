@@ -17,7 +17,8 @@ from pathlib import Path
 
 from . import embeddings, manifest, metadata, report
 from .fsio import fsync_dir, move_unique
-from .layout import IMAGES, ORPHANS, REJECTED, REPORT, DatasetError, now_iso, open_dataset
+from .clean_marker import mark_clean, mark_dirty
+from .layout import IMAGES, MANIFEST, ORPHANS, REJECTED, REPORT, DatasetError, now_iso, open_dataset
 from .lock import DatasetLock
 from .reconcile import ReconcileReport, reconcile
 
@@ -127,6 +128,16 @@ def _redecide(dataset_dir: Path, records: list[dict], decide_fn: DecideFn, resul
     return out
 
 
+def _changes_manifest(dataset_dir: Path, records: list[dict]) -> bool:
+    """Whether the compacted ``records`` differ from the manifest file: an unchanged finalize
+    (run again, nothing new) then neither rewrites it nor leaves another backup."""
+    try:
+        current = (dataset_dir / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        return True
+    return current != b"".join(manifest.encode(r) for r in records)
+
+
 def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn: PlotFn | None = None,
              contact_sheet_max: int = 24, echo: bool = True) -> Report:
     """Re-decide (optional), split (optional), report. Files go to ``<dataset>/report/``."""
@@ -136,6 +147,7 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
     with DatasetLock(dataset_dir):
         result = Report(per_class={}, reconciled=reconcile(dataset_dir))
         records = list(manifest.live(manifest.read(dataset_dir).records).values())
+        mark_dirty(dataset_dir)   # files may move below: a crash must make the next open reconcile
         if decide_fn is not None and records:
             records = _redecide(dataset_dir, records, decide_fn, result)
         if fractions:
@@ -143,9 +155,10 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
             for r in records:
                 if r["decision"] == "accepted":
                     result.split[r["split"]] = result.split.get(r["split"], 0) + 1
-        if decide_fn is not None or fractions:
-            manifest.rewrite(dataset_dir, records)
+        if (decide_fn is not None or fractions) and _changes_manifest(dataset_dir, records):
+            manifest.rewrite(dataset_dir, records)   # keeps the old one as a .bak- file
             metadata.regenerate(dataset_dir, records)
+        mark_clean(dataset_dir)
 
     out = dataset_dir / REPORT
     out.mkdir(exist_ok=True)

@@ -22,7 +22,8 @@ import numpy as np
 from ..common.records import ScoredItem
 from . import embeddings, manifest, metadata
 from .fsio import fsync_dir, move_unique, write_atomic
-from .layout import (CLEAN, IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, now_iso,
+from .clean_marker import is_clean, manifest_stat, mark_clean, mark_dirty
+from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, now_iso,
                      open_dataset)
 from .lock import DatasetLock
 from .paths import DatasetPathError, safe_label
@@ -116,49 +117,18 @@ class DatasetWriter:
     def __enter__(self) -> DatasetWriter:
         open_dataset(self.dir)
         with DatasetLock(self.dir):
-            if self._is_clean():  # the last write finished and nothing changed since: O(1) open
+            if is_clean(self.dir):  # the last write finished and nothing changed since: O(1) open
                 self.reconciled = ReconcileReport()
             else:
                 self.reconciled = reconcile(self.dir)
-                self._mark_clean()
+                mark_clean(self.dir)
             self._reload()
         return self
 
     def __exit__(self, *exc) -> None:
         pass  # every write is already durable; nothing is buffered
 
-    # -- clean marker: a full reconcile scans every image, so it runs only when needed ------
-    # Protocol (all under the lock): a write removes the marker before placing any file and puts
-    # it back, stamped with the manifest's inode and size, only after a complete commit. A crash
-    # anywhere in between leaves no marker (or a stale stamp), and the next open reconciles.
-    def _stamp(self) -> str:
-        inode, size = self._manifest_stat()
-        return f"{inode}:{size}"
-
-    def _is_clean(self) -> bool:
-        try:
-            return (self.dir / CLEAN).read_text() == self._stamp()
-        except OSError:
-            return False
-
-    def _mark_clean(self) -> None:
-        write_atomic(self.dir / CLEAN, lambda f: f.write(self._stamp().encode()))
-
-    def _mark_dirty(self) -> None:
-        try:
-            (self.dir / CLEAN).unlink()
-        except FileNotFoundError:
-            return
-        fsync_dir(self.dir)
-
     # -- state from the manifest -----------------------------------------------------------
-    def _manifest_stat(self):
-        try:
-            st = (self.dir / MANIFEST).stat()
-            return st.st_ino, st.st_size
-        except FileNotFoundError:
-            return None, 0
-
     def _reload(self) -> None:
         """State from the whole manifest, via the per-process cached view (incremental reads), so
         opening the dataset once per queue run does not re-parse every line."""
@@ -175,7 +145,7 @@ class DatasetWriter:
 
     def _refresh(self) -> None:
         """Take in lines other writers appended; a rewritten manifest (finalize) means full reload."""
-        inode, size = self._manifest_stat()
+        inode, size = manifest_stat(self.dir)
         if self._inode is not None and (inode != self._inode or size < self._offset):
             self._inode = None
             return self._reload()
@@ -224,7 +194,7 @@ class DatasetWriter:
                 self._folder(item.label)
             placed: list[tuple[dict, ScoredItem]] = []
             error, self._current = None, None
-            self._mark_dirty()
+            mark_dirty(self.dir)
             try:
                 self._place_all(items, models, sampler_settings, png_text, placed, result)
             except OSError as e:
@@ -245,7 +215,7 @@ class DatasetWriter:
                     result.paths.append(self.dir / rec["file"])
             if error is not None:
                 raise error  # no clean marker: the next open reconciles
-            self._mark_clean()
+            mark_clean(self.dir)
         return result
 
     # -- internals -------------------------------------------------------------------------
@@ -323,7 +293,7 @@ class DatasetWriter:
         for rec in records:
             self._ids.add(rec["id"])
             self._count(rec["label"], rec["decision"], 1)
-        self._offset, self._inode = self._manifest_stat()[1], self._manifest_stat()[0]
+        self._offset, self._inode = manifest_stat(self.dir)[1], manifest_stat(self.dir)[0]
         try:
             metadata.append(self.dir, records)
         except OSError as e:

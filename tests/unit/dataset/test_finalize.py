@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from dtgen.nodes.dataset import manifest
 from dtgen.nodes.dataset import finalize as finalize_mod
+from dtgen.nodes.dataset.clean_marker import is_clean
 from dtgen.nodes.dataset.finalize import finalize, parse_split
 from dtgen.nodes.dataset.writer import DatasetWriter
 from PIL import Image
@@ -47,10 +48,17 @@ def test_finalize_redecides_moves_and_reports(ds, capsys):
     assert len(meta) == n_acc and all("split" in m for m in meta)
     assert list((ds).glob("manifest.jsonl.bak-*"))  # old manifest kept
 
-    # deterministic: same split and nothing moves a second time
+    # deterministic: same split and nothing moves a second time; an unchanged finalize neither
+    # rewrites the manifest nor adds a backup, and leaves the dataset marked clean (O(1) next open)
+    backups = sorted(ds.glob("manifest.jsonl.bak-*"))
+    before = (ds / "manifest.jsonl").stat()
     again = finalize(ds, decide_fn=by_score(0.3), split={"train": 0.6, "val": 0.2, "test": 0.2}, echo=False)
     assert again.moved == {"to_accepted": 0, "to_rejected": 0}
     assert {r["id"]: r["split"] for r in check_consistent(ds).values()} == {r["id"]: r["split"] for r in view.values()}
+    assert sorted(ds.glob("manifest.jsonl.bak-*")) == backups
+    after = (ds / "manifest.jsonl").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert is_clean(ds)
 
 
 def test_interrupted_finalize_is_recovered(ds, monkeypatch):
