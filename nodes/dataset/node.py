@@ -90,14 +90,14 @@ class DTGenDatasetWriter(io.ComfyNode):
                 io.Int.Input("quality", default=95, min=1, max=100, optional=True,
                              tooltip="JPEG/WebP quality (1-100); ignored for PNG."),
                 io.Int.Input("quota_per_class", default=0, min=0, max=10_000_000, optional=True,
-                             tooltip="Target accepted images per class; accepted images past it are not stored. "
-                                     "0 = no quota."),
+                             tooltip="Target accepted images per class; accepted images past it are dropped (not "
+                                     "stored, not even as rejected). 0 = no quota."),
             ],
             outputs=[
                 io.String.Output("dataset_path", display_name="dataset_path",
-                    tooltip="Absolute path of the dataset folder."),
+                                 tooltip="Absolute path of the dataset folder."),
                 io.String.Output("status", display_name="status",
-                    tooltip="Per-class counts as JSON: accepted, rejected, target, missing."),
+                                 tooltip="Per-class counts as JSON: accepted, rejected, target, missing."),
             ],
         )
 
@@ -160,7 +160,9 @@ class DTGenDatasetFinalize(io.ComfyNode):
             description=(
                 "Re-decides every stored image with the final population's per-class thresholds (moving files "
                 "between images/ and rejected/ and updating the manifest atomically), adds an optional "
-                "deterministic train/val/test split, and writes report/ (counts, histograms, contact sheets)."),
+                "deterministic train/val/test split, and writes report/ (counts, histograms, contact sheets). Uses "
+                "the threshold settings set here, not the ones the filter used. Run it in its own graph (or "
+                "once at the end): it re-decides the whole dataset each time it runs."),
             is_output_node=True,
             inputs=[
                 io.String.Input("dataset_name", default="dtgen_dataset",
@@ -180,7 +182,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
             ],
             outputs=[
                 io.String.Output("report", display_name="report",
-                    tooltip="Report as JSON: per-class counts and acceptance rate, moves, split."),
+                                 tooltip="Report as JSON: per-class counts and acceptance rate, moves, split."),
                 io.Image.Output("plot", display_name="plot", tooltip="Per-class score histograms with thresholds."),
             ],
         )

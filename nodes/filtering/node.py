@@ -101,8 +101,9 @@ class DTGenClipLoader(io.ComfyNode):
                                        "are read with weights_only=True), the open_clip/HF cache, or a one-time "
                                        "download of pretrained_tag's weights to models/open_clip/<arch>-<tag>.safetensors."),
                 io.String.Input("pretrained_tag", default="openai", optional=True,
-                                tooltip="open_clip pretrained tag the file came from (e.g. openai, laion2b_s34b_b79k); "
-                                        "selects its preprocessing, cache entry and, with the download entry, what to fetch."),
+                                tooltip="open_clip pretrained tag the file came from (e.g. openai, laion2b_s34b_b79k). It "
+                                        "must match the file: it sets the preprocessing and QuickGELU (openai), and "
+                                        "picks the cache entry and, with the download entry, what to fetch."),
             ],
             outputs=[DtgenClip.Output("clip", display_name="clip",
                          tooltip="The loaded open_clip model for DTGen CLIP Filter.")],
@@ -181,8 +182,9 @@ class DTGenClipFilter(io.ComfyNode):
                                        "CLIP text from the pack, or the mean of both."),
                 *threshold_inputs(),
                 io.String.Input("dataset_name", default="", optional=True,
-                                tooltip="Dataset (under ComfyUI's output folder) whose stored scores join the "
-                                        "population, so one-image runs still threshold adaptively. Empty = this run only."),
+                                tooltip="Dataset (under ComfyUI's output folder; use the Dataset Writer's "
+                                        "dataset_name) whose stored scores join the population, so one-image runs "
+                                        "still threshold adaptively. Empty = this run only."),
                 io.String.Input("metadata", force_input=True, optional=True,
                                 tooltip="Per-image metadata JSON from DTGen Prompt Sampler (class text, order, index)."),
                 io.String.Input("negative", force_input=True, optional=True,
@@ -199,14 +201,14 @@ class DTGenClipFilter(io.ComfyNode):
             ],
             outputs=[
                 ScoredBatchType.Output("scored", display_name="scored",
-                    tooltip="Images with scores, thresholds, decisions, reasons and "
-                                                         "embeddings, for DTGen Dataset Writer."),
+                                        tooltip="Images with scores, thresholds, decisions, reasons and "
+                                                "embeddings, for DTGen Dataset Writer."),
                 io.Image.Output("accepted", display_name="accepted",
-                    tooltip="Accepted images (preview; a black frame when none)."),
+                                tooltip="Accepted images (preview; a black frame when none)."),
                 io.Image.Output("rejected", display_name="rejected",
-                    tooltip="Rejected images (preview; a black frame when none)."),
+                                tooltip="Rejected images (preview; a black frame when none)."),
                 io.Image.Output("plot", display_name="plot",
-                    tooltip="Per-class score histograms with the threshold line and counts."),
+                                tooltip="Per-class score histograms with the threshold line and counts."),
             ],
         )
 

@@ -59,12 +59,14 @@ class DTGenPromptSampler(io.ComfyNode):
             inputs=[
                 io.Combo.Input("pack", options=packs, default=packs[0],
                                tooltip="Prompt pack: a YAML file from the pack's prompts/ folder or the "
-                                       "'dtgen_prompts' model folder (models/dtgen_prompts)."),
+                                       "'dtgen_prompts' model folder (models/dtgen_prompts); a user pack named like "
+                                       "a shipped one is listed as user/<file>."),
                 io.Combo.Input("mode", options=list(MODES), default="balanced",
                                tooltip="balanced: classes in turn (any prefix is balanced); random: class "
                                        "drawn by weight; exhaustive: every combination exactly once."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="Base seed. Prompts and per-item image seeds derive from (pack, seed, index)."),
+                             tooltip="Base seed. Prompts and per-item image seeds derive from (pack, seed, index). A new seed is a "
+                                     "new item sequence: its items are new dataset items, not duplicates."),
                 io.Int.Input("start_index", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Index of the first item of this run (0-based). Use it to resume or shard a run."),
                 io.Int.Input("count", default=1, min=1, max=MAX_COUNT,
@@ -76,7 +78,8 @@ class DTGenPromptSampler(io.ComfyNode):
                 io.String.Input("dataset_name", default="", optional=True,
                                 tooltip="Resume mode, with quota_per_class: emit the next `count` item indices from "
                                         "start_index on that this dataset (under ComfyUI's output folder) does not "
-                                        "hold yet and whose class is not full. Empty = plain start_index..+count."),
+                                        "hold yet and whose class is not full. Use the Dataset Writer's dataset_name. "
+                                        "Empty = plain start_index..+count."),
                 io.Int.Input("quota_per_class", default=0, min=0, max=10_000_000, optional=True,
                              tooltip="Resume mode: accepted images wanted per class. When every class is full the "
                                      "run stops here (nothing downstream executes). 0 = off."),
@@ -85,16 +88,16 @@ class DTGenPromptSampler(io.ComfyNode):
                 io.String.Output("positive", display_name="positive", is_output_list=True,
                                  tooltip="Positive prompt per item (trigger + template + suffix)."),
                 io.String.Output("negative", display_name="negative", is_output_list=True,
-                    tooltip="Negative prompt per item."),
+                                 tooltip="Negative prompt per item."),
                 io.String.Output("label", display_name="label", is_output_list=True,
                                  tooltip="Class label per item (a safe folder name)."),
                 io.Int.Output("item_seed", display_name="seed", is_output_list=True,
                               tooltip="Per-item image seed (< 2^53, inside KSampler's range); wire it to KSampler."),
                 io.String.Output("metadata", display_name="metadata", is_output_list=True,
-                                 tooltip="Per-item metadata as JSON: pack, pack_hash, index, class metadata, "
-                                         "clip_text, slot choices."),
+                                 tooltip="Per-item metadata as JSON: pack, pack_hash, stream, index, class "
+                                         "metadata, clip_text, slot choices."),
                 io.Int.Output("total", display_name="total",
-                    tooltip="Size of the pack's combination space for the chosen classes."),
+                              tooltip="Size of the pack's combination space for the chosen classes."),
             ],
         )
 
