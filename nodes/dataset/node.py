@@ -189,7 +189,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, dataset_name, method, k, keep_percent, fixed_threshold, split="", **_) -> bool | str:
-        from ..filtering.offline import method_from
+        from ..filtering.thresholds import method_from
         from .finalize import parse_split
         from .paths import DatasetPathError
 
@@ -218,7 +218,8 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
         from PIL import Image
 
-        from ..filtering.offline import decide_fn_for, histogram_image, method_from
+        from ..filtering.offline import decide_fn_for, histogram_image
+        from ..filtering.thresholds import method_from
         from .finalize import finalize
 
         path = dataset_dir(dataset_name)

@@ -215,7 +215,7 @@ class DTGenClipFilter(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, method, k, keep_percent, fixed_threshold, dataset_name=None, **_) -> bool | str:
         # an input-list node gets every widget value as a one-element list
-        from .offline import method_from
+        from .thresholds import method_from
 
         try:
             method_from(first(method), first(k), first(keep_percent), first(fixed_threshold))
@@ -240,7 +240,7 @@ class DTGenClipFilter(io.ComfyNode):
 
         from ..dataset.history import load_history, load_history_embeddings
         from .decide import decide
-        from .offline import method_from
+        from .thresholds import method_from
         from .plot import score_histograms
         from .scoring import score_items
 

@@ -12,16 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .decide import refilter
-from .thresholds import get_method
-
-
-def method_from(name: str, k: float = 1.5, keep_percent: float = 90.0, fixed_threshold: float = 0.25):
-    """The threshold method for the node widgets / CLI flags (each method reads the one it needs)."""
-    params = {"mean_std": {"k": k}, "median_mad": {"k": k}, "percentile": {"p": keep_percent},
-              "fixed": {"value": fixed_threshold}, "gmm": {"fallback_k": k}}
-    if name not in params:
-        return get_method(name)  # raises the clear "unknown method" error
-    return get_method(name, **params[name])
+from .thresholds import method_from
 
 
 def decide_fn_for(method, min_count: int = 8, margin=None, near_dup=None):

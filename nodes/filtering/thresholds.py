@@ -131,7 +131,8 @@ class Gmm(ThresholdMethod):
 
     def _validate(self):
         if self.params["min_points"] < 4 or self.params["max_iter"] < 1:
-            raise ClipFilterError("min_points must be >= 4 and max_iter >= 1", "gmm params")
+            raise ClipFilterError(f"min_points={self.params['min_points']:g} must be >= 4 and "
+                                  f"max_iter={self.params['max_iter']:g} >= 1", "gmm params")
 
     def _compute(self, s):
         why = self._degenerate(s)
@@ -212,6 +213,15 @@ def _boundary(fit) -> float | None:
 METHODS: dict[str, type[ThresholdMethod]] = {
     cls.name: cls for cls in (MeanStd, MedianMad, Percentile, Fixed, Gmm)
 }
+
+
+def method_from(name: str, k: float = 1.5, keep_percent: float = 90.0, fixed_threshold: float = 0.25):
+    """The threshold method for the node widgets / CLI flags (each method reads the one it needs)."""
+    params = {"mean_std": {"k": k}, "median_mad": {"k": k}, "percentile": {"p": keep_percent},
+              "fixed": {"value": fixed_threshold}, "gmm": {"fallback_k": k}}
+    if name not in params:
+        return get_method(name)  # raises the clear "unknown method" error
+    return get_method(name, **params[name])
 
 
 def get_method(name, **params) -> ThresholdMethod:

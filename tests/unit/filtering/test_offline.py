@@ -8,6 +8,7 @@ import numpy as np
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.dataset.writer import DatasetWriter
 from dtgen.nodes.filtering import offline
+from dtgen.nodes.filtering.thresholds import method_from
 
 
 def _dataset(tmp_path):
@@ -51,7 +52,7 @@ def test_unknown_method_is_a_clear_error(tmp_path, capsys):
 
 
 def test_unscored_records_keep_their_decision():
-    fn = offline.decide_fn_for(offline.method_from("mean_std", k=1.0), min_count=1)
+    fn = offline.decide_fn_for(method_from("mean_std", k=1.0), min_count=1)
     records = [{"label": "a", "score": s, "decision": "accepted"} for s in (0.5, 0.52, 0.54, 0.1)]
     records.append({"label": "a", "score": None, "decision": "accepted", "reason": "unfiltered"})
     out = fn(records)

@@ -82,7 +82,7 @@ def test_registry_and_interface():
     (lambda: get_method("mean_std", k="2"), "k='2' must be a finite number"),
     (lambda: get_method("percentile", p=0), r"p=0 must be in \(0, 100\]"),
     (lambda: get_method("median_mad", k=-1), "k=-1 must be >= 0"),
-    (lambda: get_method("gmm", min_points=2), "min_points must be >= 4"),
+    (lambda: get_method("gmm", min_points=2), "min_points=2 must be >= 4"),
     (lambda: get_method("fixed").threshold([]), "no scores"),
     (lambda: get_method("fixed").threshold([0.2, np.nan]), "NaN"),
 ])
