@@ -119,3 +119,16 @@ def test_sampler_resume_mode_fills_quotas_then_stops(client, comfy_server):
     assert len(manifest(comfy_server.output_dir / "e2e_resume")) == 6
     assert [e for e in first.progress_events() if e["data"]["node"] == "7"], "KSampler progress expected"
     assert not [e for e in last.progress_events() if e["data"]["node"] == "7"], "KSampler ran for a full dataset"
+
+
+def test_class_text_scoring_without_metadata_falls_back_to_a_photo_of_label(client, comfy_server):
+    """The filter's default text side is the pack's class text, carried by the sampler's metadata;
+    with that link missing it scores against "a photo of <label>" instead of failing mid-run."""
+    graph = example_api("dtgen_sd35_lora_batch", count=2, dataset_name="e2e_no_metadata")
+    del graph["10"]["inputs"]["metadata"]
+    run_ok(client, graph)
+    lines = manifest(comfy_server.output_dir / "e2e_no_metadata")
+    assert len(lines) == 2 and all(isinstance(r["score"], float) for r in lines)
+    assert all(r["extra"]["text_side"] == "class_text" for r in lines)
+    # the fallback texts were encoded as class texts: every class of the run has a class score
+    assert all(set(r["extra"]["class_scores"]) == {x["label"] for x in lines} for r in lines)

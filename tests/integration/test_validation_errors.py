@@ -58,3 +58,9 @@ def test_unsafe_dataset_name_is_refused_before_anything_runs(client, comfy_serve
     text = messages(node_errors(client, graph), "11")
     assert "escape" in text and ".." in text, text
     assert not (comfy_server.output_dir.parent / "escape").exists()
+
+
+def test_filter_threshold_settings_are_checked_at_queue_time(client):
+    graph = example_api("dtgen_sd35_lora", method="percentile", keep_percent=0.0)
+    text = messages(node_errors(client, graph), "10")
+    assert "p=0 must be in (0, 100]" in text, text
