@@ -42,7 +42,7 @@ def add_queue_args(p: argparse.ArgumentParser) -> None:
     goal.add_argument("--items", type=int, metavar="N", help="queue items start..start+N-1 (accepted or not)")
     p.add_argument("--server", action="append", metavar="URL",
                    help=f"ComfyUI server; repeat to use several as workers (default {DEFAULT_SERVER})")
-    p.add_argument("--dataset", help="dataset name (sets the writer's and the filter's dataset_name)")
+    p.add_argument("--dataset", help="dataset name (sets the dataset_name of the writer, the filter and the sampler)")
     p.add_argument("--output-dir", type=Path, help="the servers' ComfyUI output folder as seen from here "
                    "(default: learnt from the first finished item)")
     p.add_argument("--pending", type=int, default=2, help="prompts kept queued per server (default 2)")

@@ -15,7 +15,7 @@ from ..nodes.dataset.quotas import is_done
 
 
 class DatasetView:
-    def __init__(self, dataset_dir, pack_hash: str | None = None, stream: str | None = None):
+    def __init__(self, dataset_dir, pack_hash: str | None = None, stream: tuple | None = None):
         self.dir = Path(dataset_dir)
         self.pack_hash, self.stream = pack_hash, stream
         self._live: dict[str, dict] = {}
@@ -33,7 +33,9 @@ class DatasetView:
             self._offset = 0
         read = manifest.read(self.dir, self._offset)
         for rec in read.records:
-            self._live[rec["id"]] = {k: rec.get(k) for k in ("label", "decision", "index", "pack_hash", "stream", "file")}
+            meta = rec.get("metadata") or {}
+            self._live[rec["id"]] = {**{k: rec.get(k) for k in ("label", "decision", "index", "pack_hash", "stream", "file")},
+                                     "metadata": {k: meta.get(k) for k in ("base_seed", "mode")}}
         self._offset, self._inode = read.end, st.st_ino
         return self
 

@@ -87,7 +87,7 @@ class QueueRun:
         self.view: DatasetView | None = None
         self.reported_dir: str | None = None
         if settings.output_dir is not None:
-            self.view = DatasetView(Path(settings.output_dir) / self.dataset, self.pack_hash, sampler.stream)
+            self.view = DatasetView(Path(settings.output_dir) / self.dataset, self.pack_hash, sampler.stream_key)
         self.errors_in_a_row = 0
         self.items_done = 0
         self.t0 = time.monotonic()
@@ -122,7 +122,8 @@ class QueueRun:
         n = 0
         for entry in running + pending:
             mark = (entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {}).get(MARK) or {}
-            if mark.get("dataset") == self.dataset and mark.get("pack_hash") == self.pack_hash:
+            if (mark.get("dataset"), mark.get("pack_hash"), mark.get("stream")) == (
+                    self.dataset, self.pack_hash, self.sampler.stream):   # same items: this run's to follow
                 job = Job(tuple(mark.get("indices") or ()), prompt_id=entry[1], server=w.url)
                 w.jobs[entry[1]] = job
                 self.planner.adopt(job)
@@ -140,7 +141,7 @@ class QueueRun:
             reported = writer_dataset_path(entry, self.wf.writer_id) if mark.get("dataset") == self.dataset else None
             if reported and (Path(reported) / "manifest.jsonl").is_file():
                 self.reported_dir = reported
-                self.view = DatasetView(reported, self.pack_hash, self.sampler.stream)
+                self.view = DatasetView(reported, self.pack_hash, self.sampler.stream_key)
                 return
 
     # -------------------------------------------------------------------------------------- loop
@@ -195,7 +196,8 @@ class QueueRun:
 
     def _submit(self, w: Worker, job: Job) -> bool:
         graph = self.wf.item_graph(job.indices[0], len(job.indices))
-        extra = {MARK: {"dataset": self.dataset, "pack_hash": self.pack_hash, "indices": list(job.indices)}}
+        extra = {MARK: {"dataset": self.dataset, "pack_hash": self.pack_hash, "stream": self.sampler.stream,
+                        "indices": list(job.indices)}}
         try:
             pid = w.api.queue_prompt(graph, self.client_id, extra)
         except ServerUnreachable:
@@ -264,7 +266,7 @@ class QueueRun:
             if not (Path(reported) / "manifest.jsonl").is_file():
                 raise RunError(f"the server wrote the dataset to {reported}, which this machine cannot see; run "
                                "the client where that folder is visible or pass --output-dir <mounted output folder>")
-            self.view = DatasetView(reported, self.pack_hash, self.sampler.stream)
+            self.view = DatasetView(reported, self.pack_hash, self.sampler.stream_key)
         elif not (self.view.dir / "manifest.jsonl").is_file():
             raise RunError(f"no manifest at {self.view.dir} although the server wrote {reported}: --output-dir "
                            "must be the server's output folder")

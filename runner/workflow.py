@@ -118,7 +118,8 @@ class Workflow:
 
     def set_dataset(self, name: str) -> None:
         """The writer's folder, the filter's history and the sampler's resume dataset are one dataset."""
-        sampler = [self.sampler_id] if "dataset_name" in self.graph[self.sampler_id]["inputs"] else []
+        value = self.graph[self.sampler_id]["inputs"].get("dataset_name")
+        sampler = [self.sampler_id] if isinstance(value, str) else []   # absent or linked: leave it
         for node_id in [self.writer_id, *self.filter_ids, *sampler]:
             self.set_input(node_id, "dataset_name", name)
 

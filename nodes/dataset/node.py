@@ -105,6 +105,8 @@ class DTGenDatasetWriter(io.ComfyNode):
     def validate_inputs(cls, dataset_name) -> bool | str:
         from .paths import DatasetPathError
 
+        if first(dataset_name) is None:   # linked: checked at execution
+            return True
         try:
             dataset_dir(first(dataset_name))
         except DatasetPathError as exc:
@@ -188,16 +190,21 @@ class DTGenDatasetFinalize(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset_name, method, k, keep_percent, fixed_threshold, split="", **_) -> bool | str:
+    def validate_inputs(cls, dataset_name, method, k, keep_percent, fixed_threshold, split="") -> bool | str:
+        # only the inputs named here lose ComfyUI's own checks; each is checked below
+        from ..common.validation import linked
         from ..filtering.thresholds import method_from
         from .finalize import parse_split
         from .paths import DatasetPathError
 
         try:
-            path = dataset_dir(dataset_name)
-            if split and split.strip():
+            if not linked(method, k, keep_percent, fixed_threshold):
+                method_from(method, k, keep_percent, fixed_threshold)
+            if not linked(split) and split.strip():
                 parse_split(split)
-            method_from(method, k, keep_percent, fixed_threshold)
+            if linked(dataset_name):
+                return True
+            path = dataset_dir(dataset_name)
         except (DatasetPathError, ValueError) as exc:
             return str(exc)
         if not path.is_dir():

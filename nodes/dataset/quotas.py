@@ -20,22 +20,29 @@ def missing(dataset_dir, targets: dict[str, int]) -> dict[str, int]:
     return {label: max(0, int(t) - have.get(label, {}).get("accepted", 0)) for label, t in targets.items()}
 
 
-def done_indices(dataset_dir, pack_hash: str | None = None, stream: str | None = None) -> set[int]:
+def done_indices(dataset_dir, pack_hash: str | None = None, stream: tuple | None = None) -> set[int]:
     """Sampler indices already stored (accepted or rejected), optionally of one prompt pack and
-    one sampler stream only (records written before streams existed match any stream)."""
+    one sampler stream only (``Sampler.stream_key``)."""
     return {int(r["index"]) for r in live_records(dataset_dir) if is_done(r, pack_hash, stream)}
 
 
-def is_done(rec: dict, pack_hash: str | None, stream: str | None) -> bool:
-    """Whether a live record holds an index of this pack (and stream)."""
-    return (rec.get("index") is not None
-            and (pack_hash is None or rec.get("pack_hash") == pack_hash)
-            and (stream is None or rec.get("stream") in (None, stream)))
+def is_done(rec: dict, pack_hash: str | None, stream: tuple | None) -> bool:
+    """Whether a live record holds an index of this pack and stream. ``stream`` is
+    (stream id, base seed, mode): a record written before streams existed (pack 0.1.0) has no
+    stream id and counts when its base seed and mode match (its class subset was not recorded)."""
+    if rec.get("index") is None or (pack_hash is not None and rec.get("pack_hash") != pack_hash):
+        return False
+    if stream is None:
+        return True
+    meta = rec.get("metadata") or {}
+    if rec.get("stream"):
+        return rec["stream"] == stream[0]
+    return (meta.get("base_seed"), meta.get("mode")) == tuple(stream[1:])
 
 
 def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,
                          targets: dict[str, int] | None = None, pack_hash: str | None = None,
-                         max_scan: int | None = None, stream: str | None = None) -> list[int]:
+                         max_scan: int | None = None, stream: tuple | None = None) -> list[int]:
     """Up to ``n`` indices from ``start`` on that are not done and whose class still needs images.
 
     Each picked index counts as one future accepted image of its class, so a class with 3 missing

@@ -57,6 +57,25 @@ def item_id(item: ScoredItem) -> str:
     return hashlib.sha256(item_key(item).encode()).hexdigest()[:16]
 
 
+def legacy_item_id(item: ScoredItem) -> str | None:
+    """The id a streamed sampler item had before streams existed (pack 0.1.0), else None.
+    Such a stored record is the same item when its base seed and mode match (``stream_of``)."""
+    meta = item.metadata or {}
+    if item.index is None or not meta.get("stream"):
+        return None
+    key = f"{meta.get('pack_hash') or ''}:{int(item.index)}"
+    if "batch_index" in (item.extra or {}):
+        key = f"item_id:{key}:{item.extra['batch_index']}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def stream_of(rec_or_meta: dict) -> tuple:
+    """What identifies a record's item sequence: its stream, or for records written before
+    streams existed, (base seed, mode) (the class subset was not recorded)."""
+    meta = rec_or_meta.get("metadata") or rec_or_meta
+    return (meta.get("stream"),) if meta.get("stream") else ("legacy", meta.get("base_seed"), meta.get("mode"))
+
+
 def to_uint8(image, where: str) -> np.ndarray:
     """ComfyUI IMAGE row (H x W x C float in [0, 1]) -> uint8, the way SaveImage converts it."""
     arr = np.asarray(image)
@@ -107,6 +126,7 @@ class DatasetWriter:
             self.quotas[label] = None if target is None else int(target)
         self.reconciled: ReconcileReport | None = None
         self._ids: set[str] = set()
+        self._legacy: dict[str, tuple] = {}    # id -> stream_of() for records without a stream
         self._counts: dict[str, dict[str, int]] = {}
         self._folders: dict[str, str] = {}     # folder.lower() -> label that owns it
         self._offset = 0
@@ -134,12 +154,10 @@ class DatasetWriter:
         opening the dataset once per queue run does not re-parse every line."""
         from .history import live_state
 
-        self._ids.clear(), self._counts.clear(), self._folders.clear()
+        self._ids.clear(), self._counts.clear(), self._folders.clear(), self._legacy.clear()
         inode, end, view = live_state(self.dir)
         for rec in view.values():
-            self._ids.add(rec["id"])
-            self._count(rec["label"], rec["decision"], 1)
-            self._folders.setdefault(rec["label_dir"].lower(), rec["label"])
+            self._take(rec)
         self._offset, self._inode = end, inode
         self._refresh()
 
@@ -155,10 +173,16 @@ class DatasetWriter:
             if rec["id"] in self._ids:  # only happens for redecide lines: recount from scratch
                 self._inode = None
                 return self._reload()
-            self._ids.add(rec["id"])
-            self._count(rec["label"], rec["decision"], 1)
-            self._folders.setdefault(rec["label_dir"].lower(), rec["label"])
+            self._take(rec)
         self._offset, self._inode = read.end, inode
+
+    def _take(self, rec: dict) -> None:
+        """Count a stored record into this writer's view of the dataset."""
+        self._ids.add(rec["id"])
+        self._count(rec["label"], rec["decision"], 1)
+        self._folders.setdefault(rec["label_dir"].lower(), rec["label"])
+        if rec.get("index") is not None and not rec.get("stream"):
+            self._legacy[rec["id"]] = stream_of(rec)
 
     def _count(self, label: str, decision: str, n: int) -> None:
         c = self._counts.setdefault(label, {"accepted": 0, "rejected": 0})
@@ -224,7 +248,7 @@ class DatasetWriter:
         for n, item in enumerate(items):
             decision = "accepted" if item.accepted else "rejected"
             rid = item_id(item)
-            if rid in self._ids or rid in batch_ids:
+            if rid in self._ids or rid in batch_ids or self._is_legacy_copy(item):
                 result.skipped_duplicate[decision] += 1
                 continue
             if decision == "accepted" and self._quota_full(item.label, placed):
@@ -234,6 +258,11 @@ class DatasetWriter:
             self._place(item, rec, png_text, n)
             batch_ids.add(rid)
             placed.append((rec, item))
+
+    def _is_legacy_copy(self, item: ScoredItem) -> bool:
+        legacy = legacy_item_id(item)
+        meta = item.metadata or {}
+        return legacy in self._legacy and self._legacy[legacy] == ("legacy", meta.get("base_seed"), meta.get("mode"))
 
     def _quota_full(self, label: str, placed) -> bool:
         target = self.quotas.get(label)
@@ -291,9 +320,8 @@ class DatasetWriter:
                 f"{ORPHANS}/, the manifest is unchanged - free space and run again",
             ) from e
         for rec in records:
-            self._ids.add(rec["id"])
-            self._count(rec["label"], rec["decision"], 1)
-        self._offset, self._inode = manifest_stat(self.dir)[1], manifest_stat(self.dir)[0]
+            self._take(rec)
+        self._inode, self._offset = manifest_stat(self.dir)
         try:
             metadata.append(self.dir, records)
         except OSError as e:

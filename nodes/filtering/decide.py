@@ -54,17 +54,19 @@ def decide(items: list[ScoredItem], method, history: dict | None = None, min_cou
 def refilter(records: Sequence[dict], method, history: dict | None = None, min_count: int = 8,
              margin: float | None = None, near_dup: float | None = None,
              history_embeddings: dict | None = None,
-             class_orders: dict | None = None) -> RefilterResult:
+             class_orders: dict | None = None, kept_rejections: Sequence[str | None] | None = None) -> RefilterResult:
     """Re-apply ``decide``'s rules to stored records without re-encoding anything.
 
     A record is a dict with ``label`` and ``score`` and optionally ``class_scores``
     ({label: cosine}, also read from ``extra["class_scores"]`` as the writer stores it), ``embedding`` (list or array), ``order`` (or ``metadata["order"]``).
     Returns copies of the records with ``accepted``, ``reason``, ``threshold``, ``method`` and
     ``provisional`` set, plus the per-class thresholds.
+    ``kept_rejections``: per record, a reason that keeps it rejected whatever the threshold says
+    (a check that is not re-run), or None; such records never count as near-duplicate originals.
     """
     rows = [_row_from_record(rec, pos) for pos, rec in enumerate(records)]
     out = _decide(rows, method, history, min_count, margin, near_dup, history_embeddings,
-                  class_orders)
+                  class_orders, kept_rejections)
     name = out.config["method"]
     updated = [dict(rec, accepted=a, reason=r, threshold=t, provisional=p, method=name)
                for rec, (a, r, t, p) in zip(records, out.per_item)]
@@ -105,7 +107,7 @@ def _row_from_record(rec: dict, pos: int) -> _Row:
 
 
 def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, history_embeddings,
-            class_orders) -> _Outcome:
+            class_orders, kept_rejections=None) -> _Outcome:
     if not rows:
         raise ClipFilterError("nothing to decide (empty list)", "items")
     method = method if isinstance(method, ThresholdMethod) else get_method(method)
@@ -133,6 +135,9 @@ def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, hist
     thr_per_row = np.array([thresholds[label] for label in labels])
     accepted = scores >= thr_per_row
     reasons = np.where(accepted, "ok", "below_threshold").astype(object)
+    for i, kept in enumerate(kept_rejections or ()):
+        if kept and accepted[i]:
+            accepted[i], reasons[i] = False, kept
     if margin is not None:
         orders = _class_orders(rows, class_orders)
         for i in np.flatnonzero(accepted):

@@ -2,9 +2,10 @@
 
 Only ``fetch_pretrained`` touches the network, and only when the caller asks for it (the CLIP
 loader's "(download ...)" entry). The file lands as ``<folder>/<arch>-<tag>.safetensors``:
-whatever open_clip fetches (Hugging Face .safetensors / .bin, or OpenAI's TorchScript .pt) is read
-with the same checks as a local file (``weights_only=True``) and re-saved as safetensors, then
-moved into place atomically, so an interrupted or failed download leaves nothing behind.
+whatever open_clip fetches (into a temporary folder outside the model folder: Hugging Face
+.safetensors / .bin, or OpenAI's TorchScript .pt) is read with the same checks as a local file
+(``weights_only=True``), re-saved as safetensors next to the target under a hidden ``.part``
+name, synced and renamed into place, so a failed download leaves nothing the loader would list.
 """
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ def fetch_pretrained(arch: str, tag: str, folder, download: Callable | None = No
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ClipFilterError(f"cannot create the model folder ({exc})", str(target.parent)) from exc
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".dtgen-download-") as tmp:
+    # The hub cache goes to the system temp folder, not into the model folder, whose sub-folders
+    # ComfyUI lists in the weights menu; only the finished file is staged next to the target.
+    with tempfile.TemporaryDirectory(prefix="dtgen-download-") as tmp:
         try:
             fetched = download(cfg, cache_dir=tmp)
         except Exception as exc:  # network, hub and HTTP errors come in many types
@@ -70,9 +73,14 @@ def fetch_pretrained(arch: str, tag: str, folder, download: Callable | None = No
             raise ClipFilterError(f"open_clip has no download for {arch} / {tag} "
                                   f"(source: {source_of(cfg)})", "pretrained_tag")
         state = _read_state_dict(Path(fetched))
-        staged = Path(tmp) / target.name
-        _save_safetensors(state, staged)
-        os.replace(staged, target)
+        staged = target.with_name(f".{target.name}.part")   # not a weights suffix: never listed
+        try:
+            _save_safetensors(state, staged)
+            with open(staged, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(staged, target)
+        finally:
+            staged.unlink(missing_ok=True)
     return target
 
 

@@ -21,7 +21,8 @@ from ..common.records import ScoredBatch, ScoredItem
 
 CLIP_FOLDER = "open_clip"  # models/open_clip, mappable in extra_model_paths.yaml
 WEIGHT_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin"}
-folder_paths.add_model_folder_path(CLIP_FOLDER, os.path.join(folder_paths.models_dir, CLIP_FOLDER))
+# is_default: models/open_clip comes first, so the download entry writes there
+folder_paths.add_model_folder_path(CLIP_FOLDER, os.path.join(folder_paths.models_dir, CLIP_FOLDER), is_default=True)
 folder_paths.folder_names_and_paths[CLIP_FOLDER][1].update(WEIGHT_SUFFIXES)
 FROM_CACHE = "(open_clip / Hugging Face cache)"
 DOWNLOAD = "(download pretrained_tag into models/open_clip)"   # the only entry that downloads
@@ -111,8 +112,11 @@ class DTGenClipLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, arch, weights, pretrained_tag="openai") -> bool | str:
+        from ..common.validation import linked
         from .clip_model import ClipFilterError, check_arch
 
+        if linked(arch, weights, pretrained_tag):   # checked at execution
+            return True
         try:
             check_arch(arch)
             resolve_weights(weights, arch, pretrained_tag)
@@ -213,13 +217,17 @@ class DTGenClipFilter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, method, k, keep_percent, fixed_threshold, dataset_name=None, **_) -> bool | str:
-        # an input-list node gets every widget value as a one-element list
+    def validate_inputs(cls, method, k, keep_percent, fixed_threshold, dataset_name=None) -> bool | str:
+        # an input-list node gets every widget value as a one-element list; only the inputs named
+        # here lose ComfyUI's own checks, and method_from checks each of them
+        from ..common.validation import linked
         from .thresholds import method_from
 
+        values = [first(v) for v in (method, k, keep_percent, fixed_threshold)]
         try:
-            method_from(first(method), first(k), first(keep_percent), first(fixed_threshold))
-            dataset_dir(first(dataset_name, ""))
+            if not linked(*values):
+                method_from(*values)
+            dataset_dir(first(dataset_name, "") or "")
         except ValueError as exc:   # ClipFilterError, DatasetPathError
             return str(exc)
         return True

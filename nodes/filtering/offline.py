@@ -26,8 +26,9 @@ def decide_fn_for(method, min_count: int = 8, margin=None, near_dup=None):
 
     def decide_records(records: list[dict]) -> list[tuple]:
         scored = [r for r in records if r.get("score") is not None]
-        result = refilter(scored, method, min_count=min_count, margin=margin, near_dup=near_dup) \
-            if scored else None
+        kept = [r.get("reason") if r.get("reason") in kept_reasons else None for r in scored]
+        result = refilter(scored, method, min_count=min_count, margin=margin, near_dup=near_dup,
+                          kept_rejections=kept) if scored else None
         by_id = {id(orig): new for orig, new in zip(scored, result.records if result else [])}
         out = []
         for rec in records:
@@ -35,8 +36,6 @@ def decide_fn_for(method, min_count: int = 8, margin=None, near_dup=None):
             if new is None:  # stored without a score (unfiltered graph): keep its decision
                 out.append((rec.get("decision") == "accepted", rec.get("threshold"), rec.get("reason", "unfiltered"),
                             bool(rec.get("provisional"))))
-            elif rec.get("reason") in kept_reasons and new["accepted"]:
-                out.append((False, new["threshold"], rec["reason"], new["provisional"]))
             else:
                 out.append((new["accepted"], new["threshold"], new["reason"], new["provisional"]))
         return out

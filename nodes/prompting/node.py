@@ -12,6 +12,7 @@ from ..common.naming import category, node_id
 from . import catalog
 from .catalog import USER_FOLDER
 from .pack import PromptPackError
+from ..common.validation import check_int, linked
 from .sampler import MAX_COUNT, MODES, Sampler
 
 folder_paths.add_model_folder_path(USER_FOLDER, os.path.join(folder_paths.models_dir, USER_FOLDER))
@@ -40,7 +41,7 @@ def missing_indices(sampler: Sampler, dataset_dir, start: int, count: int, quota
         scan = max(0, sampler.total - start)
     return next_missing_indices(dataset_dir, sampler.label_of, start, count,
                                 targets={label: quota for label in sampler.labels},
-                                pack_hash=sampler.pack.pack_hash, max_scan=scan, stream=sampler.stream)
+                                pack_hash=sampler.pack.pack_hash, max_scan=scan, stream=sampler.stream_key)
 
 
 class DTGenPromptSampler(io.ComfyNode):
@@ -114,12 +115,22 @@ class DTGenPromptSampler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="",
                         dataset_name="", quota_per_class=0) -> bool | str:
+        # naming these inputs turns off ComfyUI's own range checks for them: check them here
         try:
+            if not linked(count):
+                check_int("count", count, 1, MAX_COUNT)
+            if not linked(start_index):
+                check_int("start_index", start_index, 0)
+            if not linked(quota_per_class):
+                check_int("quota_per_class", quota_per_class, 0)
+            if linked(pack, mode, seed, classes, inline_yaml):
+                return True   # the sampler is built (and checked) at execution
             sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
-            if mode == "exhaustive" and start_index + count > sampler.total:
+            if not linked(start_index, count) and mode == "exhaustive" and start_index + count > sampler.total:
                 return (f"start_index {start_index} + count {count} is past the end of the exhaustive "
                         f"space ({sampler.total} combinations)")
-            _resume_dir(dataset_name, quota_per_class)
+            if not linked(dataset_name, quota_per_class):
+                _resume_dir(dataset_name, quota_per_class)
         except (PromptPackError, ValueError) as exc:
             return str(exc)
         return True

@@ -329,6 +329,8 @@ class Sampler:
         self._seed_base.update(b"%d:" % seed)
         self._n_classes = len(self._classes)
         self.stream = stream_id(pack.pack_hash, mode, seed, self.labels)
+        # what a stored record is matched on (records written before streams: base seed and mode)
+        self.stream_key = (self.stream, seed, mode)
 
     def item_seed(self, i: int) -> int:
         """The image seed of item i: depends on (base seed, i) only, < 2**53."""

@@ -64,3 +64,27 @@ def test_filter_threshold_settings_are_checked_at_queue_time(client):
     graph = example_api("dtgen_sd35_lora", method="percentile", keep_percent=0.0)
     text = messages(node_errors(client, graph), "10")
     assert "p=0 must be in (0, 100]" in text, text
+
+
+def test_comfyui_still_checks_the_inputs_a_node_does_not_validate_itself(client):
+    """validate_inputs names only the inputs it checks, so ComfyUI keeps checking the others
+    (a ``**kwargs`` signature would switch its option and range checks off for the whole node)."""
+    graph = example_api("dtgen_sd35_lora", text_side="sideways", batch_size=0)
+    text = messages(node_errors(client, graph), "10")
+    assert "sideways" in text and "batch_size" in text, text
+
+
+def test_sampler_count_range_is_checked(client):
+    text = messages(node_errors(client, example_api("dtgen_sd35_lora", count=5000)), "1")
+    assert "count=5000 must be an integer 1 .. 4096" in text, text
+
+
+def test_linked_widget_values_are_checked_at_execution_not_refused(client, comfy_server):
+    """A seed from a primitive node is unknown at queue time: validation lets it through."""
+    graph = example_api("dtgen_sd35_lora", dataset_name="linked_seed")
+    graph["50"] = {"class_type": "PrimitiveInt", "inputs": {"value": 3}}
+    graph["1"]["inputs"]["seed"] = ["50", 0]
+    result = client.run(graph)
+    assert result.error is None, result.error
+    lines = (comfy_server.output_dir / "linked_seed" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["metadata"]["base_seed"] == 3

@@ -50,3 +50,15 @@ def test_bad_lists_name_the_input(kwargs, field):
 def test_widget_values_of_input_list_nodes():
     assert first([3, 4]) == 3 and first(5) == 5 and first([], "d") == "d" and first(None, 1) == 1
     assert as_list(None) == [] and as_list("x") == ["x"] and as_list((1, 2)) == [1, 2]
+
+
+def test_batch_frames_of_another_sampler_stream_are_other_items():
+    """Frames of index 5 under a new seed (another stream) must not collide with the old frames."""
+    def streamed(stream):
+        return json.dumps(dict(json.loads(meta(5, "a")), stream=stream))
+
+    old = items_from_lists([img(batch=2)], ["p"], ["a"], [streamed("s1")])
+    new = items_from_lists([img(batch=2)], ["p"], ["a"], [streamed("s2")])
+    ids_old = {it.metadata["item_id"] for it in old}
+    ids_new = {it.metadata["item_id"] for it in new}
+    assert len(ids_old) == len(ids_new) == 2 and not ids_old & ids_new

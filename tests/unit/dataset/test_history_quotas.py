@@ -65,10 +65,13 @@ def test_cached_live_view_follows_appends_and_rewrites(tmp_path):
     assert [r["id"] for r in live_records(ds)] == ["id7"]
 
 
-def _with_stream(items, stream):
+def _with_stream(items, stream, base_seed=0, mode="balanced"):
     for it in items:
-        it.metadata = dict(it.metadata, stream=stream)
+        it.metadata = dict(it.metadata, base_seed=base_seed, mode=mode, **({"stream": stream} if stream else {}))
     return items
+
+
+S1, S2 = ("s1", 0, "balanced"), ("s2", 1, "balanced")   # Sampler.stream_key: (stream, base seed, mode)
 
 
 def test_a_new_sampler_stream_gives_new_items_not_duplicates(tmp_path):
@@ -76,19 +79,24 @@ def test_a_new_sampler_stream_gives_new_items_not_duplicates(tmp_path):
     with DatasetWriter(ds) as writer:
         first = writer.write(_with_stream(make_items(range(4)), "s1"))
         again = writer.write(_with_stream(make_items(range(4)), "s1"))
-        other = writer.write(_with_stream(make_items(range(4)), "s2"))   # e.g. the sampler seed changed
+        other = writer.write(_with_stream(make_items(range(4)), "s2", base_seed=1))   # the seed changed
     assert sum(first.written.values()) == 4
     assert sum(again.written.values()) == 0 and sum(again.skipped_duplicate.values()) == 4
     assert sum(other.written.values()) == 4 and sum(other.skipped_duplicate.values()) == 0
-    assert done_indices(ds, "ph1", "s1") == done_indices(ds, "ph1", "s2") == {0, 1, 2, 3}
-    assert done_indices(ds, "ph1", "s3") == set()
-    assert next_missing_indices(ds, lambda i: "cat", 0, 3, stream="s3") == [0, 1, 2]
+    assert done_indices(ds, "ph1", S1) == done_indices(ds, "ph1", S2) == {0, 1, 2, 3}
+    assert done_indices(ds, "ph1", ("s3", 2, "balanced")) == set()
+    assert next_missing_indices(ds, lambda i: "cat", 0, 3, stream=("s3", 2, "balanced")) == [0, 1, 2]
 
 
-def test_records_written_before_streams_count_for_every_stream(tmp_path):
+def test_records_written_before_streams_match_by_seed_and_mode(tmp_path):
+    """Datasets of pack 0.1.0: records without a stream are the same items as a streamed sampler's
+    when base seed and mode match (then not written twice), and other items otherwise."""
     ds = tmp_path / "ds"
     with DatasetWriter(ds) as writer:
-        writer.write(make_items(range(3)))                       # no stream in the metadata
-        writer.write(_with_stream(make_items(range(3, 5)), "s1"))
-    assert done_indices(ds, "ph1", "s1") == {0, 1, 2, 3, 4}
-    assert done_indices(ds, "ph1", "s2") == {0, 1, 2}
+        writer.write(_with_stream(make_items(range(3)), None))          # 0.1.0: no stream, seed 0
+        same = writer.write(_with_stream(make_items(range(3)), "s1"))   # same seed and mode
+        other = writer.write(_with_stream(make_items(range(3)), "s2", base_seed=1))
+    assert sum(same.written.values()) == 0 and sum(same.skipped_duplicate.values()) == 3
+    assert sum(other.written.values()) == 3
+    assert done_indices(ds, "ph1", S1) == {0, 1, 2}
+    assert done_indices(ds, "ph1", ("s9", 0, "random")) == set()

@@ -124,3 +124,17 @@ def test_out_of_range_recheck_is_refused_and_touches_nothing(tmp_path):
     before = (ds / "manifest.jsonl").read_text()
     assert offline.main([str(ds), "--near-duplicate", "1.5"]) == 2
     assert (ds / "manifest.jsonl").read_text() == before
+
+
+def test_a_kept_rejection_is_no_near_duplicate_original():
+    """Re-running only the near-duplicate check: an image the filter rejected for class margin
+    stays rejected and does not make its look-alike a duplicate (else both would be lost)."""
+    fn = offline.decide_fn_for(method_from("fixed", fixed_threshold=0.1), min_count=1, near_dup=0.99)
+    e = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    records = [
+        {"label": "a", "score": 0.3, "decision": "rejected", "reason": "class_margin", "embedding": e},
+        {"label": "a", "score": 0.3, "decision": "accepted", "reason": "ok", "embedding": e.copy()},
+        {"label": "a", "score": 0.3, "decision": "accepted", "reason": "ok", "embedding": e.copy()},
+    ]
+    out = fn(records)
+    assert [(o[0], o[2]) for o in out] == [(False, "class_margin"), (True, "ok"), (False, "near_duplicate")]

@@ -20,9 +20,10 @@ WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
 TWO = "plate_clean,bowl_clean"
 
 
-def make_run(servers, out, classes=TWO, **kw):
+def make_run(servers, out, classes=TWO, seed=0, **kw):
     wf = Workflow.load(WORKFLOW)
     wf.set_input(wf.sampler_id, "classes", classes)
+    wf.set_input(wf.sampler_id, "seed", seed)
     wf.set_dataset(kw.pop("dataset", "ds"))
     sampler = local_sampler(wf.sampler_inputs())
     quota = kw.pop("quota", None)
@@ -90,6 +91,22 @@ def test_prompts_left_by_a_killed_client_are_adopted(fakes, tmp_path):
     run.run()
     assert sorted(fake.executed) == [0, 1, 2, 3]
     assert "earlier run are still queued" in log.getvalue()
+
+
+def test_prompts_of_another_seed_are_not_adopted(fakes, tmp_path):
+    """Prompts left queued by a run with another sampler seed make other items: a new run waits
+    for nothing of theirs and plans its own indices from 0."""
+    fake = fakes(delay=0.3)
+    dead, _ = make_run([fake], None, quota=2, output_dir=tmp_path / "out", pending=3)
+    dead.connect()
+    dead._fill({}, set())
+    run, log = make_run([fake], None, seed=1, items=4, output_dir=tmp_path / "out", pending=3)
+    run.run()
+    assert "earlier run are still queued" not in log.getvalue()
+    by_seed = {}
+    for r in stored(tmp_path / "out" / "ds"):
+        by_seed.setdefault(r["metadata"]["base_seed"], set()).add(r["index"])
+    assert by_seed[1] == {0, 1, 2, 3}   # all four of its own items, none taken for the seed-0 ones
 
 
 def test_failed_prompts_are_retried_a_bounded_number_of_times(fakes, tmp_path):
