@@ -102,9 +102,12 @@ class DTGenDatasetWriter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset_name) -> bool | str:
+    def validate_inputs(cls, dataset_name, image_format=None) -> bool | str:
         from .paths import DatasetPathError
 
+        fmt = first(image_format)
+        if fmt is not None and fmt not in FORMATS:   # this ComfyUI does not check V3 combo values
+            return f"image_format {fmt!r}: choose one of {', '.join(FORMATS)}"
         if first(dataset_name) is None:   # linked: checked at execution
             return True
         try:

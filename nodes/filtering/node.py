@@ -217,13 +217,16 @@ class DTGenClipFilter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, method, k, keep_percent, fixed_threshold, dataset_name=None) -> bool | str:
+    def validate_inputs(cls, text_side, method, k, keep_percent, fixed_threshold, dataset_name=None) -> bool | str:
         # an input-list node gets every widget value as a one-element list; only the inputs named
         # here lose ComfyUI's own checks, and method_from checks each of them
         from ..common.validation import linked
         from .thresholds import method_from
 
         values = [first(v) for v in (method, k, keep_percent, fixed_threshold)]
+        side = first(text_side)
+        if side is not None and side not in TEXT_SIDES:   # this ComfyUI does not check V3 combo values
+            return f"text_side {side!r}: choose one of {', '.join(TEXT_SIDES)}"
         try:
             if not linked(*values):
                 method_from(*values)

@@ -88,3 +88,9 @@ def test_linked_widget_values_are_checked_at_execution_not_refused(client, comfy
     assert result.error is None, result.error
     lines = (comfy_server.output_dir / "linked_seed" / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["metadata"]["base_seed"] == 3
+
+
+def test_bad_combo_values_of_dtgen_nodes_are_refused_at_queue_time(client):
+    """ComfyUI 0.3.64 does not check V3 combo values itself; the nodes do."""
+    graph = example_api("dtgen_sd35_lora", image_format="tiff")
+    assert "image_format 'tiff'" in messages(node_errors(client, graph), "11")
