@@ -2,14 +2,13 @@
 builds the embedded tiny models, starts its own server, fills a small quota and finalizes."""
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 
 from support.comfy_server import free_port
+from support.not_comfy import not_comfy_server
 from support.pkg import ROOT
 
 
@@ -42,23 +41,11 @@ def test_demo_builds_a_dataset_from_nothing(comfyui_path, tmp_path):
     assert (tmp_path / "models" / "checkpoints" / "tiny_sd3.safetensors").is_file()
 
 
-class _NotComfy(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(404)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
 
 def test_demo_failures_end_with_one_line(comfyui_path, tmp_path):
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), _NotComfy)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        done = demo(["--comfyui", comfyui_path, "--workspace", tmp_path / "ws", "--port", httpd.server_port,
+    with not_comfy_server() as port:
+        done = demo(["--comfyui", comfyui_path, "--workspace", tmp_path / "ws", "--port", port,
                      "--tiny"], ROOT, timeout=300)
-    finally:
-        httpd.shutdown()
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "is not ComfyUI" in done.stderr and "--port" in done.stderr
 

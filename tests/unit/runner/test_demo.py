@@ -5,14 +5,13 @@ is replaced by a recorder."""
 from __future__ import annotations
 
 import argparse
-import http.server
-import threading
 
 import pytest
 from dtgen.runner import demo
 from dtgen.runner.local_server import LocalServer, LocalServerError, port_in_use
 from dtgen.runner.workflow import Workflow
 from fake_comfy import FakeComfy
+from support.not_comfy import not_comfy_server
 
 
 @pytest.mark.parametrize("busy, comfy, tiny, expected", [
@@ -34,14 +33,6 @@ def comfy_on_port(tmp_path):
     fake.stop()
 
 
-class _NotComfy(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(404)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
 
 def test_pick_port_starts_elsewhere_only_for_the_tiny_models(comfy_on_port):
     port = comfy_on_port.httpd.server_port
@@ -54,16 +45,10 @@ def test_pick_port_starts_elsewhere_only_for_the_tiny_models(comfy_on_port):
 
 
 def test_pick_port_on_a_free_port_and_on_a_foreign_program():
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), _NotComfy)
-    port = httpd.server_port
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with not_comfy_server() as port:
         for tiny in (True, False):
             with pytest.raises(LocalServerError, match=f"port {port} is used by a program that is not ComfyUI"):
                 demo.pick_port(port, tiny=tiny, say=print)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     said = []
     assert demo.pick_port(port, tiny=True, say=said.append) == (port, False) and said == []
 
