@@ -18,3 +18,10 @@ def check_int(name: str, value, lo: int, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         bound = f"{lo} .. {hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{name}={value!r} must be an integer {bound}")
+
+
+def check_choice(name: str, value, options) -> None:
+    """ValueError naming ``name`` unless ``value`` is one of ``options`` (ComfyUI 0.3.64 does not
+    check the values of V3 combo inputs itself)."""
+    if value not in options:
+        raise ValueError(f"{name} {value!r}: choose one of {', '.join(options)}")

@@ -103,16 +103,14 @@ class DTGenDatasetWriter(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, dataset_name, image_format=None) -> bool | str:
-        from .paths import DatasetPathError
+        from ..common.validation import check_choice, linked
 
-        fmt = first(image_format)
-        if fmt is not None and fmt not in FORMATS:   # this ComfyUI does not check V3 combo values
-            return f"image_format {fmt!r}: choose one of {', '.join(FORMATS)}"
-        if first(dataset_name) is None:   # linked: checked at execution
-            return True
         try:
-            dataset_dir(first(dataset_name))
-        except DatasetPathError as exc:
+            if not linked(first(image_format)):
+                check_choice("image_format", first(image_format), FORMATS)
+            if not linked(first(dataset_name)):
+                dataset_dir(first(dataset_name))
+        except ValueError as exc:   # DatasetPathError is a ValueError
             return str(exc)
         return True
 

@@ -7,8 +7,13 @@ from .history import live_records
 
 
 def counts(dataset_dir) -> dict[str, dict[str, int]]:
+    return class_counts(live_records(dataset_dir))
+
+
+def class_counts(records) -> dict[str, dict[str, int]]:
+    """{label: {"accepted": n, "rejected": m}} of live records."""
     out: dict[str, dict[str, int]] = {}
-    for rec in live_records(dataset_dir):
+    for rec in records:
         c = out.setdefault(rec["label"], {"accepted": 0, "rejected": 0})
         c[rec["decision"]] += 1
     return out
@@ -34,10 +39,15 @@ def is_done(rec: dict, pack_hash: str | None, stream: tuple | None) -> bool:
         return False
     if stream is None:
         return True
-    meta = rec.get("metadata") or {}
     if rec.get("stream"):
         return rec["stream"] == stream[0]
-    return (meta.get("base_seed"), meta.get("mode")) == tuple(stream[1:])
+    return legacy_key(rec.get("metadata") or {}) == tuple(stream[1:])
+
+
+def legacy_key(meta: dict) -> tuple:
+    """What a record written before streams existed (pack 0.1.0) is matched on: its sampler
+    metadata's (base seed, mode); its class subset was not recorded."""
+    return meta.get("base_seed"), meta.get("mode")
 
 
 def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,

@@ -27,6 +27,7 @@ from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWri
                      open_dataset)
 from .lock import DatasetLock
 from .paths import DatasetPathError, safe_label
+from .quotas import legacy_key
 from .reconcile import ReconcileReport, reconcile
 
 PNG_COMPRESS_LEVEL = 4  # same as ComfyUI SaveImage
@@ -59,7 +60,7 @@ def item_id(item: ScoredItem) -> str:
 
 def legacy_item_id(item: ScoredItem) -> str | None:
     """The id a streamed sampler item had before streams existed (pack 0.1.0), else None.
-    Such a stored record is the same item when its base seed and mode match (``stream_of``)."""
+    Such a stored record is the same item when its ``quotas.legacy_key`` matches."""
     meta = item.metadata or {}
     if item.index is None or not meta.get("stream"):
         return None
@@ -67,13 +68,6 @@ def legacy_item_id(item: ScoredItem) -> str | None:
     if "batch_index" in (item.extra or {}):
         key = f"item_id:{key}:{item.extra['batch_index']}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def stream_of(rec_or_meta: dict) -> tuple:
-    """What identifies a record's item sequence: its stream, or for records written before
-    streams existed, (base seed, mode) (the class subset was not recorded)."""
-    meta = rec_or_meta.get("metadata") or rec_or_meta
-    return (meta.get("stream"),) if meta.get("stream") else ("legacy", meta.get("base_seed"), meta.get("mode"))
 
 
 def to_uint8(image, where: str) -> np.ndarray:
@@ -126,7 +120,7 @@ class DatasetWriter:
             self.quotas[label] = None if target is None else int(target)
         self.reconciled: ReconcileReport | None = None
         self._ids: set[str] = set()
-        self._legacy: dict[str, tuple] = {}    # id -> stream_of() for records without a stream
+        self._legacy: dict[str, tuple] = {}    # id -> legacy_key() of records without a stream
         self._counts: dict[str, dict[str, int]] = {}
         self._folders: dict[str, str] = {}     # folder.lower() -> label that owns it
         self._offset = 0
@@ -182,7 +176,7 @@ class DatasetWriter:
         self._count(rec["label"], rec["decision"], 1)
         self._folders.setdefault(rec["label_dir"].lower(), rec["label"])
         if rec.get("index") is not None and not rec.get("stream"):
-            self._legacy[rec["id"]] = stream_of(rec)
+            self._legacy[rec["id"]] = legacy_key(rec.get("metadata") or {})
 
     def _count(self, label: str, decision: str, n: int) -> None:
         c = self._counts.setdefault(label, {"accepted": 0, "rejected": 0})
@@ -261,8 +255,7 @@ class DatasetWriter:
 
     def _is_legacy_copy(self, item: ScoredItem) -> bool:
         legacy = legacy_item_id(item)
-        meta = item.metadata or {}
-        return legacy in self._legacy and self._legacy[legacy] == ("legacy", meta.get("base_seed"), meta.get("mode"))
+        return legacy in self._legacy and self._legacy[legacy] == legacy_key(item.metadata or {})
 
     def _quota_full(self, label: str, placed) -> bool:
         target = self.quotas.get(label)

@@ -220,14 +220,13 @@ class DTGenClipFilter(io.ComfyNode):
     def validate_inputs(cls, text_side, method, k, keep_percent, fixed_threshold, dataset_name=None) -> bool | str:
         # an input-list node gets every widget value as a one-element list; only the inputs named
         # here lose ComfyUI's own checks, and method_from checks each of them
-        from ..common.validation import linked
+        from ..common.validation import check_choice, linked
         from .thresholds import method_from
 
         values = [first(v) for v in (method, k, keep_percent, fixed_threshold)]
-        side = first(text_side)
-        if side is not None and side not in TEXT_SIDES:   # this ComfyUI does not check V3 combo values
-            return f"text_side {side!r}: choose one of {', '.join(TEXT_SIDES)}"
         try:
+            if not linked(first(text_side)):
+                check_choice("text_side", first(text_side), TEXT_SIDES)
             if not linked(*values):
                 method_from(*values)
             dataset_dir(first(dataset_name, "") or "")

@@ -9,10 +9,10 @@ from comfy_api.latest import io
 
 from ..common.comfy_paths import dataset_dir
 from ..common.naming import category, node_id
+from ..common.validation import check_int, linked
 from . import catalog
 from .catalog import USER_FOLDER
 from .pack import PromptPackError
-from ..common.validation import check_int, linked
 from .sampler import MAX_COUNT, MODES, Sampler
 
 folder_paths.add_model_folder_path(USER_FOLDER, os.path.join(folder_paths.models_dir, USER_FOLDER))
