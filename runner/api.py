@@ -33,26 +33,32 @@ class GraphRejected(ComfyError):
 
 
 def describe_rejection(answer: dict) -> str:
-    """ComfyUI's {error, node_errors} as readable text; missing model files are named with their folder."""
+    """ComfyUI's {error, node_errors} as readable text: per node, each distinct problem once with the
+    inputs it names (custom validation repeats one message per input); missing model files are named
+    with their folder."""
     error = answer.get("error") or {}
     if isinstance(error, str):
         error = {"message": error}
     lines: list[str] = []
     for node_id, info in sorted((answer.get("node_errors") or {}).items(), key=lambda kv: str(kv[0])):
         where = f"node {node_id} ({info.get('class_type', '?')})"
-        seen = set()
+        inputs: dict[str, list[str]] = {}   # problem -> the inputs it was reported for, in order
         for err in info.get("errors", []):
-            text = _one_error(err)
-            if text not in seen:  # custom validation repeats one message per input
-                seen.add(text)
-                lines.append(f"{where}: {text}")
+            text, name = _one_error(err)
+            names = inputs.setdefault(text, [])
+            if name and name not in names:
+                names.append(name)
+        for text, names in inputs.items():
+            on = f" input{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else ""
+            lines.append(f"{where}{on}: {text}")
     if not lines:
-        detail = error.get("details") or ""
+        detail = " ".join(str(error.get("details") or "").split())
         lines.append((error.get("message") or "unknown error") + (f": {detail}" if detail else ""))
     return "; ".join(lines)
 
 
-def _one_error(err: dict) -> str:
+def _one_error(err: dict) -> tuple[str, str | None]:
+    """(message and details without the input name ComfyUI puts in front, that input name)."""
     extra = err.get("extra_info") or {}
     name = extra.get("input_name")
     if err.get("type") == "value_not_in_list" and name in MODEL_INPUTS:
@@ -60,11 +66,16 @@ def _one_error(err: dict) -> str:
         options = (extra.get("input_config") or [[]])[0]
         have = ", ".join(map(str, options[:8])) if isinstance(options, list) and options else "none"
         return (f"model file {value!r} ({name}) is not in ComfyUI's models/{MODEL_INPUTS[name]} folder "
-                f"(found: {have}); put it there or swap the name with --set/--ckpt/--lora/--clip-weights")
-    details = err.get("details") or ""
-    if details.startswith(f"{name} - "):
-        details = details[len(name) + 3:]
-    return details or err.get("message") or err.get("type", "error")
+                f"(found: {have}); put it there or swap the name with --set/--ckpt/--lora/--clip-weights"), None
+    message = str(err.get("message") or err.get("type") or "error")
+    details = " ".join(str(err.get("details") or "").split())   # one line
+    if name:   # ComfyUI's details: "steps", "name - why", "name: 'x' not in [...]", "name, value, exception"
+        details = "" if details == name else details
+        for sep in (" - ", ": ", ", "):
+            if details.startswith(name + sep):
+                details = details[len(name + sep):]
+                break
+    return (f"{message}: {details}" if details and details != message else message), name
 
 
 class ComfyAPI:

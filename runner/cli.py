@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,50 +17,107 @@ from .workflow import Workflow, WorkflowError
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 
 
+# -- argument types: a bad value stops argparse with "error: argument --flag: why, got VALUE" (exit 2)
+def whole(low: int, high: int | None = None):
+    """An integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def folder(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an existing folder")
+    return path
+
+
+def split_quota(value: str) -> tuple[str | None, int]:
+    """``N`` -> (None, N); ``label=N`` -> (label, N); a ValueError says what is wrong with it."""
+    label, sep, n = value.rpartition("=")
+    try:
+        count = int(n)
+    except ValueError:
+        count = None
+    if count is None or (sep and not label.strip()):
+        raise ValueError("expected N or label=N")
+    if count < 1:
+        raise ValueError("a quota must be >= 1")
+    return (label.strip() if sep else None), count
+
+
+def quota_arg(value: str) -> str:
+    try:
+        split_quota(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}, got {value!r}") from None
+    return value
+
+
 def parse_quotas(values, labels) -> dict[str, int] | None:
     """``--quota N`` (every sampled class) and/or ``--quota label=N``; labels are checked."""
     if not values:
         return None
     out: dict[str, int] = {}
     for value in values:
-        label, sep, n = value.rpartition("=")
-        if not n.isdigit() or (sep and not label):
-            raise ValueError(f"--quota {value!r}: expected N or label=N")
-        if not sep:
-            out.update({lab: int(n) for lab in labels if lab not in out})
+        try:
+            label, n = split_quota(value)
+        except ValueError as e:
+            raise ValueError(f"--quota {value!r}: {e}") from None
+        if label is None:
+            out.update({lab: n for lab in labels if lab not in out})
         elif label not in labels:
             raise ValueError(f"--quota {value!r}: class {label!r} is not sampled; sampled classes: {', '.join(labels)}")
         else:
-            out[label] = int(n)
+            out[label] = n
     return out
 
 
 def add_queue_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("workflow", help="API-format workflow JSON with a DTGenPromptSampler and a DTGenDatasetWriter")
     goal = p.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--quota", action="append", metavar="N|LABEL=N",
+    goal.add_argument("--quota", action="append", type=quota_arg, metavar="N|LABEL=N",
                       help="accepted images per class (repeat LABEL=N for per-class targets)")
-    goal.add_argument("--items", type=int, metavar="N", help="queue items start..start+N-1 (accepted or not)")
+    goal.add_argument("--items", type=whole(1), metavar="N", help="queue items start..start+N-1 (accepted or not)")
     p.add_argument("--server", action="append", metavar="URL",
                    help=f"ComfyUI server; repeat to use several as workers (default {DEFAULT_SERVER})")
     p.add_argument("--dataset", help="dataset name (sets the dataset_name of the writer, the filter and the sampler)")
     p.add_argument("--output-dir", type=Path, help="the servers' ComfyUI output folder as seen from here "
                    "(default: learnt from the first finished item)")
-    p.add_argument("--pending", type=int, default=2, help="prompts kept queued per server (default 2)")
-    p.add_argument("--per-prompt", type=int, default=1, metavar="K", help="items per queued prompt (sampler count)")
-    p.add_argument("--start", type=int, help="first item index (default: the sampler's start_index)")
-    p.add_argument("--retries", type=int, default=2, help="tries again a failed prompt this many times (default 2)")
-    p.add_argument("--max-items", type=int, help="stop after queueing this many items (default 20 x the quota)")
+    p.add_argument("--pending", type=whole(1), default=2, help="prompts kept queued per server (default 2)")
+    p.add_argument("--per-prompt", type=whole(1, MAX_COUNT), default=1, metavar="K",
+                   help=f"items per queued prompt (the sampler's count, at most {MAX_COUNT})")
+    p.add_argument("--start", type=whole(0), help="first item index (default: the sampler's start_index)")
+    p.add_argument("--retries", type=whole(0), default=2,
+                   help="tries again a failed prompt this many times (default 2)")
+    p.add_argument("--max-items", type=whole(1), help="stop after queueing this many items (default 20 x the quota)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override an input, e.g. 7.steps=20 or KSampler.steps=20 (value parsed as JSON if it can be)")
     p.add_argument("--ckpt", help="checkpoint file name for every CheckpointLoaderSimple")
     p.add_argument("--lora", help="LoRA file name for every LoraLoader")
     p.add_argument("--clip-weights", help="open_clip weights file name for DTGenClipLoader")
-    p.add_argument("--pack-dir", action="append", default=[], metavar="DIR",
+    p.add_argument("--pack-dir", action="append", default=[], type=folder, metavar="DIR",
                    help="extra prompt-pack folder (the server's models/dtgen_prompts), searched after prompts/")
-    p.add_argument("--dead-after", type=float, default=10.0, help="seconds without answer before a server "
+    p.add_argument("--dead-after", type=seconds, default=10.0, help="seconds without answer before a server "
                    "counts as gone and its items move to the others (default 10)")
-    p.add_argument("--give-up-after", type=float, default=120.0,
+    p.add_argument("--give-up-after", type=seconds, default=120.0,
                    help="seconds with no server answering before the run stops (default 120)")
 
 
@@ -79,13 +137,6 @@ def prepare(args) -> tuple:
     if targets is not None:
         wf.set_writer_quota(max(targets.values()))   # a safety net: never more accepted than asked
     start = args.start if args.start is not None else int(wf.graph[wf.sampler_id]["inputs"].get("start_index") or 0)
-    for name in ("pending", "per_prompt"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.per_prompt > MAX_COUNT:
-        raise ValueError(f"--per-prompt must be <= {MAX_COUNT} (the sampler's largest count)")
-    if args.items is not None and args.items < 1:
-        raise ValueError("--items must be >= 1")
     max_items = args.max_items
     if max_items is None and targets is not None:
         max_items = 20 * sum(targets.values()) + 20
@@ -97,8 +148,10 @@ def prepare(args) -> tuple:
     return wf, sampler, settings
 
 
-def print_summary(result, out=sys.stdout) -> None:
-    print(f"dataset: {result.dataset_dir}", file=out)
+def print_summary(result, dataset: str, out=None) -> None:
+    out = out or sys.stdout
+    where = result.dataset_dir or f"{dataset} (under the server's output folder; nothing was generated)"
+    print(f"dataset: {where}", file=out)
     for label, c in sorted(result.counts.items()):
         print(f"  {label:<28} {c['accepted']:>6} accepted {c['rejected']:>6} rejected", file=out)
     per_server = ", ".join(f"{u}: {n}" for u, n in result.servers.items())
@@ -112,13 +165,20 @@ def cmd_queue(args) -> int:
 
     wf, sampler, settings = prepare(args)
     result = QueueRun(wf, sampler, settings).run()
-    print_summary(result)
+    print_summary(result, wf.dataset_name)
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes end with one line on stderr (exit 2), like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner",
-                                     description="Queue DTGen workflows on ComfyUI servers over the HTTP API.")
+    parser = Parser(prog="python -m runner",
+                    description="Queue DTGen workflows on ComfyUI servers over the HTTP API.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_queue_args(sub.add_parser("queue", help="queue a workflow until per-class quotas (or N items) are met"))
     from .demo import add_demo_args

@@ -3,7 +3,9 @@ apply command-line overrides, and make the graph of one queue run (start_index, 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
+import math
 from pathlib import Path
 
 SAMPLER, WRITER, FILTER, CLIP_LOADER = "DTGenPromptSampler", "DTGenDatasetWriter", "DTGenClipFilter", "DTGenClipLoader"
@@ -21,7 +23,7 @@ class WorkflowError(ValueError):
 
 
 def parse_value(text: str):
-    """``--set`` values: JSON when they parse (numbers, true, lists), else the plain string."""
+    """``--set`` values: JSON when they parse (numbers, true, null), else the plain string."""
     try:
         return json.loads(text)
     except ValueError:
@@ -49,6 +51,8 @@ class Workflow:
             raise WorkflowError(f"{path}: workflow file not found") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise WorkflowError(f"{path}: not valid JSON ({e})") from None
+        except OSError as e:
+            raise WorkflowError(f"{path}: cannot read the workflow file ({e.strerror or e})") from None
         return cls(graph, str(path))
 
     def _ids(self, class_type: str) -> list[str]:
@@ -79,8 +83,27 @@ class Workflow:
         ids = [node] if node in self.graph else self._ids(node)
         if not ids:
             raise WorkflowError(f"--set {assignment!r}: no node with id or class_type {node!r} in {self.source}")
+        value = parse_value(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WorkflowError(f"--set {assignment!r}: {value} is not a finite number")
+        if isinstance(value, list):
+            raise WorkflowError(f"--set {assignment!r}: a JSON list is a link in the API format, not a value")
         for node_id in ids:
-            self.set_input(node_id, name, parse_value(value))
+            self._check_input_name(node_id, name, assignment)
+        for node_id in ids:
+            self.set_input(node_id, name, value)
+
+    def _check_input_name(self, node_id: str, name: str, assignment: str) -> None:
+        """Only inputs the file has can be checked offline (ComfyUI's node definitions are on the server)."""
+        node = self.graph[node_id]
+        have = list(node.get("inputs") or {})
+        if name in have:
+            return
+        near = difflib.get_close_matches(name, have, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise WorkflowError(f"--set {assignment!r}: node {node_id} ({node['class_type']}) has no input {name!r}"
+                            f"{hint}; its inputs: {', '.join(have) or 'none'} (an input missing from the workflow file "
+                            "cannot be checked offline: set it in the editor and export the API workflow again)")
 
     def set_models(self, ckpt=None, lora=None, clip_weights=None) -> None:
         for flag, value in (("ckpt", ckpt), ("lora", lora), ("clip_weights", clip_weights)):
@@ -106,7 +129,11 @@ class Workflow:
         if out["pack"] is None:
             raise WorkflowError(f"{self.source}: sampler node {self.sampler_id} has no 'pack' input")
         out["mode"] = out["mode"] or "balanced"
-        out["seed"] = int(out["seed"] or 0)
+        try:
+            out["seed"] = int(out["seed"] or 0)
+        except (TypeError, ValueError):
+            raise WorkflowError(f"{self.source}: sampler node {self.sampler_id} seed {out['seed']!r} "
+                                "is not an integer") from None
         return out
 
     @property

@@ -4,7 +4,8 @@ It runs a queued DTGen graph the way the real nodes do where it matters to the c
 prompt sampler's items from the same pack, stored by the real ``DatasetWriter`` under
 ``output_dir/<dataset_name>`` (accepted unless ``reject(index)``), the writer's quota_per_class
 applied, the dataset path reported as the writer's text output. ``fail_once`` indices error on
-their first run; ``stop()`` makes the server vanish like a killed process.
+their first run; ``validate(graph)`` returns ComfyUI's ``node_errors`` for a graph it refuses at
+POST /prompt (empty: accepted); ``stop()`` makes the server vanish like a killed process.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from dtgen.runner.workflow import SAMPLER, WRITER
 
 
 class FakeComfy:
-    def __init__(self, output_dir: Path, reject=lambda i: False, fail_once=(), delay: float = 0.02):
-        self.output_dir, self.reject, self.delay = Path(output_dir), reject, delay
+    def __init__(self, output_dir: Path, reject=lambda i: False, fail_once=(), delay: float = 0.02,
+                 validate=lambda graph: {}):
+        self.output_dir, self.reject, self.delay, self.validate = Path(output_dir), reject, delay, validate
         self.fail_once = set(fail_once)
         self.pending: deque = deque()
         self.running = None
@@ -121,6 +123,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with f.lock:
             if self.path == "/prompt":
+                node_errors = f.validate(body["prompt"])
+                if node_errors:   # ComfyUI's answer when no output validates
+                    return self._send({"error": {"type": "prompt_outputs_failed_validation",
+                                                 "message": "Prompt outputs failed validation", "details": ""},
+                                       "node_errors": node_errors}, 400)
                 pid = str(uuid.uuid4())
                 f.pending.append([len(f.history) + len(f.pending), pid, body["prompt"], body.get("extra_data", {}),
                                   []])
