@@ -2,7 +2,7 @@
 (e.g. ComfyUI/custom_nodes/dtgen) with ComfyUI's Python:
 
     python -m nodes.dataset.cli status    <dataset_dir> [--target label=N ...]
-    python -m nodes.dataset.cli reconcile <dataset_dir>
+    python -m nodes.dataset.cli reconcile <dataset_dir> [--verify]
     python -m nodes.dataset.cli finalize  <dataset_dir> [--split 0.8,0.1,0.1]
 
 ``finalize`` here keeps every stored decision (split and report/ only). To re-decide with another
@@ -19,7 +19,8 @@ from .finalize import finalize
 from .layout import DatasetError, open_dataset
 from .lock import DatasetLock
 from .quotas import counts, missing
-from .reconcile import reconcile
+from .clean_marker import mark_clean
+from .reconcile import ensure_consistent, reconcile
 
 
 def _targets(pairs) -> dict[str, int]:
@@ -47,8 +48,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("status", help="per-class counts (and what is missing for --target label=N)")
     p.add_argument("dataset_dir")
     p.add_argument("--target", action="append", metavar="LABEL=N")
-    p = sub.add_parser("reconcile", help="repair after a crash (orphans, truncated manifest, temp files)")
+    p = sub.add_parser("reconcile", help="repair after a crash (orphans, truncated manifest, temp files, "
+                                         "images whose size differs from the recorded one)")
     p.add_argument("dataset_dir")
+    p.add_argument("--verify", action="store_true", help="also decode every image; broken ones move to "
+                                                         "orphans/damaged/ and their items are made again")
     p = sub.add_parser("finalize", help="split and write report/ (report.json, contact sheets); keeps every "
                                         "decision (to re-decide: python -m nodes.filtering.offline)")
     p.add_argument("dataset_dir")
@@ -58,13 +62,15 @@ def main(argv=None) -> int:
     try:
         dataset_dir = _existing_dataset(args.dataset_dir)
         if args.command == "status":
+            ensure_consistent(dataset_dir)
             out = {"counts": counts(dataset_dir)}
             if args.target:
                 out["missing"] = missing(dataset_dir, _targets(args.target))
             print(json.dumps(out, indent=2))
         elif args.command == "reconcile":
             with DatasetLock(dataset_dir):
-                rep = reconcile(dataset_dir)
+                rep = reconcile(dataset_dir, verify=args.verify)
+                mark_clean(dataset_dir)
             print(json.dumps(rep.__dict__, indent=2))
         else:
             rep = finalize(dataset_dir, split=args.split or None, contact_sheet_max=args.contact_sheet_max)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fsio import append_durable
+from .fsio import append_durable, open_nofollow
 from .layout import EMBEDDINGS
 
 ID_BYTES = 16
@@ -43,7 +43,7 @@ def append(dataset_dir, rows: list[tuple[str, np.ndarray]]) -> dict[int, int]:
 
 def rollback(dataset_dir, sizes: dict[int, int]) -> None:
     for dim, size in sizes.items():
-        with open(store_path(dataset_dir, dim), "r+b") as f:
+        with open_nofollow(store_path(dataset_dir, dim), "r+b") as f:
             f.truncate(size)
 
 
@@ -57,7 +57,8 @@ def load(dataset_dir, ids=None) -> dict[str, np.ndarray]:
         dim = int(path.stem[4:])
         dt = _dtype(dim)
         count = path.stat().st_size // dt.itemsize  # ignore a partial last record
-        arr = np.fromfile(path, dtype=dt, count=count)
+        with open_nofollow(path, "rb") as f:
+            arr = np.frombuffer(f.read(count * dt.itemsize), dtype=dt)
         for rid, vec in zip(arr["id"], arr["v"]):
             key = rid.decode("ascii")
             if ids is None or key in ids:
@@ -73,7 +74,7 @@ def truncate_partial(dataset_dir) -> list[str]:
         for path in folder.glob("f32x*.bin"):
             size, rec = path.stat().st_size, _dtype(int(path.stem[4:])).itemsize
             if size % rec:
-                with open(path, "r+b") as f:
+                with open_nofollow(path, "r+b") as f:
                     f.truncate(size - size % rec)
                     os.fsync(f.fileno())
                 changed.append(path.name)

@@ -61,9 +61,21 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
     write_atomic(final, lambda f: f.write(data))
 
 
+# Files inside a dataset are opened without following a symlink in the last component (the tree
+# check in layout.py refuses links in advance; this closes the window between check and open).
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_nofollow(path: Path, mode: str):
+    """``open(path, mode)`` ("rb", "ab", "r+b") that fails with ELOOP on a symlink."""
+    flags = {"rb": os.O_RDONLY, "ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT, "r+b": os.O_RDWR}[mode]
+    fd = os.open(path, flags | NOFOLLOW | getattr(os, "O_BINARY", 0), 0o644)
+    return os.fdopen(fd, mode)
+
+
 def append_durable(path: Path, data: bytes) -> int:
     """Append ``data`` and fsync; returns the file size before the append (to roll back on error)."""
-    with open(path, "ab") as f:
+    with open_nofollow(path, "ab") as f:
         start = f.tell()
         try:
             f.write(data)

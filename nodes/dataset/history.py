@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import embeddings, manifest
+from .fsio import open_nofollow
 from .layout import EMBEDDINGS, MANIFEST
 
 _WHICH = {"all": ("accepted", "rejected"), "accepted": ("accepted",), "rejected": ("rejected",)}
@@ -34,7 +35,7 @@ _TAIL = 64
 
 
 def _tail(path: Path, end: int) -> bytes:
-    with open(path, "rb") as f:
+    with open_nofollow(path, "rb") as f:
         f.seek(max(0, end - _TAIL))
         return f.read(min(_TAIL, end))
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -21,7 +23,16 @@ REPORT = "report"
 METADATA = "metadata.jsonl"  # inside IMAGES, for `datasets`
 CLEAN = ".clean"  # "the last write finished": lets the next open skip the full reconcile
 
+CLAIMS = "claims.json"     # resume mode: item indices in flight (see claims.py)
+
 IMAGE_EXTS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
+
+# Everything DTGen writes or reads inside a dataset folder; none of it may be a symlink (one could
+# make the writer write, or a repair copy, outside the output directory). The number per folder is
+# how many levels below it are checked: images/<label>/, embeddings/<file>,
+# orphans/damaged/<tree>/<label>/.
+_OWNED_FILES = (MARKER, MANIFEST, CLEAN, CLAIMS, f"{IMAGES}/{METADATA}")
+_OWNED_TREES = {IMAGES: 1, REJECTED: 1, EMBEDDINGS: 1, REPORT: 1, ORPHANS: 3}
 
 
 class DatasetError(RuntimeError):
@@ -38,6 +49,50 @@ class DatasetFormatError(DatasetError):
 
 class DatasetWriteError(DatasetError):
     """Writing failed (disk full, permission denied ...); the dataset stays consistent."""
+
+
+class DatasetSymlinkError(DatasetError):
+    """A path inside the dataset folder is a symlink; nothing was read or written through it."""
+
+
+def check_tree(dataset_dir) -> None:
+    """Refuse a dataset folder that holds a symlink where DTGen reads or writes.
+
+    Costs one ``lstat`` per owned file and per label folder (not per image): cheap enough for every
+    open and every write batch. Symlinked image files are harmless (files are replaced by rename,
+    which replaces the link itself) and are not looked at here.
+    """
+    root = Path(dataset_dir)
+    for rel in (*_OWNED_FILES, *_OWNED_TREES):
+        _refuse_link(root, root / rel)
+    for tree, depth in _OWNED_TREES.items():
+        _check_folders(root, root / tree, depth)
+
+
+def _check_folders(root: Path, folder: Path, depth: int) -> None:
+    if depth == 0:
+        return
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_symlink():
+            _refuse_link(root, Path(entry.path))
+        elif entry.is_dir(follow_symlinks=False):
+            _check_folders(root, Path(entry.path), depth - 1)
+
+
+def _refuse_link(root: Path, path: Path) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISLNK(mode):
+        raise DatasetSymlinkError(path, f"is a symlink (to {os.readlink(path)}); a DTGen dataset may not contain "
+                                  f"symlinks where it writes, or it could write outside the output folder. Replace "
+                                  f"it by a real {'file' if path.suffix else 'folder'} or choose another dataset "
+                                  "name; nothing was read or written through it")
 
 
 def now_iso() -> str:
@@ -71,6 +126,7 @@ def open_dataset(dataset_dir, create: bool = True) -> dict:
     A non-empty folder without our marker is refused untouched (it may hold someone's files).
     """
     dataset_dir = Path(dataset_dir)
+    check_tree(dataset_dir)
     if (dataset_dir / MARKER).exists():
         return read_marker(dataset_dir)
     if not create:

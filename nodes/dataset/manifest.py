@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsio import append_durable, write_bytes_atomic
+from .fsio import append_durable, open_nofollow, write_bytes_atomic
 from .layout import MANIFEST
 
 
@@ -57,7 +57,7 @@ def read(dataset_dir, offset: int = 0) -> ManifestRead:
     """Read complete lines from ``offset`` (``end`` is then an absolute offset)."""
     path = Path(dataset_dir) / MANIFEST
     try:
-        with open(path, "rb") as f:
+        with open_nofollow(path, "rb") as f:
             f.seek(offset)
             data = f.read()
     except FileNotFoundError:
@@ -81,7 +81,7 @@ def append(dataset_dir, records: list[dict]) -> int:
 
 
 def rollback(dataset_dir, size: int) -> None:
-    with open(Path(dataset_dir) / MANIFEST, "r+b") as f:
+    with open_nofollow(Path(dataset_dir) / MANIFEST, "r+b") as f:
         f.truncate(size)
         os.fsync(f.fileno())
 
@@ -100,6 +100,9 @@ def save_side_file(dataset_dir, kind: str, data: bytes) -> Path:
 def rewrite(dataset_dir, records: list[dict]) -> Path | None:
     """Replace the manifest by ``records`` atomically, after keeping the old one as a ``.bak-`` file."""
     path = Path(dataset_dir) / MANIFEST
-    backup = save_side_file(dataset_dir, "bak", path.read_bytes()) if path.exists() else None
+    backup = None
+    if path.exists():
+        with open_nofollow(path, "rb") as f:
+            backup = save_side_file(dataset_dir, "bak", f.read())
     write_bytes_atomic(path, b"".join(encode(r) for r in records))
     return backup

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import embeddings, manifest, metadata
+from .clean_marker import is_clean, mark_clean
 from .fsio import is_temp, move_unique
-from .layout import IMAGES, ORPHANS, REJECTED
+from .layout import IMAGES, MARKER, ORPHANS, REJECTED, check_tree
+from .lock import DatasetLock
 
 TREES = {IMAGES: "accepted", REJECTED: "rejected"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -27,12 +29,14 @@ class ReconcileReport:
     temps_removed: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)      # where unrecorded images were moved
     dropped: list[str] = field(default_factory=list)      # ids whose file is gone
+    damaged: list[str] = field(default_factory=list)      # where files that fail the check were moved
     recovered: list[str] = field(default_factory=list)    # ids found in the other tree (interrupted move)
     backup: str | None = None
 
     @property
     def changed(self) -> bool:
-        return bool(self.corrupt_lines or self.temps_removed or self.orphans or self.dropped or self.recovered)
+        return bool(self.corrupt_lines or self.temps_removed or self.orphans or self.dropped or self.recovered
+                    or self.damaged)
 
 
 def _remove_temps(dataset_dir: Path, report: ReconcileReport) -> None:
@@ -60,8 +64,47 @@ def _image_files(dataset_dir: Path) -> dict[str, Path]:
     return found
 
 
-def reconcile(dataset_dir) -> ReconcileReport:
+def ensure_consistent(dataset_dir) -> ReconcileReport | None:
+    """Repair the dataset if its last change did not finish (no ``.clean`` stamp): every reader and
+    node that touches a dataset calls this on open, so a crash between the manifest commit and a
+    derived file (``images/metadata.jsonl``) is repaired even when no writer runs again (e.g. every
+    quota is full). O(1) when the dataset is clean; None when nothing was done."""
     dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / MARKER).is_file():
+        return None           # not a dataset (yet): nothing to repair
+    check_tree(dataset_dir)
+    if is_clean(dataset_dir):
+        return None
+    with DatasetLock(dataset_dir):
+        if is_clean(dataset_dir):   # a writer finished meanwhile
+            return None
+        report = reconcile(dataset_dir)
+        mark_clean(dataset_dir)
+    return report
+
+
+def damage(path: Path, rec: dict, verify: bool) -> str | None:
+    """Why a recorded image file is not the one that was written, or None: its size differs from
+    the recorded ``bytes`` (truncated, replaced), or with ``verify`` it does not decode."""
+    size = path.stat().st_size
+    if rec.get("bytes") is not None and size != rec["bytes"]:
+        return f"{size} bytes, {rec['bytes']} written"
+    if verify:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except Exception as exc:   # PIL raises many types for broken files
+            return f"does not decode ({type(exc).__name__}: {exc})"
+    return None
+
+
+def reconcile(dataset_dir, verify: bool = False) -> ReconcileReport:
+    """Run under the dataset lock; see the module docstring. Every recorded image's size is
+    checked; ``verify`` also decodes every image (slow: for the CLI)."""
+    dataset_dir = Path(dataset_dir)
+    check_tree(dataset_dir)
     report = ReconcileReport()
     _remove_temps(dataset_dir, report)
     embeddings.truncate_partial(dataset_dir)
@@ -81,6 +124,14 @@ def reconcile(dataset_dir) -> ReconcileReport:
     on_disk = _image_files(dataset_dir)
     for item_id, rec in list(view.items()):
         if rec["file"] in on_disk:
+            problem = damage(on_disk[rec["file"]], rec, verify)
+            if problem is None:
+                continue
+            # kept aside, never deleted; the record goes, so resume makes the item again
+            dest = move_unique(on_disk.pop(rec["file"]), dataset_dir / ORPHANS / "damaged" / Path(rec["file"]).parent)
+            report.damaged.append(f"{dest.relative_to(dataset_dir)} ({problem})")
+            del view[item_id]
+            rewrite = True
             continue
         tree, label, name = rec["file"].split("/", 2)
         other = (REJECTED if tree == IMAGES else IMAGES) + f"/{label}/{name}"

@@ -22,13 +22,13 @@ import numpy as np
 from ..common.records import ScoredItem
 from . import embeddings, manifest, metadata
 from .fsio import fsync_dir, move_unique, write_atomic
-from .clean_marker import is_clean, manifest_stat, mark_clean, mark_dirty
-from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, now_iso,
+from .clean_marker import manifest_stat, mark_clean, mark_dirty
+from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, check_tree, now_iso,
                      open_dataset)
 from .lock import DatasetLock
 from .paths import DatasetPathError, safe_label
 from .quotas import legacy_key
-from .reconcile import ReconcileReport, reconcile
+from .reconcile import ReconcileReport, ensure_consistent
 
 PNG_COMPRESS_LEVEL = 4  # same as ComfyUI SaveImage
 
@@ -123,6 +123,7 @@ class DatasetWriter:
         self._legacy: dict[str, tuple] = {}    # id -> legacy_key() of records without a stream
         self._counts: dict[str, dict[str, int]] = {}
         self._folders: dict[str, str] = {}     # folder.lower() -> label that owns it
+        self._label_dirs: dict[str, str] = {}  # label -> its folder name as stored
         self._offset = 0
         self._inode = None
         self._current: dict | None = None  # record being placed (names the file in errors)
@@ -130,12 +131,9 @@ class DatasetWriter:
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> DatasetWriter:
         open_dataset(self.dir)
+        # O(1) when the last write finished and nothing changed since; a full reconcile otherwise
+        self.reconciled = ensure_consistent(self.dir) or ReconcileReport()
         with DatasetLock(self.dir):
-            if is_clean(self.dir):  # the last write finished and nothing changed since: O(1) open
-                self.reconciled = ReconcileReport()
-            else:
-                self.reconciled = reconcile(self.dir)
-                mark_clean(self.dir)
             self._reload()
         return self
 
@@ -149,6 +147,7 @@ class DatasetWriter:
         from .history import live_state
 
         self._ids.clear(), self._counts.clear(), self._folders.clear(), self._legacy.clear()
+        self._label_dirs.clear()
         inode, end, view = live_state(self.dir)
         for rec in view.values():
             self._take(rec)
@@ -175,6 +174,7 @@ class DatasetWriter:
         self._ids.add(rec["id"])
         self._count(rec["label"], rec["decision"], 1)
         self._folders.setdefault(rec["label_dir"].lower(), rec["label"])
+        self._label_dirs.setdefault(rec["label"], rec["label_dir"])
         if rec.get("index") is not None and not rec.get("stream"):
             self._legacy[rec["id"]] = legacy_key(rec.get("metadata") or {})
 
@@ -187,8 +187,10 @@ class DatasetWriter:
         owner = self._folders.setdefault(folder.lower(), label)
         if owner != label:
             raise DatasetPathError(
-                "label", label, f"collides with label {owner!r} already in {self.dir}: both become folder {folder!r}"
-            )
+                "label", label, f"collides with label {owner!r} already in {self.dir} (folder "
+                f"{self._label_dirs.get(owner, owner)!r}): folder {folder!r} would be the same folder on "
+                "case-insensitive file systems (Windows, macOS)")
+        self._label_dirs.setdefault(label, folder)
         return folder
 
     # -- public API ------------------------------------------------------------------------
@@ -207,6 +209,7 @@ class DatasetWriter:
               png_text: dict | None = None) -> WriteResult:
         result = WriteResult()
         with DatasetLock(self.dir):
+            check_tree(self.dir)   # no symlink may have appeared since the open
             self._refresh()
             for item in items:  # label problems are refused before anything is written
                 self._folder(item.label)
@@ -293,6 +296,7 @@ class DatasetWriter:
             # Not in the manifest (its id is new): a leftover of a crashed writer. Keep it, never overwrite.
             move_unique(final, self.dir / ORPHANS / Path(rec["file"]).parent)
         write_atomic(final, lambda f: encode_image(arr, self.format, self.quality, png_text, f), sync_dir=False)
+        rec["bytes"] = final.stat().st_size   # reconcile compares it: a truncated or replaced file shows
 
     def _commit(self, placed) -> None:
         for folder in {(self.dir / rec["file"]).parent for rec, _ in placed}:
@@ -321,5 +325,6 @@ class DatasetWriter:
             raise DatasetWriteError(
                 self.dir / IMAGES / metadata.METADATA,
                 f"images and manifest were saved but metadata.jsonl could not be appended ({e.strerror or e}); "
-                "it is rebuilt from the manifest when a writer next opens the dataset",
+                "it is rebuilt from the manifest the next time any DTGen node or the dataset CLI opens the "
+                "dataset - free space and queue again (or run the CLI's reconcile)",
             ) from e

@@ -113,24 +113,14 @@ class DTGenPromptSampler(io.ComfyNode):
         return history_fingerprint(ds)
 
     @classmethod
-    def validate_inputs(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="",
-                        dataset_name="", quota_per_class=0) -> bool | str:
-        # naming these inputs turns off ComfyUI's own range checks for them: check them here
+    def validate_inputs(cls, pack, mode, classes="", inline_yaml="", dataset_name="") -> bool | str:
+        # ComfyUI attaches a failure to every input named here, and skips its own range checks for
+        # them: name only what needs our check (count, start_index, seed, quota keep ComfyUI's).
         try:
-            if not linked(count):
-                check_int("count", count, 1, MAX_COUNT)
-            if not linked(start_index):
-                check_int("start_index", start_index, 0)
-            if not linked(quota_per_class):
-                check_int("quota_per_class", quota_per_class, 0)
-            if linked(pack, mode, seed, classes, inline_yaml):
-                return True   # the sampler is built (and checked) at execution
-            sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
-            if not linked(start_index, count) and mode == "exhaustive" and start_index + count > sampler.total:
-                return (f"start_index {start_index} + count {count} is past the end of the exhaustive "
-                        f"space ({sampler.total} combinations)")
-            if not linked(dataset_name, quota_per_class):
-                _resume_dir(dataset_name, quota_per_class)
+            if not linked(pack, mode, classes, inline_yaml):
+                build_sampler(pack, mode, 0, classes, inline_yaml)   # the seed changes no check
+            if not linked(dataset_name) and (dataset_name or "").strip():
+                dataset_dir(dataset_name)
         except (PromptPackError, ValueError) as exc:
             return str(exc)
         return True
@@ -138,12 +128,19 @@ class DTGenPromptSampler(io.ComfyNode):
     @classmethod
     def execute(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="", dataset_name="",
                 quota_per_class=0) -> io.NodeOutput:
+        from comfy.model_management import throw_exception_if_processing_interrupted
+
         sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
         ds = _resume_dir(dataset_name, quota_per_class)
         if ds is None:
-            items = sampler.items(start_index, count)
+            indices = sampler.check_range(start_index, count)
         else:
-            items = [sampler.item(i) for i in missing_indices(sampler, ds, start_index, count, quota_per_class)]
+            indices = missing_indices(sampler, ds, start_index, count, quota_per_class)
+        items = []
+        for i in indices:   # each item is bounded by the pack's budgets; /interrupt works between them
+            throw_exception_if_processing_interrupted()
+            items.append(sampler.item(i))
+        if ds is not None:
             if not items:  # every class is full: stop this run quietly, nothing downstream executes
                 from comfy_execution.graph_utils import ExecutionBlocker
 

@@ -21,6 +21,17 @@ FORMAT_VERSION = 1
 PACK_SUFFIXES = (".yaml", ".yml")
 MAX_LABEL_LENGTH = 64
 
+# Budgets, checked before anything expensive (a pack is user input, parsed while ComfyUI's server
+# validates a queued prompt): the YAML itself, then what its aliases and slots expand to.
+MAX_PACK_BYTES = 256 * 1024      # YAML text (UTF-8)
+MAX_YAML_DEPTH = 64              # nested mappings / sequences
+MAX_YAML_ALIASES = 1000          # `*anchor` uses, each counted once
+MAX_YAML_NODES = 200_000         # nodes after expanding every alias (billion laughs stops here)
+MAX_YAML_CHARS = 4 * 1024 * 1024  # scalar characters after expanding every alias
+MAX_SLOT_DEPTH = 32              # slots referencing slots referencing slots ...
+MAX_PROMPT_CHARS = 20_000        # longest prompt any item of a class can expand to
+MAX_EXPANSION_STEPS = 2_000      # slot references one item can expand
+
 _SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _LABEL_CHARS = re.compile(r"[A-Za-z0-9_.-]+\Z")
 _WINDOWS_RESERVED = frozenset(
@@ -151,13 +162,22 @@ def label_problem(label: str) -> Optional[str]:
 
 
 def parse_pack(text: str, source: str = "<inline>") -> Pack:
-    """Parse and validate pack YAML text; ``source`` names it in errors and ``Pack.source``."""
+    """Parse and validate pack YAML text; ``source`` names it in errors and ``Pack.source``.
+
+    Every budget above is checked before the work it bounds; a refusal names the limit, the value
+    and the YAML path."""
     import yaml
 
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PACK_BYTES:
+        raise PromptPackError(f"the pack is {size} bytes of YAML; the limit is {MAX_PACK_BYTES} bytes "
+                              "(MAX_PACK_BYTES)", file=source)
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _budgeted_loader(yaml)(text, source)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _check_expanded_size(node, source)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -168,6 +188,86 @@ def parse_pack(text: str, source: str = "<inline>") -> Pack:
         message = f"malformed YAML: {problem}" + (f" ({context})" if context else "")
         raise PromptPackError(message, file=source, line=mark.line + 1 if mark else None) from None
     return _Validator(source, node).pack(data)
+
+
+_LOADERS: dict = {}
+
+
+def _budgeted_loader(yaml):
+    """A SafeLoader whose composer counts nesting depth and alias uses as it goes (PyYAML composes
+    recursively: without a depth bound a deeply nested document ends in RecursionError)."""
+    if "loader" in _LOADERS:
+        return _LOADERS["loader"]
+
+    class BudgetedLoader(yaml.SafeLoader):
+        def __init__(self, text, source):
+            super().__init__(text)
+            self.source, self.path, self.aliases = source, [], 0
+
+        def compose_node(self, parent, index):
+            mark = self.peek_event().start_mark
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise self.refuse(f"more than {MAX_YAML_ALIASES} aliases (*anchor uses); the limit is "
+                                      f"{MAX_YAML_ALIASES} (MAX_YAML_ALIASES)", mark)
+                return super().compose_node(parent, index)
+            if isinstance(index, int):
+                self.path.append(index)
+            elif index is not None:
+                self.path.append(getattr(index, "value", "?"))
+            if len(self.path) > MAX_YAML_DEPTH:
+                raise self.refuse(f"YAML nested more than {MAX_YAML_DEPTH} levels deep; the limit is "
+                                  f"{MAX_YAML_DEPTH} (MAX_YAML_DEPTH)", mark)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                if index is not None:
+                    self.path.pop()
+
+        def refuse(self, message, mark):
+            shown = _format_path(tuple(self.path[:8])) + (" ..." if len(self.path) > 8 else "")
+            return PromptPackError(message, file=self.source, path=shown or None, line=mark.line + 1)
+
+    _LOADERS["loader"] = BudgetedLoader
+    return BudgetedLoader
+
+
+def _check_expanded_size(root, source: str) -> None:
+    """Refuse a document whose aliases expand past MAX_YAML_NODES nodes or MAX_YAML_CHARS scalar
+    characters. Each node's expanded size is computed once (memo by identity), so this is linear in
+    the composed document, not in its expansion."""
+    memo: dict = {}
+
+    def size(node) -> tuple:
+        found = memo.get(id(node))
+        if found is not None:
+            return found
+        if node.id == "scalar":
+            found = (1, len(node.value))
+        else:
+            children = node.value if node.id == "sequence" else [n for pair in node.value for n in pair]
+            nodes, chars = 1, 0
+            for child in children:   # depth is bounded by MAX_YAML_DEPTH: recursion is safe
+                n, c = size(child)
+                nodes, chars = nodes + n, chars + c
+            found = (nodes, chars)
+        memo[id(node)] = found
+        return found
+
+    nodes, chars = size(root)
+    if nodes <= MAX_YAML_NODES and chars <= MAX_YAML_CHARS:
+        return
+    where, biggest = None, -1
+    if root.id == "mapping":    # name the top-level key that expands the most
+        for key, value in root.value:
+            n = size(value)[0] + size(value)[1]
+            if n > biggest:
+                where, biggest = key.value if key.id == "scalar" else None, n
+    what = (f"{nodes} YAML nodes (limit {MAX_YAML_NODES}, MAX_YAML_NODES)" if nodes > MAX_YAML_NODES else
+            f"{chars} characters of text (limit {MAX_YAML_CHARS}, MAX_YAML_CHARS)")
+    raise PromptPackError(f"aliases expand this pack to {what}; an alias (*name) repeats its anchor's "
+                          "whole content every time it is used", file=source, path=where)
 
 
 def _format_path(path: tuple) -> str:
@@ -206,20 +306,28 @@ class _Validator:
             node = child
         return node.start_mark.line + 1
 
-    def _check_duplicate_keys(self, node, path: tuple) -> None:
+    def _check_duplicate_keys(self, root) -> None:
         # PyYAML silently keeps the last of two equal keys; a pack must not lose the first.
-        if node.id == "mapping":
-            seen = set()
-            for key, value in node.value:
-                name = key.value if key.id == "scalar" else None
-                if name in seen:
-                    raise PromptPackError(f"key {name!r} appears twice", file=self.source,
-                                          path=_format_path(path) or None, line=key.start_mark.line + 1)
-                seen.add(name)
-                self._check_duplicate_keys(value, path + ((name,) if name is not None else ()))
-        elif node.id == "sequence":
-            for index, value in enumerate(node.value):
-                self._check_duplicate_keys(value, path + (index,))
+        # Each node is checked once, however many aliases point at it (billion laughs).
+        seen_nodes: set = set()
+        stack = [(root, ())]
+        while stack:
+            node, path = stack.pop()
+            if id(node) in seen_nodes:
+                continue
+            seen_nodes.add(id(node))
+            if node.id == "mapping":
+                seen, children = set(), []
+                for key, value in node.value:
+                    name = key.value if key.id == "scalar" else None
+                    if name in seen:
+                        raise PromptPackError(f"key {name!r} appears twice", file=self.source,
+                                              path=_format_path(path) or None, line=key.start_mark.line + 1)
+                    seen.add(name)
+                    children.append((value, path + ((name,) if name is not None else ())))
+                stack.extend(reversed(children))     # depth first, in document order
+            elif node.id == "sequence":
+                stack.extend(reversed([(value, path + (index,)) for index, value in enumerate(node.value)]))
 
     # -- typed field readers -------------------------------------------------------------------
     def text(self, value: Any, path: tuple, *, required: bool = False) -> str:
@@ -299,7 +407,7 @@ class _Validator:
     # -- the pack --------------------------------------------------------------------------------
     def pack(self, data: Any) -> Pack:
         if self.root_node is not None:
-            self._check_duplicate_keys(self.root_node, ())
+            self._check_duplicate_keys(self.root_node)
         if data is None:
             raise self.error((), "the pack is empty")
         self.mapping(data, (), _PACK_KEYS)
@@ -337,7 +445,7 @@ class _Validator:
             seen[cls.label], folded[key] = index, index
             classes.append(cls)
 
-        self.check_references(slots, classes)
+        self.check_references(slots, classes, len(trigger) + len(suffix) + 4)
         normalised = {
             "version": FORMAT_VERSION, "name": name, "trigger": trigger, "suffix": suffix,
             "negative": negative, "slots": _normal_slots(slots),
@@ -399,8 +507,9 @@ class _Validator:
             slots=MappingProxyType(self.slots(raw.get("slots"), path + ("slots",))),
         )
 
-    def check_references(self, pack_slots: dict, classes: list) -> None:
-        """Every ``{name}`` a class can reach must resolve, without cycles."""
+    def check_references(self, pack_slots: dict, classes: list, fixed_chars: int = 0) -> None:
+        """Every ``{name}`` a class can reach must resolve, without cycles, within the expansion
+        budgets (``fixed_chars``: trigger and suffix, added to every prompt)."""
         known_anywhere = set(pack_slots).union(*(c.slots for c in classes))
         for name, entries in pack_slots.items():
             for index, entry in enumerate(entries):
@@ -409,11 +518,12 @@ class _Validator:
                         raise self.error(("slots", name, index),
                                          _unknown(ref, known_anywhere))
         for cls in classes:
-            _ClassReferences(self, pack_slots, cls).check()
+            _ClassReferences(self, pack_slots, cls).check(fixed_chars)
 
 
 class _ClassReferences:
-    """Depth-first walk of one class's slot graph: unknown references and cycles."""
+    """Depth-first walk of one class's slot graph: unknown references, cycles, nesting depth, and
+    the largest prompt (characters, slot expansions) any item of the class can expand to."""
 
     def __init__(self, validator: _Validator, pack_slots: dict, cls: PackClass):
         self.validator, self.cls = validator, cls
@@ -421,8 +531,10 @@ class _ClassReferences:
         self.where = {name: ("slots", name) for name in pack_slots}
         self.where.update({name: ("classes", cls.index, "slots", name) for name in cls.slots})
         self.state: dict = {}                        # slot name -> "visiting" | "done"
+        self.bounds: dict = {}                       # slot name -> (max characters, max expansions)
+        self.depth: dict = {}                        # slot name -> longest chain of slots from it
 
-    def check(self) -> None:
+    def check(self, fixed_chars: int = 0) -> None:
         cls = self.cls
         for index, template in enumerate(cls.templates):
             for ref in split_template(template.text)[1]:
@@ -432,12 +544,30 @@ class _ClassReferences:
                 self.visit(ref, [], strict=True)
         for name in self.table:   # unused slots too: a cycle there is a mistake all the same
             self.visit(name, [], strict=False)
+        for index, template in enumerate(cls.templates):
+            if template.weight <= 0:
+                continue
+            chars, steps = self.entry_bound(template)
+            chars += fixed_chars
+            where = ("classes", cls.index, "templates", index)
+            if chars > MAX_PROMPT_CHARS:
+                raise self.validator.error(where, f"this template can expand to {_big(chars)} characters; "
+                                           f"the limit is {MAX_PROMPT_CHARS} (MAX_PROMPT_CHARS): slots that "
+                                           "repeat slots multiply (each level doubles {a} {a})")
+            if steps > MAX_EXPANSION_STEPS:
+                raise self.validator.error(where, f"one item of this template can expand {_big(steps)} slot "
+                                           f"references; the limit is {MAX_EXPANSION_STEPS} "
+                                           "(MAX_EXPANSION_STEPS)")
 
     def visit(self, name: str, chain: list, strict: bool) -> None:
         if self.state.get(name) == "done":
             return
         self.state[name] = "visiting"
         stack = chain + [name]
+        if len(stack) > MAX_SLOT_DEPTH:
+            raise self.validator.error(self.where[name], f"slots nest more than {MAX_SLOT_DEPTH} levels deep "
+                                       f"({' -> '.join(stack[:4])} -> ... -> {name}); the limit is "
+                                       f"{MAX_SLOT_DEPTH} (MAX_SLOT_DEPTH)")
         for index, entry in enumerate(self.table[name]):
             for ref in split_template(entry.text)[1]:
                 if ref not in self.table:
@@ -450,7 +580,29 @@ class _ClassReferences:
                         self.where[name] + (index,), "reference cycle: "
                         + " -> ".join(stack[stack.index(ref):] + [ref]) + f" (class {self.cls.label!r})")
                 self.visit(ref, stack, strict)
+        # the longest chain below this slot (a memoised walk can miss it on the stack above)
+        below = [self.depth[r] for e in self.table[name] for r in split_template(e.text)[1] if r in self.depth]
+        self.depth[name] = 1 + max(below, default=0)
+        if self.depth[name] > MAX_SLOT_DEPTH:
+            raise self.validator.error(self.where[name], f"slots below {name!r} nest {self.depth[name]} levels "
+                                       f"deep; the limit is {MAX_SLOT_DEPTH} (MAX_SLOT_DEPTH)")
         self.state[name] = "done"
+
+    def entry_bound(self, entry: Entry) -> tuple:
+        """(max characters, max slot expansions) of one entry; slots are acyclic and at most
+        MAX_SLOT_DEPTH deep here, and each slot's bound is computed once."""
+        literals, refs = split_template(entry.text)
+        chars, steps = sum(len(t) for t in literals), len(refs)
+        for ref in refs:
+            if ref not in self.bounds:
+                each = [self.entry_bound(e) for e in self.table[ref] if e.weight > 0]
+                self.bounds[ref] = (max(b[0] for b in each), max(b[1] for b in each))
+            chars, steps = chars + self.bounds[ref][0], steps + self.bounds[ref][1]
+        return chars, steps
+
+
+def _big(n: int) -> str:
+    return str(n) if n < 10 ** 9 else f"about {float(n):.3g}"
 
 
 def _unknown(ref: str, known, label: Optional[str] = None) -> str:
@@ -488,6 +640,9 @@ def load_pack(path: str) -> Pack:
         stat = os.stat(path)
     except OSError as exc:
         raise PromptPackError(f"cannot read prompt pack: {exc.strerror}", file=path) from None
+    if stat.st_size > MAX_PACK_BYTES:
+        raise PromptPackError(f"the pack is {stat.st_size} bytes; the limit is {MAX_PACK_BYTES} bytes "
+                              "(MAX_PACK_BYTES)", file=path)
     key = (path, stat.st_mtime_ns, stat.st_size)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)

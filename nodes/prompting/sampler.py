@@ -388,13 +388,17 @@ class Sampler:
         _expand_drawn(template, draws, parts, picks)
         return compiled, template
 
-    def items(self, start: int, count: int) -> list:
-        """Items start .. start+count-1 (in exhaustive mode the range must fit in ``total``)."""
+    def check_range(self, start: int, count: int) -> range:
+        """Indices start .. start+count-1, checked (in exhaustive mode they must fit in ``total``)."""
         if count < 0:
             raise PromptPackError(f"count must be >= 0, got {count}")
         if count:
             self._check_index(start + count - 1)
-        return [self.item(i) for i in range(start, start + count)]
+        return range(start, start + count)
+
+    def items(self, start: int, count: int) -> list:
+        """Items start .. start+count-1 (in exhaustive mode the range must fit in ``total``)."""
+        return [self.item(i) for i in self.check_range(start, count)]
 
     def label_of(self, i: int) -> str:
         """The label of item i without expanding its prompt."""

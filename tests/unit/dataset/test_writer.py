@@ -186,11 +186,12 @@ def test_open_skips_the_full_reconcile_after_a_clean_write(tmp_path, monkeypatch
     import numpy as np
 
     from dtgen.nodes.common.records import ScoredItem
+    from dtgen.nodes.dataset import reconcile as reconcile_mod
     from dtgen.nodes.dataset import writer as writer_mod
 
     calls = []
-    real = writer_mod.reconcile
-    monkeypatch.setattr(writer_mod, "reconcile", lambda d: calls.append(d) or real(d))
+    real = reconcile_mod.reconcile
+    monkeypatch.setattr(reconcile_mod, "reconcile", lambda d, **kw: calls.append(d) or real(d, **kw))
     ds = tmp_path / "ds"
     item = ScoredItem(image=np.zeros((4, 4, 3), np.float32), label="a", prompt="p", index=0,
                       metadata={"pack_hash": "h"})
