@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 
+from .naming import public_error
 from .records import ScoredItem
 
 
+@public_error
 class ItemListError(ValueError):
     """The per-item lists do not fit together; ``field`` names the input."""
 

@@ -98,8 +98,9 @@ def load_history_embeddings(dataset_dir, which: str = "accepted") -> dict[str, n
 
 
 def history_fingerprint(dataset_dir) -> str:
-    """Cheap change marker (size + mtime of the manifest and embedding stores) for IS_CHANGED."""
-    parts = []
+    """Cheap change marker (size + mtime of the manifest and embedding stores, and whether the
+    folder exists at all) for ComfyUI's ``fingerprint_inputs``."""
+    parts = [f"folder:{Path(dataset_dir).is_dir()}"]
     for path in [Path(dataset_dir) / MANIFEST, *sorted((Path(dataset_dir) / EMBEDDINGS).glob("*.bin"))]:
         try:
             st = path.stat()

@@ -7,6 +7,7 @@ import stat
 import time
 from pathlib import Path
 
+from ..common.naming import public_error
 from .fsio import is_temp, write_bytes_atomic
 from .lock import LOCK_NAME, DatasetLock
 
@@ -35,6 +36,7 @@ _OWNED_FILES = (MARKER, MANIFEST, CLEAN, CLAIMS, f"{IMAGES}/{METADATA}")
 _OWNED_TREES = {IMAGES: 1, REJECTED: 1, EMBEDDINGS: 1, REPORT: 1, ORPHANS: 3}
 
 
+@public_error
 class DatasetError(RuntimeError):
     """A dataset folder cannot be used as asked; ``path`` names the file or folder."""
 
@@ -43,14 +45,17 @@ class DatasetError(RuntimeError):
         super().__init__(f"{path}: {problem}")
 
 
+@public_error
 class DatasetFormatError(DatasetError):
     """The folder is not a DTGen dataset (or one of a newer format)."""
 
 
+@public_error
 class DatasetWriteError(DatasetError):
     """Writing failed (disk full, permission denied ...); the dataset stays consistent."""
 
 
+@public_error
 class DatasetSymlinkError(DatasetError):
     """A path inside the dataset folder is a symlink; nothing was read or written through it."""
 

@@ -115,6 +115,18 @@ class DTGenDatasetWriter(io.ComfyNode):
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, dataset_name=None, **_) -> str:
+        # ComfyUI replays a cached output node when its inputs are unchanged: without this, a
+        # dataset deleted or changed since would get a "written" summary for writes that never
+        # happened. After any change (including our own write) the writer runs again.
+        from .history import history_fingerprint
+
+        try:
+            return history_fingerprint(dataset_dir(first(dataset_name)))
+        except ValueError:   # a bad name: execute reports it
+            return ""
+
+    @classmethod
     def execute(cls, dataset_name, scored=None, images=None, label=None, positive=None, negative=None,
                 metadata=None, seed=None, image_format=None, quality=None, quota_per_class=None) -> io.NodeOutput:
         from .provenance import model_files, sampler_settings

@@ -10,11 +10,17 @@ import re
 import unicodedata
 from pathlib import Path
 
+from ..common.naming import public_error, reserved_label
+
 _ALLOWED = re.compile(r"^[A-Za-z0-9._-]+$")
 _RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 MAX_PART = 100
+MAX_DATASET_NAME = 200   # the whole name, sub-folders included
+PATH_MAX = 4096          # Linux; the longest path DTGen makes inside a dataset must fit
+INNER_RESERVE = 256      # longest path below the dataset folder: orphans/damaged/<tree>/<label>/<file>.tmp-...
 
 
+@public_error
 class DatasetPathError(ValueError):
     """A dataset name, label or file name that is unsafe; ``field`` and ``value`` say which."""
 
@@ -39,6 +45,8 @@ def _check_part(part: str, field: str, original) -> str:
         raise DatasetPathError(field, original, "is a reserved Windows device name")
     if len(part) > MAX_PART:
         raise DatasetPathError(field, original, f"longer than {MAX_PART} characters")
+    if field == "label" and reserved_label(part):
+        raise DatasetPathError(field, original, "is a file name the dataset layout uses; choose another label")
     return part
 
 
@@ -78,11 +86,17 @@ def safe_dataset_dir(output_dir, name: str) -> Path:
         raise DatasetPathError("dataset name", name, "must not contain '\\' or ':' (use '/' to nest)")
     if text.startswith("/"):
         raise DatasetPathError("dataset name", name, "must be relative, not an absolute path")
+    if len(text) > MAX_DATASET_NAME:
+        raise DatasetPathError("dataset name", name[:40] + "...", f"is {len(text)} characters long; the limit is "
+                               f"{MAX_DATASET_NAME}")
     parts = [_check_part(p, "dataset name", name) for p in text.split("/")]
     root = Path(output_dir).resolve()
     target = root.joinpath(*parts)
     # A symlinked folder inside output_dir could still point outside it.
     if not target.resolve().is_relative_to(root):
         raise DatasetPathError("dataset name", name, f"resolves outside the output directory {root}")
+    if len(str(target)) + INNER_RESERVE > PATH_MAX:
+        raise DatasetPathError("dataset name", name, f"makes paths longer than the system allows ({len(str(target))} "
+                               f"characters for the folder, {PATH_MAX - INNER_RESERVE} at most under {root})")
     return target
 

@@ -52,15 +52,20 @@ def legacy_key(meta: dict) -> tuple:
 
 def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,
                          targets: dict[str, int] | None = None, pack_hash: str | None = None,
-                         max_scan: int | None = None, stream: tuple | None = None) -> list[int]:
+                         max_scan: int | None = None, stream: tuple | None = None,
+                         busy=frozenset(), in_flight: dict[str, int] | None = None) -> list[int]:
     """Up to ``n`` indices from ``start`` on that are not done and whose class still needs images.
 
     Each picked index counts as one future accepted image of its class, so a class with 3 missing
     gets at most 3 indices (ask again after filtering: rejected ones leave a gap). Labels absent from
     ``targets`` have no limit. Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
+    ``busy`` indices are skipped and ``in_flight`` images per label count as on their way (claims.py).
     """
-    done = done_indices(dataset_dir, pack_hash, stream)
+    done = done_indices(dataset_dir, pack_hash, stream) | set(busy)
     need = dict(missing(dataset_dir, targets)) if targets else {}
+    for label, n in (in_flight or {}).items():
+        if label in need:
+            need[label] = max(0, need[label] - n)
     picked: list[int] = []
     limit = start + (max_scan if max_scan is not None else 100 * n + 1000)
     i = start

@@ -240,7 +240,7 @@ class DTGenClipFilter(io.ComfyNode):
         from ..dataset.history import history_fingerprint
 
         path = dataset_dir(first(dataset_name, ""))
-        return history_fingerprint(path) if path is not None and path.exists() else ""
+        return history_fingerprint(path) if path is not None else ""
 
     @classmethod
     def execute(cls, clip, images, positive, label, text_side, method, k, keep_percent, fixed_threshold,
@@ -249,6 +249,7 @@ class DTGenClipFilter(io.ComfyNode):
         import comfy.utils
 
         from ..dataset.history import load_history, load_history_embeddings
+        from ..dataset.reconcile import ensure_consistent
         from .decide import decide
         from .thresholds import method_from
         from .plot import score_histograms
@@ -269,6 +270,8 @@ class DTGenClipFilter(io.ComfyNode):
                     progress=lambda done, total: bar.update_absolute(done, total), class_texts=class_texts)
 
         ds = dataset_dir(first(dataset_name, ""))
+        if ds is not None:
+            ensure_consistent(ds)   # a crash may have left the dataset half-written
         history = load_history(ds) if ds is not None and ds.exists() else None
         history_emb = load_history_embeddings(ds) if ds is not None and ds.exists() and near > 0 else None
         batch = decide(items, method_from(first(method), first(k), first(keep_percent), first(fixed_threshold)),

@@ -92,11 +92,28 @@ def pack_path(name: str, user_dirs=(), missing_hint: str = f"user packs go in mo
     return files[name]
 
 
+_INLINE: dict = {}
+_INLINE_SIZE = 8
+
+
+def _inline_pack(text: str):
+    """Parse inline YAML once per text (validation at queue time, then execution)."""
+    with _warned_lock:
+        found = _INLINE.get(text)
+    if found is None:
+        found = parse_pack(text, source="<inline_yaml>")
+        with _warned_lock:
+            while len(_INLINE) >= _INLINE_SIZE:
+                del _INLINE[next(iter(_INLINE))]
+            _INLINE[text] = found
+    return found
+
+
 def build_sampler(pack: str, mode: str = "balanced", seed: int = 0, classes: str = "", inline_yaml: str = "",
                   user_dirs=(), *, missing_hint: str = f"user packs go in models/{USER_FOLDER}") -> Sampler:
     """The sampler for a node's inputs; ``inline_yaml`` (when not blank) replaces the pack file."""
     if inline_yaml and inline_yaml.strip():
-        loaded = parse_pack(inline_yaml, source="<inline_yaml>")
+        loaded = _inline_pack(inline_yaml)
     else:
         loaded = load_pack(pack_path(pack, user_dirs, missing_hint))
     subset = [c.strip() for c in (classes or "").split(",") if c.strip()]

@@ -33,15 +33,18 @@ def _resume_dir(dataset_name: str, quota_per_class: int):
 
 
 def missing_indices(sampler: Sampler, dataset_dir, start: int, count: int, quota: int) -> list[int]:
-    """The next `count` indices >= start that the dataset lacks, for classes below `quota`."""
-    from ..dataset.quotas import next_missing_indices
+    """The next `count` indices >= start that the dataset lacks and no other run has claimed, for
+    classes below `quota`; they are claimed for this run (several servers on one dataset)."""
+    from ..dataset.claims import claim_missing_indices
+    from ..dataset.reconcile import ensure_consistent
 
+    ensure_consistent(dataset_dir)   # a crash may have left derived files behind the manifest
     scan = None
     if sampler.mode == "exhaustive":
         scan = max(0, sampler.total - start)
-    return next_missing_indices(dataset_dir, sampler.label_of, start, count,
-                                targets={label: quota for label in sampler.labels},
-                                pack_hash=sampler.pack.pack_hash, max_scan=scan, stream=sampler.stream_key)
+    return claim_missing_indices(dataset_dir, sampler.label_of, start, count,
+                                 targets={label: quota for label in sampler.labels}, stream=sampler.stream_key,
+                                 pack_hash=sampler.pack.pack_hash, max_scan=scan)
 
 
 class DTGenPromptSampler(io.ComfyNode):

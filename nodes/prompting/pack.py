@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
+from ..common.naming import public_error, reserved_label
+
 FORMAT_VERSION = 1
 PACK_SUFFIXES = (".yaml", ".yml")
 MAX_LABEL_LENGTH = 64
@@ -43,6 +45,7 @@ _CLASS_KEYS = {"label", "templates", "metadata", "order", "negative", "negative_
 _ENTRY_KEYS = {"text", "weight"}
 
 
+@public_error
 class PromptPackError(ValueError):
     """A prompt pack or sampler request is invalid; carries where the problem is."""
 
@@ -154,6 +157,8 @@ def label_problem(label: str) -> Optional[str]:
         return f"label {label!r} must not contain '..'"
     if label.split(".")[0].upper() in _WINDOWS_RESERVED:
         return f"label {label!r} is a reserved device name on Windows"
+    if reserved_label(label):
+        return f"label {label!r} is a file name the dataset layout uses; choose another label"
     return None
 
 

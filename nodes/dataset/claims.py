@@ -1,0 +1,88 @@
+"""Resume-mode claims: item indices a queue run has planned and not stored yet.
+
+Without them two ComfyUI servers in resume mode on one dataset read the same manifest and plan the
+same next missing items; one server's images are then all skipped as duplicates. Planning happens
+under the dataset lock and records each planned index in ``claims.json``; the next planner (any
+server) skips claimed indices and counts them as images on their way to their class.
+
+A claim ends when its item is stored (accepted or rejected), when the process that made it plans
+again (ComfyUI runs one prompt at a time, so that process's earlier prompt has finished), when
+that process is gone (same host), or after ``CLAIM_TTL_S`` (a server on another machine that died).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from .fsio import open_nofollow, write_bytes_atomic
+from .layout import CLAIMS, open_dataset
+from .lock import DatasetLock
+from .quotas import done_indices, next_missing_indices
+
+CLAIM_TTL_S = 3600.0
+MAX_CLAIMS = 100_000          # a claims file past this is treated as damaged and started afresh
+_HOST = socket.gethostname()
+_OWNER = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"   # this process, across pid reuse
+
+
+def _alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    if host != _HOST:
+        return True                    # another machine: only the TTL can tell
+    try:
+        os.kill(int(rest.partition(":")[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load(dataset_dir) -> list[dict]:
+    """The claims on file (possibly expired); a damaged file counts as no claims."""
+    try:
+        with open_nofollow(Path(dataset_dir) / CLAIMS, "rb") as f:
+            data = json.loads(f.read(64 * MAX_CLAIMS))
+        claims = data["claims"]
+        if not isinstance(claims, list) or len(claims) > MAX_CLAIMS:
+            return []
+        return [c for c in claims if isinstance(c, dict) and {"stream", "index", "label", "until", "owner"} <= set(c)]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _live(claims: list[dict], stored: set, now: float) -> list[dict]:
+    keep, checked = [], {}
+    for c in claims:
+        if c["until"] <= now or (c["stream"], c["index"]) in stored or c["owner"] == _OWNER:
+            continue
+        if c["owner"] not in checked:
+            checked[c["owner"]] = _alive(c["owner"])
+        if checked[c["owner"]]:
+            keep.append(c)
+    return keep
+
+
+def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets: dict[str, int],
+                          stream: tuple, pack_hash: str, max_scan: int | None = None,
+                          now: float | None = None) -> list[int]:
+    """Like ``quotas.next_missing_indices`` for one sampler stream, skipping what other runs
+    have claimed, and claiming what it returns. ``stream`` is ``Sampler.stream_key``."""
+    now = time.time() if now is None else now
+    open_dataset(dataset_dir)
+    with DatasetLock(dataset_dir):
+        done = done_indices(dataset_dir, pack_hash, stream)
+        claims = _live(load(dataset_dir), {(stream[0], i) for i in done}, now)
+        mine = {c["index"] for c in claims if c["stream"] == stream[0]}
+        in_flight = Counter(c["label"] for c in claims)
+        picked = next_missing_indices(dataset_dir, label_of, start, count, targets=targets, pack_hash=pack_hash,
+                                      max_scan=max_scan, stream=stream, busy=mine, in_flight=in_flight)
+        claims += [{"stream": stream[0], "index": i, "label": label_of(i), "until": now + CLAIM_TTL_S,
+                    "owner": _OWNER} for i in picked]
+        write_bytes_atomic(Path(dataset_dir) / CLAIMS, json.dumps({"claims": claims}).encode())
+    return picked
