@@ -63,9 +63,9 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
     """
     done = done_indices(dataset_dir, pack_hash, stream) | set(busy)
     need = dict(missing(dataset_dir, targets)) if targets else {}
-    for label, n in (in_flight or {}).items():
+    for label, coming in (in_flight or {}).items():
         if label in need:
-            need[label] = max(0, need[label] - n)
+            need[label] = max(0, need[label] - coming)
     picked: list[int] = []
     limit = start + (max_scan if max_scan is not None else 100 * n + 1000)
     i = start

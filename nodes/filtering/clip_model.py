@@ -215,7 +215,10 @@ def _torch_load(path: Path):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "unsupported global" not in str(exc).lower():   # not a pickle of objects: corrupt
+        # "Unsupported global" / "Unsupported operand": a pickle that would build Python objects
+        # (any pickle protocol); anything else is a damaged file. torch's own text advises
+        # weights_only=False, which would run such a file's code: never shown.
+        if "unsupported" not in str(exc).lower():
             raise
         raise ClipFilterError("file holds Python objects besides tensors; refusing to unpickle it "
                               "(torch.load weights_only=True). Convert it to .safetensors",

@@ -1,0 +1,239 @@
+"""The hostile-input corpus: what an attacker or a careless user can send (prompt packs, dataset
+names, labels, weights files, queue-client arguments), each refused with an error that names the
+problem, quickly, and with nothing written where it should not be.
+
+One parametrised test; ``pytest tests/unit/test_hostile_inputs.py -v`` prints the outcome per case.
+Every case runs under an alarm: a hang (the billion-laughs class of defect) fails instead of blocking.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from dtgen.nodes.dataset.paths import DatasetPathError, safe_dataset_dir, safe_label
+from dtgen.nodes.prompting.pack import MAX_PACK_BYTES, PromptPackError, load_pack, parse_pack
+from support.pkg import ROOT
+
+HANG_GUARD_S = 20          # far above any real refusal (they take milliseconds); a hang fails the case
+EXAMPLE = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
+
+HEAD = "version: 1\nname: t\n"
+ONE_CLASS = "classes:\n  - label: a\n    templates: ['{s0}']\n"
+
+
+def _laughs(levels: int, indent: str = "") -> str:
+    lines = [f"{indent}l0: &l0 [" + ", ".join(['"lol"'] * 9) + "]"]
+    lines += [f"{indent}l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _doubling(levels: int) -> str:
+    slots = "".join(f"  s{i}: ['{{s{i + 1}}} {{s{i + 1}}}']\n" for i in range(levels))
+    return HEAD + "slots:\n" + slots + f"  s{levels}: [x]\n" + ONE_CLASS
+
+
+def _chain(levels: int) -> str:
+    slots = "".join(f"  s{i}: ['{{s{i + 1}}}']\n" for i in range(levels))
+    return HEAD + "slots:\n" + slots + f"  s{levels}: [x]\n" + ONE_CLASS
+
+
+def _label(label: str) -> str:
+    return HEAD + f"classes:\n  - label: {json.dumps(label)}\n    templates: ['x']\n"
+
+
+PACKS = {
+    # name: (YAML text, what the message must say)
+    "billion_laughs_9_levels": (_laughs(9) + "version: 1\n", "MAX_YAML_NODES"),
+    "billion_laughs_in_slots": (HEAD + "slots:\n" + _laughs(9, "  ") + "classes: []\n", "MAX_YAML_NODES"),
+    "expansion_bomb_60_levels": (_doubling(60), "MAX_SLOT_DEPTH"),
+    "expansion_doubling_20_levels": (_doubling(20), "MAX_PROMPT_CHARS"),
+    "expansion_steps": (HEAD + "slots:\n  w: [x]\n  s: ['" + "{w}" * 3000 + "']\nclasses:\n  - label: a\n"
+                        "    templates: ['{s}']\n", "MAX_EXPANSION_STEPS"),
+    "slot_chain_3000": (_chain(3000), "MAX_SLOT_DEPTH"),
+    "nesting_100k_deep": ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "MAX_YAML_DEPTH"),
+    "alias_heavy": ("a: &a x\nb: [" + ", ".join(["*a"] * 1500) + "]\n", "MAX_YAML_ALIASES"),
+    "long_string_repeated_by_aliases": ("s: &s '" + "x" * 100_000 + "'\nt: [" + ", ".join(["*s"] * 60) + "]\n",
+                                        "MAX_YAML_CHARS"),
+    "oversized_pack": (HEAD + "description: '" + "x" * (MAX_PACK_BYTES + 10) + "'\n", "MAX_PACK_BYTES"),
+    "python_object_tag": (HEAD + "x: !!python/object/apply:os.system ['touch /tmp/dtgen-pwned']\n",
+                          "could not determine a constructor"),
+    "python_name_tag": (HEAD + "x: !!python/name:os.system\n", "could not determine a constructor"),
+    "duplicate_key": (HEAD + "name: u\nclasses: []\n", "'name' appears twice"),
+    "reference_cycle": (HEAD + "slots:\n  a: ['{b}']\n  b: ['{a}']\nclasses:\n  - label: x\n"
+                        "    templates: ['{a}']\n", "reference cycle"),
+    "unknown_slot": (HEAD + "classes:\n  - label: x\n    templates: ['{nope}']\n", "unknown slot {nope}"),
+    "label_traversal": (_label("../escape"), "labels are folder names"),
+    "label_metadata_jsonl": (_label("metadata.jsonl"), "file name the dataset layout uses"),
+    "label_manifest_other_case": (_label("Manifest.JSONL"), "file name the dataset layout uses"),
+    "label_windows_device": (_label("CON"), "reserved device name"),
+    "label_slash": (_label("a/b"), "labels are folder names"),
+    "label_too_long": (_label("x" * 65), "longer than 64"),
+    "not_a_mapping": ("- 1\n- 2\n", "must be a mapping"),
+    "unclosed_flow": ("a: [1, 2\n", "malformed YAML"),
+}
+
+DATASET_NAMES = {
+    "parent_traversal": ("../escape", "'.' and '..' are not allowed"),
+    "nested_traversal": ("a/../../b", "'.' and '..' are not allowed"),
+    "absolute": ("/etc", "must be relative"),
+    "windows_drive": ("C:\\x", "must not contain"),
+    "hidden": (".ssh", "must not start with '.'"),
+    "device_name": ("nul", "reserved Windows device name"),
+    "fullwidth_dots": ("\uff0e\uff0e/x", "'.' and '..' are not allowed"),
+    "nul_byte": ("a\x00b", "only ASCII letters"),
+    "part_too_long": ("x" * 101, "longer than 100"),
+    "name_too_long_50x100": ("/".join(["x" * 100] * 50), "the limit is 200"),
+    "empty_segment": ("a//b", "empty name"),
+}
+
+LABELS = {
+    "traversal": ("..", "'.' and '..' are not allowed"),
+    "slash": ("a/b", "must not contain '/'"),
+    "metadata_jsonl": ("metadata.jsonl", "file name the dataset layout uses"),
+    "dataset_json_upper": ("DATASET.JSON", "file name the dataset layout uses"),
+    "device": ("LPT1", "reserved Windows device name"),
+    "empty": ("   ", "empty name"),
+    "non_ascii": ("caf\u00e9", "only ASCII letters"),
+}
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious .pt file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+# weights file: what the message must say
+WEIGHTS = {"pickle_payload.pt": "refusing to unpickle", "html_error_page.safetensors": "corrupt",
+           "empty.bin": "empty", "header_claims_1TB.safetensors": "corrupt",
+           "folder.safetensors": "folder.safetensors", "missing.safetensors": "missing.safetensors"}
+
+
+def _make_weights(tmp: Path, name: str) -> Path:
+    path = tmp / name
+    if name == "pickle_payload.pt":
+        path.write_bytes(pickle.dumps({"state_dict": _Payload(tmp / "pwned")}))
+    elif name == "html_error_page.safetensors":
+        path.write_bytes(b"<html><body>rate limited</body></html>")
+    elif name == "empty.bin":
+        path.write_bytes(b"")
+    elif name == "header_claims_1TB.safetensors":
+        path.write_bytes(struct.pack("<Q", 10 ** 12) + b"{}")
+    elif name == "folder.safetensors":
+        path.mkdir()
+    return path
+
+
+RUNNER_ARGS = {
+    "quota_zero": (["--quota", "0"], "a quota must be >= 1"),
+    "retries_negative": (["--quota", "1", "--retries", "-1"], "--retries: must be >= 0"),
+    "pack_dir_missing": (["--quota", "1", "--pack-dir", "/nonexistent"], "'/nonexistent' is not an existing folder"),
+    "set_typo": (["--quota", "1", "--set", "KSampler.stepz=4"], "did you mean 'steps'"),
+    "set_not_finite": (["--quota", "1", "--set", "KSampler.cfg=NaN"], "cfg"),
+    "pending_zero": (["--quota", "1", "--pending", "0"], "--pending: must be >= 1"),
+    "dead_after_nan": (["--quota", "1", "--dead-after", "nan"], "--dead-after"),
+    "inline_billion_laughs": (["--quota", "1", "--set", "DTGenPromptSampler.inline_yaml="
+                               + json.dumps(_laughs(9) + "version: 1\n")], "MAX_YAML_NODES"),
+    "inline_expansion_bomb": (["--quota", "1", "--set", "DTGenPromptSampler.inline_yaml="
+                               + json.dumps(_doubling(60))], "MAX_SLOT_DEPTH"),
+}
+
+
+@dataclass
+class Case:
+    attempt: Callable[[Path], object]     # raises, or returns what the check below inspects
+    expect: str                           # text the refusal must contain
+
+
+def _expect_raise(fn, error, expect):
+    def attempt(tmp):
+        with pytest.raises(error) as info:
+            fn(tmp)
+        return str(info.value)
+    return Case(attempt, expect)
+
+
+def _runner(args):
+    def attempt(tmp):
+        import contextlib
+        import io
+
+        from dtgen.runner.cli import main
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(["queue", str(EXAMPLE), *args])
+            except SystemExit as exc:
+                code = exc.code
+        assert code not in (0, None), f"exit code {code}"
+        text = err.getvalue()
+        assert text.startswith("error: ") and "Traceback" not in text, text
+        return text
+    return attempt
+
+
+def _load_weights(name):
+    def attempt(tmp):
+        from dtgen.nodes.filtering.clip_model import load_clip
+        from dtgen.nodes.filtering.errors import ClipFilterError
+
+        path = _make_weights(tmp, name)
+        with pytest.raises(ClipFilterError) as info:
+            load_clip("ViT-B-32", str(path))
+        assert not (tmp / "pwned").exists(), "the pickle payload ran"
+        return str(info.value)
+    return attempt
+
+
+def _pack_file(tmp: Path, data: bytes):
+    path = tmp / "pack.yaml"
+    path.write_bytes(data)
+    return load_pack(path)
+
+
+CASES: dict[str, Case] = {}
+CASES.update({f"pack/{k}": _expect_raise(lambda tmp, t=t: parse_pack(t), PromptPackError, e)
+              for k, (t, e) in PACKS.items()})
+CASES["pack/file_not_utf8"] = _expect_raise(lambda tmp: _pack_file(tmp, b"version: 1\nname: \xff\xfe\n"),
+                                            PromptPackError, "not UTF-8")
+CASES["pack/file_oversized"] = _expect_raise(lambda tmp: _pack_file(tmp, b"#" * (MAX_PACK_BYTES + 1)),
+                                             PromptPackError, "MAX_PACK_BYTES")
+CASES.update({f"dataset_name/{k}": _expect_raise(lambda tmp, n=n: safe_dataset_dir(tmp, n), DatasetPathError, e)
+              for k, (n, e) in DATASET_NAMES.items()})
+CASES.update({f"label/{k}": _expect_raise(lambda tmp, n=n: safe_label(n), DatasetPathError, e)
+              for k, (n, e) in LABELS.items()})
+CASES.update({f"weights/{n}": Case(_load_weights(n), e) for n, e in WEIGHTS.items()})
+CASES.update({f"runner/{k}": Case(_runner(a), e) for k, (a, e) in RUNNER_ARGS.items()})
+
+
+def _alarm(signum, frame):
+    raise TimeoutError(f"no answer within {HANG_GUARD_S} s: a hang")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input_is_refused_quickly_with_a_message_naming_it(name, tmp_path):
+    case = CASES[name]
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(HANG_GUARD_S)
+    start = time.perf_counter()
+    try:
+        message = case.attempt(tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    elapsed = time.perf_counter() - start
+    assert case.expect in message, message
+    print(f"{name}: refused in {elapsed * 1000:.0f} ms: {message[:160]}")
