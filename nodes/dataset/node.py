@@ -115,16 +115,12 @@ class DTGenDatasetWriter(io.ComfyNode):
         return True
 
     @classmethod
-    def fingerprint_inputs(cls, dataset_name=None, **_) -> str:
-        # ComfyUI replays a cached output node when its inputs are unchanged: without this, a
-        # dataset deleted or changed since would get a "written" summary for writes that never
-        # happened. After any change (including our own write) the writer runs again.
-        from .history import history_fingerprint
-
-        try:
-            return history_fingerprint(dataset_dir(first(dataset_name)))
-        except ValueError:   # a bad name: execute reports it
-            return ""
+    def fingerprint_inputs(cls, **_) -> float:
+        # Always run (NaN never equals itself): ComfyUI replays a cached output node whose inputs
+        # are unchanged, and the dataset may have changed on disk since (deleted, repaired), so a
+        # replayed "written" summary could report writes that never happened. Re-running costs a
+        # duplicate check per item; stored items are skipped and the summary says so.
+        return float("nan")
 
     @classmethod
     def execute(cls, dataset_name, scored=None, images=None, label=None, positive=None, negative=None,
