@@ -5,7 +5,7 @@ anywhere else (tests, scripts, ``python -c "import dtgen"``) the import guard le
 out, so the plain modules under ``nodes/`` work without ComfyUI. Importing does no heavy work:
 no open_clip, no model, no prompt-pack parsing.
 """
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 try:  # import guard: the V3 API exists only inside ComfyUI
     from comfy_api.latest import ComfyExtension as _ComfyExtension  # noqa: F401
