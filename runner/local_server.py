@@ -6,6 +6,8 @@ through an ``extra_model_paths.yaml`` listing the install's models folder plus a
 """
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
 import signal
 import socket
@@ -22,6 +24,11 @@ MODEL_FOLDERS = ("checkpoints", "loras", "vae", "text_encoders", "clip", "diffus
                  "open_clip", "dtgen_prompts")
 INSTALL_HINT = ("install it with `pip install comfy-cli && comfy --skip-prompt install --cpu` (needs the "
                 "network) or point COMFYUI_PATH (or --comfyui) at a ComfyUI folder")
+
+
+# Servers started with ``die_with_parent=True`` and not stopped yet: stopped at interpreter exit.
+TIED: set[subprocess.Popen] = set()
+PR_SET_PDEATHSIG = 1
 
 
 class LocalServerError(RuntimeError):
@@ -100,17 +107,23 @@ class LocalServer:
 
     ``install_models=False`` leaves the install's own models folder out (tests see only the
     folders in ``model_dirs``); ``log_name`` names the log file in the workspace.
+
+    The server runs in a session of its own, so it outlives this process unless stopped (the demo's
+    ``--keep-server``). ``die_with_parent=True`` (tests) ties it to this process instead: it is
+    stopped at interpreter exit and, on Linux, killed by the kernel when the thread that started it
+    dies (PR_SET_PDEATHSIG), so a killed test run leaves no server behind.
     """
 
     def __init__(self, comfyui: Path, workspace: Path, port: int, python: str | None = None,
                  model_dirs: dict[str, list[Path]] | None = None, cpu: bool = True,
                  output_dir: Path | None = None, extra_args=(), install_models: bool = True,
-                 log_name: str | None = None):
+                 log_name: str | None = None, die_with_parent: bool = False):
         self.comfyui, self.workspace, self.port = Path(comfyui), Path(workspace), port
         self.python = python or comfy_python(self.comfyui)
         self.model_dirs, self.cpu, self.extra_args = model_dirs or {}, cpu, list(extra_args)
         self.output_dir = Path(output_dir) if output_dir else self.workspace / "output"
         self.install_models, self.log_name = install_models, log_name
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -134,19 +147,30 @@ class LocalServer:
                "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
                *(["--cpu"] if self.cpu else []), *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+        # the preexec_fn takes no locks and imports nothing (prctl, getppid), so threads do not matter
+        preexec = _pdeathsig_preexec() if self.die_with_parent else None
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=preexec)  # noqa: PLW1509
+        if self.die_with_parent:
+            TIED.add(self.proc)
+        try:
+            self._wait_until_up(timeout)
+        except BaseException:
+            self.stop()  # a failed or interrupted start leaves no process
+            raise
+        return self
+
+    def _wait_until_up(self, timeout: float) -> None:
         api, deadline = ComfyAPI(self.url, timeout=2), time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LocalServerError(f"ComfyUI exited during start-up ({self.last_error()}); see {self.log_path}")
             try:
                 api.system_stats()
-                return self
+                return
             except ComfyError:
                 time.sleep(0.3)
-        self.stop()
         raise LocalServerError(f"ComfyUI did not answer within {timeout:.0f} s; see {self.log_path}")
 
     def last_error(self) -> str:
@@ -175,7 +199,10 @@ class LocalServer:
 def stop_process_group(proc: subprocess.Popen | None, timeout: float = 15) -> None:
     """Stop a server started with ``start_new_session=True``: SIGTERM its process group, SIGKILL
     if it is still there after ``timeout`` seconds."""
-    if proc is None or proc.poll() is not None:
+    if proc is None:
+        return
+    TIED.discard(proc)
+    if proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -186,3 +213,46 @@ def stop_process_group(proc: subprocess.Popen | None, timeout: float = 15) -> No
         except ProcessLookupError:
             pass
         proc.wait(timeout=timeout)
+
+
+def stop_tied() -> list[subprocess.Popen]:
+    """Stop the servers started with ``die_with_parent=True`` and not stopped yet; returns those
+    that were still running."""
+    running = [p for p in TIED if p.poll() is None]
+    for proc in list(TIED):
+        stop_process_group(proc, timeout=5)
+    return running
+
+
+atexit.register(stop_tied)
+
+
+def _pdeathsig_preexec():
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when its parent thread dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()  # looked up before the fork
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def servers_under(root: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of the ComfyUI processes (``main.py``) whose ``--base-directory`` lies
+    under ``root``; read from Linux's /proc (elsewhere: none)."""
+    root, found = Path(os.path.realpath(root)), []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if not any(Path(a).name == "main.py" for a in args) or "--base-directory" not in args[:-1]:
+            continue
+        base = Path(os.path.realpath(args[args.index("--base-directory") + 1]))
+        if base == root or root in base.parents:
+            found.append((int(entry.name), " ".join(a for a in args if a)))
+    return found

@@ -55,8 +55,10 @@ def start_server(comfyui_path, base_dir, model_dirs, **kw) -> ComfyServer:
 @pytest.fixture(scope="session")
 def comfy_server(comfyui_path, model_dirs, tmp_path_factory):
     server = start_server(comfyui_path, tmp_path_factory.mktemp("comfy"), model_dirs)
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ ComfyUI is found at ``$COMFYUI_PATH``, else comfy-cli's default workspace ``~/co
 The server is the pack's own launcher (``runner/local_server.py``): ``main.py --cpu`` on a free
 loopback port with a temporary base directory (output, input, temp, user, custom_nodes/dtgen ->
 this checkout) and an ``extra_model_paths.yaml`` mapping only the fixture model folders. It is
-stopped through its process group.
+stopped through its process group, and tied to the test process (``die_with_parent``): stopped at
+interpreter exit and killed with it, so no server outlives the test run.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class ComfyServer:
         self.port = self.port or free_port()
         server = LocalServer(self.comfyui, self.base_dir, self.port, python=sys.executable,
                              model_dirs=self.model_dirs, output_dir=self.output_dir,
-                             extra_args=self.extra_args, install_models=False, log_name="server.log")
+                             extra_args=self.extra_args, install_models=False, log_name="server.log",
+                             die_with_parent=True)
         try:
             server.start(timeout)
         except LocalServerError as exc:
