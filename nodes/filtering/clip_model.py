@@ -215,14 +215,15 @@ def _torch_load(path: Path):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # "Unsupported global" / "Unsupported operand": a pickle that would build Python objects
-        # (any pickle protocol); anything else is a damaged file. torch's own text advises
-        # weights_only=False, which would run such a file's code: never shown.
-        if "unsupported" not in str(exc).lower():
-            raise
-        raise ClipFilterError("file holds Python objects besides tensors; refusing to unpickle it "
-                              "(torch.load weights_only=True). Convert it to .safetensors",
-                              str(path)) from exc
+        # torch's own text advises weights_only=False, which would run such a file's code: never shown
+        text = str(exc).lower()
+        if "unsupported global" in text or "is blocked" in text:
+            raise ClipFilterError("file holds Python objects besides tensors; refusing to unpickle it "
+                                  "(torch.load weights_only=True). Convert it to .safetensors",
+                                  str(path)) from exc
+        raise ClipFilterError("weights file is corrupt or not a weights file (torch's safe loader, "
+                              "weights_only=True, cannot read it; it was not unpickled). Use a .safetensors "
+                              "file", str(path)) from exc
     except RuntimeError as exc:
         # OpenAI's original ViT-B-32.pt etc. are TorchScript archives, not pickles.
         if "TorchScript" not in str(exc) and "torch.jit.load" not in str(exc):

@@ -116,7 +116,7 @@ class _Payload:
 
 
 # weights file: what the message must say
-WEIGHTS = {"pickle_payload.pt": "refusing to unpickle", "html_error_page.safetensors": "corrupt",
+WEIGHTS = {"pickle_payload.pt": "it was not unpickled", "pickle_payload_protocol2.pt": "refusing to unpickle", "html_error_page.safetensors": "corrupt",
            "empty.bin": "empty", "header_claims_1TB.safetensors": "corrupt",
            "folder.safetensors": "folder.safetensors", "missing.safetensors": "missing.safetensors"}
 
@@ -125,6 +125,8 @@ def _make_weights(tmp: Path, name: str) -> Path:
     path = tmp / name
     if name == "pickle_payload.pt":
         path.write_bytes(pickle.dumps({"state_dict": _Payload(tmp / "pwned")}))
+    elif name == "pickle_payload_protocol2.pt":
+        path.write_bytes(pickle.dumps({"state_dict": _Payload(tmp / "pwned")}, protocol=2))
     elif name == "html_error_page.safetensors":
         path.write_bytes(b"<html><body>rate limited</body></html>")
     elif name == "empty.bin":
