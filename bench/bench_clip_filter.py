@@ -32,9 +32,9 @@ load_package()
 
 import numpy as np
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.filtering.clip_model import load_clip
-from dtgen.nodes.filtering.decide import decide, refilter
-from dtgen.nodes.filtering.scoring import TextEmbeddingCache, score_items
+from dtgen.nodes.scoring.clip_model import load_clip
+from dtgen.nodes.curation.decide import decide, refilter
+from dtgen.nodes.scoring.similarity import TextEmbeddingCache, score_items
 
 # photos bundled with scikit-image (no download): colour and gray, natural and microscopy
 SOURCES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "retina", "hubble_deep_field",

@@ -27,7 +27,7 @@ load_package()
 
 import numpy as np
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 

@@ -22,7 +22,7 @@ from _pkg import load_package
 load_package()
 
 import numpy as np
-from dtgen.nodes.filtering.thresholds import get_method
+from dtgen.nodes.curation.thresholds import get_method
 
 CONTAMINATION = (0.05, 0.10, 0.20, 0.30)
 METHODS = [("mean_std", {}), ("mean_std", {"k": 1.0}), ("median_mad", {}), ("median_mad", {"k": 2.0}),

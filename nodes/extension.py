@@ -11,8 +11,8 @@ class DTGenExtension(ComfyExtension):
 
 
 def _stage_modules():
-    from .prompting import node as prompting
-    from .filtering import node as filtering
-    from .dataset import node as dataset
+    from .adapters import prompt_sampler as prompting
+    from .adapters import clip_filter as filtering
+    from .adapters import dataset as dataset
 
     return [prompting, filtering, dataset]

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..nodes.dataset.layout import DatasetError
+from ..nodes.store.layout import DatasetError
 from ..nodes.prompting.pack import PromptPackError
 from ..nodes.prompting.sampler import MAX_COUNT
 from .api import ComfyError

@@ -1,21 +1,22 @@
 """A live, read-only view of a dataset's manifest for the queue client.
 
-The same per-process incremental view the nodes use (``nodes.dataset.history.live_state``): a
+The same per-process incremental view the nodes use (``nodes.store.reader.live_state``): a
 poll reads only the lines appended since the last one, a rewritten manifest (finalize, reconcile)
-is read again in full. Counts and done indices follow the rules of ``nodes.dataset.quotas``.
+is read again in full. Counts and done indices follow the same rules as the nodes (``reader.class_counts``,
+``identity.in_stream``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..nodes.dataset.history import live_state
-from ..nodes.dataset.quotas import class_counts, is_done
+from ..nodes.common.identity import StreamKey, in_stream
+from ..nodes.store.reader import class_counts, live_state
 
 
 class DatasetView:
-    def __init__(self, dataset_dir, pack_hash: str | None = None, stream: tuple | None = None):
+    def __init__(self, dataset_dir, pack_hash: str | None = None, stream_key: StreamKey | None = None):
         self.dir = Path(dataset_dir)
-        self.pack_hash, self.stream = pack_hash, stream
+        self.pack_hash, self.stream_key = pack_hash, stream_key
         self._records: list[dict] = []
         self._offset = 0   # manifest bytes read so far
 
@@ -35,7 +36,7 @@ class DatasetView:
 
     def done_indices(self) -> set[int]:
         """Indices stored (accepted or rejected) for this client's pack and sampler stream."""
-        return {int(r["index"]) for r in self._records if is_done(r, self.pack_hash, self.stream)}
+        return {int(r["index"]) for r in self._records if in_stream(r, self.pack_hash, self.stream_key)}
 
     def foreign_pack_hashes(self) -> set[str]:
         return {r["pack_hash"] for r in self._records if r.get("pack_hash") and r["pack_hash"] != self.pack_hash}

@@ -190,7 +190,7 @@ def cmd_demo(args) -> int:
 
 def finalize_demo(dataset_dir: Path):
     """Report images (contact sheets, score histograms) and report.json; decisions are kept."""
-    from ..nodes.dataset.finalize import finalize
-    from ..nodes.filtering.offline import histogram_image
+    from ..nodes.curation.finalize import finalize
+    from ..nodes.curation.redecide import histogram_image
 
     return finalize(dataset_dir, plot_fn=histogram_image, echo=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from .identity import frame_id
 from .naming import public_error
 from .records import ScoredItem
 
@@ -62,14 +63,7 @@ def items_from_lists(images: list, positive: list, label: list, metadata: list |
             items.append(ScoredItem(
                 image=frame, label=text, prompt=_pick(positive, i, "") or "",
                 negative=_pick(negative, i, "") or "", seed=_pick(seed, i), index=index,
-                metadata=dict(meta, item_id=_frame_id(meta, index, b)) if len(frames) > 1 else meta,
+                metadata=dict(meta, item_id=frame_id(meta, index, b)) if len(frames) > 1 else meta,
                 extra={"batch_index": b} if len(frames) > 1 else {}))
     return items
 
-
-def _frame_id(meta: dict, index, frame: int) -> str:
-    """Identity of frame ``frame`` of a multi-frame item: the sampler's stream (pack, mode, seed,
-    classes) when it has one, so a new seed's frames are new items; else the pack hash."""
-    if meta.get("stream"):
-        return f"stream:{meta['stream']}:{index}:{frame}"
-    return f"{meta.get('pack_hash', '')}:{index}:{frame}"

@@ -23,6 +23,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from itertools import chain
 
+from ..common.identity import StreamKey, stream_id
 from .pack import Pack, PromptPackError, split_template
 
 MODES = ("balanced", "random", "exhaustive")
@@ -283,15 +284,6 @@ def tidy(text: str) -> str:
 # The sampler
 
 
-def stream_id(pack_hash: str, mode: str, seed: int, labels) -> str:
-    """Names one item sequence: (pack content, mode, base seed, sampled classes). Items with the
-    same stream and index are the same item; a new seed, mode or class subset is a new stream, so
-    its items are new items in a dataset, not duplicates of the old stream's indices."""
-    h = hashlib.blake2b(digest_size=8, person=b"dtgen.stream")
-    h.update(f"{pack_hash}|{mode}|{seed}|{','.join(labels)}".encode())
-    return h.hexdigest()
-
-
 class Sampler:
     """Deterministic prompt items from a pack. ``item(i)`` is pure and O(1).
 
@@ -329,8 +321,7 @@ class Sampler:
         self._seed_base.update(b"%d:" % seed)
         self._n_classes = len(self._classes)
         self.stream = stream_id(pack.pack_hash, mode, seed, self.labels)
-        # what a stored record is matched on (records written before streams: base seed and mode)
-        self.stream_key = (self.stream, seed, mode)
+        self.stream_key = StreamKey(self.stream, seed, mode)
 
     def item_seed(self, i: int) -> int:
         """The image seed of item i: depends on (base seed, i) only, < 2**53."""

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 
 import pytest
-from dtgen.nodes.dataset import manifest
+from dtgen.nodes.store import manifest
 from support.comfy_server import ComfyServer, free_port
 from support.graphs import example_api
 from support.pkg import ROOT

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from dtgen.nodes.dataset.paths import DatasetPathError, safe_dataset_dir, safe_label
+from dtgen.nodes.store.paths import DatasetPathError, safe_dataset_dir, safe_label
 from dtgen.nodes.prompting.pack import MAX_PACK_BYTES, PromptPackError, load_pack, parse_pack
 from support.pkg import ROOT
 
@@ -189,8 +189,8 @@ def _runner(args):
 
 def _load_weights(name):
     def attempt(tmp):
-        from dtgen.nodes.filtering.clip_model import load_clip
-        from dtgen.nodes.filtering.errors import ClipFilterError
+        from dtgen.nodes.scoring.clip_model import load_clip
+        from dtgen.nodes.scoring.errors import ClipFilterError
 
         path = _make_weights(tmp, name)
         with pytest.raises(ClipFilterError) as info:

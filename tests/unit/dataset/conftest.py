@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.dataset import manifest
-from dtgen.nodes.dataset.reconcile import _image_files
+from dtgen.nodes.store import manifest
+from dtgen.nodes.store.reconcile import _image_files
 
 LABELS = ("cat", "dog", "tea cup")
 

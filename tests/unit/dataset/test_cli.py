@@ -1,11 +1,11 @@
-"""``python -m nodes.dataset.cli``: status, reconcile, finalize (no re-decide), one-line errors."""
+"""``python -m nodes.curation.cli``: status, reconcile, finalize (no re-decide), one-line errors."""
 import json
 import subprocess
 import sys
 
 import pytest
-from dtgen.nodes.dataset import cli
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.curation import cli
+from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 from support.pkg import ROOT
 
@@ -70,11 +70,11 @@ def test_errors_are_one_line_and_exit_2(ds, tmp_path, capsys, case, message):
 
 
 def test_documented_invocation_from_the_checkout(ds, tmp_path):
-    """`python -m nodes.dataset.cli ...` run in the checkout folder, as the README says."""
-    ok = subprocess.run([sys.executable, "-m", "nodes.dataset.cli", "status", str(ds)], cwd=ROOT,
+    """`python -m nodes.curation.cli ...` run in the checkout folder, as the README says."""
+    ok = subprocess.run([sys.executable, "-m", "nodes.curation.cli", "status", str(ds)], cwd=ROOT,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert set(json.loads(ok.stdout)["counts"]) == {"cat", "dog", "tea cup"}
-    bad = subprocess.run([sys.executable, "-m", "nodes.dataset.cli", "reconcile", str(tmp_path / "nope")],
+    bad = subprocess.run([sys.executable, "-m", "nodes.curation.cli", "reconcile", str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

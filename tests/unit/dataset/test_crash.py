@@ -7,10 +7,10 @@ import sys
 import time
 
 import pytest
-from dtgen.nodes.dataset import manifest
-from dtgen.nodes.dataset.lock import DatasetLock
-from dtgen.nodes.dataset.reconcile import reconcile
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.store import manifest
+from dtgen.nodes.store.lock import DatasetLock
+from dtgen.nodes.store.reconcile import reconcile
+from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 from support.pkg import BOOTSTRAP
 
@@ -24,7 +24,7 @@ N_ITEMS = 40
 CHILD = """
 import sys
 from pathlib import Path
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.store.writer import DatasetWriter
 sys.path.insert(0, {tests!r})
 from unit.dataset.conftest import make_items
 ds, start, stop, batch = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

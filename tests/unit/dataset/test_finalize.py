@@ -2,11 +2,11 @@ import json
 
 import numpy as np
 import pytest
-from dtgen.nodes.dataset import manifest
-from dtgen.nodes.dataset import finalize as finalize_mod
-from dtgen.nodes.dataset.clean_marker import is_clean
-from dtgen.nodes.dataset.finalize import finalize, parse_split
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.store import manifest
+from dtgen.nodes.curation import finalize as finalize_mod
+from dtgen.nodes.store.clean_marker import is_clean
+from dtgen.nodes.curation.finalize import finalize, parse_split
+from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 
 from .conftest import check_consistent, make_items

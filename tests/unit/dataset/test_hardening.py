@@ -9,13 +9,14 @@ import subprocess
 import sys
 
 import pytest
-from dtgen.nodes.dataset import claims as claims_mod
-from dtgen.nodes.dataset.history import history_fingerprint
-from dtgen.nodes.dataset.layout import DatasetSymlinkError
-from dtgen.nodes.dataset.lock import DatasetLock
-from dtgen.nodes.dataset.paths import DatasetPathError, safe_dataset_dir, safe_label
-from dtgen.nodes.dataset.reconcile import ensure_consistent, reconcile
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.common.identity import StreamKey
+from dtgen.nodes.curation import claims as claims_mod
+from dtgen.nodes.store.reader import history_fingerprint
+from dtgen.nodes.store.layout import DatasetSymlinkError
+from dtgen.nodes.store.lock import DatasetLock
+from dtgen.nodes.store.paths import DatasetPathError, safe_dataset_dir, safe_label
+from dtgen.nodes.store.reconcile import ensure_consistent, reconcile
+from dtgen.nodes.store.writer import DatasetWriter
 from support.pkg import BOOTSTRAP
 
 from .conftest import check_consistent, make_items
@@ -98,7 +99,7 @@ STEPS = ["mark_dirty", "write_atomic", "fsync_dir", "embeddings.append", "manife
 CHILD = """
 import os, sys
 from pathlib import Path
-from dtgen.nodes.dataset import writer as W, embeddings, manifest, metadata
+from dtgen.nodes.store import writer as W, embeddings, manifest, metadata
 sys.path.insert(0, {tests!r})
 from unit.dataset.conftest import make_items
 ds, step, when = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -200,7 +201,7 @@ def test_layout_file_names_cannot_be_labels(label):
 
 def test_every_name_the_layout_uses_is_reserved():
     from dtgen.nodes.common.naming import RESERVED_LABELS
-    from dtgen.nodes.dataset import layout
+    from dtgen.nodes.store import layout
 
     assert {layout.MARKER, layout.MANIFEST, layout.METADATA, layout.CLAIMS} <= RESERVED_LABELS
 
@@ -241,7 +242,7 @@ def _plan(ds, owner, monkeypatch, count=4, quota=10, now=1000.0):
     monkeypatch.setattr(claims_mod, "_OWNER", owner)
     labels = ("cat", "dog")
     return claims_mod.claim_missing_indices(ds, lambda i: labels[i % 2], 0, count, {"cat": quota, "dog": quota},
-                                            stream=("s1", 0, "balanced"), pack_hash="ph1", now=now)
+                                            stream_key=StreamKey("s1", 0, "balanced"), pack_hash="ph1", now=now)
 
 
 def test_two_planners_never_plan_the_same_items(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 import numpy as np
-from dtgen.nodes.dataset.history import history_fingerprint, load_history, load_history_embeddings
-from dtgen.nodes.dataset.quotas import done_indices, missing, next_missing_indices
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.store.reader import history_fingerprint, load_history, load_history_embeddings
+from dtgen.nodes.common.identity import StreamKey
+from dtgen.nodes.curation.quotas import done_indices, missing, next_missing_indices
+from dtgen.nodes.store.writer import DatasetWriter
 
 from .conftest import make_items
 
@@ -47,8 +48,8 @@ def test_missing_done_and_next_indices(tmp_path):
 def test_cached_live_view_follows_appends_and_rewrites(tmp_path):
     """The per-process view is read incrementally, and a rewritten manifest (even one at least as
     long as what was read) is never served from the cache."""
-    from dtgen.nodes.dataset import manifest
-    from dtgen.nodes.dataset.history import live_records
+    from dtgen.nodes.store import manifest
+    from dtgen.nodes.store.reader import live_records
 
     ds = tmp_path / "ds"
     ds.mkdir()
@@ -71,7 +72,7 @@ def _with_stream(items, stream, base_seed=0, mode="balanced"):
     return items
 
 
-S1, S2 = ("s1", 0, "balanced"), ("s2", 1, "balanced")   # Sampler.stream_key: (stream, base seed, mode)
+S1, S2 = StreamKey("s1", 0, "balanced"), StreamKey("s2", 1, "balanced")
 
 
 def test_a_new_sampler_stream_gives_new_items_not_duplicates(tmp_path):
@@ -84,8 +85,8 @@ def test_a_new_sampler_stream_gives_new_items_not_duplicates(tmp_path):
     assert sum(again.written.values()) == 0 and sum(again.skipped_duplicate.values()) == 4
     assert sum(other.written.values()) == 4 and sum(other.skipped_duplicate.values()) == 0
     assert done_indices(ds, "ph1", S1) == done_indices(ds, "ph1", S2) == {0, 1, 2, 3}
-    assert done_indices(ds, "ph1", ("s3", 2, "balanced")) == set()
-    assert next_missing_indices(ds, lambda i: "cat", 0, 3, stream=("s3", 2, "balanced")) == [0, 1, 2]
+    assert done_indices(ds, "ph1", StreamKey("s3", 2, "balanced")) == set()
+    assert next_missing_indices(ds, lambda i: "cat", 0, 3, stream_key=StreamKey("s3", 2, "balanced")) == [0, 1, 2]
 
 
 def test_records_written_before_streams_match_by_seed_and_mode(tmp_path):
@@ -99,4 +100,4 @@ def test_records_written_before_streams_match_by_seed_and_mode(tmp_path):
     assert sum(same.written.values()) == 0 and sum(same.skipped_duplicate.values()) == 3
     assert sum(other.written.values()) == 3
     assert done_indices(ds, "ph1", S1) == {0, 1, 2}
-    assert done_indices(ds, "ph1", ("s9", 0, "random")) == set()
+    assert done_indices(ds, "ph1", StreamKey("s9", 0, "random")) == set()

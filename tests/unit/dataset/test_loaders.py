@@ -1,6 +1,6 @@
 """The real loaders read images/ as a labelled dataset: torchvision ImageFolder and HF datasets."""
 import pytest
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.store.writer import DatasetWriter
 
 from .conftest import make_items
 

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-from dtgen.nodes.dataset import lock as lock_module
-from dtgen.nodes.dataset.lock import DatasetLock
+from dtgen.nodes.store import lock as lock_module
+from dtgen.nodes.store.lock import DatasetLock
 
 
 def test_second_process_waits_for_the_first(tmp_path):
@@ -18,7 +18,7 @@ def test_second_process_waits_for_the_first(tmp_path):
 
     code = BOOTSTRAP + (
         "import sys, time\n"
-        "from dtgen.nodes.dataset.lock import DatasetLock\n"
+        "from dtgen.nodes.store.lock import DatasetLock\n"
         "with DatasetLock(sys.argv[1]):\n"
         "    print('got', flush=True)\n"
     )

@@ -1,5 +1,5 @@
 import pytest
-from dtgen.nodes.dataset.paths import DatasetPathError, check_labels, safe_dataset_dir, safe_label
+from dtgen.nodes.store.paths import DatasetPathError, check_labels, safe_dataset_dir, safe_label
 
 
 @pytest.mark.parametrize("name", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from dtgen.nodes.dataset.provenance import HashCache, model_files, sampler_settings
+from dtgen.nodes.store.provenance import HashCache, model_files, sampler_settings
 
 PROMPT = {
     "1": {"class_type": "DTGenPromptSampler", "inputs": {"pack": "tableware", "seed": 0}},

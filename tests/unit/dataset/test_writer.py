@@ -3,12 +3,12 @@ import json
 
 import numpy as np
 import pytest
-from dtgen.nodes.dataset import fsio, manifest
-from dtgen.nodes.dataset.layout import DatasetFormatError, DatasetWriteError
-from dtgen.nodes.dataset.lock import DatasetLock
-from dtgen.nodes.dataset.paths import DatasetPathError
-from dtgen.nodes.dataset.reconcile import reconcile
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.store import fsio, manifest
+from dtgen.nodes.store.layout import DatasetFormatError, DatasetWriteError
+from dtgen.nodes.store.lock import DatasetLock
+from dtgen.nodes.store.paths import DatasetPathError
+from dtgen.nodes.store.reconcile import reconcile
+from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 
 from .conftest import check_consistent, make_item, make_items
@@ -186,8 +186,8 @@ def test_open_skips_the_full_reconcile_after_a_clean_write(tmp_path, monkeypatch
     import numpy as np
 
     from dtgen.nodes.common.records import ScoredItem
-    from dtgen.nodes.dataset import reconcile as reconcile_mod
-    from dtgen.nodes.dataset import writer as writer_mod
+    from dtgen.nodes.store import reconcile as reconcile_mod
+    from dtgen.nodes.store import writer as writer_mod
 
     calls = []
     real = reconcile_mod.reconcile

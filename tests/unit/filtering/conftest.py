@@ -19,7 +19,7 @@ def vitb32_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bundle(vitb32_path):
     import torch
-    from dtgen.nodes.filtering.clip_model import load_clip
+    from dtgen.nodes.scoring.clip_model import load_clip
 
     torch.set_num_threads(2)
     return load_clip("ViT-B-32", str(vitb32_path))

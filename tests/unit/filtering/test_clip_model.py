@@ -2,8 +2,8 @@
 import pickle
 
 import pytest
-from dtgen.nodes.filtering.clip_model import ClipBundle, find_cached_weights, load_clip
-from dtgen.nodes.filtering.errors import ClipFilterError
+from dtgen.nodes.scoring.clip_model import ClipBundle, find_cached_weights, load_clip
+from dtgen.nodes.scoring.errors import ClipFilterError
 
 
 def test_loads_weights_and_describes_them(bundle, vitb32_path):

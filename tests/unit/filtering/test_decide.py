@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.filtering.decide import decide, refilter
-from dtgen.nodes.filtering.errors import ClipFilterError
-from dtgen.nodes.filtering.thresholds import get_method
+from dtgen.nodes.curation.decide import decide, refilter
+from dtgen.nodes.scoring.errors import ClipFilterError
+from dtgen.nodes.curation.thresholds import get_method
 
 
 def _item(label, score, i, **kw):

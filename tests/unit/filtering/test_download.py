@@ -7,9 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from dtgen.nodes.filtering.clip_model import load_clip
-from dtgen.nodes.filtering.download import download_target, fetch_pretrained
-from dtgen.nodes.filtering.errors import ClipFilterError
+from dtgen.nodes.scoring.clip_model import load_clip
+from dtgen.nodes.scoring.download import download_target, fetch_pretrained
+from dtgen.nodes.scoring.errors import ClipFilterError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -22,8 +22,8 @@ def test_offline_download_fails_clearly_and_leaves_folder_empty(tmp_path):
         sys.path.insert(0, {str(ROOT / "tests")!r})
         from support.pkg import load_package
         load_package()
-        from dtgen.nodes.filtering.download import fetch_pretrained
-        from dtgen.nodes.filtering.errors import ClipFilterError
+        from dtgen.nodes.scoring.download import fetch_pretrained
+        from dtgen.nodes.scoring.errors import ClipFilterError
         try:
             fetch_pretrained("ViT-B-32", "laion2b_s34b_b79k", {str(folder)!r})
         except ClipFilterError as exc:
@@ -108,7 +108,7 @@ def test_unreachable_host_fails_fast_without_calling_the_hub(tmp_path, monkeypat
     reported at once (".invalid" never resolves, RFC 2606, so this holds online too)."""
     import time
 
-    from dtgen.nodes.filtering import download as dl
+    from dtgen.nodes.scoring import download as dl
 
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)

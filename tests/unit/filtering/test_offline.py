@@ -6,9 +6,9 @@ import json
 import numpy as np
 
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.dataset.writer import DatasetWriter
-from dtgen.nodes.filtering import offline
-from dtgen.nodes.filtering.thresholds import method_from
+from dtgen.nodes.store.writer import DatasetWriter
+from dtgen.nodes.curation import redecide as offline
+from dtgen.nodes.curation.thresholds import method_from
 
 
 def _dataset(tmp_path):

@@ -1,7 +1,7 @@
 """Score histogram grid drawn with Pillow."""
 import numpy as np
 import pytest
-from dtgen.nodes.filtering.plot import PANEL_H, PANEL_W, score_histograms
+from dtgen.nodes.curation.plots import PANEL_H, PANEL_W, score_histograms
 
 RED_LINE = np.array([200, 30, 30])
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.filtering.errors import ClipFilterError
-from dtgen.nodes.filtering.scoring import (
+from dtgen.nodes.scoring.errors import ClipFilterError
+from dtgen.nodes.scoring.similarity import (
     TextEmbeddingCache,
     encode_images,
     encode_text_tokens,

@@ -1,8 +1,8 @@
 """Each threshold method against its closed form; registry and parameter errors."""
 import numpy as np
 import pytest
-from dtgen.nodes.filtering.errors import ClipFilterError
-from dtgen.nodes.filtering.thresholds import METHODS, ThresholdMethod, get_method
+from dtgen.nodes.scoring.errors import ClipFilterError
+from dtgen.nodes.curation.thresholds import METHODS, ThresholdMethod, get_method
 
 SCORES = np.array([0.20, 0.25, 0.26, 0.27, 0.28, 0.29, 0.30, 0.31, 0.32, 0.40])
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.store.writer import DatasetWriter
 from dtgen.runner.packs import local_sampler
 from dtgen.runner.workflow import SAMPLER, WRITER
 

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.dataset import quotas
-from dtgen.nodes.dataset.writer import DatasetWriter
+from dtgen.nodes.curation import quotas
+from dtgen.nodes.store.writer import DatasetWriter
 from dtgen.nodes.prompting.pack import PromptPackError
 from dtgen.runner.api import describe_rejection, execution_error, writer_dataset_path
 from dtgen.runner.cli import parse_quotas

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 import pytest
-from dtgen.nodes.dataset import manifest
+from dtgen.nodes.store import manifest
 from dtgen.runner.packs import local_sampler
 from dtgen.runner.progress import Progress
 from dtgen.runner.scheduler import QueueRun, RunError, RunSettings

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .errors import ClipFilterError
+from ..scoring.errors import ClipFilterError
 
 
 class ThresholdMethod:

@@ -48,7 +48,7 @@ def histogram_image(records: list[dict], out_path: Path) -> Path:
     """Per-class score histograms of stored records, with each class's threshold, as a PNG."""
     from PIL import Image
 
-    from .plot import score_histograms
+    from .plots import score_histograms
 
     scores: dict[str, list] = {}
     thresholds: dict[str, float] = {}
@@ -68,7 +68,7 @@ def histogram_image(records: list[dict], out_path: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    from ..dataset.finalize import finalize
+    from .finalize import finalize
 
     parser = argparse.ArgumentParser(prog="python -m nodes.filtering.offline",
                                      description="Re-decide a stored DTGen dataset with another threshold "

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..common.records import ScoredBatch, ScoredItem
-from .errors import ClipFilterError
+from ..scoring.errors import ClipFilterError
 from .thresholds import ThresholdMethod, get_method
 
 

@@ -7,13 +7,13 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..common.comfy_paths import dataset_dir
+from .comfy_paths import dataset_dir
 from ..common.naming import category, node_id
 from ..common.validation import check_int, linked
-from . import catalog
-from .catalog import USER_FOLDER
-from .pack import PromptPackError
-from .sampler import MAX_COUNT, MODES, Sampler
+from ..prompting import catalog
+from ..prompting.catalog import USER_FOLDER
+from ..prompting.pack import PromptPackError
+from ..prompting.sampler import MAX_COUNT, MODES, Sampler
 
 folder_paths.add_model_folder_path(USER_FOLDER, os.path.join(folder_paths.models_dir, USER_FOLDER))
 
@@ -35,15 +35,15 @@ def _resume_dir(dataset_name: str, quota_per_class: int):
 def missing_indices(sampler: Sampler, dataset_dir, start: int, count: int, quota: int) -> list[int]:
     """The next `count` indices >= start that the dataset lacks and no other run has claimed, for
     classes below `quota`; they are claimed for this run (several servers on one dataset)."""
-    from ..dataset.claims import claim_missing_indices
-    from ..dataset.reconcile import ensure_consistent
+    from ..curation.claims import claim_missing_indices
+    from ..store.reconcile import ensure_consistent
 
     ensure_consistent(dataset_dir)   # a crash may have left derived files behind the manifest
     scan = None
     if sampler.mode == "exhaustive":
         scan = max(0, sampler.total - start)
     return claim_missing_indices(dataset_dir, sampler.label_of, start, count,
-                                 targets={label: quota for label in sampler.labels}, stream=sampler.stream_key,
+                                 targets={label: quota for label in sampler.labels}, stream_key=sampler.stream_key,
                                  pack_hash=sampler.pack.pack_hash, max_scan=scan)
 
 
@@ -111,7 +111,7 @@ class DTGenPromptSampler(io.ComfyNode):
         ds = _resume_dir(dataset_name, quota_per_class)
         if ds is None:
             return ""
-        from ..dataset.history import history_fingerprint
+        from ..store.reader import history_fingerprint
 
         return history_fingerprint(ds)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .fsio import write_atomic, write_bytes_atomic
+from ..store import reader
+from ..store.fsio import write_atomic, write_bytes_atomic
 
 THUMB = 96
 COLUMNS = 8
@@ -13,10 +14,8 @@ HEADER = 18
 
 
 def class_counts(records) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for rec in records:
-        c = out.setdefault(rec["label"], {"accepted": 0, "rejected": 0})
-        c[rec["decision"]] += 1
+    """Per-class counts with total and acceptance rate, sorted by label."""
+    out = reader.class_counts(records)
     for c in out.values():
         c["total"] = c["accepted"] + c["rejected"]
         c["acceptance_rate"] = round(c["accepted"] / c["total"], 4) if c["total"] else None

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.identity import item_id, legacy_item_id, legacy_key
 from ..common.records import ScoredItem
 from . import embeddings, manifest, metadata
 from .fsio import fsync_dir, move_unique, write_atomic
 from .clean_marker import manifest_stat, mark_clean, mark_dirty
-from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, check_tree, now_iso,
-                     open_dataset)
+from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, check_tree, now_iso, open_dataset)
 from .lock import DatasetLock
 from .paths import DatasetPathError, safe_label
-from .quotas import legacy_key
+from .reader import count_record, live_state
 from .reconcile import ReconcileReport, ensure_consistent
 
 PNG_COMPRESS_LEVEL = 4  # same as ComfyUI SaveImage
@@ -39,35 +39,6 @@ class WriteResult:
     skipped_duplicate: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "rejected": 0})
     skipped_quota: int = 0                            # accepted items of a class already at its target
     paths: list[Path] = field(default_factory=list)   # files written, in item order
-
-
-def item_key(item: ScoredItem) -> str:
-    meta = item.metadata or {}
-    if meta.get("item_id") is not None:
-        return f"item_id:{meta['item_id']}"
-    if item.index is not None and meta.get("stream"):
-        return f"stream:{meta['stream']}:{int(item.index)}"
-    if item.index is not None:
-        return f"{meta.get('pack_hash') or ''}:{int(item.index)}"
-    h = hashlib.sha256(f"{item.label}\0{item.prompt}\0{item.seed}".encode())
-    h.update(np.ascontiguousarray(item.image).tobytes())
-    return f"content:{h.hexdigest()}"
-
-
-def item_id(item: ScoredItem) -> str:
-    return hashlib.sha256(item_key(item).encode()).hexdigest()[:16]
-
-
-def legacy_item_id(item: ScoredItem) -> str | None:
-    """The id a streamed sampler item had before streams existed (pack 0.1.0), else None.
-    Such a stored record is the same item when its ``quotas.legacy_key`` matches."""
-    meta = item.metadata or {}
-    if item.index is None or not meta.get("stream"):
-        return None
-    key = f"{meta.get('pack_hash') or ''}:{int(item.index)}"
-    if "batch_index" in (item.extra or {}):
-        key = f"item_id:{key}:{item.extra['batch_index']}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def to_uint8(image, where: str) -> np.ndarray:
@@ -144,8 +115,6 @@ class DatasetWriter:
     def _reload(self) -> None:
         """State from the whole manifest, via the per-process cached view (incremental reads), so
         opening the dataset once per queue run does not re-parse every line."""
-        from .history import live_state
-
         self._ids.clear(), self._counts.clear(), self._folders.clear(), self._legacy.clear()
         self._label_dirs.clear()
         inode, end, view = live_state(self.dir)
@@ -172,15 +141,11 @@ class DatasetWriter:
     def _take(self, rec: dict) -> None:
         """Count a stored record into this writer's view of the dataset."""
         self._ids.add(rec["id"])
-        self._count(rec["label"], rec["decision"], 1)
+        count_record(self._counts, rec)
         self._folders.setdefault(rec["label_dir"].lower(), rec["label"])
         self._label_dirs.setdefault(rec["label"], rec["label_dir"])
         if rec.get("index") is not None and not rec.get("stream"):
             self._legacy[rec["id"]] = legacy_key(rec.get("metadata") or {})
-
-    def _count(self, label: str, decision: str, n: int) -> None:
-        c = self._counts.setdefault(label, {"accepted": 0, "rejected": 0})
-        c[decision] += n
 
     def _folder(self, label: str) -> str:
         folder = safe_label(label)

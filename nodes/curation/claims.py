@@ -19,9 +19,10 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from .fsio import open_nofollow, write_bytes_atomic
-from .layout import CLAIMS, open_dataset
-from .lock import DatasetLock
+from ..common.identity import StreamKey
+from ..store.fsio import open_nofollow, write_bytes_atomic
+from ..store.layout import CLAIMS, open_dataset
+from ..store.lock import DatasetLock
 from .quotas import done_indices, next_missing_indices
 
 CLAIM_TTL_S = 3600.0
@@ -69,20 +70,21 @@ def _live(claims: list[dict], stored: set, now: float) -> list[dict]:
 
 
 def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets: dict[str, int],
-                          stream: tuple, pack_hash: str, max_scan: int | None = None,
+                          stream_key: StreamKey, pack_hash: str, max_scan: int | None = None,
                           now: float | None = None) -> list[int]:
     """Like ``quotas.next_missing_indices`` for one sampler stream, skipping what other runs
-    have claimed, and claiming what it returns. ``stream`` is ``Sampler.stream_key``."""
+    have claimed, and claiming what it returns."""
     now = time.time() if now is None else now
     open_dataset(dataset_dir)
     with DatasetLock(dataset_dir):
-        done = done_indices(dataset_dir, pack_hash, stream)
-        claims = _live(load(dataset_dir), {(stream[0], i) for i in done}, now)
-        mine = {c["index"] for c in claims if c["stream"] == stream[0]}
+        done = done_indices(dataset_dir, pack_hash, stream_key)
+        claims = _live(load(dataset_dir), {(stream_key.stream, i) for i in done}, now)
+        mine = {c["index"] for c in claims if c["stream"] == stream_key.stream}
         in_flight = Counter(c["label"] for c in claims)
         picked = next_missing_indices(dataset_dir, label_of, start, count, targets=targets, pack_hash=pack_hash,
-                                      max_scan=max_scan, stream=stream, busy=mine, in_flight=in_flight)
-        claims += [{"stream": stream[0], "index": i, "label": label_of(i), "until": now + CLAIM_TTL_S,
+                                      max_scan=max_scan, stream_key=stream_key, busy=mine,
+                                      in_flight=in_flight)
+        claims += [{"stream": stream_key.stream, "index": i, "label": label_of(i), "until": now + CLAIM_TTL_S,
                     "owner": _OWNER} for i in picked]
         write_bytes_atomic(Path(dataset_dir) / CLAIMS, json.dumps({"claims": claims}).encode())
     return picked

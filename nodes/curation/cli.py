@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 from .finalize import finalize
-from .layout import DatasetError, open_dataset
-from .lock import DatasetLock
+from ..store.layout import DatasetError, open_dataset
+from ..store.lock import DatasetLock
 from .quotas import counts, missing
-from .clean_marker import mark_clean
-from .reconcile import ensure_consistent, reconcile
+from ..store.clean_marker import mark_clean
+from ..store.reconcile import ensure_consistent, reconcile
 
 
 def _targets(pairs) -> dict[str, int]:

@@ -11,8 +11,8 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..common.comfy_types import ScoredBatchType, threshold_inputs
-from ..common import comfy_paths
+from .comfy_types import ScoredBatchType, threshold_inputs
+from . import comfy_paths
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
@@ -25,14 +25,14 @@ def dataset_dir(name: str):
     """Like ``comfy_paths.dataset_dir`` but a blank name is an error: these nodes need a dataset."""
     path = comfy_paths.dataset_dir(name)
     if path is None:
-        from .paths import DatasetPathError
+        from ..store.paths import DatasetPathError
 
         raise DatasetPathError("dataset name", name, "empty name")
     return path
 
 
 def _hash_cache():
-    from .provenance import HashCache
+    from ..store.provenance import HashCache
 
     return HashCache(os.path.join(folder_paths.get_user_directory(), "dtgen", "model_hashes.json"))
 
@@ -125,8 +125,8 @@ class DTGenDatasetWriter(io.ComfyNode):
     @classmethod
     def execute(cls, dataset_name, scored=None, images=None, label=None, positive=None, negative=None,
                 metadata=None, seed=None, image_format=None, quality=None, quota_per_class=None) -> io.NodeOutput:
-        from .provenance import model_files, sampler_settings
-        from .writer import DatasetWriter
+        from ..store.provenance import model_files, sampler_settings
+        from ..store.writer import DatasetWriter
 
         items = []
         for batch in as_list(scored):
@@ -202,9 +202,9 @@ class DTGenDatasetFinalize(io.ComfyNode):
     def validate_inputs(cls, dataset_name, method, k, keep_percent, fixed_threshold, split="") -> bool | str:
         # only the inputs named here lose ComfyUI's own checks; each is checked below
         from ..common.validation import linked
-        from ..filtering.thresholds import method_from
-        from .finalize import parse_split
-        from .paths import DatasetPathError
+        from ..curation.thresholds import method_from
+        from ..curation.finalize import parse_split
+        from ..store.paths import DatasetPathError
 
         try:
             if not linked(method, k, keep_percent, fixed_threshold):
@@ -222,7 +222,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, dataset_name, **_) -> str:
-        from .history import history_fingerprint
+        from ..store.reader import history_fingerprint
 
         return history_fingerprint(dataset_dir(dataset_name))
 
@@ -234,9 +234,9 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
         from PIL import Image
 
-        from ..filtering.offline import decide_fn_for, histogram_image
-        from ..filtering.thresholds import method_from
-        from .finalize import finalize
+        from ..curation.redecide import decide_fn_for, histogram_image
+        from ..curation.thresholds import method_from
+        from ..curation.finalize import finalize
 
         path = dataset_dir(dataset_name)
         margin = class_margin if class_margin is not None and class_margin >= 0 else None

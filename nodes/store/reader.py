@@ -18,6 +18,19 @@ from .layout import EMBEDDINGS, MANIFEST
 _WHICH = {"all": ("accepted", "rejected"), "accepted": ("accepted",), "rejected": ("rejected",)}
 
 
+def count_record(counts: dict, rec: dict, n: int = 1) -> None:
+    """Add a live record to ``{label: {"accepted": a, "rejected": r}}``: the one counting rule."""
+    counts.setdefault(rec["label"], {"accepted": 0, "rejected": 0})[rec["decision"]] += n
+
+
+def class_counts(records) -> dict[str, dict[str, int]]:
+    """{label: {"accepted": n, "rejected": m}} of live records."""
+    out: dict[str, dict[str, int]] = {}
+    for rec in records:
+        count_record(out, rec)
+    return out
+
+
 def live_records(dataset_dir, which: str = "all") -> list[dict]:
     if which not in _WHICH:
         raise ValueError(f"which={which!r}: choose one of {sorted(_WHICH)}")

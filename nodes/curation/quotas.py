@@ -3,20 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .history import live_records
+from ..common.identity import StreamKey, in_stream
+from ..store.reader import class_counts, live_records
 
 
 def counts(dataset_dir) -> dict[str, dict[str, int]]:
     return class_counts(live_records(dataset_dir))
-
-
-def class_counts(records) -> dict[str, dict[str, int]]:
-    """{label: {"accepted": n, "rejected": m}} of live records."""
-    out: dict[str, dict[str, int]] = {}
-    for rec in records:
-        c = out.setdefault(rec["label"], {"accepted": 0, "rejected": 0})
-        c[rec["decision"]] += 1
-    return out
 
 
 def missing(dataset_dir, targets: dict[str, int]) -> dict[str, int]:
@@ -25,34 +17,15 @@ def missing(dataset_dir, targets: dict[str, int]) -> dict[str, int]:
     return {label: max(0, int(t) - have.get(label, {}).get("accepted", 0)) for label, t in targets.items()}
 
 
-def done_indices(dataset_dir, pack_hash: str | None = None, stream: tuple | None = None) -> set[int]:
+def done_indices(dataset_dir, pack_hash: str | None = None, stream_key: StreamKey | None = None) -> set[int]:
     """Sampler indices already stored (accepted or rejected), optionally of one prompt pack and
-    one sampler stream only (``Sampler.stream_key``)."""
-    return {int(r["index"]) for r in live_records(dataset_dir) if is_done(r, pack_hash, stream)}
-
-
-def is_done(rec: dict, pack_hash: str | None, stream: tuple | None) -> bool:
-    """Whether a live record holds an index of this pack and stream. ``stream`` is
-    (stream id, base seed, mode): a record written before streams existed (pack 0.1.0) has no
-    stream id and counts when its base seed and mode match (its class subset was not recorded)."""
-    if rec.get("index") is None or (pack_hash is not None and rec.get("pack_hash") != pack_hash):
-        return False
-    if stream is None:
-        return True
-    if rec.get("stream"):
-        return rec["stream"] == stream[0]
-    return legacy_key(rec.get("metadata") or {}) == tuple(stream[1:])
-
-
-def legacy_key(meta: dict) -> tuple:
-    """What a record written before streams existed (pack 0.1.0) is matched on: its sampler
-    metadata's (base seed, mode); its class subset was not recorded."""
-    return meta.get("base_seed"), meta.get("mode")
+    one sampler stream only."""
+    return {int(r["index"]) for r in live_records(dataset_dir) if in_stream(r, pack_hash, stream_key)}
 
 
 def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,
                          targets: dict[str, int] | None = None, pack_hash: str | None = None,
-                         max_scan: int | None = None, stream: tuple | None = None,
+                         max_scan: int | None = None, stream_key: StreamKey | None = None,
                          busy=frozenset(), in_flight: dict[str, int] | None = None) -> list[int]:
     """Up to ``n`` indices from ``start`` on that are not done and whose class still needs images.
 
@@ -61,7 +34,7 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
     ``targets`` have no limit. Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
     ``busy`` indices are skipped and ``in_flight`` images per label count as on their way (claims.py).
     """
-    done = done_indices(dataset_dir, pack_hash, stream) | set(busy)
+    done = done_indices(dataset_dir, pack_hash, stream_key) | set(busy)
     need = dict(missing(dataset_dir, targets)) if targets else {}
     for label, coming in (in_flight or {}).items():
         if label in need:

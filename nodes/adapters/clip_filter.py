@@ -12,8 +12,8 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..common.comfy_types import DtgenClip, ScoredBatchType, threshold_inputs
-from ..common.comfy_paths import dataset_dir
+from .comfy_types import DtgenClip, ScoredBatchType, threshold_inputs
+from .comfy_paths import dataset_dir
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
@@ -56,8 +56,8 @@ _LOADED: dict[int, LoadedClip] = {}  # id(bundle) -> wrapper, so a cached bundle
 def resolve_weights(weights: str, arch: str, pretrained_tag: str, fetch: bool = False) -> str:
     """Local path of the chosen weights. ``DOWNLOAD`` fetches them only when ``fetch`` is true
     (execution); validation just checks that arch and tag name downloadable weights."""
-    from .clip_model import ClipFilterError, find_cached_weights
-    from .download import check_downloadable, download_target, fetch_pretrained
+    from ..scoring.clip_model import ClipFilterError, find_cached_weights
+    from ..scoring.download import check_downloadable, download_target, fetch_pretrained
 
     tag = pretrained_tag or "openai"
     if weights == FROM_CACHE:
@@ -113,7 +113,7 @@ class DTGenClipLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, arch, weights, pretrained_tag="openai") -> bool | str:
         from ..common.validation import linked
-        from .clip_model import ClipFilterError, check_arch
+        from ..scoring.clip_model import ClipFilterError, check_arch
 
         if linked(arch, weights, pretrained_tag):   # checked at execution
             return True
@@ -126,7 +126,7 @@ class DTGenClipLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, arch, weights, pretrained_tag="openai") -> io.NodeOutput:
-        from .clip_model import cached_bundles, load_clip
+        from ..scoring.clip_model import cached_bundles, load_clip
 
         path = resolve_weights(weights, arch, pretrained_tag, fetch=True)
         if weights in (FROM_CACHE, DOWNLOAD):   # these resolve an empty tag to openai's weights
@@ -221,7 +221,7 @@ class DTGenClipFilter(io.ComfyNode):
         # an input-list node gets every widget value as a one-element list; only the inputs named
         # here lose ComfyUI's own checks, and method_from checks each of them
         from ..common.validation import check_choice, linked
-        from .thresholds import method_from
+        from ..curation.thresholds import method_from
 
         values = [first(v) for v in (method, k, keep_percent, fixed_threshold)]
         try:
@@ -237,7 +237,7 @@ class DTGenClipFilter(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, dataset_name=None, **_) -> str:
         # The decision depends on the dataset's history: rerun whenever it changed.
-        from ..dataset.history import history_fingerprint
+        from ..store.reader import history_fingerprint
 
         path = dataset_dir(first(dataset_name, ""))
         return history_fingerprint(path) if path is not None else ""
@@ -248,12 +248,12 @@ class DTGenClipFilter(io.ComfyNode):
                 near_duplicate=None, batch_size=None) -> io.NodeOutput:
         import comfy.utils
 
-        from ..dataset.history import load_history, load_history_embeddings
-        from ..dataset.reconcile import ensure_consistent
-        from .decide import decide
-        from .thresholds import method_from
-        from .plot import score_histograms
-        from .scoring import score_items
+        from ..store.reader import load_history, load_history_embeddings
+        from ..store.reconcile import ensure_consistent
+        from ..curation.decide import decide
+        from ..curation.thresholds import method_from
+        from ..curation.plots import score_histograms
+        from ..scoring.similarity import score_items
 
         loaded: LoadedClip = first(clip)
         items = items_from_lists(as_list(images), as_list(positive), as_list(label), as_list(metadata),

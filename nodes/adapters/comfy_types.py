@@ -8,7 +8,7 @@ ScoredBatchType = io.Custom("DTGEN_SCORED_BATCH")         # DTGenClipFilter -> D
 def threshold_inputs() -> list:
     """The per-class threshold widgets shared by DTGen CLIP Filter and DTGen Dataset Finalize
     (same names, defaults and order in both, so a setting means the same everywhere)."""
-    from ..filtering.thresholds import METHODS
+    from ..curation.thresholds import METHODS
 
     return [
         io.Combo.Input("method", options=list(METHODS), default="mean_std",

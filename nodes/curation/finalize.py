@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import embeddings, manifest, metadata, report
-from .fsio import fsync_dir, move_unique
-from .clean_marker import mark_clean, mark_dirty
-from .layout import IMAGES, MANIFEST, ORPHANS, REJECTED, REPORT, DatasetError, now_iso, open_dataset
-from .lock import DatasetLock
-from .reconcile import ReconcileReport, reconcile
+from ..store import embeddings, manifest, metadata
+from . import report
+from ..store.fsio import fsync_dir, move_unique
+from ..store.clean_marker import mark_clean, mark_dirty
+from ..store.layout import IMAGES, MANIFEST, ORPHANS, REJECTED, REPORT, DatasetError, now_iso, open_dataset
+from ..store.lock import DatasetLock
+from ..store.reconcile import ReconcileReport, reconcile
 
 # decide_fn(records) -> one (accepted, threshold, reason, provisional) per record, same order.
 DecideFn = Callable[[list[dict]], Sequence[tuple]]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..dataset.paths import safe_dataset_dir
+from ..store.paths import safe_dataset_dir
 
 
 def dataset_dir(name: str):

@@ -1,0 +1,100 @@
+"""The import rule (docs/architecture.md): layers import downward only.
+
+    common  <-  prompting, scoring, store  <-  curation  <-  adapters  <-  extension.py
+
+- ``common`` imports nothing of ours outside ``common``;
+- a plain stage never imports a stage of the same rank (sideways) or above (upward);
+- only ``nodes/adapters/`` and ``nodes/extension.py`` import ComfyUI (and the demo's model builder,
+  which runs in a subprocess with ComfyUI on its path);
+- ``runner/`` (the command line and HTTP client) uses plain stages, never the adapters.
+"""
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+from support.pkg import ROOT
+
+RANK = {"common": 0, "prompting": 1, "scoring": 1, "store": 1, "curation": 2, "adapters": 3, "extension": 4}
+COMFY = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "server", "execution",
+         "node_helpers", "latent_preview"}
+COMFY_SUBPROCESS_SCRIPTS = {"runner/demo_models.py"}
+
+
+def _imports(path: Path, root: Path) -> list[tuple[str, int]]:
+    """(absolute dotted module, line) of every import in ``path``, relative ones resolved."""
+    package = list(path.relative_to(root).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+                # ``from . import a, b``: the names are modules of that package
+                out += [(f"{module}.{a.name}" if not node.module else module, node.lineno) for a in node.names]
+            else:
+                out.append((node.module, node.lineno))
+    return out
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "nodes" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in RANK else None
+
+
+def violations(root: Path) -> list[str]:
+    """Every import that breaks the rule, as ``file:line: message``."""
+    found = []
+    for path in sorted((root / "nodes").rglob("*.py")) + sorted((root / "runner").rglob("*.py")):
+        rel = str(path.relative_to(root))
+        own = _stage(".".join(path.relative_to(root).with_suffix("").parts))
+        for module, line in _imports(path, root):
+            where = f"{rel}:{line}"
+            if module.split(".")[0] in COMFY:
+                if own not in ("adapters", "extension") and rel not in COMFY_SUBPROCESS_SCRIPTS:
+                    found.append(f"{where}: plain module imports ComfyUI ({module})")
+                continue
+            target = _stage(module)
+            if target is None or target == own:
+                continue
+            if rel.startswith("runner/"):
+                if target in ("adapters", "extension"):
+                    found.append(f"{where}: runner imports the ComfyUI layer ({module})")
+            elif own is None:
+                continue
+            elif own == "common":
+                found.append(f"{where}: common imports {target} (common imports nothing of ours)")
+            elif RANK[target] > RANK[own]:
+                found.append(f"{where}: {own} imports {target}, a stage above it")
+            elif RANK[target] == RANK[own]:
+                found.append(f"{where}: {own} imports {target}, a stage beside it")
+    return found
+
+
+def test_layers_import_downward_only():
+    assert violations(ROOT) == []
+
+
+def test_the_check_catches_upward_sideways_and_comfyui_imports(tmp_path):
+    """The rule test is not vacuous: plant one violation of each kind in a copy of the tree."""
+    for folder in ("nodes", "runner"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    plants = {
+        "nodes/store/writer.py": "from ..curation import quotas  # upward\n",
+        "nodes/prompting/pack.py": "from ..store import paths  # sideways\n",
+        "nodes/common/lists.py": "from ..prompting import pack  # common imports ours\n",
+        "nodes/curation/decide.py": "import folder_paths  # ComfyUI in a plain module\n",
+        "runner/workflow.py": "from ..nodes.adapters import dataset  # runner uses an adapter\n",
+    }
+    for rel, line in plants.items():
+        path = tmp_path / rel
+        path.write_text(path.read_text() + line)
+    found = violations(tmp_path)
+    assert len(found) == len(plants), found
+    for rel in plants:
+        assert any(f.startswith(rel + ":") for f in found), (rel, found)
