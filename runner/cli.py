@@ -1,4 +1,5 @@
-"""``python -m runner queue|demo ...`` (from the DTGen checkout) or ``python <checkout>/runner ...``."""
+"""The one command line: ``python -m runner queue|demo|status|reconcile|redecide|finalize ...`` from
+the DTGen checkout (or ``python <checkout>/runner ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -178,12 +179,18 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     parser = Parser(prog="python -m runner",
-                    description="Queue DTGen workflows on ComfyUI servers over the HTTP API.")
+                    description="DTGen from the shell: queue workflows on ComfyUI servers over the HTTP API "
+                                "(queue, demo) and check, repair, re-decide or finalize a dataset folder "
+                                "(status, reconcile, redecide, finalize).")
     sub = parser.add_subparsers(dest="command", required=True)
     add_queue_args(sub.add_parser("queue", help="queue a workflow until per-class quotas (or N items) are met"))
     from .demo import add_demo_args
     add_demo_args(sub.add_parser("demo", help="one command: find ComfyUI, start it, generate a small dataset"))
+    from .dataset_cli import COMMANDS, add_dataset_commands, run_dataset_command
+    add_dataset_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in COMMANDS:
+        return run_dataset_command(args)
     from .scheduler import RunError
     try:
         if args.command == "queue":

@@ -1,12 +1,10 @@
 """Offline refilter: the filter's decision code re-applied to a stored dataset (plain Python).
 
 Stored records carry their scores (and embeddings), so changing the method or ``k`` recomputes
-nothing but thresholds. Used by DTGen Dataset Finalize and by ``python -m nodes.filtering.offline``.
+nothing but thresholds. Used by DTGen Dataset Finalize and by ``python -m runner redecide``.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,35 +63,3 @@ def histogram_image(records: list[dict], out_path: Path) -> Path:
     img = score_histograms({k: np.asarray(v) for k, v in scores.items()}, thresholds, acc, rej)
     Image.fromarray(img).save(out_path)
     return Path(out_path)
-
-
-def main(argv=None) -> int:
-    from .finalize import finalize
-
-    parser = argparse.ArgumentParser(prog="python -m nodes.filtering.offline",
-                                     description="Re-decide a stored DTGen dataset with another threshold "
-                                                 "method or k, without re-encoding any image.")
-    parser.add_argument("dataset_dir")
-    parser.add_argument("--method", default="mean_std", help="mean_std | median_mad | percentile | fixed | gmm")
-    parser.add_argument("--k", type=float, default=1.5)
-    parser.add_argument("--keep-percent", type=float, default=90.0)
-    parser.add_argument("--fixed-threshold", type=float, default=0.25)
-    parser.add_argument("--min-count", type=int, default=8)
-    parser.add_argument("--class-margin", type=float, default=None,
-                        help="re-run the class-margin check with this margin (default: keep the filter's verdicts)")
-    parser.add_argument("--near-duplicate", type=float, default=None,
-                        help="re-run the near-duplicate check at this cosine (default: keep the filter's verdicts)")
-    parser.add_argument("--split", default=None, help="train,val,test fractions, e.g. 0.8,0.1,0.1")
-    args = parser.parse_args(argv)
-    try:
-        method = method_from(args.method, args.k, args.keep_percent, args.fixed_threshold)
-        finalize(args.dataset_dir, decide_fn=decide_fn_for(method, args.min_count, args.class_margin, args.near_duplicate), split=args.split,
-                 plot_fn=histogram_image)
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ from dtgen.nodes.store.reconcile import ensure_consistent, reconcile
 from dtgen.nodes.store.writer import DatasetWriter
 from support.pkg import BOOTSTRAP
 
-from .conftest import check_consistent, make_items
+from support.datasets import check_consistent, make_items
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -101,7 +101,7 @@ import os, sys
 from pathlib import Path
 from dtgen.nodes.store import writer as W, embeddings, manifest, metadata
 sys.path.insert(0, {tests!r})
-from unit.dataset.conftest import make_items
+from support.datasets import make_items
 ds, step, when = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 owner, _, name = step.rpartition(".")
 owner = {{"": W, "embeddings": embeddings, "manifest": manifest, "metadata": metadata}}[owner]

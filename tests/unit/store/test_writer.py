@@ -11,7 +11,7 @@ from dtgen.nodes.store.reconcile import reconcile
 from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 
-from .conftest import check_consistent, make_item, make_items
+from support.datasets import check_consistent, make_item, make_items
 
 
 def test_write_layout_records_and_duplicates(tmp_path, items):

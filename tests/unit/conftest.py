@@ -1,6 +1,8 @@
-"""Shared fixtures: a random-init ViT-B-32 saved as safetensors once per test session."""
+"""Unit-test fixtures: a random-init ViT-B-32 saved as safetensors once per session, a seeded rng,
+twelve tiny scored items."""
 import numpy as np
 import pytest
+from support.datasets import make_items
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +30,8 @@ def bundle(vitb32_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def items():
+    return make_items(range(12))

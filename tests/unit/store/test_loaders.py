@@ -2,7 +2,7 @@
 import pytest
 from dtgen.nodes.store.writer import DatasetWriter
 
-from .conftest import make_items
+from support.datasets import make_items
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,13 @@
-"""Helpers for dataset tests: tiny deterministic ScoredItems and a dataset consistency check."""
+"""Dataset test helpers: tiny deterministic ScoredItems and a dataset consistency check."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.store import manifest
-from dtgen.nodes.store.reconcile import _image_files
+from dtgen.nodes.store.reconcile import _image_files  # the same walk reconcile makes
 
 LABELS = ("cat", "dog", "tea cup")
 
@@ -45,8 +44,3 @@ def check_consistent(dataset_dir: Path) -> dict[str, dict]:
     assert sorted("images/" + r["file_name"] for r in rows) == sorted(
         r["file"] for r in view.values() if r["decision"] == "accepted")
     return view
-
-
-@pytest.fixture
-def items():
-    return make_items(range(12))

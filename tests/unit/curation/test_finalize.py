@@ -9,7 +9,7 @@ from dtgen.nodes.curation.finalize import finalize, parse_split
 from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 
-from .conftest import check_consistent, make_items
+from support.datasets import check_consistent, make_items
 
 
 def by_score(threshold):

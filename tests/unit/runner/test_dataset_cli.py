@@ -1,15 +1,15 @@
-"""``python -m nodes.curation.cli``: status, reconcile, finalize (no re-decide), one-line errors."""
+"""``python -m runner status|reconcile|finalize``: dataset commands of the one CLI, one-line errors."""
 import json
 import subprocess
 import sys
 
 import pytest
-from dtgen.nodes.curation import cli
+from dtgen.runner.cli import main
 from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 from support.pkg import ROOT
 
-from .conftest import check_consistent, make_items
+from support.datasets import check_consistent, make_items
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def ds(tmp_path):
 
 
 def test_status_counts_and_missing(ds, capsys):
-    assert cli.main(["status", str(ds), "--target", "cat=12"]) == 0
+    assert main(["status", str(ds), "--target", "cat=12"]) == 0
     out = json.loads(capsys.readouterr().out)
     view = check_consistent(ds).values()
     n_cat = sum(r["label"] == "cat" and r["decision"] == "accepted" for r in view)
@@ -32,7 +32,7 @@ def test_status_counts_and_missing(ds, capsys):
 def test_reconcile_moves_an_unrecorded_image_aside(ds, capsys):
     stray = ds / "images" / "cat" / "stray.png"
     Image.new("RGB", (4, 4)).save(stray)
-    assert cli.main(["reconcile", str(ds)]) == 0
+    assert main(["reconcile", str(ds)]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert len(rep["orphans"]) == 1 and rep["orphans"][0].startswith("orphans/")
     assert not stray.exists()
@@ -41,7 +41,7 @@ def test_reconcile_moves_an_unrecorded_image_aside(ds, capsys):
 
 def test_finalize_splits_and_keeps_every_decision(ds, capsys):
     before = {r["id"]: r["decision"] for r in check_consistent(ds).values()}
-    assert cli.main(["finalize", str(ds), "--split", "0.8,0.2"]) == 0
+    assert main(["finalize", str(ds), "--split", "0.8,0.2"]) == 0
     assert "report.json" in capsys.readouterr().out
     after = check_consistent(ds)
     assert {i: r["decision"] for i, r in after.items()} == before
@@ -64,17 +64,17 @@ def test_errors_are_one_line_and_exit_2(ds, tmp_path, capsys, case, message):
             "empty": ["finalize", str(tmp_path / "empty")],
             "target": ["status", str(ds), "--target", "cat"],
             "split": ["finalize", str(ds), "--split", "0.5,0.6"]}[case]
-    assert cli.main(argv) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 def test_documented_invocation_from_the_checkout(ds, tmp_path):
-    """`python -m nodes.curation.cli ...` run in the checkout folder, as the README says."""
-    ok = subprocess.run([sys.executable, "-m", "nodes.curation.cli", "status", str(ds)], cwd=ROOT,
+    """`python -m runner status ...` run in the checkout folder, as the README says."""
+    ok = subprocess.run([sys.executable, "-m", "runner", "status", str(ds)], cwd=ROOT,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert set(json.loads(ok.stdout)["counts"]) == {"cat", "dog", "tea cup"}
-    bad = subprocess.run([sys.executable, "-m", "nodes.curation.cli", "reconcile", str(tmp_path / "nope")],
+    bad = subprocess.run([sys.executable, "-m", "runner", "reconcile", str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

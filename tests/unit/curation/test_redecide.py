@@ -7,7 +7,8 @@ import numpy as np
 
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.store.writer import DatasetWriter
-from dtgen.nodes.curation import redecide as offline
+from dtgen.nodes.curation.redecide import decide_fn_for
+from dtgen.runner.cli import main
 from dtgen.nodes.curation.thresholds import method_from
 
 
@@ -33,7 +34,7 @@ def _live(ds):
 
 def test_cli_redecides_with_another_method(tmp_path):
     ds = _dataset(tmp_path)
-    assert offline.main([str(ds), "--method", "percentile", "--keep-percent", "50", "--min-count", "2"]) == 0
+    assert main(["redecide", str(ds), "--method", "percentile", "--keep-percent", "50", "--min-count", "2"]) == 0
     live = _live(ds)
     for label in ("a", "b"):
         rows = sorted((r for r in live.values() if r["label"] == label), key=lambda r: r["score"])
@@ -46,13 +47,13 @@ def test_cli_redecides_with_another_method(tmp_path):
 
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):
     ds = _dataset(tmp_path)
-    assert offline.main([str(ds), "--method", "otsu"]) == 2
+    assert main(["redecide", str(ds), "--method", "otsu"]) == 2
     assert "otsu" in capsys.readouterr().err
     assert all(r["decision"] == "accepted" for r in _live(ds).values()), "a refused refilter touched the dataset"
 
 
 def test_unscored_records_keep_their_decision():
-    fn = offline.decide_fn_for(method_from("mean_std", k=1.0), min_count=1)
+    fn = decide_fn_for(method_from("mean_std", k=1.0), min_count=1)
     records = [{"label": "a", "score": s, "decision": "accepted"} for s in (0.5, 0.52, 0.54, 0.1)]
     records.append({"label": "a", "score": None, "decision": "accepted", "reason": "unfiltered"})
     out = fn(records)
@@ -91,7 +92,7 @@ def _by_prompt(ds):
 
 def test_rethreshold_keeps_the_filters_margin_and_duplicate_rejections(tmp_path):
     ds = _margin_dataset(tmp_path)
-    assert offline.main([str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1"]) == 0
+    assert main(["redecide", str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1"]) == 0
     rows = _by_prompt(ds)
     assert (rows["a 5"]["decision"], rows["a 5"]["reason"]) == ("rejected", "class_margin")
     assert (rows["a 4"]["decision"], rows["a 4"]["reason"]) == ("rejected", "near_duplicate")
@@ -102,7 +103,7 @@ def test_rethreshold_keeps_the_filters_margin_and_duplicate_rejections(tmp_path)
 def test_rerun_checks_read_the_stored_class_scores_and_embeddings(tmp_path):
     ds = _margin_dataset(tmp_path)
     # own text may trail another class's by up to 0.05: a 5 (0.30 vs 0.34) comes back
-    assert offline.main([str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1",
+    assert main(["redecide", str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1",
                          "--class-margin", "-0.05"]) == 0
     rows = _by_prompt(ds)
     assert (rows["a 5"]["decision"], rows["a 5"]["reason"]) == ("accepted", "ok")
@@ -111,7 +112,7 @@ def test_rerun_checks_read_the_stored_class_scores_and_embeddings(tmp_path):
 
     # near-duplicate re-run at cosine 0 from the stored embeddings (all positive): only the first
     # image of each class survives
-    assert offline.main([str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1",
+    assert main(["redecide", str(ds), "--method", "fixed", "--fixed-threshold", "0.1", "--min-count", "1",
                          "--near-duplicate", "0.0"]) == 0
     rows = _by_prompt(ds)
     assert sorted(p for p, r in rows.items() if r["decision"] == "accepted") == ["a 0", "b 0"]
@@ -122,14 +123,14 @@ def test_rerun_checks_read_the_stored_class_scores_and_embeddings(tmp_path):
 def test_out_of_range_recheck_is_refused_and_touches_nothing(tmp_path):
     ds = _margin_dataset(tmp_path)
     before = (ds / "manifest.jsonl").read_text()
-    assert offline.main([str(ds), "--near-duplicate", "1.5"]) == 2
+    assert main(["redecide", str(ds), "--near-duplicate", "1.5"]) == 2
     assert (ds / "manifest.jsonl").read_text() == before
 
 
 def test_a_kept_rejection_is_no_near_duplicate_original():
     """Re-running only the near-duplicate check: an image the filter rejected for class margin
     stays rejected and does not make its look-alike a duplicate (else both would be lost)."""
-    fn = offline.decide_fn_for(method_from("fixed", fixed_threshold=0.1), min_count=1, near_dup=0.99)
+    fn = decide_fn_for(method_from("fixed", fixed_threshold=0.1), min_count=1, near_dup=0.99)
     e = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
     records = [
         {"label": "a", "score": 0.3, "decision": "rejected", "reason": "class_margin", "embedding": e},

@@ -4,7 +4,7 @@ from dtgen.nodes.common.identity import StreamKey
 from dtgen.nodes.curation.quotas import done_indices, missing, next_missing_indices
 from dtgen.nodes.store.writer import DatasetWriter
 
-from .conftest import make_items
+from support.datasets import make_items
 
 
 def test_history_scores_embeddings_fingerprint(tmp_path):

@@ -14,7 +14,7 @@ from dtgen.nodes.store.writer import DatasetWriter
 from PIL import Image
 from support.pkg import BOOTSTRAP
 
-from .conftest import check_consistent, make_items
+from support.datasets import check_consistent, make_items
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from dtgen.nodes.store.writer import DatasetWriter
 sys.path.insert(0, {tests!r})
-from unit.dataset.conftest import make_items
+from support.datasets import make_items
 ds, start, stop, batch = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 with DatasetWriter(ds) as w:
     print("ready", flush=True)
