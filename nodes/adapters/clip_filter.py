@@ -17,7 +17,9 @@ from .comfy_paths import dataset_dir
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
+from ..common.labels import default_class_text
 from ..common.records import ScoredBatch, ScoredItem
+from ..scoring.similarity import TEXT_SIDES
 
 CLIP_FOLDER = "open_clip"  # models/open_clip, mappable in extra_model_paths.yaml
 WEIGHT_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin"}
@@ -26,7 +28,6 @@ folder_paths.add_model_folder_path(CLIP_FOLDER, os.path.join(folder_paths.models
 folder_paths.folder_names_and_paths[CLIP_FOLDER][1].update(WEIGHT_SUFFIXES)
 FROM_CACHE = "(open_clip / Hugging Face cache)"
 DOWNLOAD = "(download pretrained_tag into models/open_clip)"   # the only entry that downloads
-TEXT_SIDES = ("prompt", "class_text", "both")
 
 
 # ------------------------------------------------------------------------------------ loader
@@ -289,7 +290,7 @@ class DTGenClipFilter(io.ComfyNode):
 def _class_texts(items: list[ScoredItem]) -> dict[str, str]:
     texts = {}
     for it in items:
-        text = it.metadata.get("clip_text") or "a photo of " + it.label.replace("_", " ")
+        text = it.metadata.get("clip_text") or default_class_text(it.label)
         texts.setdefault(it.label, text)
     return texts
 

@@ -19,13 +19,3 @@ def public_error(cls):
     cls.__module__ = PACK.lower()
     return cls
 
-
-# File names a dataset's layout keeps beside the label folders (``images/metadata.jsonl``) or in
-# its root, and those ``datasets``' imagefolder reads as metadata: a label (a folder) may not take
-# one of them, in any letter case. tests/unit check that layout.py's names are all here.
-RESERVED_LABELS = frozenset({"metadata.jsonl", "metadata.csv", "metadata.parquet", "manifest.jsonl",
-                             "dataset.json", "claims.json"})
-
-
-def reserved_label(label: str) -> bool:
-    return label.casefold() in RESERVED_LABELS

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from ..common.naming import public_error, reserved_label
+from ..common.labels import default_class_text, label_problem
+from ..common.naming import public_error
 
 FORMAT_VERSION = 1
 PACK_SUFFIXES = (".yaml", ".yml")
-MAX_LABEL_LENGTH = 64
 
 # Budgets, checked before anything expensive (a pack is user input, parsed while ComfyUI's server
 # validates a queued prompt): the YAML itself, then what its aliases and slots expand to.
@@ -35,10 +35,6 @@ MAX_PROMPT_CHARS = 20_000        # longest prompt any item of a class can expand
 MAX_EXPANSION_STEPS = 2_000      # slot references one item can expand
 
 _SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_LABEL_CHARS = re.compile(r"[A-Za-z0-9_.-]+\Z")
-_WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{n}" for n in range(1, 10)] + [f"LPT{n}" for n in range(1, 10)]
-)
 _PACK_KEYS = {"version", "name", "description", "trigger", "suffix", "negative", "slots", "classes"}
 _CLASS_KEYS = {"label", "templates", "metadata", "order", "negative", "negative_extra", "weight",
                "clip_text", "slots"}
@@ -137,29 +133,6 @@ def split_template(text: str) -> tuple:
         literals.append(text[pos:open_at])
         refs.append(name)
         pos = end + 1
-
-
-def label_problem(label: str) -> Optional[str]:
-    """Why ``label`` is not safe as a folder name on Linux, macOS and Windows, or None."""
-    if not label:
-        return "label is empty"
-    if len(label) > MAX_LABEL_LENGTH:
-        return f"label {label!r} is longer than {MAX_LABEL_LENGTH} characters"
-    if not _LABEL_CHARS.match(label):
-        bad = sorted({ch for ch in label if not re.match(r"[A-Za-z0-9_.-]", ch)})
-        return (f"label {label!r} contains {', '.join(repr(ch) for ch in bad)}; labels are folder "
-                "names and may use only ASCII letters, digits, '_', '-' and '.'")
-    if not label[0].isalnum():
-        return f"label {label!r} must start with a letter or digit"
-    if label.endswith("."):
-        return f"label {label!r} must not end with '.'"
-    if ".." in label:
-        return f"label {label!r} must not contain '..'"
-    if label.split(".")[0].upper() in _WINDOWS_RESERVED:
-        return f"label {label!r} is a reserved device name on Windows"
-    if reserved_label(label):
-        return f"label {label!r} is a file name the dataset layout uses; choose another label"
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,7 +478,7 @@ class _Validator:
             negative = f"{negative}, {extra}" if negative else extra
         clip_text = self.text(raw.get("clip_text"), path + ("clip_text",)).strip()
         if not clip_text:
-            clip_text = "a photo of " + " ".join(re.split(r"[_.\-]+", label)).strip()
+            clip_text = default_class_text(label)
         return PackClass(
             index=index, label=label, templates=templates, negative=negative, clip_text=clip_text,
             weight=weight, order=order, metadata=MappingProxyType(dict(metadata)),

@@ -10,10 +10,10 @@ import re
 import unicodedata
 from pathlib import Path
 
-from ..common.naming import public_error, reserved_label
+from ..common.labels import WINDOWS_RESERVED, label_problem, normalise_label
+from ..common.naming import public_error
 
 _ALLOWED = re.compile(r"^[A-Za-z0-9._-]+$")
-_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 MAX_PART = 100
 MAX_DATASET_NAME = 200   # the whole name, sub-folders included
 PATH_MAX = 4096          # Linux; the longest path DTGen makes inside a dataset must fit
@@ -41,12 +41,10 @@ def _check_part(part: str, field: str, original) -> str:
     if not _ALLOWED.match(part):
         bad = sorted({c for c in part if not re.match(r"[A-Za-z0-9._-]", c)})
         raise DatasetPathError(field, original, f"only ASCII letters, digits, '.', '_' and '-' are allowed; found {bad}")
-    if part.split(".")[0].upper() in _RESERVED:
+    if part.split(".")[0].upper() in WINDOWS_RESERVED:
         raise DatasetPathError(field, original, "is a reserved Windows device name")
     if len(part) > MAX_PART:
         raise DatasetPathError(field, original, f"longer than {MAX_PART} characters")
-    if field == "label" and reserved_label(part):
-        raise DatasetPathError(field, original, "is a file name the dataset layout uses; choose another label")
     return part
 
 
@@ -57,26 +55,15 @@ def _normalise(value, field: str) -> str:
 
 
 def safe_label(label: str) -> str:
-    """Folder name for a class label; whitespace runs become ``_`` (``"tea cup"`` -> ``"tea_cup"``)."""
-    text = re.sub(r"\s+", "_", _normalise(label, "label"))
-    if "/" in text or "\\" in text or ":" in text:
-        raise DatasetPathError("label", label, "must not contain '/', '\\' or ':'")
-    return _check_part(text, "label", label)
-
-
-def check_labels(labels) -> dict[str, str]:
-    """Map every label to its folder name; two labels whose folders differ only by case collide."""
-    folders: dict[str, str] = {}
-    seen: dict[str, str] = {}
-    for label in labels:
-        folder = safe_label(label)
-        other = seen.setdefault(folder.lower(), label)
-        if other != label:
-            raise DatasetPathError(
-                "label", label, f"collides with label {other!r}: both become folder {folder!r} (case-insensitive)"
-            )
-        folders[label] = folder
-    return folders
+    """Folder name for a class label; whitespace runs become ``_`` (``"tea cup"`` -> ``"tea_cup"``).
+    The rule itself is ``common.labels.label_problem``, the same the prompt-pack validator uses."""
+    if not isinstance(label, str):
+        raise DatasetPathError("label", label, "must be a string")
+    folder = normalise_label(label)
+    problem = label_problem(folder)
+    if problem:
+        raise DatasetPathError("label", label, problem)
+    return folder
 
 
 def safe_dataset_dir(output_dir, name: str) -> Path:

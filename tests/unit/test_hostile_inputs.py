@@ -75,7 +75,7 @@ PACKS = {
     "label_manifest_other_case": (_label("Manifest.JSONL"), "file name the dataset layout uses"),
     "label_windows_device": (_label("CON"), "reserved device name"),
     "label_slash": (_label("a/b"), "labels are folder names"),
-    "label_too_long": (_label("x" * 65), "longer than 64"),
+    "label_too_long": (_label("x" * 101), "longer than 100"),
     "not_a_mapping": ("- 1\n- 2\n", "must be a mapping"),
     "unclosed_flow": ("a: [1, 2\n", "malformed YAML"),
 }
@@ -95,13 +95,14 @@ DATASET_NAMES = {
 }
 
 LABELS = {
-    "traversal": ("..", "'.' and '..' are not allowed"),
-    "slash": ("a/b", "must not contain '/'"),
+    "traversal": ("..", "must start with a letter or digit"),
+    "slash": ("a/b", "labels are folder names"),
     "metadata_jsonl": ("metadata.jsonl", "file name the dataset layout uses"),
     "dataset_json_upper": ("DATASET.JSON", "file name the dataset layout uses"),
-    "device": ("LPT1", "reserved Windows device name"),
-    "empty": ("   ", "empty name"),
-    "non_ascii": ("caf\u00e9", "only ASCII letters"),
+    "device": ("LPT1", "reserved device name on Windows"),
+    "empty": ("   ", "label is empty"),
+    "non_ascii": ("caf\u00e9", "labels are folder names"),
+    "too_long": ("x" * 101, "longer than 100"),
 }
 
 

@@ -1,5 +1,5 @@
 import pytest
-from dtgen.nodes.store.paths import DatasetPathError, check_labels, safe_dataset_dir, safe_label
+from dtgen.nodes.store.paths import DatasetPathError, safe_dataset_dir, safe_label
 
 
 @pytest.mark.parametrize("name", [
@@ -36,11 +36,20 @@ def test_unsafe_labels(label):
         safe_label(label)
 
 
-def test_label_sanitising_and_collisions():
+def test_label_sanitising():
     assert safe_label("tea cup") == "tea_cup"
     assert safe_label("  Steel-defect.v2 ") == "Steel-defect.v2"
-    assert check_labels(["cat", "dog"]) == {"cat": "cat", "dog": "dog"}
-    with pytest.raises(DatasetPathError, match="collides with label 'Cat'"):
-        check_labels(["Cat", "cat"])
-    with pytest.raises(DatasetPathError, match="tea_cup"):
-        check_labels(["tea cup", "tea_cup"])
+
+
+@pytest.mark.parametrize("label", ["cat", "tea cup", "_under", "a..b", "-dash", "x" * 100, "x" * 101, "CON",
+                                   "Metadata.jsonl", "v1.2", "caf\u00e9", "trail."])
+def test_the_writer_and_the_pack_validator_share_one_label_rule(label):
+    from dtgen.nodes.common.labels import label_problem, normalise_label
+
+    problem = label_problem(normalise_label(label))
+    if problem is None:
+        assert safe_label(label) == normalise_label(label)
+    else:
+        with pytest.raises(DatasetPathError) as info:
+            safe_label(label)
+        assert problem in str(info.value)

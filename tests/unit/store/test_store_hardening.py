@@ -200,7 +200,7 @@ def test_layout_file_names_cannot_be_labels(label):
 
 
 def test_every_name_the_layout_uses_is_reserved():
-    from dtgen.nodes.common.naming import RESERVED_LABELS
+    from dtgen.nodes.common.labels import RESERVED_LABELS
     from dtgen.nodes.store import layout
 
     assert {layout.MARKER, layout.MANIFEST, layout.METADATA, layout.CLAIMS} <= RESERVED_LABELS

@@ -1,0 +1,50 @@
+"""The one rule for class labels: a label is a folder name in every dataset, on Linux, macOS and
+Windows, so the prompt-pack validator and the dataset writer check it with the same function."""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+MAX_LABEL_LENGTH = 100
+_LABEL_CHARS = re.compile(r"[A-Za-z0-9_.-]+\Z")
+WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"COM{n}" for n in range(1, 10)] + [f"LPT{n}" for n in range(1, 10)]
+)
+# File names a dataset's layout keeps beside the label folders (``images/metadata.jsonl``) or in
+# its root, and those ``datasets``' imagefolder reads as metadata: a label (a folder) may not take
+# one of them, in any letter case. tests/unit check that store/layout.py's names are all here.
+RESERVED_LABELS = frozenset({"metadata.jsonl", "metadata.csv", "metadata.parquet", "manifest.jsonl",
+                             "dataset.json", "claims.json"})
+
+
+def normalise_label(label: str) -> str:
+    """NFKC (full-width look-alikes become ASCII), trimmed, whitespace runs -> ``_``."""
+    return re.sub(r"\s+", "_", unicodedata.normalize("NFKC", label).strip())
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` is not a safe folder name, or None."""
+    if not label:
+        return "label is empty"
+    if len(label) > MAX_LABEL_LENGTH:
+        return f"label {label!r} is longer than {MAX_LABEL_LENGTH} characters"
+    if not _LABEL_CHARS.match(label):
+        bad = sorted({ch for ch in label if not re.match(r"[A-Za-z0-9_.-]", ch)})
+        return (f"label {label!r} contains {', '.join(repr(ch) for ch in bad)}; labels are folder "
+                "names and may use only ASCII letters, digits, '_', '-' and '.'")
+    if not label[0].isalnum():
+        return f"label {label!r} must start with a letter or digit"
+    if label.endswith("."):
+        return f"label {label!r} must not end with '.'"
+    if ".." in label:
+        return f"label {label!r} must not contain '..'"
+    if label.split(".")[0].upper() in WINDOWS_RESERVED:
+        return f"label {label!r} is a reserved device name on Windows"
+    if label.casefold() in RESERVED_LABELS:
+        return f"label {label!r} is a file name the dataset layout uses; choose another label"
+    return None
+
+
+def default_class_text(label: str) -> str:
+    """The CLIP text of a class without ``clip_text``: ``plate_clean`` -> ``a photo of plate clean``."""
+    return "a photo of " + " ".join(re.split(r"[_.\-]+", label)).strip()
