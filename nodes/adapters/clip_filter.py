@@ -17,8 +17,7 @@ from .comfy_paths import dataset_dir
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
-from ..common.labels import default_class_text
-from ..common.records import ScoredBatch, ScoredItem
+from ..common.records import ScoredItem
 from ..scoring.similarity import TEXT_SIDES
 
 CLIP_FOLDER = "open_clip"  # models/open_clip, mappable in extra_model_paths.yaml
@@ -248,65 +247,27 @@ class DTGenClipFilter(io.ComfyNode):
                 min_count, dataset_name=None, metadata=None, negative=None, seed=None, class_margin=None,
                 near_duplicate=None, batch_size=None) -> io.NodeOutput:
         import comfy.utils
+        import torch
 
-        from ..store.reader import load_history, load_history_embeddings
-        from ..store.reconcile import ensure_consistent
-        from ..curation.decide import decide
+        from ..curation.filtering import checks_from_widgets, filter_run, run_plot
         from ..curation.thresholds import method_from
-        from ..curation.plots import score_histograms
-        from ..scoring.similarity import score_items
 
         loaded: LoadedClip = first(clip)
         items = items_from_lists(as_list(images), as_list(positive), as_list(label), as_list(metadata),
                                  as_list(negative), as_list(seed))
-        margin = first(class_margin, -1.0)
-        near = first(near_duplicate, 0.0)
-        # class texts: for the margin check, and as the fallback text of class_text scoring when
-        # the sampler's metadata (with the pack's clip_text) is not wired
-        needs_class_texts = margin >= 0 or first(text_side) != "prompt"
-        class_texts = _class_texts(items) if needs_class_texts else None
-
+        margin, near = checks_from_widgets(first(class_margin, -1.0), first(near_duplicate, 0.0))
         bar = comfy.utils.ProgressBar(len(items))
-        score_items(loaded.ready(), items, text_side=first(text_side), batch_size=first(batch_size, 32),
-                    progress=lambda done, total: bar.update_absolute(done, total), class_texts=class_texts)
-
-        ds = dataset_dir(first(dataset_name, ""))
-        if ds is not None:
-            ensure_consistent(ds)   # a crash may have left the dataset half-written
-        history = load_history(ds) if ds is not None and ds.exists() else None
-        history_emb = load_history_embeddings(ds) if ds is not None and ds.exists() and near > 0 else None
-        batch = decide(items, method_from(first(method), first(k), first(keep_percent), first(fixed_threshold)),
-                       history=history, min_count=first(min_count), margin=margin if margin >= 0 else None,
-                       near_dup=near if near > 0 else None, history_embeddings=history_emb)
+        batch, history = filter_run(
+            loaded.ready(), items, method_from(first(method), first(k), first(keep_percent), first(fixed_threshold)),
+            text_side=first(text_side), min_count=first(min_count), margin=margin, near_dup=near,
+            dataset_dir=dataset_dir(first(dataset_name, "")), batch_size=first(batch_size, 32),
+            progress=lambda done, total: bar.update_absolute(done, total))
         batch.config.update(text_side=first(text_side), clip=loaded.bundle.describe(),
                             dataset=first(dataset_name, "") or None)
-
-        plot = _plot(batch, history, score_histograms)
+        plot = torch.from_numpy(run_plot(batch, history).astype("float32") / 255.0)[None]
         accepted = [it for it in batch.items if it.accepted]
         rejected = [it for it in batch.items if not it.accepted]
         return io.NodeOutput(batch, stack_images(accepted), stack_images(rejected), plot)
-
-
-def _class_texts(items: list[ScoredItem]) -> dict[str, str]:
-    texts = {}
-    for it in items:
-        text = it.metadata.get("clip_text") or default_class_text(it.label)
-        texts.setdefault(it.label, text)
-    return texts
-
-
-def _plot(batch: ScoredBatch, history, score_histograms):
-    import numpy as np
-    import torch
-
-    scores: dict[str, list] = {lab: list(map(float, v)) for lab, v in (history or {}).items()}
-    acc: dict[str, int] = {}
-    rej: dict[str, int] = {}
-    for it in batch.items:
-        scores.setdefault(it.label, []).append(float(it.score))
-        (acc if it.accepted else rej)[it.label] = (acc if it.accepted else rej).get(it.label, 0) + 1
-    img = score_histograms({k: np.asarray(v) for k, v in scores.items()}, batch.thresholds, acc, rej)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
 
 
 NODES = [DTGenClipLoader, DTGenClipFilter]

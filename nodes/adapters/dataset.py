@@ -22,13 +22,8 @@ FORMATS = ("png", "jpeg", "webp")
 
 
 def dataset_dir(name: str):
-    """Like ``comfy_paths.dataset_dir`` but a blank name is an error: these nodes need a dataset."""
-    path = comfy_paths.dataset_dir(name)
-    if path is None:
-        from ..store.paths import DatasetPathError
-
-        raise DatasetPathError("dataset name", name, "empty name")
-    return path
+    """These nodes need a dataset: a blank name is an error."""
+    return comfy_paths.dataset_dir(name, required=True)
 
 
 def _hash_cache():
@@ -42,18 +37,6 @@ def _resolve(folder: str, name: str):
         return folder_paths.get_full_path(folder, name)
     except KeyError:  # folder not registered in this ComfyUI
         return None
-
-
-def run_line(result) -> str:
-    """What this queue run did, including what it did not store and why."""
-    skipped = sum(result.skipped_duplicate.values())
-    line = f"this run: {result.written['accepted']} accepted + {result.written['rejected']} rejected written"
-    if skipped:
-        line += (f"; {skipped} skipped, already in the dataset (same sampler item: same pack, mode, seed, "
-                 "classes and index)")
-    if result.skipped_quota:
-        line += f"; {result.skipped_quota} accepted not stored, class already at its quota"
-    return line
 
 
 class DTGenDatasetWriter(io.ComfyNode):
@@ -70,6 +53,7 @@ class DTGenDatasetWriter(io.ComfyNode):
                 "score, threshold, decision, models and sampler settings. Rerunning an item never duplicates it."),
             is_input_list=True,
             is_output_node=True,
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],   # PNG text chunks, provenance
             inputs=[
                 io.String.Input("dataset_name", default="dtgen_dataset",
                                 tooltip="Dataset folder under ComfyUI's output directory (letters, digits, . _ -; "
@@ -126,7 +110,7 @@ class DTGenDatasetWriter(io.ComfyNode):
     def execute(cls, dataset_name, scored=None, images=None, label=None, positive=None, negative=None,
                 metadata=None, seed=None, image_format=None, quality=None, quota_per_class=None) -> io.NodeOutput:
         from ..store.provenance import model_files, sampler_settings
-        from ..store.writer import DatasetWriter
+        from ..store.writer import DatasetWriter, png_text, quotas_for, summary
 
         items = []
         for batch in as_list(scored):
@@ -137,28 +121,16 @@ class DTGenDatasetWriter(io.ComfyNode):
         if not items:
             raise ValueError("DTGen Dataset Writer: nothing to write; connect 'scored' (from DTGen CLIP "
                              "Filter) or 'images' + 'label'")
-        prompt = cls.hidden.prompt if cls.hidden is not None else None
-        png_text = {}
-        if prompt is not None:
-            png_text["prompt"] = json.dumps(prompt)
-        extra = cls.hidden.extra_pnginfo if cls.hidden is not None else None
-        if isinstance(extra, dict):
-            png_text.update({k: json.dumps(v) for k, v in extra.items()})
-
+        prompt = cls.hidden.prompt
         path = dataset_dir(first(dataset_name))
-        quota = first(quota_per_class, 0) or 0
-        labels = sorted({it.label for it in items})
-        quotas = {lab: quota for lab in labels} if quota > 0 else None
         with DatasetWriter(path, image_format=first(image_format, "png"), quality=first(quality, 95),
-                           quotas=quotas) as writer:
+                           quotas=quotas_for(items, first(quota_per_class, 0))) as writer:
             result = writer.write(items, models=model_files(prompt, _resolve, _hash_cache()),
-                                  sampler_settings=sampler_settings(prompt), png_text=png_text or None)
+                                  sampler_settings=sampler_settings(prompt),
+                                  png_text=png_text(prompt, cls.hidden.extra_pnginfo))
             status = writer.status()
-        text = json.dumps(status, sort_keys=True)
-        summary = "\n".join(f"{lab}: {s['accepted']} accepted, {s['rejected']} rejected"
-                            + (f", {s['missing']} missing" if s.get("missing") is not None else "")
-                            for lab, s in status.items())
-        return io.NodeOutput(str(path), text, ui=ui.PreviewText(f"{path}\n{run_line(result)}\n{summary}"))
+        return io.NodeOutput(str(path), json.dumps(status, sort_keys=True),
+                             ui=ui.PreviewText(summary(path, result, status)))
 
 
 class DTGenDatasetFinalize(io.ComfyNode):
@@ -229,26 +201,21 @@ class DTGenDatasetFinalize(io.ComfyNode):
     @classmethod
     def execute(cls, dataset_name, redecide, method, k, keep_percent, fixed_threshold, min_count,
                 split="", class_margin=-1.0, near_duplicate=0.0) -> io.NodeOutput:
-        import numpy as np
         import torch
 
-        from PIL import Image
-
+        from ..curation.filtering import checks_from_widgets
+        from ..curation.finalize import finalize
         from ..curation.redecide import decide_fn_for, histogram_image
         from ..curation.thresholds import method_from
-        from ..curation.finalize import finalize
 
-        path = dataset_dir(dataset_name)
-        margin = class_margin if class_margin is not None and class_margin >= 0 else None
-        near = near_duplicate if near_duplicate else None
-        decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin,
-                                  near) if redecide else None
-        report = finalize(path, decide_fn=decide_fn, split=split.strip() or None, plot_fn=histogram_image, echo=False)
-        data = json.loads(report.report_json.read_text())
-        plot = np.asarray(Image.open(report.plot).convert("RGB"), dtype=np.float32)
-        image = torch.from_numpy(plot / 255.0)[None]
-        return io.NodeOutput(json.dumps(data, sort_keys=True), image,
-                             ui=ui.PreviewImage(image, cls=cls))
+        decide_fn = None
+        if redecide:
+            margin, near = checks_from_widgets(class_margin, near_duplicate)
+            decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin, near)
+        report = finalize(dataset_dir(dataset_name), decide_fn=decide_fn, split=split.strip() or None,
+                          plot_fn=histogram_image, echo=False)
+        image = torch.from_numpy(report.plot_image.astype("float32") / 255.0)[None]
+        return io.NodeOutput(json.dumps(report.data, sort_keys=True), image, ui=ui.PreviewImage(image, cls=cls))
 
 
 NODES = [DTGenDatasetWriter, DTGenDatasetFinalize]

@@ -36,6 +36,8 @@ class Report:
     report_json: Path | None = None
     contact_sheets: dict[str, Path] = field(default_factory=dict)
     plot: Path | None = None
+    plot_image: object = None      # what plot_fn returned (the histogram as an array)
+    data: dict = field(default_factory=dict)   # what report.json holds
     reconciled: ReconcileReport | None = None
 
     @property
@@ -170,15 +172,16 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
             dataset_dir, label, records, out / f"contact_{folder}.png", contact_sheet_max)
     if plot_fn is not None:
         result.plot = out / "histogram.png"
-        plot_fn(records, result.plot)
+        result.plot_image = plot_fn(records, result.plot)
     result.report_json = out / "report.json"
-    report.write_json(result.report_json, {
+    result.data = {
         "dataset": dataset_dir.name, "finalized": now_iso(), "per_class": result.per_class,
         "moved": result.moved, "split": {"fractions": fractions, "accepted_counts": result.split},
         "redecided": decide_fn is not None,
         "contact_sheets": {k: v.name for k, v in result.contact_sheets.items()},
         "plot": result.plot.name if result.plot else None,
-    })
+    }
+    report.write_json(result.report_json, result.data)
     if echo:
         print(result.table)
     return result

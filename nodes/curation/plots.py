@@ -14,6 +14,25 @@ BG, AXIS, TEXT = (255, 255, 255), (90, 90, 90), (20, 20, 20)
 KEPT, DROPPED, LINE = (70, 150, 90), (200, 110, 90), (200, 30, 30)
 
 
+def tally(entries) -> tuple[dict, dict, dict, dict]:
+    """``(label, score | None, threshold | None, accepted | None)`` entries -> the four arguments
+    of ``score_histograms``: scores per label, the last threshold per label, accepted and rejected
+    counts (entries with ``accepted`` None are not counted)."""
+    scores: dict[str, list] = {}
+    thresholds: dict[str, float] = {}
+    accepted: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    for label, score, threshold, ok in entries:
+        if score is not None:
+            scores.setdefault(label, []).append(float(score))
+        if threshold is not None:
+            thresholds[label] = float(threshold)
+        if ok is not None:
+            bucket = accepted if ok else rejected
+            bucket[label] = bucket.get(label, 0) + 1
+    return {k: np.asarray(v) for k, v in scores.items()}, thresholds, accepted, rejected
+
+
 def score_histograms(scores_by_label: dict[str, np.ndarray], thresholds: dict[str, float],
                      accepted_counts: dict[str, int], rejected_counts: dict[str, int],
                      columns: int | None = None) -> np.ndarray:

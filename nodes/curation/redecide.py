@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from .decide import refilter
-from .thresholds import method_from
 
 
 def decide_fn_for(method, min_count: int = 8, margin=None, near_dup=None):
@@ -42,24 +41,14 @@ def decide_fn_for(method, min_count: int = 8, margin=None, near_dup=None):
     return decide_records
 
 
-def histogram_image(records: list[dict], out_path: Path) -> Path:
-    """Per-class score histograms of stored records, with each class's threshold, as a PNG."""
+def histogram_image(records: list[dict], out_path: Path) -> np.ndarray:
+    """Per-class score histograms of stored records, with each class's threshold, saved as a PNG;
+    returns the image (H x W x 3 uint8)."""
     from PIL import Image
 
-    from .plots import score_histograms
+    from .plots import score_histograms, tally
 
-    scores: dict[str, list] = {}
-    thresholds: dict[str, float] = {}
-    acc: dict[str, int] = {}
-    rej: dict[str, int] = {}
-    for rec in records:
-        label = rec["label"]
-        if rec.get("score") is not None:
-            scores.setdefault(label, []).append(float(rec["score"]))
-        if rec.get("threshold") is not None:
-            thresholds[label] = float(rec["threshold"])
-        bucket = acc if rec.get("decision") == "accepted" else rej
-        bucket[label] = bucket.get(label, 0) + 1
-    img = score_histograms({k: np.asarray(v) for k, v in scores.items()}, thresholds, acc, rej)
+    img = score_histograms(*tally((r["label"], r.get("score"), r.get("threshold"), r.get("decision") == "accepted")
+                                  for r in records))
     Image.fromarray(img).save(out_path)
-    return Path(out_path)
+    return img

@@ -293,3 +293,42 @@ class DatasetWriter:
                 "it is rebuilt from the manifest the next time any DTGen node or the dataset CLI opens the "
                 "dataset - free space and queue again (or run the CLI's reconcile)",
             ) from e
+
+
+# -- what the writer node needs around a write (plain, so it is tested without ComfyUI) ---------
+def quotas_for(items: list[ScoredItem], per_class: int | None) -> dict | None:
+    """The same quota for every label in ``items``; None when ``per_class`` is 0 (no quota)."""
+    if not per_class:
+        return None
+    return {label: int(per_class) for label in sorted({it.label for it in items})}
+
+
+def png_text(prompt, extra_pnginfo) -> dict | None:
+    """PNG text chunks like ComfyUI's SaveImage: the API prompt and the workflow."""
+    out = {}
+    if prompt is not None:
+        out["prompt"] = json.dumps(prompt)
+    if isinstance(extra_pnginfo, dict):
+        out.update({k: json.dumps(v) for k, v in extra_pnginfo.items()})
+    return out or None
+
+
+def run_line(result: WriteResult) -> str:
+    """What this queue run did, including what it did not store and why."""
+    skipped = sum(result.skipped_duplicate.values())
+    line = f"this run: {result.written['accepted']} accepted + {result.written['rejected']} rejected written"
+    if skipped:
+        line += (f"; {skipped} skipped, already in the dataset (same sampler item: same pack, mode, seed, "
+                 "classes and index)")
+    if result.skipped_quota:
+        line += f"; {result.skipped_quota} accepted not stored, class already at its quota"
+    return line
+
+
+def summary(path, result: WriteResult, status: dict) -> str:
+    """The writer node's text: the folder, this run, then per-class counts toward the quota."""
+    lines = [str(path), run_line(result)]
+    lines += [f"{label}: {s['accepted']} accepted, {s['rejected']} rejected"
+              + (f", {s['missing']} missing" if s.get("missing") is not None else "") for label, s in status.items()]
+    return "\n".join(lines)
+

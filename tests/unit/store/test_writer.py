@@ -206,3 +206,23 @@ def test_open_skips_the_full_reconcile_after_a_clean_write(tmp_path, monkeypatch
     with writer_mod.DatasetWriter(ds) as w:
         assert w.reconciled.corrupt_lines == 1   # stamp no longer matches: full reconcile
     assert len(calls) == 2
+
+
+def test_what_the_writer_node_shows_and_stores_around_a_write(tmp_path):
+    import json as _json
+
+    from dtgen.nodes.store.writer import png_text, quotas_for, summary
+
+    items = make_items(range(6))
+    assert quotas_for(items, 0) is None
+    assert quotas_for(items, 2) == {"cat": 2, "dog": 2, "tea cup": 2}
+    assert png_text(None, None) is None
+    assert png_text({"1": {}}, {"workflow": {"nodes": []}}) == {"prompt": '{"1": {}}', "workflow": '{"nodes": []}'}
+    with DatasetWriter(tmp_path / "ds", quotas=quotas_for(items, 2)) as w:
+        result = w.write(items)
+        again = w.write(items)
+        text = summary(tmp_path / "ds", again, w.status())
+    assert sum(result.written.values()) == 6
+    assert "this run: 0 accepted + 0 rejected written; 6 skipped, already in the dataset" in text
+    assert text.splitlines()[0] == str(tmp_path / "ds") and "cat: " in text and "missing" in text
+    assert _json.dumps(w.status())   # JSON-ready status
