@@ -18,21 +18,14 @@ class DatasetView:
         self.dir = Path(dataset_dir)
         self.pack_hash, self.stream_key = pack_hash, stream_key
         self._records: list[dict] = []
-        self._offset = 0   # manifest bytes read so far
 
     def refresh(self) -> DatasetView:
-        _, self._offset, view = live_state(self.dir)
+        view = live_state(self.dir)[2]
         self._records = [r for r in view.values() if r["decision"] in ("accepted", "rejected")]
         return self
 
-    def records(self) -> list[dict]:
-        return self._records
-
     def counts(self) -> dict[str, dict[str, int]]:
         return class_counts(self._records)
-
-    def accepted(self, label: str) -> int:
-        return self.counts().get(label, {}).get("accepted", 0)
 
     def done_indices(self) -> set[int]:
         """Indices stored (accepted or rejected) for this client's pack and sampler stream."""
