@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import json
 
-from support.graphs import example_api
+from support.graphs import example_api, manifest, run_ok
 from support.pkg import ROOT
 
 TABLEWARE = {f"{k}_{lvl}" for k in ("plate", "bowl")
              for lvl in ("clean", "slightly_dirty", "moderately_dirty", "heavily_dirty")}
-
-
-def manifest(path) -> list[dict]:
-    return [json.loads(line) for line in (path / "manifest.jsonl").read_text().splitlines() if line.strip()]
-
-
-def run_ok(client, graph):
-    result = client.run(graph)
-    assert result.error is None, json.dumps(result.error, indent=1)[:4000]
-    return result
 
 
 def test_batch_graph_writes_a_labelled_filtered_dataset(client, comfy_server):

@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from support.graphs import example_api
+from support.graphs import example_api, manifest, run_ok
 
 from .conftest import start_server
 
@@ -33,16 +33,6 @@ def _all_accepted(dataset: str, **overrides) -> dict:
     """The main template, every image accepted (fixed threshold below any cosine)."""
     return example_api("dtgen_sd35_lora", dataset_name=dataset, method="fixed", fixed_threshold=-1.0,
                        classes="plate_clean,bowl_clean", **overrides)
-
-
-def _manifest(ds) -> list[dict]:
-    return [json.loads(x) for x in (ds / "manifest.jsonl").read_text().splitlines() if x.strip()]
-
-
-def _run_ok(client, graph):
-    result = client.run(graph)
-    assert result.error is None, json.dumps(result.error, indent=1)[:3000]
-    return result
 
 
 @pytest.mark.parametrize("pack,limit", [(_laughs(), "MAX_YAML_NODES"), (_expansion_bomb(), "MAX_SLOT_DEPTH")],
@@ -105,17 +95,17 @@ def test_the_writer_reruns_when_its_dataset_was_deleted(client, comfy_server):
     deleted folder is written again instead of a stale 'written' summary."""
     graph = _all_accepted("w1", quota_per_class=0, count=2)
     graph[FILTER]["inputs"]["dataset_name"] = ""           # no history: only the writer sees the folder
-    _run_ok(client, graph)
+    run_ok(client, graph)
     ds = comfy_server.output_dir / "w1"
-    assert len(_manifest(ds)) == 2
+    assert len(manifest(ds)) == 2
     shutil.rmtree(ds)
-    result = _run_ok(client, graph)
+    result = run_ok(client, graph)
     cached = [n for e in result.events if e["type"] == "execution_cached" for n in e["data"]["nodes"]]
     assert WRITER not in cached and FILTER in cached
-    assert len(_manifest(ds)) == 2 and len(list((ds / "images").rglob("*.png"))) == 2
-    again = _run_ok(client, graph)                         # unchanged: runs, stores nothing twice
+    assert len(manifest(ds)) == 2 and len(list((ds / "images").rglob("*.png"))) == 2
+    again = run_ok(client, graph)                         # unchanged: runs, stores nothing twice
     assert "2 skipped, already in the dataset" in json.dumps(again.outputs(WRITER))
-    assert len(_manifest(ds)) == 2
+    assert len(manifest(ds)) == 2
 
 
 def test_a_crash_after_the_manifest_commit_is_repaired_even_with_every_quota_full(client, comfy_server):
@@ -123,12 +113,12 @@ def test_a_crash_after_the_manifest_commit_is_repaired_even_with_every_quota_ful
     next queue run in resume mode has nothing to make (quota full), so no writer runs: the sampler
     repairs the dataset on open, and it loads in one line again."""
     graph = _all_accepted("mfull", quota_per_class=1, count=2)
-    _run_ok(client, graph)
+    run_ok(client, graph)
     ds = comfy_server.output_dir / "mfull"
-    assert len(_manifest(ds)) == 2
+    assert len(manifest(ds)) == 2
     (ds / "images" / "metadata.jsonl").write_bytes(b"")     # the state the kill left
     (ds / ".clean").unlink()
-    result = _run_ok(client, graph)
+    result = run_ok(client, graph)
     assert WRITER not in result.executed_nodes()             # nothing left to make
     rows = (ds / "images" / "metadata.jsonl").read_text().splitlines()
     assert len(rows) == 2 and (ds / ".clean").exists()
@@ -140,7 +130,7 @@ def test_a_crash_after_the_manifest_commit_is_repaired_even_with_every_quota_ful
 
 def test_a_symlink_in_the_dataset_is_refused_and_nothing_is_written_outside(client, comfy_server, tmp_path):
     graph = _all_accepted("linked", quota_per_class=0, count=2)
-    _run_ok(client, graph)
+    run_ok(client, graph)
     ds = comfy_server.output_dir / "linked"
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -178,5 +168,5 @@ def test_two_servers_in_resume_mode_make_different_items(client, comfy_server, c
         assert result.error is None, (key, result.error)
         text = json.dumps(result.outputs(WRITER))
         assert "skipped" not in text, text                  # no image made twice
-    records = _manifest(comfy_server.output_dir / "two_servers")
+    records = manifest(comfy_server.output_dir / "two_servers")
     assert len(records) == 8 and len({r["index"] for r in records}) == 8

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from support.graphs import example_api
 
 
@@ -32,25 +34,17 @@ def test_unknown_class_subset_is_refused(client):
     assert "teapot_clean" in messages(node_errors(client, graph), "1")
 
 
-def test_missing_clip_weights_name_the_folder(client):
+@pytest.mark.parametrize("inputs, expected", [
+    ({"weights": "ViT-B-32-not-there.safetensors"}, "ViT-B-32-not-there.safetensors"),
+    ({"weights": "(download pretrained_tag into models/open_clip)", "pretrained_tag": "laion9b_nope"},
+     "unknown pretrained tag 'laion9b_nope' for ViT-B-32"),
+    ({"arch": "ViT-B-33"}, "ViT-B-33"),
+], ids=["missing_weights_name_the_file", "download_entry_with_an_unknown_tag", "unknown_architecture"])
+def test_clip_loader_inputs_are_checked_at_queue_time(client, inputs, expected):
     graph = example_api("dtgen_sd35_lora")
-    graph["9"]["inputs"]["weights"] = "ViT-B-32-not-there.safetensors"
+    graph["9"]["inputs"].update(inputs)
     text = messages(node_errors(client, graph), "9")
-    assert "ViT-B-32-not-there.safetensors" in text, text
-
-
-def test_download_entry_with_an_unknown_tag_is_refused(client):
-    graph = example_api("dtgen_sd35_lora")
-    graph["9"]["inputs"]["weights"] = "(download pretrained_tag into models/open_clip)"
-    graph["9"]["inputs"]["pretrained_tag"] = "laion9b_nope"
-    text = messages(node_errors(client, graph), "9")
-    assert "unknown pretrained tag 'laion9b_nope' for ViT-B-32" in text, text
-
-
-def test_unknown_clip_architecture_is_refused(client):
-    graph = example_api("dtgen_sd35_lora")
-    graph["9"]["inputs"]["arch"] = "ViT-B-33"
-    assert "ViT-B-33" in messages(node_errors(client, graph), "9")
+    assert expected in text, text
 
 
 def test_unsafe_dataset_name_is_refused_before_anything_runs(client, comfy_server):

@@ -51,3 +51,17 @@ def example_api(name: str, **overrides) -> dict:
             if key in inputs and not isinstance(inputs[key], list):
                 inputs[key] = value
     return graph
+
+
+def manifest(dataset_dir) -> list[dict]:
+    """Every line of a dataset's manifest, as written (not folded by id)."""
+    lines = (dataset_dir / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def run_ok(client, graph):
+    """Run a graph and fail with ComfyUI's error if it did not finish."""
+    result = client.run(graph)
+    assert result.error is None, json.dumps(result.error, indent=1)[:4000]
+    return result
+
