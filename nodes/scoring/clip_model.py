@@ -91,8 +91,8 @@ def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
 def _load_uncached(arch, path: Path, device, torch_dtype, pretrained_tag) -> ClipBundle:
     import open_clip
 
-    tag_cfg = _tag_config(arch, pretrained_tag)
-    state = _read_state_dict(path)   # first: an unreadable file fails before the slow model build
+    tag_cfg = tag_config(arch, pretrained_tag)
+    state = read_state_dict(path)   # first: an unreadable file fails before the slow model build
     # pretrained_text/image=False: never let open_clip fetch tower weights from a hub.
     with _quiet_random_init_warning():
         model = open_clip.create_model(arch, pretrained=None, pretrained_text=False,
@@ -182,7 +182,7 @@ def _check_file(weights_path) -> Path:
                           f"{str(folder)!r}{listing}", str(path))
 
 
-def _read_state_dict(path: Path) -> dict:
+def read_state_dict(path: Path) -> dict:
     """Read tensors from ``path``; safetensors directly, pickles only with weights_only=True."""
     if path.stat().st_size == 0:
         raise ClipFilterError("weights file is empty (0 bytes); the download or copy was cut short",
@@ -255,7 +255,7 @@ def _load_strict(model, state: dict, arch: str, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _tag_config(arch: str, tag: str | None) -> dict:
+def tag_config(arch: str, tag: str | None) -> dict:
     if not tag:
         return {}
     import open_clip
@@ -296,7 +296,7 @@ def find_cached_weights(arch: str, pretrained_tag: str) -> str | None:
     tag to ``load_clip(..., pretrained_tag=tag)`` so preprocessing and QuickGELU match the file.
     """
     arch = check_arch(arch)
-    cfg = _tag_config(arch, pretrained_tag)
+    cfg = tag_config(arch, pretrained_tag)
     names = []
     hub = cfg.get("hf_hub", "")
     if hub:

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .clip_model import _read_state_dict, _tag_config, check_arch
+from .clip_model import read_state_dict, tag_config, check_arch
 from .errors import ClipFilterError
 
 
@@ -37,7 +37,7 @@ def check_downloadable(arch: str, tag: str) -> tuple[str, dict]:
     if not tag:
         raise ClipFilterError("no pretrained tag given; name the weights to download "
                               "(e.g. openai, laion2b_s34b_b79k)", "pretrained_tag")
-    return arch, _tag_config(arch, tag)
+    return arch, tag_config(arch, tag)
 
 
 def fetch_pretrained(arch: str, tag: str, folder, download: Callable | None = None) -> Path:
@@ -72,7 +72,7 @@ def fetch_pretrained(arch: str, tag: str, folder, download: Callable | None = No
         if not fetched or not Path(fetched).is_file():
             raise ClipFilterError(f"open_clip has no download for {arch} / {tag} "
                                   f"(source: {source_of(cfg)})", "pretrained_tag")
-        state = _read_state_dict(Path(fetched))
+        state = read_state_dict(Path(fetched))
         staged = target.with_name(f".{target.name}.part")   # not a weights suffix: never listed
         try:
             _save_safetensors(state, staged)

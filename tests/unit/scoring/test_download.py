@@ -113,7 +113,7 @@ def test_unreachable_host_fails_fast_without_calling_the_hub(tmp_path, monkeypat
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     cfg = {"url": "https://weights.example.invalid/clip/ViT-B-32.pt", "hf_hub": ""}
-    monkeypatch.setattr(dl, "_tag_config", lambda arch, tag: cfg)
+    monkeypatch.setattr(dl, "tag_config", lambda arch, tag: cfg)
     start = time.monotonic()
     with pytest.raises(ClipFilterError, match=r"cannot reach weights\.example\.invalid .*looks offline"):
         fetch_pretrained("ViT-B-32", "openai", tmp_path)
