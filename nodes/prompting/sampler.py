@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 from ..common.identity import StreamKey, stream_id
-from .pack import Pack, PromptPackError, split_template
+from .pack_model import Pack, PromptPackError, split_template
 
 MODES = ("balanced", "random", "exhaustive")
 MAX_COUNT = 4096        # items one queue run may fan out (the sampler node's count limit)
@@ -80,12 +80,12 @@ class _Choice:
     are grouped into phases with the same set of live alternatives, so ``locate`` is a bisect.
     """
 
-    __slots__ = ("name", "alts", "n", "sizes", "cum", "total_weight", "uniform", "size", "flat",
-                 "phase_starts", "phase_rounds", "phases")
+    __slots__ = ("name", "alts", "n", "cum", "total_weight", "uniform", "size", "flat",
+                 "phase_starts", "phases")
 
     def __init__(self, name: str, alts: list, weights: list, sizes: list):
         self.name = name
-        self.alts, self.sizes, self.n = tuple(alts), tuple(sizes), len(alts)
+        self.alts, self.n = tuple(alts), len(alts)
         cum, running = [], 0.0
         for w in weights:
             running += w
@@ -102,7 +102,6 @@ class _Choice:
             first_round = end_round
         self.phases = tuple(phases)
         self.phase_starts = tuple(p[0] for p in phases)
-        self.phase_rounds = tuple(p[1] for p in phases)
 
     def pick(self, u32: int) -> int:
         """Alternative index for a uniform 32-bit draw, by weight."""
@@ -118,11 +117,6 @@ class _Choice:
         start, first_round, live = self.phases[bisect_right(self.phase_starts, x) - 1]
         rounds, slot = divmod(x - start, len(live))
         return live[slot], first_round + rounds
-
-    def index_of(self, alt: int, sub: int) -> int:
-        """Inverse of ``locate``: exhaustive index of (alternative, index inside it)."""
-        start, first_round, live = self.phases[bisect_right(self.phase_rounds, sub) - 1]
-        return start + (sub - first_round) * len(live) + live.index(alt)
 
 
 class _CompiledClass:
@@ -172,8 +166,6 @@ class _CompiledPack:
 
 _COMPILED: dict = {}
 _COMPILED_SIZE = 16
-
-
 _COMPILED_LOCK = threading.Lock()
 
 
@@ -399,36 +391,3 @@ class Sampler:
         if self.mode == "exhaustive":
             return self.labels[self._class_choice.locate(i)[0]]
         return self.labels[self._class_choice.pick(next(_draws(self._draw_base, i)))]
-
-    def next_indices_for(self, label: str, start: int, n: int) -> list:
-        """The first ``n`` item indices ``>= start`` whose label is ``label`` (for resuming quotas).
-
-        balanced: O(n) arithmetic. exhaustive: O(n), fewer than n once the class is used up.
-        random: scans forward drawing only the class (expected n / share-of-label steps).
-        """
-        if label not in self.labels:
-            raise PromptPackError(f"class {label!r} is not sampled here; sampled classes: "
-                                  f"{', '.join(self.labels)}")
-        if isinstance(start, bool) or not isinstance(start, int) or start < 0 or n < 0:
-            raise PromptPackError(f"start and n must be integers >= 0, got start={start!r}, n={n!r}")
-        position = self.labels.index(label)
-        if self.mode == "balanced":
-            count = len(self.labels)
-            first = start + (position - start) % count
-            return [first + k * count for k in range(n)]
-        if self.mode == "exhaustive":
-            choice = self._class_choice
-            if start >= self.total:
-                return []
-            c, k = choice.locate(start)        # start lies in round k of the class interleave
-            first = k if k < choice.sizes[position] and choice.index_of(position, k) >= start else k + 1
-            last = min(choice.sizes[position], first + n)
-            return [choice.index_of(position, r) for r in range(first, last)]
-        out: list = []
-        i = start
-        while len(out) < n:
-            if self._class_choice.pick(next(_draws(self._draw_base, i))) == position:
-                out.append(i)
-            i += 1
-        return out
-

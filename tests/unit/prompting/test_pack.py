@@ -6,9 +6,8 @@ import textwrap
 
 import pytest
 
-from dtgen.nodes.prompting.pack import (
-    PromptPackError, label_problem, load_pack, parse_pack, split_template,
-)
+from dtgen.nodes.common.labels import label_problem
+from dtgen.nodes.prompting.pack import PromptPackError, load_pack, parse_pack, split_template
 
 GOOD = """\
 version: 1

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from itertools import islice
 
 import pytest
 
@@ -33,9 +34,18 @@ classes:
 """
 
 
+def class_named(pack, label):
+    return {c.label: c for c in pack.classes}[label]
+
+
+def indices_of(sampler, label, n):
+    """The first ``n`` item indices of class ``label``, by asking ``label_of`` index after index."""
+    return list(islice((i for i in range(sampler.total) if sampler.label_of(i) == label), n))
+
+
 def enumerate_pack(pack, label):
     """Every expansion of a class by brute force, straight from the pack data (not the sampler)."""
-    table = pack.slot_table(pack.get_class(label))
+    table = pack.slot_table(class_named(pack, label))
 
     def expand(text):
         results = [""]
@@ -47,7 +57,7 @@ def enumerate_pack(pack, label):
             results = [r + before + o for r in results for o in options]
         return [r + rest for r in results]
 
-    return [o for t in pack.get_class(label).templates if t.weight > 0 for o in expand(t.text)]
+    return [o for t in class_named(pack, label).templates if t.weight > 0 for o in expand(t.text)]
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +164,12 @@ def test_exhaustive_interleaves_classes_while_each_has_items(nested):
 def test_early_exhaustive_items_cover_every_slot_value(tableware, nested):
     sampler = Sampler(tableware, "exhaustive", 0)
     for label in tableware.labels:
-        table = tableware.slot_table(tableware.get_class(label))
+        table = tableware.slot_table(class_named(tableware, label))
         dish = label.split("_")[0]
         wanted = {dish: table[dish], label: table[label], "setting": table["setting"]}
         window = 2 * max(len(v) for v in wanted.values())       # two templates x biggest vocabulary
         seen = {name: set() for name in wanted}
-        for i in sampler.next_indices_for(label, 0, window):
+        for i in indices_of(sampler, label, window):
             for name in wanted:
                 seen[name].add(sampler.item(i).metadata["slots"][name])
         for name, entries in wanted.items():
@@ -214,21 +224,12 @@ def test_item_ten_to_the_twelfth(tableware):
     assert Sampler(tableware, "random", 0).item(10 ** 12).label in tableware.labels
 
 
-def test_next_indices_for_matches_the_items(tableware, nested):
+def test_label_of_matches_the_items(tableware, nested):
     for mode in MODES:
         pack = nested if mode == "exhaustive" else tableware
         sampler = Sampler(pack, mode, 4)
         limit = sampler.total if mode == "exhaustive" else 400
-        labels = [sampler.item(i).label for i in range(limit)]
-        for label in pack.labels:
-            for start in (0, 5, 17):
-                want = [i for i in range(start, limit) if labels[i] == label][:6]
-                assert sampler.next_indices_for(label, start, len(want)) == want, (mode, label, start)
-                assert all(sampler.label_of(i) == label for i in want)
-    exhaustive = Sampler(nested, "exhaustive", 0)
-    assert len(exhaustive.next_indices_for("third", 0, 100)) == exhaustive.class_totals["third"]
-    with pytest.raises(PromptPackError, match="'plate_clean'"):
-        Sampler(tableware, "balanced", 0, ["bowl_clean"]).next_indices_for("plate_clean", 0, 1)
+        assert [sampler.label_of(i) for i in range(limit)] == [sampler.item(i).label for i in range(limit)], mode
 
 
 def test_metadata_names_pack_class_mode_and_choices(tableware):

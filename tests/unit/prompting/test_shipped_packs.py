@@ -1,8 +1,9 @@
 """The packs shipped in prompts/ load and carry the vocabularies the docs promise."""
 import pytest
 
+from dtgen.nodes.common.labels import label_problem
 from dtgen.nodes.prompting.catalog import pack_files
-from dtgen.nodes.prompting.pack import label_problem, load_pack
+from dtgen.nodes.prompting.pack import load_pack
 from dtgen.nodes.prompting.sampler import MODES, Sampler
 from support.pkg import ROOT
 
