@@ -157,6 +157,6 @@ class Workflow:
         graph = copy.deepcopy(self.graph)
         inputs = graph[self.sampler_id]["inputs"]
         inputs["start_index"], inputs["count"] = int(start_index), int(count)
-        if "quota_per_class" in inputs:   # the client plans the indices: the sampler's own resume mode is off
-            inputs["quota_per_class"] = 0
+        inputs["quota_per_class"] = 0   # the client plans the indices: the sampler's resume mode is off
+                                        # (also when the input is absent: its default turns it on)
         return graph

@@ -79,14 +79,15 @@ class DTGenPromptSampler(io.ComfyNode):
                                 tooltip="Optional comma-separated class labels to sample from (empty = all classes)."),
                 io.String.Input("inline_yaml", default="", multiline=True, optional=True,
                                 tooltip="Optional prompt pack as YAML text; when not empty it replaces the chosen pack file."),
-                io.String.Input("dataset_name", default="", optional=True,
-                                tooltip="Resume mode, with quota_per_class: emit the next `count` item indices from "
-                                        "start_index on that this dataset (under ComfyUI's output folder) does not "
-                                        "hold yet and whose class is not full. Use the Dataset Writer's dataset_name. "
-                                        "Empty = plain start_index..+count."),
-                io.Int.Input("quota_per_class", default=0, min=0, max=10_000_000, optional=True,
+                io.String.Input("dataset_name", default="dtgen_dataset", optional=True,
+                                tooltip="Resume mode (on by default), with quota_per_class: emit the next `count` "
+                                        "items this dataset (under ComfyUI's output folder) does not hold yet, "
+                                        "class by class (the class with the fewest images first), so queueing again "
+                                        "and again fills every class in turn, whatever the seed. Use the Dataset "
+                                        "Writer's dataset_name. Empty = plain start_index..+count."),
+                io.Int.Input("quota_per_class", default=1000, min=0, max=10_000_000, optional=True,
                              tooltip="Resume mode: accepted images wanted per class. When every class is full the "
-                                     "run stops here (nothing downstream executes). 0 = off."),
+                                     "run stops here (nothing downstream executes). 0 = resume mode off."),
             ],
             outputs=[
                 io.String.Output("positive", display_name="positive", is_output_list=True,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 
 from ..common.identity import StreamKey, in_stream
 from ..store.reader import class_counts, live_records
@@ -27,28 +28,48 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
                          targets: dict[str, int] | None = None, pack_hash: str | None = None,
                          max_scan: int | None = None, stream_key: StreamKey | None = None,
                          busy=frozenset(), in_flight: dict[str, int] | None = None) -> list[int]:
-    """Up to ``n`` indices from ``start`` on that are not done and whose class still needs images.
+    """Up to ``n`` indices from ``start`` on (ascending) that are not done and whose class still
+    needs images.
 
     Each picked index counts as one future accepted image of its class, so a class with 3 missing
     gets at most 3 indices (ask again after filtering: rejected ones leave a gap). Labels absent from
-    ``targets`` have no limit. Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
-    ``busy`` indices are skipped and ``in_flight`` images per label count as on their way (claims.py).
+    ``targets`` have no limit. ``busy`` indices are skipped and ``in_flight`` images per label count
+    as on their way (claims.py). Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
+
+    Without ``targets`` indices are taken in order. With targets the fill is balanced across
+    streams: each pick goes to the class with the fewest stored, in-flight and picked items among
+    those that still need images (ties: the earliest index). So a graph whose seed changes on every
+    queue (a new stream each time, index 0 first) still fills the classes in turn instead of making
+    the first class again and again.
     """
     done = done_indices(dataset_dir, pack_hash, stream_key) | set(busy)
-    need = dict(missing(dataset_dir, targets)) if targets else {}
-    for label, coming in (in_flight or {}).items():
-        if label in need:
-            need[label] = max(0, need[label] - coming)
-    picked: list[int] = []
     limit = start + (max_scan if max_scan is not None else 100 * n + 1000)
-    i = start
-    while len(picked) < n and i < limit:
-        if i not in done:
-            label = label_of(i)
-            if label not in need:
-                picked.append(i)
-            elif need[label] > 0:
-                need[label] -= 1
-                picked.append(i)
-        i += 1
-    return picked
+    if not targets:
+        return list(islice(_undone(done, start, limit), n))
+    have = counts(dataset_dir)
+    in_flight = in_flight or {}
+    need = {label: max(0, int(t) - have.get(label, {}).get("accepted", 0) - in_flight.get(label, 0))
+            for label, t in targets.items()}
+    tried = {label: sum(have.get(label, {}).values()) + in_flight.get(label, 0) for label in need}
+    candidates: dict[str, list[int]] = {}
+    for i in _undone(done, start, limit):
+        label = label_of(i)
+        if need.get(label, n) > 0 and len(candidates.setdefault(label, [])) < n:
+            candidates[label].append(i)
+            if sum(len(c) for c in candidates.values()) >= n * max(1, len(need)):
+                break
+    picked: list[int] = []
+    while len(picked) < n:
+        open_ = [lab for lab, c in candidates.items() if c and need.get(lab, n) > 0]
+        if not open_:
+            break
+        label = min(open_, key=lambda lab: (tried.get(lab, 0), candidates[lab][0]))
+        picked.append(candidates[label].pop(0))
+        tried[label] = tried.get(label, 0) + 1
+        if label in need:
+            need[label] -= 1
+    return sorted(picked)
+
+
+def _undone(done: set, start: int, limit: int):
+    return (i for i in range(start, limit) if i not in done)

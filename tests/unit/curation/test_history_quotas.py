@@ -101,3 +101,35 @@ def test_records_written_before_streams_match_by_seed_and_mode(tmp_path):
     assert sum(other.written.values()) == 3
     assert done_indices(ds, "ph1", S1) == {0, 1, 2}
     assert done_indices(ds, "ph1", StreamKey("s9", 0, "random")) == set()
+
+
+def test_a_new_stream_each_queue_still_fills_the_classes_in_turn(tmp_path):
+    """The editor's seed widget randomizes on every queue: each run is a new stream whose index 0
+    is the first class. Resume mode must still spread the items over the classes."""
+    from dtgen.nodes.common.identity import StreamKey
+
+    ds = tmp_path / "ds"
+    labels = ("orange", "apple", "banana", "cherry", "grape")
+    label_of = lambda i: labels[i % 5]   # noqa: E731  (balanced mode)
+    made = []
+    for run in range(8):
+        key = StreamKey(f"stream{run}", run, "balanced")
+        (i,) = next_missing_indices(ds, label_of, 0, 1, {lab: 1000 for lab in labels}, stream_key=key)
+        item = make_items([i], labels=labels, accepted=run != 2)[0]      # one rejection on the way
+        item.metadata = dict(item.metadata, stream=key.stream)
+        with DatasetWriter(ds) as w:
+            w.write([item])
+        made.append(label_of(i))
+    assert sorted(made.count(lab) for lab in labels) == [1, 1, 2, 2, 2], made
+    assert made[:5] == list(labels)          # in turn, whatever was rejected
+
+
+def test_a_batch_is_balanced_and_respects_quotas(tmp_path):
+    ds = tmp_path / "ds"
+    labels = ("a", "b", "c")
+    label_of = lambda i: labels[i % 3]   # noqa: E731
+    with DatasetWriter(ds) as w:
+        w.write(make_items([0, 3, 6], labels=labels, accepted=True))          # a has 3 already
+    picked = next_missing_indices(ds, label_of, 0, 6, {"a": 4, "b": 10, "c": 10})
+    assert [label_of(i) for i in picked].count("a") <= 1
+    assert sorted(label_of(i) for i in picked) == ["b", "b", "b", "c", "c", "c"]
