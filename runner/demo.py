@@ -48,8 +48,14 @@ def add_demo_args(p) -> None:
     p.add_argument("--classes", help=f"classes to generate (default: all; with the tiny model {TINY_CLASSES})")
     p.add_argument("--tiny", action="store_true", help="use the tiny random models even if real weights exist")
     p.add_argument("--keep-server", action="store_true", help="leave the started server running")
-    p.add_argument("--models-cache", type=Path, default=DEFAULT_WORKSPACE / "models-demo",
-                   help="where the embedded tiny models are built once (%(default)s)")
+    p.add_argument("--models-cache", type=Path, default=None,
+                   help="where the embedded tiny models are built once (default: <workspace>/models-demo, so "
+                        "--workspace keeps everything under it)")
+
+
+def models_cache(args) -> Path:
+    """Where the tiny models are built: ``--models-cache``, else inside the workspace."""
+    return Path(args.models_cache or Path(args.workspace) / "models-demo").expanduser()
 
 
 def real_models(comfyui: Path, wf: Workflow) -> dict[str, Path]:
@@ -143,7 +149,7 @@ def cmd_demo(args) -> int:
         missing = [str(p) for p in files.values() if not p.is_file()]
         say("the real weights are absent (" + (", ".join(missing) or "--tiny") + "): using the embedded default, "
             "a tiny random-weight SD3 + LoRA and a random ViT-B-32. THIS IS A PIPELINE DEMO: THE PICTURES ARE NOISE.")
-        model_dirs = build_tiny_models(comfyui, python, Path(args.models_cache).expanduser(), say)
+        model_dirs = build_tiny_models(comfyui, python, models_cache(args), say)
         wf.set_models(ckpt=TINY["checkpoints"], lora=TINY["loras"], clip_weights=TINY["open_clip"])
         for assignment in TINY_SETTINGS:
             wf.apply_set(assignment)

@@ -113,3 +113,15 @@ def test_demo_with_real_weights_reuses_the_running_comfyui(tmp_path, comfyui_tre
     assert f"using the ComfyUI already running at http://127.0.0.1:{port}" in out and "busy" not in out
     ds = comfy_on_port.output_dir / demo.DATASET
     assert f"dataset: {ds}" in out and comfy_on_port.executed
+
+
+def test_the_tiny_models_stay_in_the_workspace_unless_told_otherwise(tmp_path):
+    import argparse
+
+    from dtgen.runner.demo import add_demo_args, models_cache
+
+    parser = argparse.ArgumentParser()
+    add_demo_args(parser)
+    assert models_cache(parser.parse_args(["--workspace", str(tmp_path / "ws")])) == tmp_path / "ws" / "models-demo"
+    chosen = parser.parse_args(["--workspace", str(tmp_path / "ws"), "--models-cache", str(tmp_path / "m")])
+    assert models_cache(chosen) == tmp_path / "m"
