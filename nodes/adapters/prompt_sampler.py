@@ -117,14 +117,13 @@ class DTGenPromptSampler(io.ComfyNode):
         return history_fingerprint(ds)
 
     @classmethod
-    def validate_inputs(cls, pack, mode, classes="", inline_yaml="", dataset_name="") -> bool | str:
-        # ComfyUI attaches a failure to every input named here, and skips its own range checks for
-        # them: name only what needs our check (count, start_index, seed, quota keep ComfyUI's).
+    def validate_inputs(cls, pack, classes="", inline_yaml="") -> bool | str:
+        # ComfyUI repeats a failure under every input named here (and skips its own checks for
+        # them), so only the inputs of the one queue-time check are named: the pack and the class
+        # subset. mode and dataset_name are checked when the sampler runs (it runs first).
         try:
-            if not linked(pack, mode, classes, inline_yaml):
-                build_sampler(pack, mode, 0, classes, inline_yaml)   # the seed changes no check
-            if not linked(dataset_name) and (dataset_name or "").strip():
-                dataset_dir(dataset_name)
+            if not linked(pack, classes, inline_yaml):
+                build_sampler(pack, "balanced", 0, classes, inline_yaml)
         except (PromptPackError, ValueError) as exc:
             return str(exc)
         return True
