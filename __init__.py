@@ -6,6 +6,8 @@ out, so the plain modules under ``nodes/`` work without ComfyUI. Importing does 
 no open_clip, no model, no prompt-pack parsing.
 """
 __version__ = "0.2.1"
+# The editor extension that shows each DTGen node's text on the canvas (served by ComfyUI).
+WEB_DIRECTORY = "./nodes/adapters/web"
 
 try:  # import guard: the V3 API exists only inside ComfyUI
     from comfy_api.latest import ComfyExtension as _ComfyExtension  # noqa: F401

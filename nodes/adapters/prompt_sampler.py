@@ -5,7 +5,7 @@ import json
 import os
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .comfy_paths import dataset_dir
 from ..common.naming import category, node_id
@@ -13,7 +13,7 @@ from ..common.validation import check_int, linked
 from ..prompting import catalog
 from ..prompting.catalog import USER_FOLDER
 from ..prompting.pack import PromptPackError
-from ..prompting.sampler import MAX_COUNT, MODES, Sampler
+from ..prompting.sampler import MAX_COUNT, MODES, Sampler, summary
 
 folder_paths.add_model_folder_path(USER_FOLDER, os.path.join(folder_paths.models_dir, USER_FOLDER))
 
@@ -143,11 +143,12 @@ class DTGenPromptSampler(io.ComfyNode):
         for i in indices:   # each item is bounded by the pack's budgets; /interrupt works between them
             throw_exception_if_processing_interrupted()
             items.append(sampler.item(i))
-        if ds is not None:
-            if not items:  # every class is full: stop this run quietly, nothing downstream executes
-                from comfy_execution.graph_utils import ExecutionBlocker
+        if ds is not None and not items:   # every class is full: stop quietly, nothing downstream runs
+            from comfy_execution.graph_utils import ExecutionBlocker
 
-                return io.NodeOutput(*[ExecutionBlocker(None)] * 5, sampler.total)
+            return io.NodeOutput(*[ExecutionBlocker(None)] * 5, sampler.total,
+                                 ui=ui.PreviewText(f"every class of {dataset_name} has {quota_per_class} images: done"))
+        note = f"resume mode: {dataset_name}, {quota_per_class} per class" if ds is not None else ""
         return io.NodeOutput(
             [it.positive for it in items],
             [it.negative for it in items],
@@ -155,6 +156,7 @@ class DTGenPromptSampler(io.ComfyNode):
             [it.seed for it in items],
             [json.dumps(it.metadata, sort_keys=True) for it in items],
             sampler.total,
+            ui=ui.PreviewText(summary(items, note=note)),
         )
 
 

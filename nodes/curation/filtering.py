@@ -53,3 +53,17 @@ def run_plot(batch: ScoredBatch, history: dict | None) -> np.ndarray:
     entries += [(it.label, it.score, None, it.accepted) for it in batch.items]
     scores, _, accepted, rejected = tally(entries)
     return score_histograms(scores, batch.thresholds, accepted, rejected)
+
+
+def filter_summary(batch: ScoredBatch) -> str:
+    """The filter node's text: per class, how many of this run were kept and the threshold."""
+    lines = []
+    for label in sorted({it.label for it in batch.items}):
+        mine = [it for it in batch.items if it.label == label]
+        kept = sum(it.accepted for it in mine)
+        threshold = batch.thresholds.get(label)
+        method = next((it.method for it in mine if it.method), "")
+        provisional = " provisional" if any(it.provisional for it in mine) else ""
+        lines.append(f"{label}: kept {kept}/{len(mine)}"
+                     + (f", threshold {threshold:.4f} ({method}{provisional})" if threshold is not None else ""))
+    return "\n".join(lines)

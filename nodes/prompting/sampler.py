@@ -391,3 +391,12 @@ class Sampler:
         if self.mode == "exhaustive":
             return self.labels[self._class_choice.locate(i)[0]]
         return self.labels[self._class_choice.pick(next(_draws(self._draw_base, i)))]
+
+
+def summary(items: list, shown: int = 5, note: str = "") -> str:
+    """The sampler node's text: how many items, then label and prompt of the first few."""
+    lines = [f"{len(items)} item(s)" + (f" ({note})" if note else "")]
+    lines += [f"#{it.index} {it.label}: {it.positive[:100]}" for it in items[:shown]]
+    if len(items) > shown:
+        lines.append(f"... and {len(items) - shown} more")
+    return "\n".join(lines)

@@ -53,3 +53,16 @@ def test_one_run_is_decided_against_the_stored_history(tmp_path, bundle):
     assert not any(it.accepted for it in batch.items)          # random-CLIP scores are far below 0.9
     image = run_plot(batch, history)
     assert image.dtype == np.uint8 and image.ndim == 3
+
+
+def test_filter_summary_gives_kept_counts_and_thresholds():
+    from dtgen.nodes.common.records import ScoredBatch
+    from dtgen.nodes.curation.decide import decide
+    from dtgen.nodes.curation.filtering import filter_summary
+
+    items = [ScoredItem(image=np.zeros((2, 2, 3)), label=lab, prompt="p", score=s)
+             for lab, s in [("a", 0.30), ("a", 0.31), ("a", 0.05), ("b", 0.2)]]
+    batch = decide(items, method_from("fixed", fixed_threshold=0.25), min_count=1)
+    assert isinstance(batch, ScoredBatch)
+    assert filter_summary(batch).splitlines() == ["a: kept 2/3, threshold 0.2500 (fixed)",
+                                                  "b: kept 0/1, threshold 0.2500 (fixed)"]

@@ -302,3 +302,13 @@ def test_stream_names_pack_mode_seed_and_classes(tableware):
     assert len({base.stream, *(s.stream for s in others)}) == 4
     edited = parse_pack(open(TABLEWARE).read().replace("dtgtableware", "dtgtableware2"), source="edited")
     assert Sampler(edited, "balanced", 0).stream != base.stream
+
+
+def test_summary_names_the_first_items_and_the_rest(tableware):
+    from dtgen.nodes.prompting.sampler import summary
+
+    items = Sampler(tableware, "balanced", 3).items(0, 7)
+    text = summary(items, shown=2, note="resume mode: ds, 5 per class").splitlines()
+    assert text[0] == "7 item(s) (resume mode: ds, 5 per class)"
+    assert text[1].startswith(f"#0 {items[0].label}: {items[0].positive[:20]}")
+    assert text[-1] == "... and 5 more" and len(text) == 4
