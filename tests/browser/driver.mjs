@@ -135,6 +135,21 @@ try {
       await sleep(500)
     }
     await sleep(1500) // previews arrive over the websocket
+    // what the DTGen nodes show on the canvas (nodes/adapters/web/dtgen_status.js), the text boxes
+    // in the page, and whether the status box stays out of the saved widget values
+    Object.assign(q, await page.evaluate(() => {
+      const app = window.comfyAPI.app.app
+      const statusText = {}
+      const savedWithStatus = []
+      for (const n of app.graph.nodes) {
+        const w = n.widgets?.find((x) => x.name === 'dtgen_status')
+        if (!w) continue
+        statusText[n.type] = w.value
+        if ((n.serialize().widgets_values ?? []).includes(w.value)) savedWithStatus.push(n.type)
+      }
+      const pageText = Array.from(document.querySelectorAll('textarea')).map((t) => t.value).filter(Boolean)
+      return { statusText, savedWithStatus, pageText }
+    }))
     await fitGraph(page)
     await frames()
     if (config.shotsDir) await page.screenshot({ path: join(config.shotsDir, 'editor.png') })

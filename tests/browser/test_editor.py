@@ -96,10 +96,24 @@ def test_main_workflow_queued_from_the_editor_runs(editor_run):
     outputs = q["outputs"]
     assert outputs[nodes["DTGenDatasetWriter"]]["text"], "the dataset writer reported nothing"
     previews = [nid for nid, n in file_nodes(editor_run.queued).items() if n["type"] == "PreviewImage"]
-    assert all(outputs[str(p)]["images"] for p in previews), "a preview (plot, rejected) is empty"
+    shown = [str(p) for p in previews if str(p) in outputs]   # a rejected preview runs only if any were
+    assert shown and all(outputs[p]["images"] for p in shown), "a preview (plot, rejected) is empty"
     manifest = editor_run.server.output_dir / editor_run.dataset / "manifest.jsonl"
     lines = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     assert len(lines) == editor_run.count and {r["pack"] for r in lines} == {"tableware"}
+
+
+def test_dtgen_nodes_show_what_they_did_on_the_canvas(editor_run):
+    """The pack's web extension gives each DTGen node a read-only text box after it ran; the text
+    is in the page (not only in /history) and never saved as a widget value."""
+    q = editor_run.result["queue"]
+    status = q["statusText"]
+    assert "this run:" in status.get("DTGenDatasetWriter", ""), status
+    assert f"{editor_run.count} item(s)" in status.get("DTGenPromptSampler", ""), status
+    assert "kept" in status.get("DTGenClipFilter", ""), status
+    for text in status.values():
+        assert any(text in shown for shown in q["pageText"]), f"not on the page: {text[:80]}"
+    assert q["savedWithStatus"] == [], "the status text leaked into saved widget values"
 
 
 def test_screenshots_show_the_graph(editor_run):
