@@ -11,6 +11,7 @@ import os
 
 import folder_paths
 from comfy_api.latest import io
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from .comfy_types import DtgenClip, ScoredBatchType, threshold_inputs
 from .comfy_paths import dataset_dir
@@ -149,11 +150,13 @@ def _dtype() -> str:
 
 # ------------------------------------------------------------------------------------ filter
 def stack_images(items: list[ScoredItem]):
-    """A preview batch; images of another size than the first are letterboxed to it."""
+    """A preview batch; images of another size than the first are resized to it. No items: a
+    silent ExecutionBlocker (message None), so the nodes fed by this output (a PreviewImage) do not
+    run at all, rather than show a placeholder frame that looks like one image."""
     import torch
 
     if not items:
-        return torch.zeros((1, 64, 64, 3))  # PreviewImage needs one frame: a black placeholder
+        return ExecutionBlocker(None)
     h, w = items[0].image.shape[:2]
     frames = []
     for it in items:
@@ -208,9 +211,11 @@ class DTGenClipFilter(io.ComfyNode):
                                         tooltip="Images with scores, thresholds, decisions, reasons and "
                                                 "embeddings, for DTGen Dataset Writer."),
                 io.Image.Output("accepted", display_name="accepted",
-                                tooltip="Accepted images (preview; a black frame when none)."),
+                                tooltip="Accepted images (preview); nothing when none were accepted: the "
+                                        "nodes it feeds do not run."),
                 io.Image.Output("rejected", display_name="rejected",
-                                tooltip="Rejected images (preview; a black frame when none)."),
+                                tooltip="Rejected images (preview); nothing when none were rejected: the "
+                                        "nodes it feeds do not run."),
                 io.Image.Output("plot", display_name="plot",
                                 tooltip="Per-class score histograms with the threshold line and counts."),
             ],

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 PANEL_W, PANEL_H = 260, 170
 PAD, HEADER, FOOTER = 8, 30, 16
 BINS = 20
+MIN_SPAN = 0.02          # narrowest x range of a panel (cosine units)
 MAX_COLUMNS = 4
 BG, AXIS, TEXT = (255, 255, 255), (90, 90, 90), (20, 20, 20)
 KEPT, DROPPED, LINE = (70, 150, 90), (200, 110, 90), (200, 30, 30)
@@ -39,8 +40,9 @@ def score_histograms(scores_by_label: dict[str, np.ndarray], thresholds: dict[st
     """One panel per class in a grid -> H x W x 3 uint8 image.
 
     Bars left of the threshold are drawn in red, the rest in green; the red line marks the
-    threshold and the header gives label, accepted / rejected counts and the threshold value.
-    Missing thresholds or counts are simply not drawn.
+    threshold and the header gives label, accepted / rejected counts and the threshold value
+    (``header_text``). Missing thresholds are not drawn; a class in neither count dict shows no
+    counts, one in only one of them has 0 of the other.
     """
     font = ImageFont.load_default()
     labels = list(scores_by_label)
@@ -63,13 +65,7 @@ def _panel(draw, font, x0, y0, label, scores, thr, n_acc, n_rej) -> None:
     scores = scores[np.isfinite(scores)]
     name = label if len(label) <= 34 else label[:33] + "…"
     draw.text((x0 + PAD, y0 + 3), name, fill=TEXT, font=font)
-    facts = [f"n={scores.size}"]
-    if n_acc is not None or n_rej is not None:
-        facts.append(f"kept {n_acc if n_acc is not None else '?'} / rejected "
-                     f"{n_rej if n_rej is not None else '?'}")
-    if thr is not None:
-        facts.append(f"thr {thr:.3f}")
-    draw.text((x0 + PAD, y0 + 16), "  ".join(facts), fill=AXIS, font=font)
+    draw.text((x0 + PAD, y0 + 16), header_text(scores.size, thr, n_acc, n_rej), fill=AXIS, font=font)
 
     left, right = x0 + PAD, x0 + PANEL_W - PAD
     top, bottom = y0 + HEADER + 4, y0 + PANEL_H - FOOTER
@@ -78,7 +74,7 @@ def _panel(draw, font, x0, y0, label, scores, thr, n_acc, n_rej) -> None:
     if scores.size == 0:
         draw.text((left, (top + bottom) // 2), "no scores", fill=AXIS, font=font)
         return
-    lo, hi = _range(scores, thr)
+    lo, hi = axis_range(scores, thr)
     counts, edges = np.histogram(scores, bins=BINS, range=(lo, hi))
     scale = (bottom - top) / max(int(counts.max()), 1)
     to_x = lambda v: left + (v - lo) / (hi - lo) * (right - left)
@@ -90,13 +86,46 @@ def _panel(draw, font, x0, y0, label, scores, thr, n_acc, n_rej) -> None:
     if thr is not None:
         tx = to_x(thr)
         draw.line([(tx, top - 2), (tx, bottom)], fill=LINE, width=2)
-    draw.text((left, bottom + 2), f"{lo:.3f}", fill=AXIS, font=font)
-    end = f"{hi:.3f}"
-    draw.text((right - draw.textlength(end, font=font), bottom + 2), end, fill=AXIS, font=font)
+    start, end = axis_labels(lo, hi)
+    draw.text((left, bottom + 2), start, fill=AXIS, font=font)
+    if end is not None:
+        draw.text((right - draw.textlength(end, font=font), bottom + 2), end, fill=AXIS, font=font)
 
 
-def _range(scores: np.ndarray, thr) -> tuple[float, float]:
+def header_text(n_scores: int, thr: float | None, n_acc: int | None, n_rej: int | None) -> str:
+    """The panel's second header line: how many scores, the kept / rejected counts and the
+    threshold. A class with no counts at all (scores from the dataset's history only, nothing
+    decided in this run) shows no counts; when only one of the two is known the other is 0 (tally
+    counts every decided entry, so a class missing from one dict had none of that kind)."""
+    facts = [f"n={n_scores}"]
+    if n_acc is not None or n_rej is not None:
+        facts.append(f"kept {n_acc or 0} / rejected {n_rej or 0}")
+    if thr is not None:
+        facts.append(f"thr {thr:.3f}")
+    return "  ".join(facts)
+
+
+def axis_range(scores: np.ndarray, thr) -> tuple[float, float]:
+    """The x range of a panel: the scores (and the threshold) with a 5 % margin, at least
+    ``MIN_SPAN`` wide around their middle, so a single score or identical scores still get a
+    window whose two ends differ."""
     values = scores if thr is None or not np.isfinite(thr) else np.append(scores, thr)
     lo, hi = float(values.min()), float(values.max())
-    pad = 0.05 * (hi - lo) if hi > lo else 0.01   # identical scores: a small window around them
-    return lo - pad, hi + pad
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < MIN_SPAN:
+        mid = 0.5 * (lo + hi)
+        lo, hi = mid - MIN_SPAN / 2, mid + MIN_SPAN / 2
+    if not hi > lo:   # a magnitude where MIN_SPAN is below float resolution
+        lo, hi = float(np.nextafter(lo, -np.inf)), float(np.nextafter(hi, np.inf))
+    return lo, hi
+
+
+def axis_labels(lo: float, hi: float) -> tuple[str, str | None]:
+    """The texts under the two ends of the axis: 3 decimals, more where that would print the same
+    number twice; if even 6 decimals cannot tell them apart, one label (the second is None)."""
+    for digits in range(3, 7):
+        start, end = f"{lo:.{digits}f}", f"{hi:.{digits}f}"
+        if start != end:
+            return start, end
+    return start, None

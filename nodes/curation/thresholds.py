@@ -14,6 +14,11 @@ import numpy as np
 
 from ..scoring.errors import ClipFilterError
 
+# Parameter ranges, shared by the validators below and the node widgets (WIDGET_RANGES).
+K_RANGE = (0.0, 10.0)            # k of mean_std / median_mad and gmm's fallback_k, inclusive
+P_RANGE = (0.0, 100.0)           # percentile p: 0 < p <= 100
+FIXED_RANGE = (-1.0, 1.0)        # fixed threshold: a cosine similarity, inclusive
+
 
 class ThresholdMethod:
     name: ClassVar[str] = ""
@@ -34,8 +39,8 @@ class ThresholdMethod:
 
     def _validate(self) -> None:
         """Range checks for parameters; raise ClipFilterError."""
-        if self.params.get("k", 0.0) < 0:
-            raise ClipFilterError(f"k={self.params['k']:g} must be >= 0", f"{self.name} params")
+        if "k" in self.params:
+            _check_k("k", self.params["k"], self.name)
 
     def with_params(self, **kw) -> ThresholdMethod:
         """A copy with some parameters changed."""
@@ -98,8 +103,9 @@ class Percentile(ThresholdMethod):
     defaults: ClassVar[dict] = {"p": 90.0}
 
     def _validate(self):
-        if not 0 < self.params["p"] <= 100:
-            raise ClipFilterError(f"p={self.params['p']:g} must be in (0, 100]", "percentile params")
+        lo, hi = P_RANGE
+        if not lo < self.params["p"] <= hi:
+            raise ClipFilterError(f"p={self.params['p']:g} must be in ({lo:g}, {hi:g}]", "percentile params")
 
     def _compute(self, s):
         return float(np.percentile(s, 100.0 - self.params["p"])), None
@@ -110,6 +116,12 @@ class Fixed(ThresholdMethod):
 
     name = "fixed"
     defaults: ClassVar[dict] = {"value": 0.25}
+
+    def _validate(self):
+        lo, hi = FIXED_RANGE
+        if not lo <= self.params["value"] <= hi:
+            raise ClipFilterError(f"value={self.params['value']:g} must be in [{lo:g}, {hi:g}] "
+                                  "(a cosine similarity)", "fixed params")
 
     def _compute(self, s):
         return self.params["value"], None
@@ -133,6 +145,7 @@ class Gmm(ThresholdMethod):
         if self.params["min_points"] < 4 or self.params["max_iter"] < 1:
             raise ClipFilterError(f"min_points={self.params['min_points']:g} must be >= 4 and "
                                   f"max_iter={self.params['max_iter']:g} >= 1", "gmm params")
+        _check_k("fallback_k", self.params["fallback_k"], self.name)
 
     def _compute(self, s):
         why = self._degenerate(s)
@@ -160,6 +173,12 @@ class Gmm(ThresholdMethod):
         if float(s.std()) <= 1e-9:
             return "all scores (nearly) identical"
         return None
+
+
+def _check_k(key: str, value: float, method: str) -> None:
+    lo, hi = K_RANGE
+    if not lo <= value <= hi:
+        raise ClipFilterError(f"{key}={value:g} must be >= {lo:g} and <= {hi:g}", f"{method} params")
 
 
 def _fit_gmm2(s: np.ndarray, max_iter: int):
@@ -212,6 +231,21 @@ def _boundary(fit) -> float | None:
 
 METHODS: dict[str, type[ThresholdMethod]] = {
     cls.name: cls for cls in (MeanStd, MedianMad, Percentile, Fixed, Gmm)
+}
+
+
+# The numeric threshold widgets of DTGen CLIP Filter and DTGen Dataset Finalize (built from this
+# dict by adapters/comfy_types.threshold_inputs), so a widget offers exactly what method_from
+# accepts: k, keep_percent and fixed_threshold are checked by method_from (the nodes'
+# validate_inputs name them, so ComfyUI skips its own range check); the frontend rounds a float
+# widget to its step's decimals, so keep_percent's smallest value is 0.1, the step, never 0.
+# min_count is checked by ComfyUI against this range (validate_inputs does not name it) and by
+# decide (>= 0).
+WIDGET_RANGES: dict[str, dict] = {
+    "k": {"default": 1.5, "min": K_RANGE[0], "max": K_RANGE[1], "step": 0.05},
+    "keep_percent": {"default": 90.0, "min": 0.1, "max": P_RANGE[1], "step": 0.1},
+    "fixed_threshold": {"default": 0.25, "min": FIXED_RANGE[0], "max": FIXED_RANGE[1], "step": 0.005},
+    "min_count": {"default": 8, "min": 1, "max": 100000},
 }
 
 
