@@ -1,4 +1,5 @@
-"""Dataset subcommands of ``python -m runner``: status, reconcile, redecide, finalize.
+"""Dataset subcommands of ``python -m runner``: status, reconcile, redecide, finalize (the last two
+with ``--split-folders``: one ImageFolder tree per split under ``<dataset>/splits/``).
 
 They work on a dataset folder directly (no server). Bad input (no such folder, not a dataset, a
 bad split or threshold setting) prints one ``error: ...`` line and exits with status 2.
@@ -20,6 +21,9 @@ from ..nodes.store.lock import DatasetLock
 from ..nodes.store.reconcile import ensure_consistent, reconcile
 
 COMMANDS = ("status", "reconcile", "redecide", "finalize")
+SPLIT_FOLDERS_HELP = ("also (re)build <dataset>/splits/<split>/<label>/ (hard links, else copies, of the accepted "
+                      "images; metadata.jsonl per split) for ImageFolder / load_dataset per split; uses --split or "
+                      "the split recorded by an earlier finalize")
 
 
 def add_dataset_commands(sub) -> None:
@@ -44,10 +48,12 @@ def add_dataset_commands(sub) -> None:
     p.add_argument("--near-duplicate", type=float, default=None,
                    help="re-run the near-duplicate check at this cosine (default: keep the filter's verdicts)")
     p.add_argument("--split", help="train,val,test fractions, e.g. 0.8,0.1,0.1")
+    p.add_argument("--split-folders", action="store_true", help=SPLIT_FOLDERS_HELP)
     p = sub.add_parser("finalize", help="split and write report/ (report.json, histograms, contact sheets), "
                                         "keeping every decision")
     p.add_argument("dataset_dir")
     p.add_argument("--split", help="train,val,test fractions, e.g. 0.8,0.1,0.1")
+    p.add_argument("--split-folders", action="store_true", help=SPLIT_FOLDERS_HELP)
     p.add_argument("--contact-sheet-max", type=int, default=24, help="thumbnails per side per class")
 
 
@@ -89,8 +95,10 @@ def run_dataset_command(args) -> int:
                 method = method_from(args.method, args.k, args.keep_percent, args.fixed_threshold)
                 decide_fn = decide_fn_for(method, args.min_count, args.class_margin, args.near_duplicate)
             rep = finalize(dataset_dir, decide_fn=decide_fn, split=args.split or None, plot_fn=histogram_image,
-                           contact_sheet_max=getattr(args, "contact_sheet_max", 24))
+                           contact_sheet_max=getattr(args, "contact_sheet_max", 24), split_folders=args.split_folders)
             print(f"report: {rep.report_json}")
+            if rep.split_folders:
+                print(f"split folders: {rep.split_folders.path}")
     except (DatasetError, ValueError, OSError) as e:  # DatasetPathError, ClipFilterError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -162,6 +162,11 @@ class DTGenDatasetFinalize(io.ComfyNode):
                 io.Float.Input("near_duplicate", default=0.0, min=0.0, max=1.0, step=0.005, optional=True,
                                tooltip="If > 0: re-run the near-duplicate check at this cosine. 0 = keep the "
                                        "filter's near-duplicate rejections as they are."),
+                io.Boolean.Input("split_folders", default=False, optional=True,
+                                 tooltip="Also (re)build <dataset>/splits/train|val|test/<label>/ (hard links to the "
+                                         "accepted images, copies where links are impossible; a metadata.jsonl per "
+                                         "split) so ImageFolder or load_dataset can load one split. Uses the split "
+                                         "above, or the one an earlier finalize recorded."),
             ],
             outputs=[
                 io.String.Output("report", display_name="report",
@@ -200,7 +205,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset_name, redecide, method, k, keep_percent, fixed_threshold, min_count,
-                split="", class_margin=-1.0, near_duplicate=0.0) -> io.NodeOutput:
+                split="", class_margin=-1.0, near_duplicate=0.0, split_folders=False) -> io.NodeOutput:
         import torch
 
         from ..curation.filtering import checks_from_widgets
@@ -213,7 +218,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
             margin, near = checks_from_widgets(class_margin, near_duplicate)
             decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin, near)
         report = finalize(dataset_dir(dataset_name), decide_fn=decide_fn, split=split.strip() or None,
-                          plot_fn=histogram_image, echo=False)
+                          plot_fn=histogram_image, echo=False, split_folders=bool(split_folders))
         image = torch.from_numpy(report.plot_image.astype("float32") / 255.0)[None]
         return io.NodeOutput(json.dumps(report.data, sort_keys=True), image, ui=ui.PreviewImage(image, cls=cls))
 

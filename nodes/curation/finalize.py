@@ -1,5 +1,6 @@
 """Finalize a dataset: re-decide every image against the final score population, move files
-between ``images/`` and ``rejected/``, add an optional train/val/test split, write the report.
+between ``images/`` and ``rejected/``, add an optional train/val/test split (a column, and on request
+one ImageFolder tree per split under ``splits/``, see splits.py), write the report.
 
 Crash-safe order per re-decided image: move the file, then append its ``redecide`` manifest line;
 ``reconcile`` recognises a moved file without its line (``recovered``), so re-running finalize
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..store import embeddings, manifest, metadata
-from . import report
+from . import report, splits as split_trees
 from ..store.fsio import fsync_dir, move_unique
 from ..store.clean_marker import mark_clean, mark_dirty
 from ..store.layout import IMAGES, MANIFEST, ORPHANS, REJECTED, REPORT, DatasetError, now_iso, open_dataset
@@ -39,6 +40,7 @@ class Report:
     plot_image: object = None      # what plot_fn returned (the histogram as an array)
     data: dict = field(default_factory=dict)   # what report.json holds
     reconciled: ReconcileReport | None = None
+    split_folders: split_trees.SplitFolders | None = None   # what splits/ holds, when it was built
 
     @property
     def table(self) -> str:
@@ -142,14 +144,22 @@ def _changes_manifest(dataset_dir: Path, records: list[dict]) -> bool:
 
 
 def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn: PlotFn | None = None,
-             contact_sheet_max: int = 24, echo: bool = True) -> Report:
-    """Re-decide (optional), split (optional), report. Files go to ``<dataset>/report/``."""
+             contact_sheet_max: int = 24, echo: bool = True, split_folders: bool = False) -> Report:
+    """Re-decide (optional), split (optional), report. Files go to ``<dataset>/report/``.
+
+    ``split_folders``: also (re)build ``<dataset>/splits/<split>/<label>/`` (hard links, else copies,
+    of the accepted images, each split with its own ``metadata.jsonl``) from the split given here or,
+    without one, the split a previous finalize recorded. Without it an existing ``splits/`` is left
+    as it is (a snapshot of the finalize that built it)."""
     dataset_dir = Path(dataset_dir)
     fractions = parse_split(split)
     open_dataset(dataset_dir, create=False)
     with DatasetLock(dataset_dir):
+        split_trees.recover(dataset_dir)   # a build or swap a crash interrupted
         result = Report(per_class={}, reconciled=reconcile(dataset_dir))
         records = list(manifest.live(manifest.read(dataset_dir).records).values())
+        if split_folders and not fractions and not any("split" in r for r in records):
+            raise ValueError("split_folders needs a split: give one (e.g. 0.8,0.1,0.1); this dataset has none yet")
         mark_dirty(dataset_dir)   # files may move below: a crash must make the next open reconcile
         if decide_fn is not None and records:
             records = _redecide(dataset_dir, records, decide_fn, result)
@@ -162,6 +172,8 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
             manifest.rewrite(dataset_dir, records)   # keeps the old one as a .bak- file
             metadata.regenerate(dataset_dir, records)
         mark_clean(dataset_dir)
+        if split_folders:   # still under the lock: no image moves while the links are made
+            result.split_folders = split_trees.build(dataset_dir, records)
 
     out = dataset_dir / REPORT
     out.mkdir(exist_ok=True)
@@ -180,8 +192,11 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
         "redecided": decide_fn is not None,
         "contact_sheets": {k: v.name for k, v in result.contact_sheets.items()},
         "plot": result.plot.name if result.plot else None,
+        "split_folders": result.split_folders.as_dict() if result.split_folders else None,
     }
     report.write_json(result.report_json, result.data)
     if echo:
         print(result.table)
+        if result.split_folders:
+            print(result.split_folders.summary())
     return result

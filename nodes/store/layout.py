@@ -31,9 +31,9 @@ IMAGE_EXTS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
 # Everything DTGen writes or reads inside a dataset folder; none of it may be a symlink (one could
 # make the writer write, or a repair copy, outside the output directory). The number per folder is
 # how many levels below it are checked: images/<label>/, embeddings/<file>,
-# orphans/damaged/<tree>/<label>/.
+# orphans/damaged/<tree>/<label>/, splits/<split>/<label>/ (curation/splits.py).
 _OWNED_FILES = (MARKER, MANIFEST, CLEAN, CLAIMS, f"{IMAGES}/{METADATA}")
-_OWNED_TREES = {IMAGES: 1, REJECTED: 1, EMBEDDINGS: 1, REPORT: 1, ORPHANS: 3}
+_OWNED_TREES = {IMAGES: 1, REJECTED: 1, EMBEDDINGS: 1, REPORT: 1, ORPHANS: 3, "splits": 2}
 
 
 @public_error
