@@ -10,10 +10,10 @@ import dataclasses
 import os
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from .comfy_types import DtgenClip, ScoredBatchType, threshold_inputs
+from .comfy_types import DtgenClip, ScoredBatchType, dataset_input, dataset_name_of, threshold_inputs
 from .comfy_paths import dataset_dir
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
@@ -205,6 +205,7 @@ class DTGenClipFilter(io.ComfyNode):
                                        "class reaches this value. 0 = off."),
                 io.Int.Input("batch_size", default=32, min=1, max=1024, optional=True,
                              tooltip="Images per CLIP forward pass."),
+                dataset_input(),
             ],
             outputs=[
                 ScoredBatchType.Output("scored", display_name="scored",
@@ -250,11 +251,11 @@ class DTGenClipFilter(io.ComfyNode):
     @classmethod
     def execute(cls, clip, images, positive, label, text_side, method, k, keep_percent, fixed_threshold,
                 min_count, dataset_name=None, metadata=None, negative=None, seed=None, class_margin=None,
-                near_duplicate=None, batch_size=None) -> io.NodeOutput:
+                near_duplicate=None, batch_size=None, dataset=None) -> io.NodeOutput:
         import comfy.utils
         import torch
 
-        from ..curation.filtering import checks_from_widgets, filter_run, run_plot
+        from ..curation.filtering import checks_from_widgets, filter_run, filter_summary, run_plot
         from ..curation.thresholds import method_from
 
         loaded: LoadedClip = first(clip)
@@ -265,14 +266,16 @@ class DTGenClipFilter(io.ComfyNode):
         batch, history = filter_run(
             loaded.ready(), items, method_from(first(method), first(k), first(keep_percent), first(fixed_threshold)),
             text_side=first(text_side), min_count=first(min_count), margin=margin, near_dup=near,
-            dataset_dir=dataset_dir(first(dataset_name, "")), batch_size=first(batch_size, 32),
+            dataset_dir=dataset_dir(dataset_name_of(first(dataset), first(dataset_name, ""))),
+            batch_size=first(batch_size, 32),
             progress=lambda done, total: bar.update_absolute(done, total))
         batch.config.update(text_side=first(text_side), clip=loaded.bundle.describe(),
-                            dataset=first(dataset_name, "") or None)
+                            dataset=dataset_name_of(first(dataset), first(dataset_name, "")) or None)
         plot = torch.from_numpy(run_plot(batch, history).astype("float32") / 255.0)[None]
         accepted = [it for it in batch.items if it.accepted]
         rejected = [it for it in batch.items if not it.accepted]
-        return io.NodeOutput(batch, stack_images(accepted), stack_images(rejected), plot)
+        return io.NodeOutput(batch, stack_images(accepted), stack_images(rejected), plot,
+                             ui=ui.PreviewText(filter_summary(batch)))
 
 
 NODES = [DTGenClipLoader, DTGenClipFilter]

@@ -3,6 +3,20 @@ from comfy_api.latest import io
 
 DtgenClip = io.Custom("DTGEN_CLIP")                       # DTGenClipLoader -> DTGenClipFilter
 ScoredBatchType = io.Custom("DTGEN_SCORED_BATCH")         # DTGenClipFilter -> DTGenDatasetWriter
+DatasetHandle = io.Custom("DTGEN_DATASET")                # DTGenDataset / DTGenDatasetWriter -> any dataset user
+
+
+def dataset_input():
+    """The optional dataset handle appended to every node that uses a dataset: when wired it wins
+    over the node's typed ``dataset_name``, so the name is typed once (DTGen Dataset node)."""
+    return DatasetHandle.Input("dataset", optional=True,
+                               tooltip="Optional: the dataset from DTGen Dataset (or from the Dataset Writer's "
+                                       "'dataset' output, to run after it). When wired, it replaces dataset_name.")
+
+
+def dataset_name_of(dataset, dataset_name) -> str:
+    """The handle's name when the handle is wired, else the typed name."""
+    return dataset if isinstance(dataset, str) and dataset.strip() else (dataset_name or "")
 
 
 def threshold_inputs() -> list:

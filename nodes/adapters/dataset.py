@@ -11,7 +11,7 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from .comfy_types import ScoredBatchType, threshold_inputs
+from .comfy_types import DatasetHandle, ScoredBatchType, dataset_input, dataset_name_of, threshold_inputs
 from . import comfy_paths
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
@@ -76,12 +76,16 @@ class DTGenDatasetWriter(io.ComfyNode):
                 io.Int.Input("quota_per_class", default=0, min=0, max=10_000_000, optional=True,
                              tooltip="Target accepted images per class; accepted images past it are dropped (not "
                                      "stored, not even as rejected). 0 = no quota."),
+                dataset_input(),
             ],
             outputs=[
                 io.String.Output("dataset_path", display_name="dataset_path",
                                  tooltip="Absolute path of the dataset folder."),
                 io.String.Output("status", display_name="status",
                                  tooltip="Per-class counts as JSON: accepted, rejected, target, missing."),
+                DatasetHandle.Output("written_dataset", display_name="dataset",
+                                     tooltip="This dataset, after this run's images are stored: wire it into DTGen "
+                                             "Dataset Finalize to write and finalize in one queue run."),
             ],
         )
 
@@ -108,7 +112,8 @@ class DTGenDatasetWriter(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset_name, scored=None, images=None, label=None, positive=None, negative=None,
-                metadata=None, seed=None, image_format=None, quality=None, quota_per_class=None) -> io.NodeOutput:
+                metadata=None, seed=None, image_format=None, quality=None, quota_per_class=None,
+                dataset=None) -> io.NodeOutput:
         from ..store.provenance import model_files, sampler_settings
         from ..store.writer import DatasetWriter, png_text, quotas_for, summary
 
@@ -122,14 +127,15 @@ class DTGenDatasetWriter(io.ComfyNode):
             raise ValueError("DTGen Dataset Writer: nothing to write; connect 'scored' (from DTGen CLIP "
                              "Filter) or 'images' + 'label'")
         prompt = cls.hidden.prompt
-        path = dataset_dir(first(dataset_name))
+        name = dataset_name_of(first(dataset), first(dataset_name))
+        path = dataset_dir(name)
         with DatasetWriter(path, image_format=first(image_format, "png"), quality=first(quality, 95),
                            quotas=quotas_for(items, first(quota_per_class, 0))) as writer:
             result = writer.write(items, models=model_files(prompt, _resolve, _hash_cache()),
                                   sampler_settings=sampler_settings(prompt),
                                   png_text=png_text(prompt, cls.hidden.extra_pnginfo))
             status = writer.status()
-        return io.NodeOutput(str(path), json.dumps(status, sort_keys=True),
+        return io.NodeOutput(str(path), json.dumps(status, sort_keys=True), name.strip(),
                              ui=ui.PreviewText(summary(path, result, status)))
 
 
@@ -167,6 +173,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
                                          "accepted images, copies where links are impossible; a metadata.jsonl per "
                                          "split) so ImageFolder or load_dataset can load one split. Uses the split "
                                          "above, or the one an earlier finalize recorded."),
+                dataset_input(),
             ],
             outputs=[
                 io.String.Output("report", display_name="report",
@@ -176,7 +183,8 @@ class DTGenDatasetFinalize(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset_name, method, k, keep_percent, fixed_threshold, split="") -> bool | str:
+    def validate_inputs(cls, dataset_name, method, k, keep_percent, fixed_threshold, split="",
+                        input_types=None) -> bool | str:
         # only the inputs named here lose ComfyUI's own checks; each is checked below
         from ..common.validation import linked
         from ..curation.thresholds import method_from
@@ -188,8 +196,8 @@ class DTGenDatasetFinalize(io.ComfyNode):
                 method_from(method, k, keep_percent, fixed_threshold)
             if not linked(split) and split.strip():
                 parse_split(split)
-            if linked(dataset_name):
-                return True
+            if linked(dataset_name) or "dataset" in (input_types or {}):
+                return True   # a wired handle names the dataset (it may not exist before the writer runs)
             path = dataset_dir(dataset_name)
         except (DatasetPathError, ValueError) as exc:
             return str(exc)
@@ -205,11 +213,11 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset_name, redecide, method, k, keep_percent, fixed_threshold, min_count,
-                split="", class_margin=-1.0, near_duplicate=0.0, split_folders=False) -> io.NodeOutput:
+                split="", class_margin=-1.0, near_duplicate=0.0, split_folders=False, dataset=None) -> io.NodeOutput:
         import torch
 
         from ..curation.filtering import checks_from_widgets
-        from ..curation.finalize import finalize
+        from ..curation.finalize import finalize, finalize_summary
         from ..curation.redecide import decide_fn_for, histogram_image
         from ..curation.thresholds import method_from
 
@@ -217,10 +225,52 @@ class DTGenDatasetFinalize(io.ComfyNode):
         if redecide:
             margin, near = checks_from_widgets(class_margin, near_duplicate)
             decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin, near)
-        report = finalize(dataset_dir(dataset_name), decide_fn=decide_fn, split=split.strip() or None,
+        report = finalize(dataset_dir(dataset_name_of(dataset, dataset_name)), decide_fn=decide_fn, split=split.strip() or None,
                           plot_fn=histogram_image, echo=False, split_folders=bool(split_folders))
         image = torch.from_numpy(report.plot_image.astype("float32") / 255.0)[None]
-        return io.NodeOutput(json.dumps(report.data, sort_keys=True), image, ui=ui.PreviewImage(image, cls=cls))
+        shown = ui.PreviewImage(image, cls=cls).as_dict()
+        shown["text"] = (finalize_summary(report),)
+        return io.NodeOutput(json.dumps(report.data, sort_keys=True), image, ui=shown)
 
 
-NODES = [DTGenDatasetWriter, DTGenDatasetFinalize]
+class DTGenDataset(io.ComfyNode):
+    """The dataset named once, for every node that uses it."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("Dataset"),
+            display_name="DTGen Dataset",
+            category=category("dataset"),
+            description=("Names the dataset once: wire its output into the Prompt Sampler (resume mode), the CLIP "
+                         "Filter (history), the Dataset Writer and Finalize; their typed dataset_name is then "
+                         "not used. Nodes wired to it run again whenever the dataset changes."),
+            inputs=[io.String.Input("dataset_name", default="dtgen_dataset",
+                                    tooltip="Dataset folder under ComfyUI's output directory (letters, digits, . _ -; "
+                                            "'/' for sub-folders).")],
+            outputs=[DatasetHandle.Output("dataset", display_name="dataset",
+                                          tooltip="The dataset, for the 'dataset' input of the other DTGen nodes.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, dataset_name) -> bool | str:
+        try:
+            dataset_dir(dataset_name)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, dataset_name) -> str:
+        # what is stored decides what the sampler plans and what the filter compares with
+        from ..store.reader import history_fingerprint
+
+        return history_fingerprint(dataset_dir(dataset_name))
+
+    @classmethod
+    def execute(cls, dataset_name) -> io.NodeOutput:
+        dataset_dir(dataset_name)
+        return io.NodeOutput(dataset_name.strip())
+
+
+NODES = [DTGenDatasetWriter, DTGenDatasetFinalize, DTGenDataset]

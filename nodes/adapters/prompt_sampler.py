@@ -8,6 +8,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from .comfy_paths import dataset_dir
+from .comfy_types import dataset_input, dataset_name_of
 from ..common.naming import category, node_id
 from ..common.validation import check_int, linked
 from ..prompting import catalog
@@ -88,6 +89,7 @@ class DTGenPromptSampler(io.ComfyNode):
                 io.Int.Input("quota_per_class", default=1000, min=0, max=10_000_000, optional=True,
                              tooltip="Resume mode: accepted images wanted per class. When every class is full the "
                                      "run stops here (nothing downstream executes). 0 = resume mode off."),
+                dataset_input(),
             ],
             outputs=[
                 io.String.Output("positive", display_name="positive", is_output_list=True,
@@ -130,10 +132,11 @@ class DTGenPromptSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="", dataset_name="",
-                quota_per_class=0) -> io.NodeOutput:
+                quota_per_class=0, dataset=None) -> io.NodeOutput:
         from comfy.model_management import throw_exception_if_processing_interrupted
 
         sampler = build_sampler(pack, mode, seed, classes, inline_yaml)
+        dataset_name = dataset_name_of(dataset, dataset_name)
         ds = _resume_dir(dataset_name, quota_per_class)
         if ds is None:
             indices = sampler.check_range(start_index, count)

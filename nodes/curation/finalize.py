@@ -200,3 +200,13 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
         if result.split_folders:
             print(result.split_folders.summary())
     return result
+
+
+def finalize_summary(result: Report) -> str:
+    """Finalize's text on the canvas: the per-class table, moves and split counts."""
+    lines = [result.table, f"moved: {result.moved['to_accepted']} to accepted, {result.moved['to_rejected']} "
+                           "to rejected"]
+    if result.split:
+        lines.append("split (accepted): " + ", ".join(f"{k} {v}" for k, v in sorted(result.split.items())))
+    return "\n".join(lines)
+

@@ -113,3 +113,18 @@ def test_split_fractions_are_roughly_kept():
     got = [finalize_mod.split_of(i, {"train": 0.8, "val": 0.1, "test": 0.1}) for i in ids]
     assert abs(got.count("train") / 4000 - 0.8) < 0.03 and abs(got.count("test") / 4000 - 0.1) < 0.02
 
+
+
+def test_finalize_summary_is_the_table_moves_and_split(tmp_path):
+    from dtgen.nodes.curation.finalize import finalize, finalize_summary
+
+    ds = tmp_path / "ds"
+    with DatasetWriter(ds) as w:
+        w.write(make_items(range(12)))
+    report = finalize(ds, split="0.5,0.5", echo=False)
+    text = finalize_summary(report).splitlines()
+    assert text[0].split()[:3] == ["label", "accepted", "rejected"]
+    assert "moved: 0 to accepted, 0 to rejected" in text
+    assert text[-1].startswith("split (accepted): ")
+    assert sum(int(part.split()[-1]) for part in text[-1].split(": ", 1)[1].split(", ")) == \
+        sum(c["accepted"] for c in report.per_class.values())
