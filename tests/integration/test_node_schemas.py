@@ -8,7 +8,7 @@ import sys
 from support.comfy_server import PACK_NAME
 from support.pkg import ROOT
 
-EXPECTED = {"DTGenPromptSampler", "DTGenClipLoader", "DTGenClipFilter", "DTGenDatasetWriter",
+EXPECTED = {"DTGenPromptSampler", "DTGenClipLoader", "DTGenClipFilter", "DTGenDatasetWriter", "DTGenDataset",
             "DTGenDatasetFinalize"}
 
 
