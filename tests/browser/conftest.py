@@ -56,6 +56,18 @@ def fixture_swap() -> dict:
     }
 
 
+FINALIZED_DATASET = "browser_finalized"
+
+
+def finalize_swap() -> dict:
+    """The queued template again, two items into its own dataset, for the write + finalize run."""
+    swap = fixture_swap()
+    swap["DTGenPromptSampler"] = {"count": 2, "dataset_name": FINALIZED_DATASET}
+    for node in ("DTGenClipFilter", "DTGenDatasetWriter"):
+        swap[node] = {"dataset_name": FINALIZED_DATASET}
+    return swap
+
+
 class EditorRun:
     """What driver.mjs saw, plus the server, the screenshots folder and what was queued."""
 
@@ -90,6 +102,8 @@ def editor_run(tmp_path_factory) -> EditorRun:
             "userDataDir": str(base / "chromium-profile"), "shotsDir": str(shots), "timeoutMs": 600_000,
             "workflows": [{"name": n, "path": str(p)} for n, p in workflow_files().items()],
             "queue": {"name": QUEUED, "swap": fixture_swap()},
+            "finalize": {"swap": finalize_swap()},
+            "handBuilt": {"checkpoint": fixtures.CHECKPOINT, "clipWeights": fixtures.CLIP_WEIGHTS},
         }
         (base / "config.json").write_text(json.dumps(config))
         proc = subprocess.run(["node", str(HERE / "driver.mjs"), str(base / "config.json")],

@@ -49,7 +49,59 @@ function fitGraph(page) {
   }, MARGIN)
 }
 
-const result = { startupErrors: [], workflows: [], queue: null }
+// What the DTGen nodes show on the canvas (nodes/adapters/web/dtgen_status.js), the text boxes in
+// the page, and whether a status box leaked into the saved widget values.
+function statusTexts(page) {
+  return page.evaluate(() => {
+    const app = window.comfyAPI.app.app
+    const statusText = {}
+    const savedWithStatus = []
+    for (const n of app.graph.nodes) {
+      const w = n.widgets?.find((x) => x.name === 'dtgen_status')
+      if (!w) continue
+      statusText[n.type] = w.value
+      if ((n.serialize().widgets_values ?? []).includes(w.value)) savedWithStatus.push(n.type)
+    }
+    const pageText = Array.from(document.querySelectorAll('textarea')).map((t) => t.value).filter(Boolean)
+    return { statusText, savedWithStatus, pageText }
+  })
+}
+
+// Wait until `count` more prompts than `before` are in /history and the queue is empty.
+async function waitForRuns(before, count, nodeErrors) {
+  const deadline = Date.now() + timeout
+  while (Date.now() < deadline) {
+    const queue = await getJson('/queue')
+    const history = await getJson('/history')
+    const ids = Object.keys(history)
+    if (ids.length >= before + count && !queue.queue_running.length && !queue.queue_pending.length) {
+      return ids.slice(before).map((id) => history[id])
+    }
+    if (nodeErrors && Object.keys(nodeErrors).length) return []
+    await sleep(500)
+  }
+  return []
+}
+
+// Load a workflow file and set widgets ({NodeType: {widget: value}}); returns what was set.
+function loadAndSwap(page, data, swap, tab) {
+  return page.evaluate(async ({ data, swap, tab }) => {
+    const app = window.comfyAPI.app.app
+    await app.loadGraphData(data, true, true, tab, { showMissingModelsDialog: false })
+    const done = []
+    for (const node of app.graph.nodes) {
+      for (const [name, value] of Object.entries(swap[node.type] ?? {})) {
+        const w = node.widgets.find((x) => x.name === name)
+        w.value = value
+        w.callback?.(value)
+        done.push(`${node.type}.${name}`)
+      }
+    }
+    return done
+  }, { data, swap, tab })
+}
+
+const result = { startupErrors: [], workflows: [], queue: null, finalize: null, handBuilt: null }
 let errors = result.startupErrors
 const context = await chromium.launchPersistentContext(config.userDataDir, {
   executablePath: config.chromium,
@@ -104,56 +156,98 @@ try {
     const before = Object.keys(await getJson('/history')).length
     const wf = config.workflows.find((w) => w.name === config.queue.name)
     const data = JSON.parse(readFileSync(wf.path, 'utf8'))
-    q.swapped = await page.evaluate(async ({ data, swap }) => {
-      const app = window.comfyAPI.app.app
-      await app.loadGraphData(data, true, true, 'queued', { showMissingModelsDialog: false })
-      const done = []
-      for (const node of app.graph.nodes) {
-        for (const [name, value] of Object.entries(swap[node.type] ?? {})) {
-          const w = node.widgets.find((x) => x.name === name)
-          w.value = value
-          w.callback?.(value)
-          done.push(`${node.type}.${name}`)
-        }
-      }
-      await app.queuePrompt(0, 1)
-      return done
-    }, { data, swap: config.queue.swap })
+    q.swapped = await loadAndSwap(page, data, config.queue.swap, 'queued')
+    await page.evaluate(() => window.comfyAPI.app.app.queuePrompt(0, 1))
     q.nodeErrors = await page.evaluate(() => window.comfyAPI.app.app.lastNodeErrors ?? null)
-    const deadline = Date.now() + timeout
-    while (Date.now() < deadline) {
-      const queue = await getJson('/queue')
-      const history = await getJson('/history')
-      const ids = Object.keys(history)
-      if (ids.length > before && !queue.queue_running.length && !queue.queue_pending.length) {
-        const last = history[ids[ids.length - 1]]
-        q.status = last.status
-        q.outputs = last.outputs
-        break
-      }
-      if (q.nodeErrors && Object.keys(q.nodeErrors).length) break
-      await sleep(500)
-    }
-    await sleep(1500) // previews arrive over the websocket
-    // what the DTGen nodes show on the canvas (nodes/adapters/web/dtgen_status.js), the text boxes
-    // in the page, and whether the status box stays out of the saved widget values
-    Object.assign(q, await page.evaluate(() => {
-      const app = window.comfyAPI.app.app
-      const statusText = {}
-      const savedWithStatus = []
-      for (const n of app.graph.nodes) {
-        const w = n.widgets?.find((x) => x.name === 'dtgen_status')
-        if (!w) continue
-        statusText[n.type] = w.value
-        if ((n.serialize().widgets_values ?? []).includes(w.value)) savedWithStatus.push(n.type)
-      }
-      const pageText = Array.from(document.querySelectorAll('textarea')).map((t) => t.value).filter(Boolean)
-      return { statusText, savedWithStatus, pageText }
-    }))
+    const [last] = (await waitForRuns(before, 1, q.nodeErrors)).slice(-1)
+    q.status = last?.status
+    q.outputs = last?.outputs
+    await sleep(1500) // previews and node texts arrive over the websocket
+    Object.assign(q, await statusTexts(page))
     await fitGraph(page)
     await frames()
     if (config.shotsDir) await page.screenshot({ path: join(config.shotsDir, 'editor.png') })
     result.queue = q
+
+    // The same template in a new tab with a DTGen Dataset Finalize fed by the writer's dataset
+    // output: one queue run writes and finalizes, and all four DTGen nodes show their text.
+    const f = { errors: [] }
+    errors = f.errors
+    const fBefore = Object.keys(await getJson('/history')).length
+    await loadAndSwap(page, data, config.finalize.swap, 'finalized')
+    await page.evaluate(async () => {
+      const app = window.comfyAPI.app.app
+      const writer = app.graph.nodes.find((n) => n.type === 'DTGenDatasetWriter')
+      const fin = window.LiteGraph.createNode('DTGenDatasetFinalize')
+      fin.pos = [writer.pos[0], writer.pos[1] + writer.size[1] + 60]
+      app.graph.add(fin)
+      writer.connect(2, fin, fin.findInputSlot('dataset'))   // outputs: dataset_path, status, dataset
+      await app.queuePrompt(0, 1)
+    })
+    f.nodeErrors = await page.evaluate(() => window.comfyAPI.app.app.lastNodeErrors ?? null)
+    const [fLast] = (await waitForRuns(fBefore, 1, f.nodeErrors)).slice(-1)
+    f.status = fLast?.status
+    await sleep(1500)
+    Object.assign(f, await statusTexts(page))
+    await fitGraph(page)
+    await frames()
+    if (config.shotsDir) await page.screenshot({ path: join(config.shotsDir, 'finalized.png') })
+    result.finalize = f
+  }
+
+  if (config.handBuilt) {
+    // A fresh canvas: the DTGen nodes dragged in with their default widgets and wired by hand to
+    // stock SD3 nodes, then queued with a batch count of 8 (the seed widget randomizes each time).
+    const h = { errors: [] }
+    errors = h.errors
+    const before = Object.keys(await getJson('/history')).length
+    h.built = await page.evaluate(async (cfg) => {
+      const app = window.comfyAPI.app.app
+      await app.loadGraphData({ last_node_id: 0, last_link_id: 0, nodes: [], links: [], groups: [], config: {},
+        extra: {}, version: 0.4 }, true, true, 'hand-built', { showMissingModelsDialog: false })
+      const L = window.LiteGraph
+      const add = (type, x, y) => { const n = L.createNode(type); n.pos = [x, y]; app.graph.add(n); return n }
+      const slot = (list, name, what) => {
+        const i = list.findIndex((s) => s.name === name || s.label === name || s.localized_name === name)
+        if (i < 0) throw new Error(`no ${what} ${name}: ${list.map((s) => s.name).join(', ')}`)
+        return i
+      }
+      const link = (a, out, b, inp) => a.connect(slot(a.outputs, out, `output of ${a.type}`), b,
+        slot(b.inputs, inp, `input of ${b.type}`))
+      const set = (n, name, value) => {
+        const w = n.widgets.find((x) => x.name === name)
+        if (!w) throw new Error(`no widget ${n.type}.${name}`)
+        w.value = value
+        w.callback?.(value)
+      }
+      const ckpt = add('CheckpointLoaderSimple', 0, 0); set(ckpt, 'ckpt_name', cfg.checkpoint)
+      const sampler = add('DTGenPromptSampler', 300, 0); set(sampler, 'pack', 'fruits')
+      const pos = add('CLIPTextEncode', 650, 0)
+      const neg = add('CLIPTextEncode', 650, 250)
+      const latent = add('EmptySD3LatentImage', 650, 500); set(latent, 'width', 128); set(latent, 'height', 128)
+      const ks = add('KSampler', 1000, 0); set(ks, 'steps', 4)
+      const dec = add('VAEDecode', 1300, 0)
+      const clip = add('DTGenClipLoader', 1300, 300); set(clip, 'weights', cfg.clipWeights)
+      const filt = add('DTGenClipFilter', 1600, 0)
+      const writer = add('DTGenDatasetWriter', 1950, 0)
+      link(ckpt, 'MODEL', ks, 'model'); link(ckpt, 'CLIP', pos, 'clip'); link(ckpt, 'CLIP', neg, 'clip')
+      link(ckpt, 'VAE', dec, 'vae')
+      link(sampler, 'positive', pos, 'text'); link(sampler, 'negative', neg, 'text')
+      link(pos, 'CONDITIONING', ks, 'positive'); link(neg, 'CONDITIONING', ks, 'negative')
+      link(latent, 'LATENT', ks, 'latent_image'); link(sampler, 'seed', ks, 'seed')
+      link(ks, 'LATENT', dec, 'samples')
+      link(clip, 'clip', filt, 'clip'); link(dec, 'IMAGE', filt, 'images')
+      for (const name of ['positive', 'label', 'metadata', 'negative', 'seed']) link(sampler, name, filt, name)
+      link(filt, 'scored', writer, 'scored')
+      const control = sampler.widgets.find((w) => w.name === 'control_after_generate')?.value
+      const defaults = Object.fromEntries(sampler.widgets.map((w) => [w.name, w.value]))
+      const writerDataset = writer.widgets.find((w) => w.name === 'dataset_name').value
+      await app.queuePrompt(0, 8)
+      return { control, defaults, writerDataset }
+    }, config.handBuilt)
+    h.nodeErrors = await page.evaluate(() => window.comfyAPI.app.app.lastNodeErrors ?? null)
+    h.runs = (await waitForRuns(before, 8, h.nodeErrors)).map((r) => r.status?.status_str)
+    result.handBuilt = h
   }
 } finally {
   await context.close()

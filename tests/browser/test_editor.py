@@ -103,17 +103,51 @@ def test_main_workflow_queued_from_the_editor_runs(editor_run):
     assert len(lines) == editor_run.count and {r["pack"] for r in lines} == {"tableware"}
 
 
+def _shows_status(run: dict) -> dict:
+    """The status texts of one editor run, checked to be in the page and not saved with the graph."""
+    for text in run["statusText"].values():
+        assert any(text in shown for shown in run["pageText"]), f"not on the page: {text[:80]}"
+    assert run["savedWithStatus"] == [], "the status text leaked into saved widget values"
+    return run["statusText"]
+
+
 def test_dtgen_nodes_show_what_they_did_on_the_canvas(editor_run):
     """The pack's web extension gives each DTGen node a read-only text box after it ran; the text
     is in the page (not only in /history) and never saved as a widget value."""
-    q = editor_run.result["queue"]
-    status = q["statusText"]
+    status = _shows_status(editor_run.result["queue"])
     assert "this run:" in status.get("DTGenDatasetWriter", ""), status
     assert f"{editor_run.count} item(s)" in status.get("DTGenPromptSampler", ""), status
     assert "kept" in status.get("DTGenClipFilter", ""), status
-    for text in status.values():
-        assert any(text in shown for shown in q["pageText"]), f"not on the page: {text[:80]}"
-    assert q["savedWithStatus"] == [], "the status text leaked into saved widget values"
+
+
+def test_one_queue_run_writes_and_finalizes_and_all_four_nodes_say_so(editor_run):
+    from conftest import FINALIZED_DATASET
+
+    run = editor_run.result["finalize"]
+    assert not run["nodeErrors"] and run["status"]["status_str"] == "success", run
+    status = _shows_status(run)
+    assert "2 item(s)" in status["DTGenPromptSampler"] and "kept" in status["DTGenClipFilter"]
+    assert "this run: " in status["DTGenDatasetWriter"] and "moved: " in status["DTGenDatasetFinalize"], status
+    report = editor_run.server.output_dir / FINALIZED_DATASET / "report" / "report.json"
+    per_class = json.loads(report.read_text())["per_class"]
+    assert sum(c["total"] for c in per_class.values()) == 2
+
+
+def test_a_hand_built_graph_with_default_widgets_queued_eight_times_fills_every_class(editor_run):
+    """Five DTGen/stock nodes wired by hand on a fresh canvas, every DTGen widget at its default,
+    batch count 8: the seed widget randomizes on each queue, and the items still spread evenly."""
+    run = editor_run.result["handBuilt"]
+    assert not run["nodeErrors"], run["nodeErrors"]
+    assert run["built"]["control"] == "randomize" and run["runs"] == ["success"] * 8, run
+    dataset = run["built"]["writerDataset"]
+    assert run["built"]["defaults"]["dataset_name"] == dataset
+    lines = (editor_run.server.output_dir / dataset / "manifest.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert len(records) == 8 and len({(r["stream"], r["index"]) for r in records}) == 8
+    per_class = {}
+    for r in records:
+        per_class[r["label"]] = per_class.get(r["label"], 0) + 1
+    assert len(per_class) == 5 and max(per_class.values()) <= 2, per_class
 
 
 def test_screenshots_show_the_graph(editor_run):
