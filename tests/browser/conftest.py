@@ -36,6 +36,7 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Co
 QUEUED = "dtgen_sd35_lora"
 QUEUED_COUNT = 8
 QUEUED_DATASET = "browser_run"
+THUMB = 512   # template thumbnails: square, sharp at 2x in the browser's 256 px card
 
 
 def workflow_files() -> dict[str, Path]:
@@ -125,6 +126,9 @@ def update_screenshots(shots: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shots / "editor.png", target / "editor.png")
     for name in workflow_files():
+        # the template browser shows a thumbnail in a 256 x 256 box: a square crop of the graph's
+        # start (model loader, DTGen Prompt Sampler with its pack, mode and quota) stays readable
         image = Image.open(shots / f"{name}.png").convert("RGB")
-        image.thumbnail((960, 960))
-        image.save(EXAMPLES / f"{name}.jpg", quality=85, optimize=True)
+        side = min(image.size)
+        image.crop((0, (image.height - side) // 2, side, (image.height + side) // 2)).resize(
+            (THUMB, THUMB), Image.LANCZOS).save(EXAMPLES / f"{name}.jpg", quality=88, optimize=True)

@@ -152,3 +152,10 @@ def test_i18n_serves_the_node_locale(client, object_info):
         assert served[name] == committed[name]
         assert served[name]["display_name"] == object_info[name]["display_name"]
         assert all(entry.get("tooltip") for entry in served[name]["inputs"].values()), name
+
+
+def test_the_template_browser_names_the_pack_category(client):
+    """Frontend 1.27 titles a custom template card with its file name (it reads nothing else), but
+    looks the category up in /i18n: the pack's locales/en/main.json names it."""
+    category = client.get_json("/i18n").get("en", {}).get("templateWorkflows", {}).get("category", {})
+    assert category.get("dtgen") == "DTGen — few-shot synthetic datasets", category
