@@ -140,6 +140,8 @@ def open_dataset(dataset_dir, create: bool = True) -> dict:
         if not dataset_dir.is_dir():
             raise DatasetFormatError(dataset_dir, "exists and is not a folder")
         foreign = _foreign_entries(dataset_dir)
+        if MARKER in foreign:   # another writer created the dataset since the first look
+            return read_marker(dataset_dir)
         if foreign:
             raise DatasetFormatError(
                 dataset_dir,

@@ -57,7 +57,13 @@ class FakeComfy:
             time.sleep(self.delay)
             if not self.alive:
                 return
-            result = self._execute(entry[2])
+            try:
+                result = self._execute(entry[2])
+            except Exception as exc:   # reported like ComfyUI would, never a silently dead worker
+                result = {"status": {"status_str": "error", "completed": False, "messages": [
+                    ["execution_error", {"node_id": "11", "node_type": "DTGenDatasetWriter",
+                                         "exception_type": type(exc).__name__, "exception_message": str(exc)}]]},
+                          "outputs": {}}
             with self.lock:
                 self.history[entry[1]] = {"prompt": entry, **result}
                 self.running = None

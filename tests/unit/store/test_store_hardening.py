@@ -284,3 +284,32 @@ def test_stored_items_end_their_claims(tmp_path, monkeypatch):
         w.write(items)
     assert claims_mod.load(ds) and _plan(ds, alive + ":b", monkeypatch, count=2) == [2, 3]
     assert sorted(c["index"] for c in claims_mod.load(ds)) == [2, 3]
+
+
+def test_writers_opening_a_new_dataset_at_once_all_succeed(tmp_path):
+    """Several writers (threads or servers) creating the same new dataset: the one that loses the
+    race sees the winner's marker, never 'folder is not empty and has no dataset.json'."""
+    import threading
+
+    from dtgen.nodes.store import layout
+
+    for round_ in range(20):
+        ds = tmp_path / f"ds{round_}"
+        errors, barrier = [], threading.Barrier(4)
+
+        def write(start):
+            barrier.wait()
+            try:
+                with DatasetWriter(ds) as w:
+                    w.write(make_items(range(start, start + 2)))
+            except Exception as exc:   # noqa: BLE001 - any failure fails the test below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(2 * k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [], errors
+        assert layout.read_marker(ds)["format"] == layout.FORMAT
+        assert sorted(r["index"] for r in check_consistent(ds).values()) == list(range(8))
