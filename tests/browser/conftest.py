@@ -125,6 +125,7 @@ def update_screenshots(shots: Path) -> None:
     target = ROOT / "docs" / "screenshots"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shots / "editor.png", target / "editor.png")
+    shutil.copyfile(shots / "finalized.png", target / "finalized.png")   # every DTGen node's text
     for name in workflow_files():
         # the template browser shows a thumbnail in a 256 x 256 box: a square crop of the graph's
         # start (model loader, DTGen Prompt Sampler with its pack, mode and quota) stays readable
