@@ -72,7 +72,7 @@ def finalize_swap() -> dict:
 class EditorRun:
     """What driver.mjs saw, plus the server, the screenshots folder and what was queued."""
 
-    queued, count, dataset = QUEUED, QUEUED_COUNT, QUEUED_DATASET
+    queued, count, dataset, finalized_dataset = QUEUED, QUEUED_COUNT, QUEUED_DATASET, FINALIZED_DATASET
 
     def __init__(self, result: dict, server: ComfyServer, shots: Path):
         self.result, self.server, self.shots = result, server, shots

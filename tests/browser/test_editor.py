@@ -121,14 +121,12 @@ def test_dtgen_nodes_show_what_they_did_on_the_canvas(editor_run):
 
 
 def test_one_queue_run_writes_and_finalizes_and_all_four_nodes_say_so(editor_run):
-    from conftest import FINALIZED_DATASET
-
     run = editor_run.result["finalize"]
     assert not run["nodeErrors"] and run["status"]["status_str"] == "success", run
     status = _shows_status(run)
     assert "2 item(s)" in status["DTGenPromptSampler"] and "kept" in status["DTGenClipFilter"]
     assert "this run: " in status["DTGenDatasetWriter"] and "moved: " in status["DTGenDatasetFinalize"], status
-    report = editor_run.server.output_dir / FINALIZED_DATASET / "report" / "report.json"
+    report = editor_run.server.output_dir / editor_run.finalized_dataset / "report" / "report.json"
     per_class = json.loads(report.read_text())["per_class"]
     assert sum(c["total"] for c in per_class.values()) == 2
 
