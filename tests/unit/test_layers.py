@@ -1,6 +1,6 @@
 """The import rule (docs/architecture.md): layers import downward only.
 
-    common  <-  prompting, scoring, store  <-  curation  <-  adapters  <-  extension.py
+    common  <-  prompting, scoring, store, fewshot  <-  curation  <-  adapters  <-  extension.py
 
 - ``common`` imports nothing of ours outside ``common``;
 - a plain stage never imports a stage of the same rank (sideways) or above (upward);
