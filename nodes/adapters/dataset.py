@@ -91,13 +91,15 @@ class DTGenDatasetWriter(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, dataset_name, image_format=None) -> bool | str:
+        # (no input_types argument: naming it would switch off ComfyUI's link type checks here)
         from ..common.validation import check_choice, linked
 
         try:
             if not linked(first(image_format)):
                 check_choice("image_format", first(image_format), FORMATS)
-            if not linked(first(dataset_name)):
-                dataset_dir(first(dataset_name))
+            name = first(dataset_name)
+            if not linked(name) and (name or "").strip():   # blank: a wired dataset handle names it
+                dataset_dir(name)
         except ValueError as exc:   # DatasetPathError is a ValueError
             return str(exc)
         return True
@@ -207,9 +209,13 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, dataset_name, **_) -> str:
+        # a wired handle is not visible here; its own node's fingerprint carries the dataset's changes
         from ..store.reader import history_fingerprint
 
-        return history_fingerprint(dataset_dir(dataset_name))
+        try:
+            return history_fingerprint(dataset_dir(dataset_name))
+        except ValueError:   # a blank or bad typed name beside a wired handle
+            return ""
 
     @classmethod
     def execute(cls, dataset_name, redecide, method, k, keep_percent, fixed_threshold, min_count,

@@ -23,7 +23,8 @@ from ..common.identity import StreamKey
 from ..store.fsio import open_nofollow, write_bytes_atomic
 from ..store.layout import CLAIMS, open_dataset
 from ..store.lock import DatasetLock
-from .quotas import done_indices, next_missing_indices
+from ..store.reader import live_records
+from .quotas import next_missing_indices
 
 CLAIM_TTL_S = 3600.0
 MAX_CLAIMS = 100_000          # a claims file past this is treated as damaged and started afresh
@@ -37,7 +38,7 @@ def _alive(owner: str) -> bool:
         return True                    # another machine: only the TTL can tell
     try:
         os.kill(int(rest.partition(":")[0]), 0)
-    except (ValueError, ProcessLookupError):
+    except (ValueError, OverflowError, ProcessLookupError):
         return False
     except PermissionError:
         return True
@@ -52,9 +53,15 @@ def load(dataset_dir) -> list[dict]:
         claims = data["claims"]
         if not isinstance(claims, list) or len(claims) > MAX_CLAIMS:
             return []
-        return [c for c in claims if isinstance(c, dict) and {"stream", "index", "label", "until", "owner"} <= set(c)]
+        return [c for c in claims if _well_formed(c)]
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return []
+
+
+def _well_formed(c) -> bool:
+    return (isinstance(c, dict) and isinstance(c.get("stream"), str) and isinstance(c.get("label"), str)
+            and isinstance(c.get("owner"), str) and type(c.get("index")) is int
+            and isinstance(c.get("until"), (int, float)) and not isinstance(c.get("until"), bool))
 
 
 def _live(claims: list[dict], stored: set, now: float) -> list[dict]:
@@ -77,8 +84,9 @@ def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets
     now = time.time() if now is None else now
     open_dataset(dataset_dir)
     with DatasetLock(dataset_dir):
-        done = done_indices(dataset_dir, pack_hash, stream_key)
-        claims = _live(load(dataset_dir), {(stream_key.stream, i) for i in done}, now)
+        # a claim ends when its item is stored, whichever stream (server) it belongs to
+        stored = {(r.get("stream"), r["index"]) for r in live_records(dataset_dir) if r.get("index") is not None}
+        claims = _live(load(dataset_dir), stored, now)
         mine = {c["index"] for c in claims if c["stream"] == stream_key.stream}
         in_flight = Counter(c["label"] for c in claims)
         picked = next_missing_indices(dataset_dir, label_of, start, count, targets=targets, pack_hash=pack_hash,

@@ -36,7 +36,8 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
     ``targets`` have no limit. ``busy`` indices are skipped and ``in_flight`` images per label count
     as on their way (claims.py). Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
 
-    Without ``targets`` indices are taken in order. With targets the fill is balanced across
+    Without ``targets`` indices are taken in order; with targets, when every target class is full
+    nothing is returned (not even labels absent from ``targets``). With targets the fill is balanced across
     streams: each pick goes to the class with the fewest stored, in-flight and picked items among
     those that still need images (ties: the earliest index). So a graph whose seed changes on every
     queue (a new stream each time, index 0 first) still fills the classes in turn instead of making
@@ -52,11 +53,15 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
             for label, t in targets.items()}
     tried = {label: sum(have.get(label, {}).values()) + in_flight.get(label, 0) for label in need}
     candidates: dict[str, list[int]] = {}
+    wanted = {label: min(n, left) for label, left in need.items() if left > 0}   # enough to choose from
+    if not wanted:
+        return []   # every target class is full: nothing to scan for (this runs under the dataset lock)
     for i in _undone(done, start, limit):
         label = label_of(i)
         if need.get(label, n) > 0 and len(candidates.setdefault(label, [])) < n:
             candidates[label].append(i)
-            if sum(len(c) for c in candidates.values()) >= n * max(1, len(need)):
+            if all(len(candidates.get(lab, ())) >= k for lab, k in wanted.items()) and all(
+                    len(c) >= n for lab, c in candidates.items() if lab not in need):
                 break
     picked: list[int] = []
     while len(picked) < n:

@@ -1,6 +1,7 @@
 // DTGen nodes show what they did on the canvas. ComfyUI 1.27's editor draws a node's `ui.text`
 // only for its own PreviewAny; this gives every DTGen node the same read-only text box, made on the
-// node's first run and never saved with the workflow (serialize = false: widget values stay as they are).
+// node's first run, never saved with the workflow and never sent with a queued prompt (it would
+// change the node's cache key after every run).
 import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 
@@ -18,7 +19,8 @@ app.registerExtension({
       let widget = this.widgets?.find((w) => w.name === NAME);
       if (!widget) {
         widget = ComfyWidgets.STRING(this, NAME, ["STRING", { multiline: true }], app).widget;
-        widget.serialize = false;
+        widget.serialize = false;                                   // not in the saved workflow
+        widget.options = { ...(widget.options ?? {}), serialize: false }; // nor in the queued prompt
         if (widget.element) widget.element.readOnly = true;
         if (widget.inputEl) widget.inputEl.readOnly = true;
       }

@@ -313,3 +313,46 @@ def test_writers_opening_a_new_dataset_at_once_all_succeed(tmp_path):
         assert errors == [], errors
         assert layout.read_marker(ds)["format"] == layout.FORMAT
         assert sorted(r["index"] for r in check_consistent(ds).values()) == list(range(8))
+
+
+def test_another_servers_stored_items_end_its_claims(tmp_path, monkeypatch):
+    """Server A (seed 1) plans and stores 2 items; server B (another stream) must not count A's
+    stored items a second time as in flight."""
+    alive = f"{claims_mod._HOST}:{os.getpid()}"
+    monkeypatch.setattr(claims_mod, "_OWNER", alive + ":a")
+    labels = ("cat", "dog")
+    a_key = StreamKey("sA", 1, "balanced")
+    picked = claims_mod.claim_missing_indices(tmp_path / "ds", lambda i: labels[i % 2], 0, 2, {"cat": 2, "dog": 2},
+                                              stream_key=a_key, pack_hash="ph1", now=1000.0)
+    items = make_items(picked, labels=labels, accepted=True)
+    for it in items:
+        it.metadata["stream"] = "sA"
+    with DatasetWriter(tmp_path / "ds") as w:
+        w.write(items)
+    monkeypatch.setattr(claims_mod, "_OWNER", alive + ":b")
+    b = claims_mod.claim_missing_indices(tmp_path / "ds", lambda i: labels[i % 2], 0, 4, {"cat": 2, "dog": 2},
+                                         stream_key=StreamKey("sB", 2, "balanced"), pack_hash="ph1", now=1001.0)
+    assert [labels[i % 2] for i in b] == ["cat", "dog"]     # one more of each, not nothing
+
+
+def test_a_damaged_claims_file_counts_as_no_claims(tmp_path, monkeypatch):
+    ds = tmp_path / "ds"
+    _plan(ds, "x:1:a", monkeypatch)
+    (ds / "claims.json").write_text('{"claims": [{"stream": "s1", "index": [1], "label": "cat", "until": "soon", '
+                                    '"owner": "h:99999999999999999999999:z"}]}')
+    assert claims_mod.load(ds) == []
+    assert _plan(ds, f"{claims_mod._HOST}:{os.getpid()}:b", monkeypatch) == [0, 1, 2, 3]
+
+
+def test_a_full_class_does_not_make_the_planner_scan_everything(tmp_path):
+    from dtgen.nodes.curation.quotas import next_missing_indices
+
+    calls = []
+
+    def label_of(i):
+        calls.append(i)
+        return "ab"[i % 2]
+
+    assert next_missing_indices(tmp_path / "none", label_of, 0, 2, {"a": 2, "b": 0}, max_scan=1_000_000) == [0, 2]
+    assert len(calls) < 10
+    assert next_missing_indices(tmp_path / "none", label_of, 0, 2, {"a": 0, "b": 0}, max_scan=1_000_000) == []
