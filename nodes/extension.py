@@ -14,5 +14,6 @@ def _stage_modules():
     from .adapters import prompt_sampler as prompting
     from .adapters import clip_filter as filtering
     from .adapters import dataset as dataset
+    from .adapters import fewshot_images as fewshot
 
-    return [prompting, filtering, dataset]
+    return [fewshot, prompting, filtering, dataset]

@@ -4,6 +4,7 @@ from comfy_api.latest import io
 DtgenClip = io.Custom("DTGEN_CLIP")                       # DTGenClipLoader -> DTGenClipFilter
 ScoredBatchType = io.Custom("DTGEN_SCORED_BATCH")         # DTGenClipFilter -> DTGenDatasetWriter
 DatasetHandle = io.Custom("DTGEN_DATASET")                # DTGenDataset / DTGenDatasetWriter -> any dataset user
+RealImagesType = io.Custom("DTGEN_REAL_IMAGES")           # DTGenFewShotImages -> DTGenDatasetWriter
 
 
 def dataset_input():

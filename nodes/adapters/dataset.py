@@ -11,7 +11,8 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from .comfy_types import DatasetHandle, ScoredBatchType, dataset_input, dataset_name_of, threshold_inputs
+from .comfy_types import (DatasetHandle, RealImagesType, ScoredBatchType, dataset_input, dataset_name_of,
+                          threshold_inputs)
 from . import comfy_paths
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
@@ -77,6 +78,13 @@ class DTGenDatasetWriter(io.ComfyNode):
                              tooltip="Target accepted images per class; accepted images past it are dropped (not "
                                      "stored, not even as rejected). 0 = no quota."),
                 dataset_input(),
+                RealImagesType.Input("real_images", optional=True,
+                                     tooltip="Optional: your real photos from DTGen Few-Shot Images. They join the "
+                                             "dataset as accepted images marked source: real (never filtered, "
+                                             "stored once however often you queue)."),
+                io.Boolean.Input("real_in_quota", default=False, optional=True,
+                                 tooltip="Count the real images toward quota_per_class (and the sampler's resume "
+                                         "quota). Off: quotas count generated images only."),
             ],
             outputs=[
                 io.String.Output("dataset_path", display_name="dataset_path",
@@ -115,7 +123,10 @@ class DTGenDatasetWriter(io.ComfyNode):
     @classmethod
     def execute(cls, dataset_name, scored=None, images=None, label=None, positive=None, negative=None,
                 metadata=None, seed=None, image_format=None, quality=None, quota_per_class=None,
-                dataset=None) -> io.NodeOutput:
+                dataset=None, real_images=None, real_in_quota=None) -> io.NodeOutput:
+        from comfy.model_management import throw_exception_if_processing_interrupted
+
+        from ..curation.real_images import import_real
         from ..store.provenance import model_files, sampler_settings
         from ..store.writer import DatasetWriter, png_text, quotas_for, summary
 
@@ -125,9 +136,10 @@ class DTGenDatasetWriter(io.ComfyNode):
         if as_list(images):
             items.extend(items_from_lists(as_list(images), as_list(positive), as_list(label),
                                           as_list(metadata), as_list(negative), as_list(seed)))
-        if not items:
+        real_sets = [r for r in as_list(real_images) if r is not None]
+        if not items and not real_sets:
             raise ValueError("DTGen Dataset Writer: nothing to write; connect 'scored' (from DTGen CLIP "
-                             "Filter) or 'images' + 'label'")
+                             "Filter), 'images' + 'label', or 'real_images' (from DTGen Few-Shot Images)")
         prompt = cls.hidden.prompt
         name = dataset_name_of(first(dataset), first(dataset_name))
         path = dataset_dir(name)
@@ -135,10 +147,12 @@ class DTGenDatasetWriter(io.ComfyNode):
                            quotas=quotas_for(items, first(quota_per_class, 0))) as writer:
             result = writer.write(items, models=model_files(prompt, _resolve, _hash_cache()),
                                   sampler_settings=sampler_settings(prompt),
-                                  png_text=png_text(prompt, cls.hidden.extra_pnginfo))
+                                  png_text=png_text(prompt, cls.hidden.extra_pnginfo)) if items else None
+            real = [import_real(writer, r, bool(first(real_in_quota, False)), throw_exception_if_processing_interrupted)
+                    for r in real_sets]
             status = writer.status()
-        return io.NodeOutput(str(path), json.dumps(status, sort_keys=True), name.strip(),
-                             ui=ui.PreviewText(summary(path, result, status)))
+        text = summary(path, result, status) + "".join("\n" + r.line() for r in real)
+        return io.NodeOutput(str(path), json.dumps(status, sort_keys=True), name.strip(), ui=ui.PreviewText(text))
 
 
 class DTGenDatasetFinalize(io.ComfyNode):

@@ -14,7 +14,8 @@ HEADER = 18
 
 
 def class_counts(records) -> dict[str, dict]:
-    """Per-class counts with total and acceptance rate, sorted by label."""
+    """Per-class counts with total and acceptance rate, sorted by label. ``real`` counts the
+    user's real images in the dataset; the rate is that of the generated ones."""
     out = reader.class_counts(records)
     for c in out.values():
         c["total"] = c["accepted"] + c["rejected"]
@@ -24,13 +25,16 @@ def class_counts(records) -> dict[str, dict]:
 
 def table(per_class: dict[str, dict]) -> str:
     width = max([len("label")] + [len(k) for k in per_class])
-    lines = [f"{'label':<{width}}  accepted  rejected  total  rate"]
+    lines = [f"{'label':<{width}}  accepted  rejected  total  rate   real"]
     for label, c in per_class.items():
         rate = "-" if c["acceptance_rate"] is None else f"{100 * c['acceptance_rate']:.1f}%"
-        lines.append(f"{label:<{width}}  {c['accepted']:>8}  {c['rejected']:>8}  {c['total']:>5}  {rate:>5}")
+        lines.append(f"{label:<{width}}  {c['accepted']:>8}  {c['rejected']:>8}  {c['total']:>5}  {rate:>5}"
+                     f"  {c.get('real', 0):>5}")
     acc = sum(c["accepted"] for c in per_class.values())
     tot = sum(c["total"] for c in per_class.values())
-    lines.append(f"{'all':<{width}}  {acc:>8}  {tot - acc:>8}  {tot:>5}  " + (f"{100 * acc / tot:.1f}%" if tot else "-"))
+    real = sum(c.get("real", 0) for c in per_class.values())
+    lines.append(f"{'all':<{width}}  {acc:>8}  {tot - acc:>8}  {tot:>5}  "
+                 + (f"{100 * acc / tot:.1f}%" if tot else "-").rjust(5) + f"  {real:>5}")
     return "\n".join(lines)
 
 

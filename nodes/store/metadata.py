@@ -19,6 +19,7 @@ COLUMNS = ("prompt", "negative", "seed", "index", "pack", "score", "threshold", 
 def row(record: dict) -> dict:
     out = {"file_name": record["file"].split("/", 1)[1], "label": record["label_dir"], "label_text": record["label"]}
     out.update({k: record.get(k) for k in COLUMNS})
+    out["source"] = record.get("source") or "generated"   # older records: all generated
     out["id"] = record["id"]
     if "split" in record:
         out["split"] = record["split"]

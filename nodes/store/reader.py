@@ -18,9 +18,21 @@ from .layout import EMBEDDINGS, MANIFEST
 _WHICH = {"all": ("accepted", "rejected"), "accepted": ("accepted",), "rejected": ("rejected",)}
 
 
+def is_real(rec: dict) -> bool:
+    """A user's real image imported into the dataset (``source: real``), not a generated one."""
+    return rec.get("source") == "real"
+
+
 def count_record(counts: dict, rec: dict, n: int = 1) -> None:
-    """Add a live record to ``{label: {"accepted": a, "rejected": r}}``: the one counting rule."""
-    counts.setdefault(rec["label"], {"accepted": 0, "rejected": 0})[rec["decision"]] += n
+    """Add a live record to ``{label: {"accepted": a, "rejected": r[, "real": m]}}``: the one counting
+    rule. Real images count in ``real``; in ``accepted`` (the count quotas fill) only when they were
+    imported with ``counts_toward_quota``."""
+    c = counts.setdefault(rec["label"], {"accepted": 0, "rejected": 0})
+    if is_real(rec):
+        c["real"] = c.get("real", 0) + n
+        if not (rec.get("metadata") or {}).get("counts_toward_quota"):
+            return
+    c[rec["decision"]] += n
 
 
 def class_counts(records) -> dict[str, dict[str, int]]:

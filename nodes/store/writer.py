@@ -31,6 +31,7 @@ from .reader import count_record, live_state
 from .reconcile import ReconcileReport, ensure_consistent
 
 PNG_COMPRESS_LEVEL = 4  # same as ComfyUI SaveImage
+GENERATED = "generated"  # a record's ``source`` unless its item says otherwise (``real``, ...)
 
 
 @dataclass
@@ -168,7 +169,13 @@ class DatasetWriter:
             target = self.quotas.get(label)
             missing = None if target is None else max(0, target - c["accepted"])
             out[label] = {"accepted": c["accepted"], "rejected": c["rejected"], "target": target, "missing": missing}
+            if c.get("real"):
+                out[label]["real"] = c["real"]
         return out
+
+    def stored(self, rid: str) -> bool:
+        """Whether an item id is in the dataset (as of the last read of the manifest)."""
+        return rid in self._ids
 
     def write(self, items: list[ScoredItem], models: dict | None = None, sampler_settings: dict | None = None,
               png_text: dict | None = None) -> WriteResult:
@@ -235,15 +242,20 @@ class DatasetWriter:
 
     def _record(self, item: ScoredItem, rid: str, decision: str, models, sampler_settings) -> dict:
         folder = self._folder(item.label)
-        name = (f"{int(item.index):06d}_{rid[:8]}" if item.index is not None else f"item_{rid}") + self.ext
-        tree = IMAGES if decision == "accepted" else REJECTED
         meta = item.metadata or {}
+        source = meta.get("source") or GENERATED
+        if item.index is not None:
+            name = f"{int(item.index):06d}_{rid[:8]}"
+        else:
+            name = f"{source}_{rid}" if source != GENERATED else f"item_{rid}"
+        name += self.ext
+        tree = IMAGES if decision == "accepted" else REJECTED
         emb = None if item.embedding is None else np.asarray(item.embedding, dtype=np.float32).reshape(-1)
         return {
             "id": rid, "file": f"{tree}/{folder}/{name}", "label": item.label, "label_dir": folder,
             "prompt": item.prompt, "negative": item.negative, "seed": item.seed,
             "index": None if item.index is None else int(item.index),
-            "pack": meta.get("pack"), "pack_hash": meta.get("pack_hash"), "stream": meta.get("stream"),
+            "source": source, "pack": meta.get("pack"), "pack_hash": meta.get("pack_hash"), "stream": meta.get("stream"),
             "score": None if item.score is None else float(item.score),
             "threshold": None if item.threshold is None else float(item.threshold),
             "method": item.method, "decision": decision, "reason": item.reason, "provisional": bool(item.provisional),
@@ -325,10 +337,12 @@ def run_line(result: WriteResult) -> str:
     return line
 
 
-def summary(path, result: WriteResult, status: dict) -> str:
-    """The writer node's text: the folder, this run, then per-class counts toward the quota."""
-    lines = [str(path), run_line(result)]
+def summary(path, result: WriteResult | None, status: dict) -> str:
+    """The writer node's text: the folder, this run (if it wrote generated images), then per-class
+    counts toward the quota."""
+    lines = [str(path)] + ([run_line(result)] if result is not None else [])
     lines += [f"{label}: {s['accepted']} accepted, {s['rejected']} rejected"
-              + (f", {s['missing']} missing" if s.get("missing") is not None else "") for label, s in status.items()]
+              + (f", {s['missing']} missing" if s.get("missing") is not None else "")
+              + (f", {s['real']} real" if s.get("real") else "") for label, s in status.items()]
     return "\n".join(lines)
 

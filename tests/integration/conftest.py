@@ -43,6 +43,7 @@ def comfyui_path():
 def model_dirs(comfyui_path):
     dirs = fixtures.tiny_sd3(comfyui_path)
     dirs["open_clip"] = fixtures.random_open_clip()
+    dirs["dtgen_fewshot"] = fixtures.real_photo_set()
     return {k: [v] for k, v in dirs.items()}
 
 

@@ -73,3 +73,45 @@ def random_open_clip(arch: str = CLIP_ARCH, name: str = CLIP_WEIGHTS) -> Path:
             subprocess.run([sys.executable, "-c", code], check=True)
             os.replace(str(path) + ".tmp", path)
     return folder
+
+
+REAL_SET = "tableware_photos"   # the set name the few-shot templates use
+REAL_LABELS = ("plate_clean", "plate_heavily_dirty")
+_REAL_SOURCES = {"plate_clean": ("coffee", "astronaut", "rocket"),
+                 "plate_heavily_dirty": ("chelsea", "retina", "immunohistochemistry")}
+
+
+def real_photos(dest: Path, per_class: int = 3, caption: str | None = "dtgtableware, a white plate, top-down") -> Path:
+    """``dest/<label>/*.jpg``: real photos from scikit-image, standing in for a user's few photos of
+    two tableware classes (the pack's labels); the first image gets a ``.txt`` caption."""
+    from PIL import Image
+    from skimage import data
+
+    for label, names in _REAL_SOURCES.items():
+        folder = dest / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            photo = Image.fromarray(getattr(data, names[i % len(names)])()).convert("RGB")
+            w, h = photo.size
+            side = min(w, h) * (1.0 - 0.1 * (i // len(names)))   # another crop when names repeat
+            photo.crop((0, 0, int(side), int(side))).save(folder / f"{label}_{i:02d}.jpg", quality=92)
+    if caption is not None:
+        (dest / REAL_LABELS[0] / f"{REAL_LABELS[0]}_00.txt").write_text(caption)
+    return dest
+
+
+def real_photo_set() -> Path:
+    """Folder ``dtgen_fewshot`` holding the set ``REAL_SET`` (``real_photos``), built once."""
+    root = cache_dir()
+    folder = root / "dtgen_fewshot"
+    with _locked(root):
+        if not (folder / REAL_SET).is_dir():
+            build = root / "fewshot-build"
+            if build.exists():
+                import shutil
+
+                shutil.rmtree(build)
+            real_photos(build / REAL_SET)
+            folder.mkdir(exist_ok=True)
+            os.replace(build / REAL_SET, folder / REAL_SET)
+    return folder

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .fixtures import CHECKPOINT, CLIP_WEIGHTS, LORA
+from .fixtures import CHECKPOINT, CLIP_WEIGHTS, LORA, REAL_SET
 from .pkg import ROOT
 
 
@@ -33,7 +33,8 @@ EXAMPLES = ROOT / "example_workflows" / "api"
 
 def example_api(name: str, **overrides) -> dict:
     """An API twin from example_workflows/api with only the model files swapped for the fixtures,
-    and small sizes for CPU; ``overrides`` sets sampler/filter/writer widgets by input name."""
+    the fixture's real photo set, and small sizes and few training steps for CPU; ``overrides`` sets
+    sampler/filter/writer widgets by input name."""
     graph = json.loads((EXAMPLES / f"{name}.json").read_text())
     for node in graph.values():
         inputs, kind = node["inputs"], node["class_type"]
@@ -47,6 +48,11 @@ def example_api(name: str, **overrides) -> dict:
             inputs["width"] = inputs["height"] = 128
         elif kind == "KSampler":
             inputs["steps"] = 4
+        elif kind == "DTGenFewShotImages":
+            inputs.update(folder=REAL_SET, size=64)
+        elif kind == "TrainLoraNode":   # a few steps in fp32: what a CPU can train in seconds
+            inputs.update(steps=3, rank=4, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False,
+                          grad_accumulation_steps=1, learning_rate=0.01)
         for key, value in overrides.items():
             if key in inputs and not isinstance(inputs[key], list):
                 inputs[key] = value

@@ -1,0 +1,53 @@
+"""The user's real images join a dataset: accepted as they are (no score, never re-decided away),
+marked ``source: real``, counted apart from the generated images unless asked (``reader.count_record``).
+
+Importing is idempotent: an image's id is the hash of its file, so importing again (every queue
+run of a graph that wires them) stores only images that are new since, and decodes only those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..common.identity import item_id
+from ..fewshot.realset import RealSet, file_digest, real_item
+
+BATCH = 16   # images decoded and written per durable step (bounds memory for large sets)
+
+
+@dataclass
+class ImportResult:
+    written: int = 0
+    already: int = 0
+    paths: list = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"real images: {self.written} imported, {self.already} already in the dataset"
+
+
+def import_real(writer, realset: RealSet, counts_toward_quota: bool = False,
+                check_interrupt: Callable[[], None] = lambda: None) -> ImportResult:
+    """Store the set's images that ``writer`` (an open ``DatasetWriter``) does not hold yet."""
+    result = ImportResult()
+    pending = []
+    for i in range(len(realset.images)):
+        check_interrupt()
+        digest = file_digest(realset.images[i].path)
+        if writer.stored(item_id(real_item(realset, i, digest, counts_toward_quota, load=False))):
+            result.already += 1
+            continue
+        pending.append(real_item(realset, i, digest, counts_toward_quota))
+        if len(pending) >= BATCH:
+            _flush(writer, pending, result)
+    _flush(writer, pending, result)
+    return result
+
+
+def _flush(writer, pending: list, result: ImportResult) -> None:
+    if not pending:
+        return
+    written = writer.write(pending)
+    result.written += written.written["accepted"]
+    result.already += written.skipped_duplicate["accepted"]   # the same file twice in the set
+    result.paths += written.paths
+    pending.clear()
