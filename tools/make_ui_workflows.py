@@ -328,15 +328,93 @@ lacks, carries on after a crash or restart, and stops quietly once every class h
 accepted images. A new `seed` starts a new item sequence (new items, not duplicates).
 """
 
+PHOTOS_NOTE = """## Your real photos: where they go
+
+Put 20-50 photos per class in **`models/dtgen_fewshot/{photo_set}/<label>/`**, one folder per
+class, named like the classes of the `{pack}` prompt pack (`plate_clean/`, `plate_heavily_dirty/`,
+...); `.jpg .jpeg .png .webp .bmp`. Or put the set in ComfyUI's `input/` folder and choose
+`input/<name>`. Press **R** (refresh) and choose the set on **DTGen Few-Shot Images**.
+
+Captions: a `.txt` beside a photo (`plate_03.txt`) is used as it is; otherwise the node writes
+`<trigger>, <class clip_text>` from the pack (`dtgtableware, ...`), so the LoRA learns the
+trigger token the generation prompts use. `holdout` keeps a seeded share of each class out of
+training (`part` = `held_out` gives them back, e.g. for evaluation).
+
+| file | folder |
+|---|---|
+| `sd3.5_large_fp8_scaled.safetensors`: SD3.5 Large with its text encoders inside | `models/checkpoints` |
+{clip_row}
+**Checkpoint without text encoders**? Add a **TripleCLIPLoader** (`clip_l`, `clip_g`, `t5xxl`
+from `models/text_encoders`) and wire its CLIP output to the few-shot node's `clip`{clip_target}.
+"""
+
+CLIP_ROW = ("| `ViT-B-32.safetensors`: open_clip ViT-B/32 weights (OpenAI) for the CLIP filter | "
+            "`models/open_clip` |\n")
+
+TRAIN_NOTE = """## Training: settings and where the LoRA lands
+
+Stock **Train LoRA** (ComfyUI's experimental training nodes) on the checkpoint's model.
+Starting points for SD3.5 Large with ~40 photos on a 24-80 GB GPU: `size` 1024 (512 trains ~4x
+faster), `rank` 16, `learning_rate` 1e-4, `steps` 600 with `grad_accumulation_steps` 4 (about 60
+passes over 40 photos), `training_dtype`/`lora_dtype` bf16, `gradient_checkpointing` on. These are
+not measured on SD3.5 Large here (the pack's tests train a tiny SD3 on CPU in fp32); watch the
+loss graph and the samples. On a CPU, or a GPU without bf16, choose fp32.
+
+**Save LoRA Weights** writes `output/loras/{prefix}_<steps>_steps_00001_.safetensors`.
+LoraLoader lists `models/loras` only: to pick the new LoRA up in the generation templates without
+copying it, map ComfyUI's output `loras` folder in `extra_model_paths.yaml`:
+
+```yaml
+dtgen_trained:
+    base_path: /path/to/ComfyUI/output
+    loras: loras
+```
+
+then restart ComfyUI (or copy the file to `models/loras`) and choose it on **LoraLoader**.
+"""
+
+TRAIN_GENERATE_NOTE = """## One queue run: train, then generate
+
+**Load LoRA Model** applies the LoRA just trained (no file round trip) and the DTGen nodes make
+the dataset as in the generation templates: the sampler draws prompts from `{pack}`, the CLIP
+filter scores each image, the writer stores accepted / rejected images in `output/{dataset}/`.
+The writer's `real_images` input adds your photos as accepted images marked `source: real`
+(stored once, never filtered, not counted in the quota).
+
+Queue again and again: while ComfyUI runs, the trained LoRA is cached (its inputs are unchanged),
+so only the next items are generated; after a restart the LoRA is trained again. For long runs,
+train once with `dtgen_sd35_train_lora` and generate with `dtgen_sd35_lora`.
+"""
+
 WORKFLOWS = {
     "dtgen_sd35_lora": dict(pack="tableware", lora=True),
     "dtgen_sd35_fruits": dict(pack="fruits", lora=False),
     "dtgen_sd35_lora_batch": dict(pack="tableware", lora=True),
+    "dtgen_sd35_train_lora": dict(pack="tableware", train=True),
+    "dtgen_sd35_train_generate": dict(pack="tableware", train=True, generate=True),
 }
+
+
+def _train_notes(spec: dict, api: dict) -> list[dict]:
+    fewshot = next(n["inputs"] for n in api.values() if n["class_type"] == "DTGenFewShotImages")
+    prefix = next(n["inputs"]["prefix"] for n in api.values() if n["class_type"] == "SaveLoRANode")
+    generate = spec.get("generate", False)
+    photos = PHOTOS_NOTE.format(photo_set=fewshot["folder"], pack=spec["pack"], clip_row=CLIP_ROW if generate else "",
+                                clip_target=" and to both CLIPTextEncode nodes" if generate else "")
+    notes = [{"title": "Read me: your photos and model files", "text": photos, "size": [620, 300]},
+             {"title": "Read me: training settings, where the LoRA lands", "text": TRAIN_NOTE.format(prefix=prefix),
+              "size": [620, 300]}]
+    if generate:
+        dataset = next(n["inputs"]["dataset_name"] for n in api.values() if n["class_type"] == "DTGenDatasetWriter")
+        notes.append({"title": "Read me: how it runs", "size": [620, 240],
+                      "text": TRAIN_GENERATE_NOTE.format(pack=spec["pack"], dataset=dataset)})
+    return notes
 
 
 def notes_for(name: str, api: dict) -> list[dict]:
     spec = WORKFLOWS[name]
+    if spec.get("train"):
+        return _train_notes(spec, api)
     dataset = next((n["inputs"]["dataset_name"] for n in api.values()
                     if n["class_type"] == "DTGenDatasetWriter"), spec["pack"])
     files = FILES_NOTE.format(lora_row=LORA_ROW if spec["lora"] else "",

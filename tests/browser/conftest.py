@@ -58,6 +58,17 @@ def fixture_swap() -> dict:
 
 
 FINALIZED_DATASET = "browser_finalized"
+TRAINED = "dtgen_sd35_train_lora"
+
+
+def train_swap() -> dict:
+    """The training template on the fixtures: the tiny SD3, 64 px photos, 3 fp32 steps."""
+    return {
+        "CheckpointLoaderSimple": {"ckpt_name": fixtures.CHECKPOINT},
+        "DTGenFewShotImages": {"size": 64},
+        "TrainLoraNode": {"steps": 3, "rank": 4, "training_dtype": "fp32", "lora_dtype": "fp32",
+                          "gradient_checkpointing": False, "grad_accumulation_steps": 1},
+    }
 
 
 def finalize_swap() -> dict:
@@ -72,12 +83,12 @@ def finalize_swap() -> dict:
 class EditorRun:
     """What driver.mjs saw, plus the server, the screenshots folder and what was queued."""
 
-    queued, count, dataset, finalized_dataset = QUEUED, QUEUED_COUNT, QUEUED_DATASET, FINALIZED_DATASET
+    queued, count, dataset, finalized_dataset, trained = QUEUED, QUEUED_COUNT, QUEUED_DATASET, FINALIZED_DATASET, TRAINED
 
     def __init__(self, result: dict, server: ComfyServer, shots: Path):
         self.result, self.server, self.shots = result, server, shots
         self.workflows = {w["name"]: w for w in result["workflows"]}
-        self.swap = fixture_swap()
+        self.swap, self.train_swap = fixture_swap(), train_swap()
         self.object_info = ComfyClient(server.url).get_json("/object_info")
 
 
@@ -105,6 +116,7 @@ def editor_run(tmp_path_factory) -> EditorRun:
             "workflows": [{"name": n, "path": str(p)} for n, p in workflow_files().items()],
             "queue": {"name": QUEUED, "swap": fixture_swap()},
             "finalize": {"swap": finalize_swap()},
+            "alsoQueue": [{"name": TRAINED, "swap": train_swap()}],
             "handBuilt": {"checkpoint": fixtures.CHECKPOINT, "clipWeights": fixtures.CLIP_WEIGHTS},
         }
         (base / "config.json").write_text(json.dumps(config))

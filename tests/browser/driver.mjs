@@ -3,7 +3,8 @@
 //   node driver.mjs <config.json>      (prints one JSON result line on stdout)
 //
 // config: { url, chromium, playwright (path of the playwright-core package), userDataDir, shotsDir,
-//           workflows: [{name, path}], queue: {name, swap: {NodeType: {widget: value}}}, timeoutMs }
+//           workflows: [{name, path}], queue: {name, swap: {NodeType: {widget: value}}},
+//           alsoQueue: [{name, swap}], timeoutMs }
 // For every workflow: load it with app.loadGraphData as the template browser does, report the
 // graph's nodes (type, registered?, serialised widget values), the prompt the frontend would queue
 // (app.graphToPrompt) and the console errors seen while loading; screenshot <name>.png.
@@ -193,6 +194,25 @@ try {
     await frames()
     if (config.shotsDir) await page.screenshot({ path: join(config.shotsDir, 'finalized.png') })
     result.finalize = f
+  }
+
+  // More templates queued as they are in the file, with only the swaps (e.g. the training one).
+  result.alsoQueued = []
+  for (const extra of config.alsoQueue ?? []) {
+    const run = { name: extra.name, errors: [] }
+    errors = run.errors
+    const before = Object.keys(await getJson('/history')).length
+    const wf = config.workflows.find((w) => w.name === extra.name)
+    const data = JSON.parse(readFileSync(wf.path, 'utf8'))
+    run.swapped = await loadAndSwap(page, data, extra.swap, `queued ${extra.name}`)
+    await page.evaluate(() => window.comfyAPI.app.app.queuePrompt(0, 1))
+    run.nodeErrors = await page.evaluate(() => window.comfyAPI.app.app.lastNodeErrors ?? null)
+    const [last] = (await waitForRuns(before, 1, run.nodeErrors)).slice(-1)
+    run.status = last?.status
+    run.outputs = last?.outputs
+    await sleep(1500)
+    Object.assign(run, await statusTexts(page))
+    result.alsoQueued.push(run)
   }
 
   if (config.handBuilt) {

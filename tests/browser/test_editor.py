@@ -103,6 +103,21 @@ def test_main_workflow_queued_from_the_editor_runs(editor_run):
     assert len(lines) == editor_run.count and {r["pack"] for r in lines} == {"tableware"}
 
 
+def test_training_template_queued_from_the_editor_trains_and_saves_a_lora(editor_run):
+    """The LoRA training template, loaded as the template browser loads it, queues with only the
+    model and size swapped: the photos are read, trained on and the LoRA is saved."""
+    (run,) = [r for r in editor_run.result["alsoQueued"] if r["name"] == editor_run.trained]
+    log = editor_run.server.log()[-4000:]
+    assert not run["nodeErrors"], f"the server rejected the training graph: {run['nodeErrors']}\n{log}"
+    assert sorted(run["swapped"]) == sorted(f"{t}.{w}" for t, ws in editor_run.train_swap.items() for w in ws)
+    assert run.get("status", {}).get("status_str") == "success", f"{run.get('status')}\n{log}"
+    assert run["errors"] == [], run["errors"]
+    saved = sorted((editor_run.server.output_dir / "loras").glob("dtgen_tableware_lora_3_steps_*.safetensors"))
+    assert len(saved) == 1, saved
+    status = _shows_status(run)
+    assert "real images in 2 classes" in status.get("DTGenFewShotImages", ""), status
+
+
 def _shows_status(run: dict) -> dict:
     """The status texts of one editor run, checked to be in the page and not saved with the graph."""
     for text in run["statusText"].values():

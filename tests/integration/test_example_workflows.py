@@ -47,7 +47,8 @@ def fetch(url: str) -> tuple[bytes, str]:
 
 
 def test_every_api_twin_has_a_ui_workflow_and_a_thumbnail():
-    assert NAMES == API_NAMES and {"dtgen_sd35_lora", "dtgen_sd35_fruits", "dtgen_sd35_lora_batch"} <= set(NAMES)
+    assert NAMES == API_NAMES and {"dtgen_sd35_lora", "dtgen_sd35_fruits", "dtgen_sd35_lora_batch",
+                                   "dtgen_sd35_train_lora", "dtgen_sd35_train_generate"} <= set(NAMES)
     missing = [n for n in NAMES if not (EXAMPLES / f"{n}.jpg").is_file()]
     assert not missing, f"no thumbnail for {missing}"
 
@@ -121,9 +122,15 @@ def test_ui_workflow_converts_back_to_its_api_twin(object_info, name):
         assert back[nid]["inputs"] == node["inputs"], f"node {nid} ({node['class_type']})"
     notes = [n for n in ui["nodes"] if n["type"] == "MarkdownNote"]
     text = " ".join(n["widgets_values"][0] for n in notes)
-    for folder in ("models/checkpoints", "models/open_clip", "TripleCLIPLoader", "clip_l", "clip_g", "t5xxl"):
+    kinds = {n["class_type"] for n in twin.values()}
+    for folder in ("models/checkpoints", "TripleCLIPLoader", "clip_l", "clip_g", "t5xxl"):
         assert folder in text, f"the notes do not mention {folder}"
-    assert ("models/loras" in text) == any(n["class_type"] == "LoraLoader" for n in twin.values())
+    assert ("models/open_clip" in text) == ("DTGenClipLoader" in kinds)
+    if "SaveLoRANode" in kinds:   # training: where the photos go, where the LoRA lands, how LoraLoader sees it
+        for words in ("models/dtgen_fewshot", "output/loras", "extra_model_paths.yaml", "bf16", "rank"):
+            assert words in text, f"the notes do not mention {words}"
+    else:
+        assert ("models/loras" in text) == ("LoraLoader" in kinds)
 
 
 @pytest.mark.parametrize("name", NAMES)
