@@ -19,10 +19,12 @@ BATCH = 16   # images decoded and written per durable step (bounds memory for la
 class ImportResult:
     written: int = 0
     already: int = 0
+    over_quota: int = 0      # counted toward the quota and their class was full: not stored
     paths: list = field(default_factory=list)
 
     def line(self) -> str:
-        return f"real images: {self.written} imported, {self.already} already in the dataset"
+        line = f"real images: {self.written} imported, {self.already} already in the dataset"
+        return line + (f", {self.over_quota} not stored (class at its quota)" if self.over_quota else "")
 
 
 def import_real(writer, realset: RealSet, counts_toward_quota: bool = False,
@@ -49,5 +51,6 @@ def _flush(writer, pending: list, result: ImportResult) -> None:
     written = writer.write(pending)
     result.written += written.written["accepted"]
     result.already += written.skipped_duplicate["accepted"]   # the same file twice in the set
+    result.over_quota += written.skipped_quota
     result.paths += written.paths
     pending.clear()

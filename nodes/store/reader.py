@@ -23,6 +23,12 @@ def is_real(rec: dict) -> bool:
     return rec.get("source") == "real"
 
 
+def in_quota(source: str | None, metadata: dict | None) -> bool:
+    """Whether an image fills its class's quota: generated ones always, real ones only when
+    imported with ``counts_toward_quota``."""
+    return source != "real" or bool((metadata or {}).get("counts_toward_quota"))
+
+
 def count_record(counts: dict, rec: dict, n: int = 1) -> None:
     """Add a live record to ``{label: {"accepted": a, "rejected": r[, "real": m]}}``: the one counting
     rule. Real images count in ``real``; in ``accepted`` (the count quotas fill) only when they were
@@ -30,8 +36,8 @@ def count_record(counts: dict, rec: dict, n: int = 1) -> None:
     c = counts.setdefault(rec["label"], {"accepted": 0, "rejected": 0})
     if is_real(rec):
         c["real"] = c.get("real", 0) + n
-        if not (rec.get("metadata") or {}).get("counts_toward_quota"):
-            return
+    if not in_quota(rec.get("source"), rec.get("metadata")):
+        return
     c[rec["decision"]] += n
 
 

@@ -27,7 +27,7 @@ from .clean_marker import manifest_stat, mark_clean, mark_dirty
 from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, check_tree, now_iso, open_dataset)
 from .lock import DatasetLock
 from .paths import DatasetPathError, safe_label
-from .reader import count_record, live_state
+from .reader import count_record, in_quota, live_state
 from .reconcile import ReconcileReport, ensure_consistent
 
 PNG_COMPRESS_LEVEL = 4  # same as ComfyUI SaveImage
@@ -220,7 +220,8 @@ class DatasetWriter:
             if rid in self._ids or rid in batch_ids or self._is_legacy_copy(item):
                 result.skipped_duplicate[decision] += 1
                 continue
-            if decision == "accepted" and self._quota_full(item.label, placed):
+            if decision == "accepted" and in_quota((item.metadata or {}).get("source"), item.metadata) \
+                    and self._quota_full(item.label, placed):
                 result.skipped_quota += 1
                 continue
             self._current = rec = self._record(item, rid, decision, models, sampler_settings)
@@ -237,7 +238,8 @@ class DatasetWriter:
         if target is None:
             return False
         have = self._counts.get(label, {}).get("accepted", 0)
-        have += sum(1 for rec, _ in placed if rec["label"] == label and rec["decision"] == "accepted")
+        have += sum(1 for rec, _ in placed if rec["label"] == label and rec["decision"] == "accepted"
+                    and in_quota(rec["source"], rec["metadata"]))
         return have >= target
 
     def _record(self, item: ScoredItem, rid: str, decision: str, models, sampler_settings) -> dict:
