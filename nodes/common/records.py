@@ -29,6 +29,8 @@ class ScoredItem:
     provisional: bool = False              # decided on fewer than the minimum count of scores
     embedding: Optional[np.ndarray] = None # L2-normalised image embedding, float32
     extra: dict = field(default_factory=dict)      # further per-item facts (margins, text used)
+    instance_map: Optional[np.ndarray] = None      # H x W uint16: 0 background, k = instance k (common.instances)
+    instance_labels: tuple = ()                    # label of instance k at position k - 1
 
 
 @dataclass
