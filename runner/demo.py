@@ -6,6 +6,11 @@ small per-class quota, finalizes the dataset and prints where everything is. Wit
 LoRA and CLIP files it builds the embedded default: a tiny random-weight SD3 + LoRA and a random
 ViT-B-32 (a pipeline demo: the pictures are noise); then it always runs a server of its own, on a
 free port if a ComfyUI already holds the chosen one.
+
+The embedded default (and ``--real-images`` with the real weights) runs the few-shot template
+instead: a photo set (the user's ``--real-images``, copied into ``<workspace>/fewshot``, or drawn
+placeholders) trains a LoRA, which the generation then loads, and the photos join the dataset as
+``source: real``. The set folder reaches only a server the demo starts (``dtgen_fewshot`` model folder).
 """
 from __future__ import annotations
 
@@ -28,12 +33,21 @@ from .local_server import (
 from .workflow import Workflow
 
 WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
+TRAIN_WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_train_generate.json"
 DEFAULT_WORKSPACE = Path.home() / ".cache" / "dtgen-demo"
 DATASET = "dtgen_demo"
 TINY = {"checkpoints": "tiny_sd3.safetensors", "loras": "tiny_sd3_lora.safetensors",
         "open_clip": "ViT-B-32-random.safetensors"}
 TINY_CLASSES = "plate_clean,plate_heavily_dirty,bowl_clean,bowl_heavily_dirty"
 TINY_SETTINGS = ("EmptySD3LatentImage.width=64", "EmptySD3LatentImage.height=64", "KSampler.steps=3")
+FEWSHOT = "DTGenFewShotImages"
+# a few fp32 steps: what a CPU trains in seconds
+TINY_TRAINING = (f"{FEWSHOT}.size=64", "TrainLoraNode.steps=3", "TrainLoraNode.rank=4",
+                 "TrainLoraNode.training_dtype=fp32", "TrainLoraNode.lora_dtype=fp32",
+                 "TrainLoraNode.gradient_checkpointing=false", "TrainLoraNode.grad_accumulation_steps=1",
+                 "TrainLoraNode.learning_rate=0.01")
+PHOTO_SETS = "fewshot"   # <workspace>/fewshot/<set>: the server's dtgen_fewshot folder
+REAL_SET, PLACEHOLDER_SET = "real_photos", "placeholder_photos"
 
 
 def add_demo_args(p) -> None:
@@ -47,6 +61,10 @@ def add_demo_args(p) -> None:
     p.add_argument("--quota", type=int, default=2, help="accepted images per class (default 2)")
     p.add_argument("--classes", help=f"classes to generate (default: all; with the tiny model {TINY_CLASSES})")
     p.add_argument("--tiny", action="store_true", help="use the tiny random models even if real weights exist")
+    p.add_argument("--real-images", type=Path, metavar="DIR",
+                   help="your few photos, <DIR>/<label>/*.jpg with labels of the prompt pack: a LoRA is trained "
+                        "on them before generating, and they join the dataset as real images (default with the "
+                        "tiny models: drawn placeholders)")
     p.add_argument("--keep-server", action="store_true", help="leave the started server running")
     p.add_argument("--models-cache", type=Path, default=None,
                    help="where the embedded tiny models are built once (default: <workspace>/models-demo, so "
@@ -67,6 +85,29 @@ def real_models(comfyui: Path, wf: Workflow) -> dict[str, Path]:
             if isinstance(value, str):
                 found[folder] = comfyui / "models" / folder / value
     return found
+
+
+def choose_workflow(tiny: bool, real_images) -> Path:
+    """The few-shot template (photos -> LoRA -> generation) with the tiny models or the user's photos,
+    else the generation template with its LoRA file."""
+    return TRAIN_WORKFLOW if tiny or real_images else WORKFLOW
+
+
+def prepare_photos(workspace: Path, real_images, labels, say) -> Path:
+    """The photo set the few-shot node trains on, in ``<workspace>/fewshot``: a copy of ``real_images``,
+    else drawn placeholders for ``labels``."""
+    from .demo_photos import PER_CLASS, copy_photo_set, placeholder_set
+
+    if real_images:
+        dest = workspace / PHOTO_SETS / REAL_SET
+        images = copy_photo_set(real_images, dest, labels)
+        say(f"copied {len(images)} photo(s) in {len({im.label for im in images})} class(es) from {real_images} "
+            f"to {dest}")
+        return dest
+    dest = placeholder_set(workspace / PHOTO_SETS / PLACEHOLDER_SET, labels)
+    say(f"no --real-images: drew {PER_CLASS} PLACEHOLDER photos per class in {dest} (plates and bowls as flat "
+        "discs and rings, not real photos); pass --real-images DIR with <label>/*.jpg photos of your own")
+    return dest
 
 
 def build_tiny_models(comfyui: Path, python: str, cache: Path, say) -> dict[str, list[Path]]:
@@ -138,24 +179,39 @@ def cmd_demo(args) -> int:
     comfyui = find_comfyui(args.comfyui)
     python = comfy_python(comfyui, args.python)
     workspace = Path(args.workspace).expanduser().resolve()
-    wf = Workflow.load(WORKFLOW)
-    files = real_models(comfyui, wf)
+    files = real_models(comfyui, Workflow.load(choose_workflow(False, args.real_images)))
     tiny = args.tiny or not all(p.is_file() for p in files.values())
+    template = choose_workflow(tiny, args.real_images)
+    wf, fewshot = Workflow.load(template), template == TRAIN_WORKFLOW
     say(f"ComfyUI: {comfyui}; workspace: {workspace}")
     port, running = pick_port(args.port, tiny, say)
+    if running and fewshot:
+        raise LocalServerError(f"--real-images needs a ComfyUI the demo starts (the photo set folder reaches only "
+                               f"its own server), but one already runs on port {port}: stop it or pass --port "
+                               "with a free port")
     url = f"http://127.0.0.1:{port}"
     model_dirs = {}
     if tiny:
         missing = [str(p) for p in files.values() if not p.is_file()]
         say("the real weights are absent (" + (", ".join(missing) or "--tiny") + "): using the embedded default, "
-            "a tiny random-weight SD3 + LoRA and a random ViT-B-32. THIS IS A PIPELINE DEMO: THE PICTURES ARE NOISE.")
+            "a tiny random-weight SD3, a LoRA trained on a few photos for 3 steps and a random ViT-B-32. "
+            "THIS IS A PIPELINE DEMO: THE PICTURES ARE NOISE.")
         model_dirs = build_tiny_models(comfyui, python, models_cache(args), say)
-        wf.set_models(ckpt=TINY["checkpoints"], lora=TINY["loras"], clip_weights=TINY["open_clip"])
-        for assignment in TINY_SETTINGS:
+        wf.set_models(ckpt=TINY["checkpoints"], clip_weights=TINY["open_clip"])   # the LoRA is trained
+        for assignment in (*TINY_SETTINGS, *TINY_TRAINING):
             wf.apply_set(assignment)
     classes = args.classes if args.classes is not None else (TINY_CLASSES if tiny else "")
     wf.set_input(wf.sampler_id, "classes", classes)
     wf.set_dataset(DATASET)
+    from .packs import local_sampler
+
+    sampler = local_sampler(wf.sampler_inputs())
+    photos = None
+    if fewshot:
+        labels = sampler.pack.labels if args.real_images else sampler.labels   # photos: any class of the pack
+        photos = prepare_photos(workspace, args.real_images, labels, say)
+        model_dirs["dtgen_fewshot"] = [photos.parent]
+        wf.apply_set(f"{FEWSHOT}.folder={photos.name}")
 
     server, output_dir = None, None
     if running:
@@ -166,10 +222,8 @@ def cmd_demo(args) -> int:
         output_dir = server.output_dir
         say("ComfyUI is ready")
     try:
-        from .packs import local_sampler
         from .progress import Progress
 
-        sampler = local_sampler(wf.sampler_inputs())
         targets = {label: args.quota for label in sampler.labels}
         wf.set_writer_quota(args.quota)
         say(f"queueing {args.quota} accepted image(s) for each of {len(targets)} classes ...")
@@ -181,9 +235,15 @@ def cmd_demo(args) -> int:
             server.stop()
     report = finalize_demo(result.dataset_dir)
     say("done")
+    if photos is not None:
+        print(f"photo set: {photos}" + ("" if args.real_images else " (drawn placeholders, not real photos)"))
+        loras = Path(output_dir) / "loras"
+        for lora in sorted(loras.glob("*.safetensors")) or [f"none in {loras}"]:
+            print(f"trained LoRA: {lora}")
     print(f"dataset: {result.dataset_dir}")
     for label, c in sorted(result.counts.items()):
-        print(f"  {label:<28} {c['accepted']:>4} accepted {c['rejected']:>4} rejected")
+        real = f" {c.get('real', 0):>4} real" if fewshot else ""
+        print(f"  {label:<28} {c['accepted']:>4} accepted {c['rejected']:>4} rejected{real}")
     print(f"report: {report.report_json}")
     for path in [*report.contact_sheets.values(), *([report.plot] if report.plot else [])]:
         print(f"  {path}")

@@ -1,9 +1,11 @@
 """``python -m runner demo`` on a fresh workspace with the test ComfyUI and no real weights: it
-builds the embedded tiny models, starts its own server, fills a small quota and finalizes."""
+builds the embedded tiny models, draws placeholder photos, starts its own server, trains a LoRA on
+the photos, generates with it, fills a small quota, adds the photos as real images and finalizes."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,8 +28,18 @@ def test_demo_builds_a_dataset_from_nothing(comfyui_path, tmp_path):
     ds = ws / "output" / "dtgen_demo"
     assert f"dataset: {ds}" in done.stdout
     lines = [json.loads(x) for x in (ds / "manifest.jsonl").read_text().splitlines() if x.strip()]
-    accepted = {r["label"] for r in lines if r["decision"] == "accepted"}
+    accepted = {r["label"] for r in lines if r["decision"] == "accepted" and r["source"] == "generated"}
     assert accepted == {"plate_clean", "plate_heavily_dirty", "bowl_clean", "bowl_heavily_dirty"}
+    # the few-shot step: placeholder photos -> a trained LoRA; the photos join the dataset as real images
+    photos = ws / "fewshot" / "placeholder_photos"
+    assert f"photo set: {photos}" in done.stdout and "PLACEHOLDER" in done.stdout
+    assert {p.name for p in photos.iterdir()} == accepted
+    loras = sorted((ws / "output" / "loras").glob("dtgen_tableware_lora_3_steps_*.safetensors"))
+    assert len(loras) == 1 and f"trained LoRA: {loras[0]}" in done.stdout
+    real = [r for r in lines if r["source"] == "real"]
+    assert {r["label"] for r in real} == accepted and all(r["decision"] == "accepted" for r in real)
+    for label in accepted:   # 3 photos per class, 0.2 held out from training: 2 stored
+        assert re.search(rf"^  {label} +1 accepted +\d+ rejected +2 real$", done.stdout, re.M), done.stdout
     assert all((ds / r["file"]).is_file() for r in lines)
     report = json.loads((ds / "report" / "report.json").read_text())
     assert set(report["per_class"]) == accepted
