@@ -16,7 +16,7 @@ from pathlib import Path
 
 from support.pkg import ROOT
 
-RANK = {"common": 0, "prompting": 1, "scoring": 1, "store": 1, "fewshot": 1, "curation": 2, "adapters": 3, "extension": 4}
+RANK = {"common": 0, "prompting": 1, "scoring": 1, "store": 1, "fewshot": 1, "curation": 2, "synthesis": 2, "adapters": 3, "extension": 4}
 COMFY = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "server", "execution",
          "node_helpers", "latent_preview"}
 COMFY_SUBPROCESS_SCRIPTS = {"runner/demo_models.py"}
