@@ -15,5 +15,6 @@ def _stage_modules():
     from .adapters import clip_filter as filtering
     from .adapters import dataset as dataset
     from .adapters import fewshot_images as fewshot
+    from .adapters import copy_paste as synthesis
 
-    return [fewshot, prompting, filtering, dataset]
+    return [fewshot, prompting, synthesis, filtering, dataset]

@@ -1,5 +1,6 @@
 """Dataset subcommands of ``python -m runner``: status, reconcile, redecide, finalize (the last two
-with ``--split-folders``: one ImageFolder tree per split under ``<dataset>/splits/``).
+with ``--split-folders``: one ImageFolder tree per split under ``<dataset>/splits/``; finalize with
+``--export coco,yolo``: COCO ``annotations/`` and YOLO ``labels/`` + ``data.yaml`` of the instances).
 
 They work on a dataset folder directly (no server). Bad input (no such folder, not a dataset, a
 bad split or threshold setting) prints one ``error: ...`` line and exits with status 2.
@@ -55,6 +56,9 @@ def add_dataset_commands(sub) -> None:
     p.add_argument("--split", help="train,val,test fractions, e.g. 0.8,0.1,0.1")
     p.add_argument("--split-folders", action="store_true", help=SPLIT_FOLDERS_HELP)
     p.add_argument("--contact-sheet-max", type=int, default=24, help="thumbnails per side per class")
+    p.add_argument("--export", default=None, metavar="coco,yolo",
+                   help="write COCO annotations/instances[_<split>].json and/or YOLO labels/ + data.yaml for the "
+                        "instance masks ('none' for neither); default: both when any image has instances")
 
 
 def _targets(pairs) -> dict[str, int]:
@@ -95,7 +99,8 @@ def run_dataset_command(args) -> int:
                 method = method_from(args.method, args.k, args.keep_percent, args.fixed_threshold)
                 decide_fn = decide_fn_for(method, args.min_count, args.class_margin, args.near_duplicate)
             rep = finalize(dataset_dir, decide_fn=decide_fn, split=args.split or None, plot_fn=histogram_image,
-                           contact_sheet_max=getattr(args, "contact_sheet_max", 24), split_folders=args.split_folders)
+                           contact_sheet_max=getattr(args, "contact_sheet_max", 24), split_folders=args.split_folders,
+                           export=getattr(args, "export", None))
             print(f"report: {rep.report_json}")
             if rep.split_folders:
                 print(f"split folders: {rep.split_folders.path}")

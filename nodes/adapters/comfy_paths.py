@@ -1,5 +1,8 @@
-"""Where a dataset lives inside ComfyUI (ComfyUI only): one resolver for every node."""
+"""Where things live inside ComfyUI (ComfyUI only): one resolver for datasets and one for the
+user's folders of images (photo sets, cutouts, backgrounds)."""
 from __future__ import annotations
+
+import os
 
 import folder_paths
 
@@ -15,3 +18,59 @@ def dataset_dir(name: str, required: bool = False):
             raise DatasetPathError("dataset name", name, "empty name")
         return None
     return safe_dataset_dir(folder_paths.get_output_directory(), name)
+
+
+INPUT_PREFIX = "input/"
+
+
+def register_folder(name: str) -> None:
+    """``models/<name>``, mappable in ``extra_model_paths.yaml`` like any model folder."""
+    folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+
+
+def _subfolders(folder: str) -> list[str]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def folder_sets(model_folder: str) -> dict[str, str]:
+    """``{name: folder}``: every sub-folder of the registered model folder ``model_folder`` by its
+    name (the first folder listing a name wins), then every top-level sub-folder of ComfyUI's
+    ``input/`` as ``input/<name>``. Only listed names resolve, so a typed path reaches nothing else."""
+    sets: dict[str, str] = {}
+    for base in folder_paths.get_folder_paths(model_folder):
+        for name in _subfolders(base):
+            sets.setdefault(name, os.path.join(base, name))
+    input_dir = folder_paths.get_input_directory()
+    for name in _subfolders(input_dir):
+        sets.setdefault(INPUT_PREFIX + name, os.path.join(input_dir, name))
+    return sets
+
+
+def resolve_set(model_folder: str, name: str, what: str, error=ValueError) -> str:
+    """The folder of a listed set; ``error(None, message)`` names what was looked for and where."""
+    sets = folder_sets(model_folder)
+    if name not in sets:
+        where = ", ".join(folder_paths.get_folder_paths(model_folder))
+        raise error(None, f"no {what} named {name!r}; found: {', '.join(sets) or 'none'}. Put it in {where} "
+                          "(or in ComfyUI's input folder) and refresh")
+    return sets[name]
+
+
+def listing_fingerprint(root: str) -> str:
+    """Names, sizes and times of a folder's files: a changed folder reruns the node using it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            try:
+                st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()

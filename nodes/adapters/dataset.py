@@ -20,6 +20,7 @@ from ..common.naming import category, node_id
 from ..common.records import ScoredBatch
 
 FORMATS = ("png", "jpeg", "webp")
+EXPORT_CHOICES = ("auto", "none", "coco", "yolo", "coco,yolo")
 
 
 def dataset_dir(name: str):
@@ -85,6 +86,11 @@ class DTGenDatasetWriter(io.ComfyNode):
                 io.Boolean.Input("real_in_quota", default=False, optional=True,
                                  tooltip="Count the real images toward quota_per_class (and the sampler's resume "
                                          "quota). Off: quotas count generated images only."),
+                io.Mask.Input("masks", optional=True,
+                              tooltip="Optional instance masks, one entry per image in the order of the images (or "
+                                      "of the filter's items): n x H x W, one mask per object (DTGen Copy-Paste's "
+                                      "masks, a segmenter, an inpainting mask). Stored in <dataset>/masks/ with boxes "
+                                      "in the manifest; Finalize exports COCO and YOLO labels."),
             ],
             outputs=[
                 io.String.Output("dataset_path", display_name="dataset_path",
@@ -123,7 +129,7 @@ class DTGenDatasetWriter(io.ComfyNode):
     @classmethod
     def execute(cls, dataset_name, scored=None, images=None, label=None, positive=None, negative=None,
                 metadata=None, seed=None, image_format=None, quality=None, quota_per_class=None,
-                dataset=None, real_images=None, real_in_quota=None) -> io.NodeOutput:
+                dataset=None, real_images=None, real_in_quota=None, masks=None) -> io.NodeOutput:
         from comfy.model_management import throw_exception_if_processing_interrupted
 
         from ..curation.real_images import import_real
@@ -136,6 +142,10 @@ class DTGenDatasetWriter(io.ComfyNode):
         if as_list(images):
             items.extend(items_from_lists(as_list(images), as_list(positive), as_list(label),
                                           as_list(metadata), as_list(negative), as_list(seed)))
+        if as_list(masks):
+            from ..common.instances import attach_masks
+
+            attach_masks(items, as_list(masks))
         real_sets = [r for r in as_list(real_images) if r is not None]
         if not items and not real_sets:
             raise ValueError("DTGen Dataset Writer: nothing to write; connect 'scored' (from DTGen CLIP "
@@ -190,6 +200,10 @@ class DTGenDatasetFinalize(io.ComfyNode):
                                          "split) so ImageFolder or load_dataset can load one split. Uses the split "
                                          "above, or the one an earlier finalize recorded."),
                 dataset_input(),
+                io.Combo.Input("export", options=list(EXPORT_CHOICES), default="auto", optional=True,
+                               tooltip="Labels for detection / segmentation from the stored instance masks: COCO "
+                                       "annotations/instances[_<split>].json and/or YOLO labels/ + data.yaml. auto: "
+                                       "both when any image has masks."),
             ],
             outputs=[
                 io.String.Output("report", display_name="report",
@@ -233,7 +247,8 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset_name, redecide, method, k, keep_percent, fixed_threshold, min_count,
-                split="", class_margin=-1.0, near_duplicate=0.0, split_folders=False, dataset=None) -> io.NodeOutput:
+                split="", class_margin=-1.0, near_duplicate=0.0, split_folders=False, dataset=None,
+                export="auto") -> io.NodeOutput:
         import torch
 
         from ..curation.filtering import checks_from_widgets
@@ -246,7 +261,8 @@ class DTGenDatasetFinalize(io.ComfyNode):
             margin, near = checks_from_widgets(class_margin, near_duplicate)
             decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin, near)
         report = finalize(dataset_dir(dataset_name_of(dataset, dataset_name)), decide_fn=decide_fn, split=split.strip() or None,
-                          plot_fn=histogram_image, echo=False, split_folders=bool(split_folders))
+                          plot_fn=histogram_image, echo=False, split_folders=bool(split_folders),
+                          export=None if export in (None, "auto") else export)
         image = torch.from_numpy(report.plot_image.astype("float32") / 255.0)[None]
         shown = ui.PreviewImage(image, cls=cls).as_dict()
         shown["text"] = (finalize_summary(report),)

@@ -7,52 +7,27 @@ names resolve: a typed path cannot reach any other folder.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-
-import folder_paths
 from comfy_api.latest import io, ui
 
+from .comfy_paths import folder_sets, listing_fingerprint, register_folder, resolve_set
 from .comfy_types import RealImagesType
 from ..common.naming import category, node_id
 
 FEWSHOT_FOLDER = "dtgen_fewshot"
-INPUT_PREFIX = "input/"
 NO_PACK = "none"
 PLACEHOLDER = "my_photos"   # listed when no set exists yet, so the widget shows where sets go
 
-folder_paths.add_model_folder_path(FEWSHOT_FOLDER, os.path.join(folder_paths.models_dir, FEWSHOT_FOLDER))
-
-
-def _subfolders(folder: str) -> list[str]:
-    try:
-        with os.scandir(folder) as it:
-            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
-    except OSError:
-        return []
+register_folder(FEWSHOT_FOLDER)
 
 
 def image_sets() -> dict[str, str]:
-    """``{name: folder}`` of every real image set; the first folder listing a name wins."""
-    sets: dict[str, str] = {}
-    for base in folder_paths.get_folder_paths(FEWSHOT_FOLDER):
-        for name in _subfolders(base):
-            sets.setdefault(name, os.path.join(base, name))
-    input_dir = folder_paths.get_input_directory()
-    for name in _subfolders(input_dir):
-        sets.setdefault(INPUT_PREFIX + name, os.path.join(input_dir, name))
-    return sets
+    return folder_sets(FEWSHOT_FOLDER)
 
 
 def set_folder(name: str) -> str:
     from ..fewshot.imageset import FewShotError
 
-    sets = image_sets()
-    if name not in sets:
-        where = ", ".join(folder_paths.get_folder_paths(FEWSHOT_FOLDER))
-        raise FewShotError(None, f"no real image set named {name!r}; found: {', '.join(sets) or 'none'}. Put "
-                           f"<set>/<label>/<image> folders in {where} (or in ComfyUI's input folder) and refresh")
-    return sets[name]
+    return resolve_set(FEWSHOT_FOLDER, name, "real image set", FewShotError)
 
 
 def _caption_fallback(pack: str):
@@ -73,20 +48,6 @@ def real_set(folder, size, fit, pack, part, holdout, seed):
     root = set_folder(folder)
     return make_set(root, scan(root), _caption_fallback(pack), size=size, fit=fit, part=part,
                     holdout=holdout, seed=seed)
-
-
-def _listing_fingerprint(root: str) -> str:
-    """Names, sizes and times of the set's files: a changed set reruns the node."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            try:
-                st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
-            except OSError:
-                continue
-            h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 class DTGenFewShotImages(io.ComfyNode):
@@ -168,7 +129,7 @@ class DTGenFewShotImages(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, folder, **_) -> str:
         try:
-            return _listing_fingerprint(set_folder(folder))
+            return listing_fingerprint(set_folder(folder))
         except ValueError:
             return ""
 

@@ -45,7 +45,7 @@ def missing_indices(sampler: Sampler, dataset_dir, start: int, count: int, quota
         scan = max(0, sampler.total - start)
     return claim_missing_indices(dataset_dir, sampler.label_of, start, count,
                                  targets={label: quota for label in sampler.labels}, stream_key=sampler.stream_key,
-                                 pack_hash=sampler.pack.pack_hash, max_scan=scan)
+                                 pack_hash=sampler.pack.pack_hash, max_scan=scan, source="generated")
 
 
 class DTGenPromptSampler(io.ComfyNode):

@@ -65,3 +65,32 @@ def from_masks(masks, where: str = "item") -> np.ndarray:
     for k in range(arr.shape[0]):
         out[arr[k] > 0.5] = k + 1
     return out
+
+
+def attach_masks(items, masks: list, where: str = "masks") -> None:
+    """Give each item its instance masks: ``masks[i]`` (``n x H x W`` or ``H x W``, a ComfyUI MASK)
+    belongs to ``items[i]``; instance labels come from the item's ``metadata["instance_labels"]``,
+    else every instance is of the item's label. Mask and image must have the same size."""
+    if len(masks) != len(items):
+        raise InstanceError(f"{where}: {len(masks)} mask entries for {len(items)} images; wire the masks from the "
+                            "node that made the images (one entry per image)")
+    for n, (item, mask) in enumerate(zip(items, masks)):
+        arr = mask.detach().float().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+        at = f"{where} of item {n} (label {item.label!r})"
+        imap = from_masks(arr, at)
+        h, w = np.asarray(item.image).shape[:2]
+        if imap.shape != (h, w):
+            raise InstanceError(f"{at}: masks are {imap.shape[1]} x {imap.shape[0]} but the image is {w} x {h}")
+        count = arr.shape[0] if arr.ndim == 3 else 1     # masks given (some may be empty or covered)
+        present = [k for k in range(1, count + 1) if (imap == k).any()]
+        if len(present) != count:      # empty or fully covered masks: renumber the ones with pixels
+            lut = np.zeros(count + 1, dtype=np.uint16)
+            for new, k in enumerate(present, start=1):
+                lut[k] = new
+            imap = lut[imap]
+        given = (item.metadata or {}).get("instance_labels")
+        if given is not None and len(given) != count:
+            raise InstanceError(f"{at}: {count} masks but {len(given)} instance_labels in the metadata")
+        item.instance_map = imap
+        item.instance_labels = tuple(str(given[k - 1]) if given else item.label for k in present)
+        instances_of(imap, item.instance_labels, at)   # every id has pixels and a label

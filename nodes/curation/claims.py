@@ -77,10 +77,11 @@ def _live(claims: list[dict], stored: set, now: float) -> list[dict]:
 
 
 def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets: dict[str, int],
-                          stream_key: StreamKey, pack_hash: str, max_scan: int | None = None,
-                          now: float | None = None) -> list[int]:
-    """Like ``quotas.next_missing_indices`` for one sampler stream, skipping what other runs
-    have claimed, and claiming what it returns."""
+                          stream_key: StreamKey, pack_hash: str | None, max_scan: int | None = None,
+                          now: float | None = None, source: str = "generated") -> list[int]:
+    """Like ``quotas.next_missing_indices`` for one stream of one source (``generated`` for the
+    prompt sampler, ``copy_paste``, ...), skipping what other runs have claimed, and claiming what
+    it returns. Targets count only ``source``'s images and claims."""
     now = time.time() if now is None else now
     open_dataset(dataset_dir)
     with DatasetLock(dataset_dir):
@@ -88,11 +89,11 @@ def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets
         stored = {(r.get("stream"), r["index"]) for r in live_records(dataset_dir) if r.get("index") is not None}
         claims = _live(load(dataset_dir), stored, now)
         mine = {c["index"] for c in claims if c["stream"] == stream_key.stream}
-        in_flight = Counter(c["label"] for c in claims)
+        in_flight = Counter(c["label"] for c in claims if c.get("source", "generated") == source)
         picked = next_missing_indices(dataset_dir, label_of, start, count, targets=targets, pack_hash=pack_hash,
                                       max_scan=max_scan, stream_key=stream_key, busy=mine,
-                                      in_flight=in_flight)
+                                      in_flight=in_flight, source=source)
         claims += [{"stream": stream_key.stream, "index": i, "label": label_of(i), "until": now + CLAIM_TTL_S,
-                    "owner": _OWNER} for i in picked]
+                    "owner": _OWNER, "source": source} for i in picked]
         write_bytes_atomic(Path(dataset_dir) / CLAIMS, json.dumps({"claims": claims}).encode())
     return picked

@@ -6,6 +6,10 @@ Crash-safe order per re-decided image: move the file, then append its ``redecide
 ``reconcile`` recognises a moved file without its line (``recovered``), so re-running finalize
 after an interruption completes the job. At the end the manifest is compacted atomically (old
 one kept as ``manifest.jsonl.bak-<time>``) and ``images/metadata.jsonl`` is rebuilt.
+
+Instance masks never move (their path does not depend on the decision). With instances in the
+dataset, Finalize exports them (still under the lock): COCO ``annotations/`` and YOLO ``labels/`` +
+``data.yaml`` (export_coco.py, export_yolo.py), each file replaced atomically.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..store import embeddings, manifest, metadata
-from . import report, splits as split_trees
+from . import export_coco, export_yolo, report, splits as split_trees
 from ..store.fsio import fsync_dir, move_unique
 from ..store.clean_marker import mark_clean, mark_dirty
 from ..store.layout import IMAGES, MANIFEST, ORPHANS, REJECTED, REPORT, DatasetError, now_iso, open_dataset
@@ -41,6 +45,7 @@ class Report:
     data: dict = field(default_factory=dict)   # what report.json holds
     reconciled: ReconcileReport | None = None
     split_folders: split_trees.SplitFolders | None = None   # what splits/ holds, when it was built
+    exports: dict = field(default_factory=dict)   # {"coco": {...}, "yolo": {...}}: what was exported
 
     @property
     def table(self) -> str:
@@ -71,6 +76,36 @@ def parse_split(split) -> dict[str, float]:
     if abs(sum(fractions.values()) - 1) > 1e-6:
         raise ValueError(f"split {fractions}: fractions must sum to 1, not {sum(fractions.values()):.6f}")
     return fractions
+
+
+EXPORTS = ("coco", "yolo")
+
+
+def parse_export(export) -> tuple[str, ...] | None:
+    """``None`` (auto: both when any record has instances), ``"coco,yolo"``, ``"none"``/``""``/``()``
+    (nothing), True/False (both/none) or an iterable of names -> checked tuple in EXPORTS order
+    (None stays auto)."""
+    if export is None or isinstance(export, bool):   # a checkbox: True = both, False = none
+        return None if export is None else (EXPORTS if export else ())
+    names = export.split(",") if isinstance(export, str) else list(export)
+    names = {str(n).strip().lower() for n in names} - {"", "none"}
+    unknown = sorted(names - set(EXPORTS))
+    if unknown:
+        raise ValueError(f"export {export!r}: unknown format(s) {unknown}; choose from {', '.join(EXPORTS)} (or none)")
+    return tuple(n for n in EXPORTS if n in names)
+
+
+def run_exports(dataset_dir: Path, records: list[dict], kinds: tuple[str, ...] | None) -> dict:
+    """Write the asked exports (auto: both when a record has instances); COCO first, so its
+    annotation budget refuses before anything is written."""
+    if kinds is None:
+        kinds = EXPORTS if any(r.get("instances") for r in records) else ()
+    out = {}
+    if "coco" in kinds:
+        out["coco"] = export_coco.write_coco(dataset_dir, records)
+    if "yolo" in kinds:
+        out["yolo"] = export_yolo.write_yolo(dataset_dir, records)
+    return out
 
 
 def split_of(item_id: str, fractions: dict[str, float]) -> str:
@@ -144,15 +179,20 @@ def _changes_manifest(dataset_dir: Path, records: list[dict]) -> bool:
 
 
 def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn: PlotFn | None = None,
-             contact_sheet_max: int = 24, echo: bool = True, split_folders: bool = False) -> Report:
+             contact_sheet_max: int = 24, echo: bool = True, split_folders: bool = False, export=None) -> Report:
     """Re-decide (optional), split (optional), report. Files go to ``<dataset>/report/``.
 
     ``split_folders``: also (re)build ``<dataset>/splits/<split>/<label>/`` (hard links, else copies,
     of the accepted images, each split with its own ``metadata.jsonl``) from the split given here or,
     without one, the split a previous finalize recorded. Without it an existing ``splits/`` is left
-    as it is (a snapshot of the finalize that built it)."""
+    as it is (a snapshot of the finalize that built it).
+
+    ``export``: ``("coco", "yolo")``, one of them, ``()`` for none; default None exports both when
+    any record has instances (see parse_export). Exports are rebuilt by every finalize that makes
+    them; one without them leaves earlier exports as they are."""
     dataset_dir = Path(dataset_dir)
     fractions = parse_split(split)
+    kinds = parse_export(export)
     open_dataset(dataset_dir, create=False)
     with DatasetLock(dataset_dir):
         split_trees.recover(dataset_dir)   # a build or swap a crash interrupted
@@ -174,6 +214,7 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
         mark_clean(dataset_dir)
         if split_folders:   # still under the lock: no image moves while the links are made
             result.split_folders = split_trees.build(dataset_dir, records)
+        result.exports = run_exports(dataset_dir, records, kinds)   # under the lock: no image moves
 
     out = dataset_dir / REPORT
     out.mkdir(exist_ok=True)
@@ -193,12 +234,15 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
         "contact_sheets": {k: v.name for k, v in result.contact_sheets.items()},
         "plot": result.plot.name if result.plot else None,
         "split_folders": result.split_folders.as_dict() if result.split_folders else None,
+        "exports": result.exports or None,
     }
     report.write_json(result.report_json, result.data)
     if echo:
         print(result.table)
         if result.split_folders:
             print(result.split_folders.summary())
+        for line in export_lines(result):
+            print(line)
     return result
 
 
@@ -208,5 +252,18 @@ def finalize_summary(result: Report) -> str:
                            "to rejected"]
     if result.split:
         lines.append("split (accepted): " + ", ".join(f"{k} {v}" for k, v in sorted(result.split.items())))
-    return "\n".join(lines)
+    return "\n".join(lines + export_lines(result))
+
+
+def export_lines(result: Report) -> list[str]:
+    """One line per export written: where it is and how much it holds."""
+    out = []
+    if "coco" in result.exports:
+        coco = result.exports["coco"]
+        out.append(f"COCO: {coco['annotations']} annotations on {coco['images']} images in "
+                   + ", ".join(coco["files"].values()))
+    if "yolo" in result.exports:
+        yolo = result.exports["yolo"]
+        out.append(f"YOLO: {yolo['labels']} label files in labels/, {', '.join([*yolo['lists'].values(), yolo['data']])}")
+    return out
 

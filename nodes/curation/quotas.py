@@ -8,13 +8,14 @@ from ..common.identity import StreamKey, in_stream
 from ..store.reader import class_counts, live_records
 
 
-def counts(dataset_dir) -> dict[str, dict[str, int]]:
-    return class_counts(live_records(dataset_dir))
+def counts(dataset_dir, source: str | None = None) -> dict[str, dict[str, int]]:
+    return class_counts(live_records(dataset_dir), source)
 
 
-def missing(dataset_dir, targets: dict[str, int]) -> dict[str, int]:
-    """{label: accepted images still needed to reach its target} (0 when full)."""
-    have = counts(dataset_dir)
+def missing(dataset_dir, targets: dict[str, int], source: str | None = None) -> dict[str, int]:
+    """{label: accepted images still needed to reach its target} (0 when full); with ``source``,
+    counting only that source's images."""
+    have = counts(dataset_dir, source)
     return {label: max(0, int(t) - have.get(label, {}).get("accepted", 0)) for label, t in targets.items()}
 
 
@@ -27,7 +28,8 @@ def done_indices(dataset_dir, pack_hash: str | None = None, stream_key: StreamKe
 def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,
                          targets: dict[str, int] | None = None, pack_hash: str | None = None,
                          max_scan: int | None = None, stream_key: StreamKey | None = None,
-                         busy=frozenset(), in_flight: dict[str, int] | None = None) -> list[int]:
+                         busy=frozenset(), in_flight: dict[str, int] | None = None,
+                         source: str | None = None) -> list[int]:
     """Up to ``n`` indices from ``start`` on (ascending) that are not done and whose class still
     needs images.
 
@@ -35,6 +37,7 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
     gets at most 3 indices (ask again after filtering: rejected ones leave a gap). Labels absent from
     ``targets`` have no limit. ``busy`` indices are skipped and ``in_flight`` images per label count
     as on their way (claims.py). Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
+    With ``source`` the targets count only that source's images (``store.reader.class_counts``).
 
     Without ``targets`` indices are taken in order; with targets, when every target class is full
     nothing is returned (not even labels absent from ``targets``). With targets the fill is balanced across
@@ -47,11 +50,12 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
     limit = start + (max_scan if max_scan is not None else 100 * n + 1000)
     if not targets:
         return list(islice(_undone(done, start, limit), n))
-    have = counts(dataset_dir)
+    have = counts(dataset_dir, source)
     in_flight = in_flight or {}
     need = {label: max(0, int(t) - have.get(label, {}).get("accepted", 0) - in_flight.get(label, 0))
             for label, t in targets.items()}
-    tried = {label: sum(have.get(label, {}).values()) + in_flight.get(label, 0) for label in need}
+    tried = {label: sum(have.get(label, {}).get(k, 0) for k in ("accepted", "rejected")) + in_flight.get(label, 0)
+             for label in need}
     candidates: dict[str, list[int]] = {}
     wanted = {label: min(n, left) for label, left in need.items() if left > 0}   # enough to choose from
     if not wanted:

@@ -18,6 +18,10 @@ MARKER = "dataset.json"
 MANIFEST = "manifest.jsonl"
 IMAGES = "images"          # the ImageFolder / `datasets` imagefolder root: accepted images only
 REJECTED = "rejected"
+MASKS = "masks"            # masks/<label>/<image stem>.png: instance masks (store/masks.py)
+ANNOTATIONS = "annotations"  # COCO exports (curation/export_coco.py)
+LABELS = "labels"          # YOLO labels beside images/ (curation/export_yolo.py)
+DATA_YAML = "data.yaml"    # the YOLO dataset file
 EMBEDDINGS = "embeddings"
 ORPHANS = "orphans"
 REPORT = "report"
@@ -30,10 +34,12 @@ IMAGE_EXTS = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
 
 # Everything DTGen writes or reads inside a dataset folder; none of it may be a symlink (one could
 # make the writer write, or a repair copy, outside the output directory). The number per folder is
-# how many levels below it are checked: images/<label>/, embeddings/<file>,
-# orphans/damaged/<tree>/<label>/, splits/<split>/<label>/ (curation/splits.py).
-_OWNED_FILES = (MARKER, MANIFEST, CLEAN, CLAIMS, f"{IMAGES}/{METADATA}")
-_OWNED_TREES = {IMAGES: 1, REJECTED: 1, EMBEDDINGS: 1, REPORT: 1, ORPHANS: 3, "splits": 2}
+# how many levels below it are checked: images/<label>/, masks/<label>/, embeddings/<file>,
+# orphans/damaged/<tree>/<label>/, splits/<split>/<label>/ (curation/splits.py), annotations/<file>,
+# labels/<label>/.
+_OWNED_FILES = (MARKER, MANIFEST, CLEAN, CLAIMS, f"{IMAGES}/{METADATA}", DATA_YAML)
+_OWNED_TREES = {IMAGES: 1, REJECTED: 1, MASKS: 1, EMBEDDINGS: 1, REPORT: 1, ORPHANS: 3, "splits": 2,
+                ANNOTATIONS: 1, LABELS: 1}
 
 
 @public_error

@@ -4,6 +4,9 @@ A derived view of the accepted records in the manifest: appended after each mani
 rewritten atomically by ``reconcile`` / ``finalize``. ``datasets`` builds its rows from this file
 (then it infers no labels from folders), so every row carries ``label`` = the class folder name;
 ``.class_encode_column("label")`` turns it into a ClassLabel in the same order as torchvision.
+Instance masks show as ``mask`` (path relative to ``images/``, ``../masks/<label>/<stem>.png``, or
+null) and ``objects`` (the record's instances: id, label, bbox [x, y, w, h], area), so a
+``datasets`` row carries what is needed to open its mask.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ def row(record: dict) -> dict:
     out.update({k: record.get(k) for k in COLUMNS})
     out["source"] = record.get("source") or "generated"   # older records: all generated
     out["id"] = record["id"]
+    out["mask"] = f"../{record['mask']}" if record.get("mask") else None   # relative to images/
+    out["objects"] = record.get("instances") or []   # records before masks have neither field
     if "split" in record:
         out["split"] = record["split"]
     return out

@@ -41,11 +41,20 @@ def count_record(counts: dict, rec: dict, n: int = 1) -> None:
     c[rec["decision"]] += n
 
 
-def class_counts(records) -> dict[str, dict[str, int]]:
-    """{label: {"accepted": n, "rejected": m}} of live records."""
+def source_of(rec: dict) -> str:
+    """Where a stored image came from: ``generated`` (the graph's generator; records before 0.4.0),
+    ``copy_paste``, ``real``, ..."""
+    return rec.get("source") or "generated"
+
+
+def class_counts(records, source: str | None = None) -> dict[str, dict[str, int]]:
+    """{label: {"accepted": n, "rejected": m[, "real": r]}} of live records; with ``source``, only
+    that source's images (and real ones counted toward quotas): each producer of a hybrid dataset
+    fills its own per-class quota."""
     out: dict[str, dict[str, int]] = {}
     for rec in records:
-        count_record(out, rec)
+        if source is None or source_of(rec) == source or (is_real(rec) and in_quota("real", rec.get("metadata"))):
+            count_record(out, rec)
     return out
 
 

@@ -1,10 +1,13 @@
 """Bring a dataset back to a consistent state after a crash, a kill or an interrupted finalize.
 
 Run under the dataset lock (``DatasetWriter`` does at open, ``finalize`` before and after).
-Afterwards: every live manifest record has its file, every image under ``images/`` and
-``rejected/`` has a record, no temp files remain, ``images/metadata.jsonl`` matches the records.
-Nothing is deleted except our own temp files: bad manifest bytes go to a ``.corrupt-`` side file,
-unrecorded images to ``orphans/``, a rewritten manifest leaves a ``.bak-`` copy.
+Afterwards: every live manifest record has its file (and its mask, if it has one), every image
+under ``images/`` and ``rejected/`` and every mask under ``masks/`` has a record, no temp files
+remain, ``images/metadata.jsonl`` matches the records. Nothing is deleted except our own temp
+files: bad manifest bytes go to a ``.corrupt-`` side file, unrecorded images and masks to
+``orphans/``, a rewritten manifest leaves a ``.bak-`` copy. A record whose mask is missing or
+damaged is treated like one whose image is damaged: both files go to ``orphans/damaged/``, the
+record is dropped, so resume makes the item again (an image is never kept without its mask).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import embeddings, manifest, metadata
+from . import embeddings, manifest, masks, metadata
 from .clean_marker import is_clean, mark_clean
 from .fsio import is_temp, move_unique
 from .layout import IMAGES, MARKER, ORPHANS, REJECTED, check_tree
@@ -27,7 +30,7 @@ class ReconcileReport:
     corrupt_lines: int = 0
     corrupt_file: str | None = None
     temps_removed: list[str] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)      # where unrecorded images were moved
+    orphans: list[str] = field(default_factory=list)      # where unrecorded images and masks were moved
     dropped: list[str] = field(default_factory=list)      # ids whose file is gone
     damaged: list[str] = field(default_factory=list)      # where files that fail the check were moved
     recovered: list[str] = field(default_factory=list)    # ids found in the other tree (interrupted move)
@@ -100,6 +103,17 @@ def damage(path: Path, rec: dict, verify: bool) -> str | None:
     return None
 
 
+def _mask_problem(rec: dict, image: Path, mask_disk: dict, verify: bool) -> str | None:
+    """Why a live record's mask is not usable (so its image cannot stay), or None (also without a mask)."""
+    rel = rec.get("mask")
+    if not rel:
+        return None
+    if rel not in mask_disk:
+        return f"its mask {rel} is missing"
+    problem = masks.damage(mask_disk[rel], rec, verify, image)
+    return None if problem is None else f"its mask {rel}: {problem}"
+
+
 def reconcile(dataset_dir, verify: bool = False) -> ReconcileReport:
     """Run under the dataset lock; see the module docstring. Every recorded image's size is
     checked; ``verify`` also decodes every image (slow: for the CLI)."""
@@ -122,15 +136,25 @@ def reconcile(dataset_dir, verify: bool = False) -> ReconcileReport:
 
     view = manifest.live(read.records)
     on_disk = _image_files(dataset_dir)
+    mask_disk = masks.mask_files(dataset_dir)
+
+    def set_aside(item_id: str, rec: dict, problem: str) -> None:
+        """Kept aside, never deleted: the image and its mask to orphans/damaged/; the record goes,
+        so resume makes the item again."""
+        dest = move_unique(on_disk.pop(rec["file"]), dataset_dir / ORPHANS / "damaged" / Path(rec["file"]).parent)
+        report.damaged.append(f"{dest.relative_to(dataset_dir)} ({problem})")
+        if rec.get("mask") in mask_disk:
+            move_unique(mask_disk.pop(rec["mask"]), dataset_dir / ORPHANS / "damaged" / Path(rec["mask"]).parent)
+        del view[item_id]
+
     for item_id, rec in list(view.items()):
         if rec["file"] in on_disk:
             problem = damage(on_disk[rec["file"]], rec, verify)
             if problem is None:
-                continue
-            # kept aside, never deleted; the record goes, so resume makes the item again
-            dest = move_unique(on_disk.pop(rec["file"]), dataset_dir / ORPHANS / "damaged" / Path(rec["file"]).parent)
-            report.damaged.append(f"{dest.relative_to(dataset_dir)} ({problem})")
-            del view[item_id]
+                problem = _mask_problem(rec, on_disk[rec["file"]], mask_disk, verify)
+                if problem is None:
+                    continue
+            set_aside(item_id, rec, problem)
             rewrite = True
             continue
         tree, label, name = rec["file"].split("/", 2)
@@ -138,15 +162,19 @@ def reconcile(dataset_dir, verify: bool = False) -> ReconcileReport:
         if other in on_disk:  # finalize moved the file but died before recording it
             view[item_id] = dict(rec, file=other, decision=TREES[other.split("/")[0]],
                                  reason="recovered_interrupted_move", event="recovered")
-            report.recovered.append(item_id)
+            problem = _mask_problem(rec, on_disk[other], mask_disk, verify)
+            if problem is None:
+                report.recovered.append(item_id)
+            else:
+                set_aside(item_id, view[item_id], problem)
         else:
             del view[item_id]
             report.dropped.append(item_id)
         rewrite = True
 
-    recorded = {rec["file"] for rec in view.values()}
-    for rel, path in on_disk.items():
-        if rel not in recorded:
+    recorded = {rec["file"] for rec in view.values()} | {rec["mask"] for rec in view.values() if rec.get("mask")}
+    for rel, path in [*on_disk.items(), *mask_disk.items()]:
+        if rel not in recorded:   # an image or a mask without a live record: kept in orphans/
             dest = move_unique(path, dataset_dir / ORPHANS / Path(rel).parent)
             report.orphans.append(str(dest.relative_to(dataset_dir)))
 

@@ -1,9 +1,10 @@
 """``DatasetWriter``: stores scored images crash-safely, one durable step at a time.
 
-Per batch, under the dataset lock: each image -> hidden temp file -> fsync -> ``os.replace`` into
-``images/<label>/`` (accepted) or ``rejected/<label>/``; then the batch's embeddings and manifest
-lines are appended and fsynced; then ``images/metadata.jsonl`` rows. A kill at any point leaves at
-worst an image without a line, which ``reconcile`` (run at open) moves to ``orphans/``.
+Per batch, under the dataset lock: each item's instance mask (if it has one) and then its image ->
+hidden temp file -> fsync -> ``os.replace`` into ``masks/<label>/`` and ``images/<label>/``
+(accepted) or ``rejected/<label>/``; then the batch's embeddings and manifest lines are appended and
+fsynced; then ``images/metadata.jsonl`` rows. A kill at any point leaves at worst a mask and/or an
+image without a line, which ``reconcile`` (run at open) moves to ``orphans/``.
 
 Item identity (dedup key): ``metadata["item_id"]`` if the caller gives one, else the prompt
 sampler's ``stream:index`` (the stream names pack content, mode, base seed and classes), else
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..common.identity import item_id, legacy_item_id, legacy_key
 from ..common.records import ScoredItem
-from . import embeddings, manifest, metadata
+from . import embeddings, manifest, masks, metadata
 from .fsio import fsync_dir, move_unique, write_atomic
 from .clean_marker import manifest_stat, mark_clean, mark_dirty
 from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, check_tree, now_iso, open_dataset)
@@ -99,6 +100,7 @@ class DatasetWriter:
         self._offset = 0
         self._inode = None
         self._current: dict | None = None  # record being placed (names the file in errors)
+        self._writing = "file"             # which of its files: "file" (the image) or "mask"
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> DatasetWriter:
@@ -185,16 +187,19 @@ class DatasetWriter:
             self._refresh()
             for item in items:  # label problems are refused before anything is written
                 self._folder(item.label)
+            # so are mask problems (shape, ids, labels): (uint8 mask or None, instances) per item
+            prepared = [masks.prepare(item, _where(n, item)) for n, item in enumerate(items)]
             placed: list[tuple[dict, ScoredItem]] = []
             error, self._current = None, None
             mark_dirty(self.dir)
             try:
-                self._place_all(items, models, sampler_settings, png_text, placed, result)
+                self._place_all(items, prepared, models, sampler_settings, png_text, placed, result)
             except OSError as e:
-                rec = self._current
+                rec, what = self._current, self._writing
                 error = DatasetWriteError(
-                    self.dir / rec["file"],
-                    f"could not write image ({e.strerror or e}); {len(placed)} earlier item(s) of this batch "
+                    self.dir / rec[what],
+                    f"could not write {'mask' if what == 'mask' else 'image'} ({e.strerror or e}); {len(placed)} "
+                    "earlier item(s) of this batch "
                     "were saved, this one and the rest were not; the dataset is consistent - free space / "
                     "fix permissions and run again (saved items are skipped as duplicates)",
                 )
@@ -212,7 +217,7 @@ class DatasetWriter:
         return result
 
     # -- internals -------------------------------------------------------------------------
-    def _place_all(self, items, models, sampler_settings, png_text, placed, result) -> None:
+    def _place_all(self, items, prepared, models, sampler_settings, png_text, placed, result) -> None:
         batch_ids: set[str] = set()
         for n, item in enumerate(items):
             decision = "accepted" if item.accepted else "rejected"
@@ -224,8 +229,8 @@ class DatasetWriter:
                     and self._quota_full(item.label, placed):
                 result.skipped_quota += 1
                 continue
-            self._current = rec = self._record(item, rid, decision, models, sampler_settings)
-            self._place(item, rec, png_text, n)
+            self._current = rec = self._record(item, rid, decision, models, sampler_settings, prepared[n][1])
+            self._place(item, rec, png_text, n, prepared[n][0])
             batch_ids.add(rid)
             placed.append((rec, item))
 
@@ -242,7 +247,7 @@ class DatasetWriter:
                     and in_quota(rec["source"], rec["metadata"]))
         return have >= target
 
-    def _record(self, item: ScoredItem, rid: str, decision: str, models, sampler_settings) -> dict:
+    def _record(self, item: ScoredItem, rid: str, decision: str, models, sampler_settings, instances) -> dict:
         folder = self._folder(item.label)
         meta = item.metadata or {}
         source = meta.get("source") or GENERATED
@@ -253,6 +258,7 @@ class DatasetWriter:
         name += self.ext
         tree = IMAGES if decision == "accepted" else REJECTED
         emb = None if item.embedding is None else np.asarray(item.embedding, dtype=np.float32).reshape(-1)
+        has_mask = item.instance_map is not None
         return {
             "id": rid, "file": f"{tree}/{folder}/{name}", "label": item.label, "label_dir": folder,
             "prompt": item.prompt, "negative": item.negative, "seed": item.seed,
@@ -264,21 +270,33 @@ class DatasetWriter:
             "models": dict(models or {}), "sampler": dict(sampler_settings or {}),
             "metadata": meta, "extra": item.extra or {},
             "embedding_dim": None if emb is None else int(emb.shape[0]),
+            "mask": masks.mask_rel(folder, name) if has_mask else None, "instances": instances,
             "format": self.format, "time": now_iso(), "event": "write",
         }
 
-    def _place(self, item: ScoredItem, rec: dict, png_text, n: int) -> None:
-        arr = to_uint8(item.image, f"item {n} (label {item.label!r}, index {item.index})")
-        final = self.dir / rec["file"]
+    def _place(self, item: ScoredItem, rec: dict, png_text, n: int, mask) -> None:
+        """The mask first, then the image: a kill between them leaves a mask without an image and
+        without a line, which reconcile parks in ``orphans/masks/``; never an image without its mask."""
+        arr = to_uint8(item.image, _where(n, item))
+        if mask is not None:
+            self._writing = "mask"
+            rec["mask_bytes"] = self._put(rec["mask"], lambda f: masks.encode(mask, f))
+        self._writing = "file"
+        # reconcile compares it: a truncated or replaced file shows
+        rec["bytes"] = self._put(rec["file"], lambda f: encode_image(arr, self.format, self.quality, png_text, f))
+
+    def _put(self, rel: str, write) -> int:
+        """Write one file durably at ``rel`` (folder fsynced at commit); returns its size."""
+        final = self.dir / rel
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             # Not in the manifest (its id is new): a leftover of a crashed writer. Keep it, never overwrite.
-            move_unique(final, self.dir / ORPHANS / Path(rec["file"]).parent)
-        write_atomic(final, lambda f: encode_image(arr, self.format, self.quality, png_text, f), sync_dir=False)
-        rec["bytes"] = final.stat().st_size   # reconcile compares it: a truncated or replaced file shows
+            move_unique(final, self.dir / ORPHANS / Path(rel).parent)
+        write_atomic(final, write, sync_dir=False)
+        return final.stat().st_size
 
     def _commit(self, placed) -> None:
-        for folder in {(self.dir / rec["file"]).parent for rec, _ in placed}:
+        for folder in {(self.dir / rel).parent for rec, _ in placed for rel in (rec["file"], rec.get("mask")) if rel}:
             fsync_dir(folder)
         rows = [(rec["id"], item.embedding) for rec, item in placed if item.embedding is not None]
         records = [rec for rec, _ in placed]
@@ -288,8 +306,10 @@ class DatasetWriter:
             manifest.append(self.dir, records)
         except OSError as e:
             embeddings.rollback(self.dir, emb_sizes)
-            for rec in records:  # images without lines: park them like reconcile would
-                move_unique(self.dir / rec["file"], self.dir / ORPHANS / Path(rec["file"]).parent)
+            for rec in records:  # images (and masks) without lines: park them like reconcile would
+                for rel in (rec["file"], rec.get("mask")):
+                    if rel:
+                        move_unique(self.dir / rel, self.dir / ORPHANS / Path(rel).parent)
             raise DatasetWriteError(
                 self.dir / MANIFEST,
                 f"could not record {len(records)} item(s) ({e.strerror or e}); their images were moved to "
@@ -307,6 +327,11 @@ class DatasetWriter:
                 "it is rebuilt from the manifest the next time any DTGen node or the dataset CLI opens the "
                 "dataset - free space and queue again (or run the CLI's reconcile)",
             ) from e
+
+
+def _where(n: int, item: ScoredItem) -> str:
+    """How errors name an item of a batch."""
+    return f"item {n} (label {item.label!r}, index {item.index})"
 
 
 # -- what the writer node needs around a write (plain, so it is tested without ComfyUI) ---------

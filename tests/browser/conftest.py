@@ -100,6 +100,7 @@ def editor_run(tmp_path_factory) -> EditorRun:
     dirs = fixtures.tiny_sd3(comfyui)
     dirs["open_clip"] = fixtures.random_open_clip()
     dirs["dtgen_fewshot"] = fixtures.real_photo_set()
+    dirs.update(fixtures.copy_paste_sets())
     base = tmp_path_factory.mktemp("browser")
     server = ComfyServer(comfyui=comfyui, base_dir=base / "comfy", model_dirs={k: [v] for k, v in dirs.items()})
     server.start()

@@ -44,6 +44,7 @@ def model_dirs(comfyui_path):
     dirs = fixtures.tiny_sd3(comfyui_path)
     dirs["open_clip"] = fixtures.random_open_clip()
     dirs["dtgen_fewshot"] = fixtures.real_photo_set()
+    dirs.update(fixtures.copy_paste_sets())
     return {k: [v] for k, v in dirs.items()}
 
 

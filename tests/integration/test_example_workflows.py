@@ -48,7 +48,8 @@ def fetch(url: str) -> tuple[bytes, str]:
 
 def test_every_api_twin_has_a_ui_workflow_and_a_thumbnail():
     assert NAMES == API_NAMES and {"dtgen_sd35_lora", "dtgen_sd35_fruits", "dtgen_sd35_lora_batch",
-                                   "dtgen_sd35_train_lora", "dtgen_sd35_train_generate"} <= set(NAMES)
+                                   "dtgen_sd35_train_lora", "dtgen_sd35_train_generate", "dtgen_copy_paste",
+                                   "dtgen_hybrid_copy_paste"} <= set(NAMES)
     missing = [n for n in NAMES if not (EXAMPLES / f"{n}.jpg").is_file()]
     assert not missing, f"no thumbnail for {missing}"
 
@@ -125,11 +126,14 @@ def test_ui_workflow_converts_back_to_its_api_twin(object_info, name):
     kinds = {n["class_type"] for n in twin.values()}
     for folder in ("models/checkpoints", "TripleCLIPLoader", "clip_l", "clip_g", "t5xxl"):
         assert folder in text, f"the notes do not mention {folder}"
+    if "DTGenCopyPaste" in kinds:
+        for words in ("models/dtgen_cutouts", "models/dtgen_backgrounds", "_mask.png", "COCO", "YOLO"):
+            assert words in text, f"the notes do not mention {words}"
     assert ("models/open_clip" in text) == ("DTGenClipLoader" in kinds)
     if "SaveLoRANode" in kinds:   # training: where the photos go, where the LoRA lands, how LoraLoader sees it
         for words in ("models/dtgen_fewshot", "output/loras", "extra_model_paths.yaml", "bf16", "rank"):
             assert words in text, f"the notes do not mention {words}"
-    else:
+    elif "DTGenCopyPaste" not in kinds:
         assert ("models/loras" in text) == ("LoraLoader" in kinds)
 
 

@@ -9,7 +9,7 @@ from support.comfy_server import PACK_NAME
 from support.pkg import ROOT
 
 EXPECTED = {"DTGenPromptSampler", "DTGenClipLoader", "DTGenClipFilter", "DTGenDatasetWriter", "DTGenDataset",
-            "DTGenDatasetFinalize", "DTGenFewShotImages"}
+            "DTGenDatasetFinalize", "DTGenFewShotImages", "DTGenCopyPaste"}
 
 
 def test_object_info_lists_every_node_with_tooltips(client, comfy_server):

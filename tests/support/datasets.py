@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from dtgen.nodes.common.records import ScoredItem
-from dtgen.nodes.store import manifest
+from dtgen.nodes.store import manifest, masks
 from dtgen.nodes.store.reconcile import _image_files  # the same walk reconcile makes
 
 LABELS = ("cat", "dog", "tea cup")
@@ -35,6 +35,11 @@ def check_consistent(dataset_dir: Path) -> dict[str, dict]:
     files = _image_files(Path(dataset_dir))
     recorded = {r["file"] for r in view.values()}
     assert recorded == set(files), (recorded ^ set(files))
+    # instance masks: every recorded mask is on disk, every mask on disk is recorded (a dataset
+    # without masks: both sides empty)
+    recorded_masks = {r["mask"] for r in view.values() if r.get("mask")}
+    mask_files = masks.mask_files(Path(dataset_dir))
+    assert recorded_masks == set(mask_files), (recorded_masks ^ set(mask_files))
     for rec in view.values():
         tree = rec["file"].split("/")[0]
         assert tree == ("images" if rec["decision"] == "accepted" else "rejected")

@@ -115,3 +115,56 @@ def real_photo_set() -> Path:
             folder.mkdir(exist_ok=True)
             os.replace(build / REAL_SET, folder / REAL_SET)
     return folder
+
+
+CUTOUT_SET, BACKGROUND_SET = "tableware_cutouts", "tables"
+
+
+def cutouts_and_backgrounds(dest: Path) -> tuple[Path, Path]:
+    """``dest/cutouts/<label>/`` (an RGBA PNG and a JPEG + ``_mask.png`` per class, cut from
+    scikit-image photos by simple shapes) and ``dest/backgrounds/`` (five photos of mixed sizes,
+    one grayscale): real pixels, exact masks, made at test time."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    def disc(shape, cy, cx, r):
+        yy, xx = np.mgrid[:shape[0], :shape[1]]
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+    cut = dest / "cutouts"
+    for label, (name, cy, cx, r) in {"plate_clean": ("coffee", 200, 300, 110),
+                                     "plate_heavily_dirty": ("chelsea", 150, 220, 120)}.items():
+        photo = getattr(data, name)()
+        folder = cut / label
+        folder.mkdir(parents=True, exist_ok=True)
+        alpha = (disc(photo.shape[:2], cy, cx, r) * 255).astype(np.uint8)
+        Image.fromarray(np.dstack([photo, alpha])).save(folder / f"{name}_rgba.png")
+        Image.fromarray(photo).save(folder / f"{name}.jpg", quality=92)
+        Image.fromarray(disc(photo.shape[:2], cy, cx, r * 0.7).astype(np.uint8) * 255).save(folder / f"{name}_mask.png")
+    bg = dest / "backgrounds"
+    bg.mkdir(parents=True, exist_ok=True)
+    for name in ("grass", "brick", "gravel", "rocket", "astronaut"):
+        Image.fromarray(getattr(data, name)()).save(bg / f"{name}.png")
+    return cut, bg
+
+
+def copy_paste_sets() -> dict[str, Path]:
+    """Model folders ``dtgen_cutouts`` (set ``CUTOUT_SET``) and ``dtgen_backgrounds`` (set
+    ``BACKGROUND_SET``), built once."""
+    root = cache_dir()
+    folders = {"dtgen_cutouts": root / "dtgen_cutouts", "dtgen_backgrounds": root / "dtgen_backgrounds"}
+    with _locked(root):
+        if not (folders["dtgen_cutouts"] / CUTOUT_SET).is_dir() or not (folders["dtgen_backgrounds"] / BACKGROUND_SET).is_dir():
+            import shutil
+
+            build = root / "copy-paste-build"
+            shutil.rmtree(build, ignore_errors=True)
+            cut, bg = cutouts_and_backgrounds(build)
+            for folder, src, name in ((folders["dtgen_cutouts"], cut, CUTOUT_SET),
+                                      (folders["dtgen_backgrounds"], bg, BACKGROUND_SET)):
+                folder.mkdir(exist_ok=True)
+                shutil.rmtree(folder / name, ignore_errors=True)
+                os.replace(src, folder / name)
+            shutil.rmtree(build, ignore_errors=True)
+    return folders

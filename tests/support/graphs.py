@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .fixtures import CHECKPOINT, CLIP_WEIGHTS, LORA, REAL_SET
+from .fixtures import BACKGROUND_SET, CHECKPOINT, CLIP_WEIGHTS, CUTOUT_SET, LORA, REAL_SET
 from .pkg import ROOT
 
 
@@ -50,6 +50,8 @@ def example_api(name: str, **overrides) -> dict:
             inputs["steps"] = 4
         elif kind == "DTGenFewShotImages":
             inputs.update(folder=REAL_SET, size=64)
+        elif kind == "DTGenCopyPaste":
+            inputs.update(cutouts=CUTOUT_SET, backgrounds=BACKGROUND_SET, size=128)
         elif kind == "TrainLoraNode":   # a few steps in fp32: what a CPU can train in seconds
             inputs.update(steps=3, rank=4, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False,
                           grad_accumulation_steps=1, learning_rate=0.01)
