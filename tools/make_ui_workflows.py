@@ -435,7 +435,9 @@ Each source fills **its own** per-class quota ({sd_quota} SD3.5 + {cp_quota} cop
 study's 100 + 100 hybrid): the sampler counts SD3.5 images only, Copy-Paste counts copy-paste
 images only, so the ratio holds whatever order they finish in. `source` in the manifest and in
 `images/metadata.jsonl` says which is which (`generated` | `copy_paste`). Change the ratio with the
-two `quota_per_class` widgets; `count` sets how many of each per queue run.
+two `quota_per_class` widgets; `count` sets how many of each per queue run. The copy-paste images
+keep their instance masks: Finalize (`python -m runner finalize output/{dataset}`) exports COCO
+`annotations/` and YOLO `labels/` for them.
 """
 
 WORKFLOWS = {
