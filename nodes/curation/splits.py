@@ -174,7 +174,7 @@ def _fill(dataset_dir: Path, tree: Path, groups: dict[str, list[dict]], result: 
         for label_dir in classes:
             fsync_dir(split_dir / label_dir)
         write_bytes_atomic(split_dir / METADATA, b"".join(   # the columns of images/metadata.jsonl
-            (json.dumps(metadata.row(rec), ensure_ascii=False) + "\n").encode("utf-8") for rec in recs))
+            (json.dumps(metadata.row(rec, depth=2), ensure_ascii=False) + "\n").encode("utf-8") for rec in recs))
         fsync_dir(split_dir)
     fsync_dir(tree)
     result.linked, result.copied = placer.linked, placer.copied

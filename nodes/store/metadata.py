@@ -19,12 +19,14 @@ from .layout import IMAGES, METADATA
 COLUMNS = ("prompt", "negative", "seed", "index", "pack", "score", "threshold", "method", "reason", "provisional")
 
 
-def row(record: dict) -> dict:
+def row(record: dict, depth: int = 1) -> dict:
+    """The metadata row of an accepted record; ``depth`` = how many folders below the dataset the
+    metadata file sits (``images/``: 1, ``splits/<split>/``: 2), for the relative mask path."""
     out = {"file_name": record["file"].split("/", 1)[1], "label": record["label_dir"], "label_text": record["label"]}
     out.update({k: record.get(k) for k in COLUMNS})
     out["source"] = record.get("source") or "generated"   # older records: all generated
     out["id"] = record["id"]
-    out["mask"] = f"../{record['mask']}" if record.get("mask") else None   # relative to images/
+    out["mask"] = "../" * depth + record["mask"] if record.get("mask") else None   # relative to the file
     out["objects"] = record.get("instances") or []   # records before masks have neither field
     if "split" in record:
         out["split"] = record["split"]

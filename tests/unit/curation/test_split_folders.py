@@ -373,3 +373,28 @@ def test_a_failed_second_rename_puts_the_old_tree_back(built, monkeypatch):
     assert calls[0][1].startswith(".splits.old-") and calls[2] == (calls[0][1], "splits")
     assert {p.relative_to(ds).as_posix(): p.lstat().st_ino for p in (ds / "splits").rglob("*")} == before
     assert leftovers(ds) == []
+
+
+def test_split_metadata_points_at_the_masks_from_the_split_folder(tmp_path):
+    """``mask`` in ``splits/<split>/metadata.jsonl`` is relative to that folder and opens the PNG."""
+    import numpy as np
+    from PIL import Image
+
+    items = make_items(range(12))
+    for it in items:
+        imap = np.zeros(np.asarray(it.image).shape[:2], dtype=np.uint16)
+        imap[2:6, 3:9] = 1
+        it.instance_map, it.instance_labels = imap, (it.label,)
+    ds = tmp_path / "ds"
+    with DatasetWriter(ds) as w:
+        w.write(items)
+    finalize(ds, split=SPLIT, split_folders=True, echo=False)
+    rows = [json.loads(line) for name in NAMES if (ds / "splits" / name / "metadata.jsonl").exists()
+            for line in (ds / "splits" / name / "metadata.jsonl").read_text().splitlines()]
+    assert rows and all(r["mask"].startswith("../../masks/") for r in rows)
+    for name in NAMES:
+        meta = ds / "splits" / name / "metadata.jsonl"
+        for line in (meta.read_text().splitlines() if meta.exists() else []):
+            row = json.loads(line)
+            mask = np.asarray(Image.open(meta.parent / row["mask"]))
+            assert (mask == 1).sum() == 24 and row["objects"][0]["bbox"] == [3, 2, 6, 4]
