@@ -383,7 +383,7 @@ def test_split_metadata_points_at_the_masks_from_the_split_folder(tmp_path):
     items = make_items(range(12))
     for it in items:
         imap = np.zeros(np.asarray(it.image).shape[:2], dtype=np.uint16)
-        imap[2:6, 3:9] = 1
+        imap[2:6, 3:7] = 1
         it.instance_map, it.instance_labels = imap, (it.label,)
     ds = tmp_path / "ds"
     with DatasetWriter(ds) as w:
@@ -397,4 +397,4 @@ def test_split_metadata_points_at_the_masks_from_the_split_folder(tmp_path):
         for line in (meta.read_text().splitlines() if meta.exists() else []):
             row = json.loads(line)
             mask = np.asarray(Image.open(meta.parent / row["mask"]))
-            assert (mask == 1).sum() == 24 and row["objects"][0]["bbox"] == [3, 2, 6, 4]
+            assert (mask == 1).sum() == 16 and row["objects"][0]["bbox"] == [3, 2, 4, 4]
