@@ -7,6 +7,11 @@ backgrounds of mixed sizes. Prints images/s at 512 and 1024 px with k = 3 object
 first pass (each background decoded and fitted once), "warm" a second pass over other items with
 the backgrounds cached. Also prints the CPU model and the SIMD flags numpy uses. One process, one
 thread (numpy and Pillow are single-threaded here).
+
+Then the ratio to SD3.5 Large's GPU time per 1024^2 image. That time is QUOTED from a public figure,
+not measured here (see SD35_QUOTE: its source, GPU, steps and software); the 28-step value is a
+linear-in-steps estimate from it, which slightly flatters SD3.5 (text encoders and VAE decode do not
+shrink with fewer steps). It compares one CPU thread against one H100, not cost or image quality.
 Run from anywhere (needs scikit-image for the photos): ``python bench/bench_copy_paste.py [count]``.
 """
 from __future__ import annotations
@@ -29,6 +34,34 @@ from dtgen.nodes.synthesis.cutouts import load_cutouts  # noqa: E402
 
 SIMD = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "amx_tile", "neon",
         "asimd", "sve")
+
+
+# Quoted, not measured here: microsoft/onnxruntime pull request #22986 ("Stable Diffusion 3.x and Flux
+# Optimization"; the same table is in the message of its commit 6550f4b35b6b), section
+# "H100 Benchmark Results": NVIDIA H100 80GB HBM3, 1024x1024, batch size 1, SD 3.5 Large, 50 steps, BF16.
+SD35_QUOTE = {
+    "source": "https://github.com/microsoft/onnxruntime/pull/22986",
+    "what": "SD3.5 Large, 1024x1024, batch 1, 50 steps, BF16, NVIDIA H100 80GB HBM3",
+    "seconds": {"PyTorch 2.5.1 eager": 11.615, "PyTorch 2.5.1 torch.compile": 7.466},
+    "steps": 50,
+}
+SD35_STEPS = 28    # SD3.5 Large's usual step count (the ComfyUI and diffusers examples)
+
+
+def sd35_lines(warm_1024: dict[str, float]) -> list[str]:
+    """The quoted SD3.5 GPU time and how many times faster each copy-paste setting (images/s at
+    1024^2, warm) is, per image, on this CPU's single thread."""
+    q = SD35_QUOTE
+    out = [f"SD3.5 GPU time per image, QUOTED (not measured here): {q['what']}:",
+           *(f"  {engine}: {sec:.3f} s/image (~{sec * SD35_STEPS / q['steps']:.1f} s at {SD35_STEPS} steps, a "
+             "linear estimate)" for engine, sec in q["seconds"].items()),
+           f"  source: {q['source']} (section 'H100 Benchmark Results')"]
+    for name, rate in warm_1024.items():
+        ms = 1000 / rate
+        ratios = ", ".join(f"{sec * 1000 / ms:.0f}x vs {engine.split()[-1]} ({sec * SD35_STEPS / q['steps'] * 1000 / ms:.0f}x "
+                           f"at {SD35_STEPS} steps)" for engine, sec in q["seconds"].items())
+        out.append(f"  1024^2 copy-paste {name} (warm, 1 CPU thread): {ms:.0f} ms/image = {ratios} faster per image")
+    return out
 
 
 def cpu_line() -> str:
@@ -95,6 +128,7 @@ def main() -> None:
         cut, bg = make_material(Path(tmp))
         cutouts = load_cutouts(cut)
         print(f"material: {sum(map(len, cutouts.values()))} cutouts in {len(cutouts)} classes, 8 backgrounds")
+        warm_1024 = {}
         for extra, name in (({}, "hard edges"), ({"blend": "gaussian", "sigma": 1.5, "jitter": 0.2}, "gaussian+jitter")):
             for size in (512, 1024):
                 cp = CopyPaste(cutouts, bg, size, objects=(3, 3), **extra)
@@ -104,6 +138,9 @@ def main() -> None:
                 placed = summary(cp.items(0, n)).splitlines()[0]
                 print(f"{size:5d}^2 k=3 {name:16s}: cold {cold:6.1f} images/s   warm {warm:6.1f} images/s   "
                       f"({n} items; {placed.split(': ', 1)[1]})")
+                if size == 1024:
+                    warm_1024[f"k=3 {name}"] = warm
+    print("\n".join(sd35_lines(warm_1024)))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ Prints images/second at 512^2 and 1024^2 for PNG and JPEG:
     JPEG: plain ``save`` quality 95) - no fsync, no manifest;
   * ``writer``: ``DatasetWriter.write`` (temp file + fsync + replace + manifest line + fsync),
     batches of 4;
+the writer's overhead for instance masks: the same items with and without an instance map (three
+discs, as a copy-paste image with k = 3 objects has; the mask is one more PNG, written before the
+image), ms per item and the ratio, at 512^2 and 1024^2, best of 3 alternating runs each;
 and the writer's resident memory (RSS) while writing 10,000 small items, which must stay flat.
+Also prints the CPU (as bench_copy_paste.py does) and the load average: other load slows fsync and PNG.
 
 Run: python bench/bench_dataset_writer.py [--quick]
 """
@@ -18,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,9 +60,22 @@ def saveimage_like(images, folder: Path, fmt: str) -> None:
             img.save(folder / f"ComfyUI_{i:05}_.jpg", quality=95)
 
 
-def writer_run(images, folder: Path, fmt: str, batch: int = 4) -> None:
+def instance_map(size: int, seed: int) -> np.ndarray:
+    """Three non-overlapping discs (ids 1..3) on background 0, like a copy-paste image with k = 3."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    out = np.zeros((size, size), np.uint16)
+    for k, (cx, cy) in enumerate(((0.25, 0.3), (0.7, 0.35), (0.45, 0.75)), start=1):
+        r = size * rng.uniform(0.12, 0.18)
+        out[(x - cx * size) ** 2 + (y - cy * size) ** 2 <= r * r] = k
+    return out
+
+
+def writer_run(images, folder: Path, fmt: str, batch: int = 4, maps=None) -> None:
     items = [ScoredItem(image=im, label=("a", "b")[i % 2], prompt=f"p {i}", seed=i, index=i, score=0.3,
-                        metadata={"pack_hash": "bench"}, embedding=np.ones(768, np.float32))
+                        metadata={"pack_hash": "bench"}, embedding=np.ones(768, np.float32),
+                        instance_map=None if maps is None else maps[i],
+                        instance_labels=() if maps is None else (("a", "b")[i % 2],) * 3)
              for i, im in enumerate(images)]
     with DatasetWriter(folder / "ds", image_format=fmt, quality=95) as w:
         for k in range(0, len(items), batch):
@@ -69,6 +87,23 @@ def rate(fn, images, fmt) -> float:
         t0 = time.perf_counter()
         fn(images, Path(tmp), fmt)
         return len(images) / (time.perf_counter() - t0)
+
+
+def mask_overhead(counts: dict[int, int], runs: int = 3) -> None:
+    """Writer ms/item for the same items without and with an instance map (PNG and JPEG images); the
+    two are run in turn, ``runs`` times, and the fastest of each kept (the least disturbed by other load)."""
+    print(f"\nmask overhead (writer, same items, best of {runs} alternating runs; mask = 8-bit grayscale PNG of "
+          "instance ids, 3 instances):")
+    print(f"{'size':>6} {'fmt':>5} {'no mask ms/item':>16} {'with mask ms/item':>18} {'with/without':>13}")
+    for size, n in counts.items():
+        images = [photo_like(size, s) for s in range(n)]
+        masked_run = partial(writer_run, maps=[instance_map(size, s) for s in range(n)])
+        for fmt in ("png", "jpeg"):
+            plain, masked = [], []
+            for _ in range(runs):
+                plain.append(1000.0 / rate(writer_run, images, fmt))
+                masked.append(1000.0 / rate(masked_run, images, fmt))
+            print(f"{size:>6} {fmt:>5} {min(plain):>16.1f} {min(masked):>18.1f} {min(masked) / min(plain):>12.2f}x")
 
 
 def rss_mb() -> float:
@@ -100,6 +135,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer images (smoke run)")
     args = ap.parse_args()
     counts = {512: 8, 1024: 4} if args.quick else {512: 24, 1024: 8}
+    # the same CPU line as the copy-paste bench: model, SIMD flags, numpy dispatch
+    from bench_copy_paste import cpu_line
+
+    if hasattr(os, "getloadavg"):
+        print(f"load average before the run: {os.getloadavg()[0]:.2f}")
+    print(cpu_line())
     print(f"{'size':>6} {'fmt':>5} {'saveimage img/s':>16} {'writer img/s':>13} {'writer/saveimage':>17}")
     for size, n in counts.items():
         images = [photo_like(size, s) for s in range(n)]
@@ -107,6 +148,7 @@ def main() -> None:
             ref = rate(saveimage_like, images, fmt)
             ours = rate(writer_run, images, fmt)
             print(f"{size:>6} {fmt:>5} {ref:>16.2f} {ours:>13.2f} {ours / ref:>16.2f}x")
+    mask_overhead(counts)
     n = 2000 if args.quick else 10_000
     samples = memory_run(n)
     print(f"\nwriter RSS over {n} items (16x16 PNG + 512-d embedding, batches of 10):")

@@ -16,5 +16,6 @@ def _stage_modules():
     from .adapters import dataset as dataset
     from .adapters import fewshot_images as fewshot
     from .adapters import copy_paste as synthesis
+    from .adapters import defects
 
-    return [fewshot, prompting, synthesis, filtering, dataset]
+    return [fewshot, prompting, synthesis, defects, filtering, dataset]

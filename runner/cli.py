@@ -6,11 +6,12 @@ import argparse
 import math
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 
-from ..nodes.store.layout import DatasetError
 from ..nodes.prompting.pack import PromptPackError
 from ..nodes.prompting.sampler import MAX_COUNT
+from ..nodes.store.layout import DatasetError
 from .api import ComfyError
 from .local_server import LocalServerError
 from .workflow import Workflow, WorkflowError
@@ -72,6 +73,43 @@ def quota_arg(value: str) -> str:
     return value
 
 
+MIX_SOURCES = ("sd", "copy_paste")
+
+
+def mix_arg(text: str) -> dict[str, Fraction]:
+    """``sd:A,copy_paste:B`` -> {"sd": A, "copy_paste": B} (a source not named gets 0)."""
+    out: dict[str, Fraction] = {}
+    for part in text.split(","):
+        name, sep, weight = part.strip().partition(":")
+        name = name.strip()
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected SOURCE:WEIGHT[,SOURCE:WEIGHT], e.g. sd:1,copy_paste:1, "
+                                             f"got {text!r}")
+        if name not in MIX_SOURCES:
+            raise argparse.ArgumentTypeError(f"unknown source {name!r} (sources: {', '.join(MIX_SOURCES)}), "
+                                             f"got {text!r}")
+        if name in out:
+            raise argparse.ArgumentTypeError(f"source {name!r} given twice, got {text!r}")
+        try:
+            value = Fraction(weight.strip())
+        except (ValueError, ZeroDivisionError):
+            value = None
+        if value is None or value < 0:
+            raise argparse.ArgumentTypeError(f"the weight of {name!r} must be a number >= 0, got {text!r}")
+        out[name] = value
+    if not any(out.values()):
+        raise argparse.ArgumentTypeError(f"at least one weight must be > 0, got {text!r}")
+    return {name: out.get(name, Fraction(0)) for name in MIX_SOURCES}
+
+
+def split_mix(n: int, mix: dict[str, Fraction]) -> tuple[int, int]:
+    """``n`` images per class as (sd, copy_paste) in the ratio of ``mix``; the rounding goes to sd
+    on a tie (--quota 5 --mix sd:1,copy_paste:1: 3 + 2)."""
+    total = mix["sd"] + mix["copy_paste"]
+    sd = math.floor(n * mix["sd"] / total + Fraction(1, 2))
+    return sd, n - sd
+
+
 def parse_quotas(values, labels) -> dict[str, int] | None:
     """``--quota N`` (every sampled class) and/or ``--quota label=N``; labels are checked."""
     if not values:
@@ -92,23 +130,36 @@ def parse_quotas(values, labels) -> dict[str, int] | None:
 
 
 def add_queue_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workflow", help="API-format workflow JSON with a DTGenPromptSampler and a DTGenDatasetWriter")
+    p.add_argument("workflow", help="API-format workflow JSON: a DTGenPromptSampler and/or a DTGenCopyPaste, "
+                   "each feeding a DTGenDatasetWriter")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--quota", action="append", type=quota_arg, metavar="N|LABEL=N",
-                      help="accepted images per class (repeat LABEL=N for per-class targets)")
-    goal.add_argument("--items", type=whole(1), metavar="N", help="queue items start..start+N-1 (accepted or not)")
+                      help="accepted images per class (repeat LABEL=N for per-class targets). In a hybrid graph "
+                           "(prompt sampler + copy-paste branch) it is the SD quota, and the copy-paste node keeps "
+                           "its own quota_per_class (change it with --set ID.quota_per_class=M), unless --mix "
+                           "splits N between them; in a copy-paste-only graph, the copy-paste quota")
+    goal.add_argument("--items", type=whole(1), metavar="N", help="queue the prompt sampler's items start..start+N-1 "
+                      "(accepted or not; a copy-paste branch is left out)")
+    p.add_argument("--mix", type=mix_arg, metavar="sd:A,copy_paste:B",
+                   help="hybrid graph: split --quota N per class between the SD images and the copy-paste images "
+                        "in the ratio A:B (--quota 200 --mix sd:1,copy_paste:1 = 100 + 100; a weight of 0 leaves "
+                        "that source out)")
     p.add_argument("--server", action="append", metavar="URL",
                    help=f"ComfyUI server; repeat to use several as workers (default {DEFAULT_SERVER})")
-    p.add_argument("--dataset", help="dataset name (sets the dataset_name of the writer, the filter and the sampler)")
+    p.add_argument("--dataset", help="dataset name (sets the dataset_name of the writers, the filters, the sampler "
+                   "and the copy-paste node)")
     p.add_argument("--output-dir", type=Path, help="the servers' ComfyUI output folder as seen from here "
                    "(default: learnt from the first finished item)")
     p.add_argument("--pending", type=whole(1), default=2, help="prompts kept queued per server (default 2)")
-    p.add_argument("--per-prompt", type=whole(1, MAX_COUNT), default=1, metavar="K",
-                   help=f"items per queued prompt (the sampler's count, at most {MAX_COUNT})")
-    p.add_argument("--start", type=whole(0), help="first item index (default: the sampler's start_index)")
+    p.add_argument("--per-prompt", type=whole(1, MAX_COUNT), metavar="K",
+                   help=f"items per queued prompt (the sampler's count, at most {MAX_COUNT}; default 1; in a "
+                        "copy-paste-only graph the copy-paste node's count, default its own)")
+    p.add_argument("--start", type=whole(0), help="first item index (default: the sampler's start_index; in a "
+                   "copy-paste-only graph the copy-paste node's)")
     p.add_argument("--retries", type=whole(0), default=2,
                    help="tries again a failed prompt this many times (default 2)")
-    p.add_argument("--max-items", type=whole(1), help="stop after queueing this many items (default 20 x the quota)")
+    p.add_argument("--max-items", type=whole(1), help="stop after queueing this many items (default 20 x the quota; "
+                   "each source on its own)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="override an input, e.g. 7.steps=20 or KSampler.steps=20 (value parsed as JSON if it can be)")
     p.add_argument("--ckpt", help="checkpoint file name for every CheckpointLoaderSimple")
@@ -123,7 +174,8 @@ def add_queue_args(p: argparse.ArgumentParser) -> None:
 
 
 def prepare(args) -> tuple:
-    """Workflow with overrides, the local sampler, and run settings from parsed arguments."""
+    """Workflow with overrides, the local sampler (None without one), and run settings from parsed
+    arguments."""
     from .packs import local_sampler
     from .scheduler import RunSettings
 
@@ -133,30 +185,90 @@ def prepare(args) -> tuple:
     wf.set_models(ckpt=args.ckpt, lora=args.lora, clip_weights=args.clip_weights)
     if args.dataset:
         wf.set_dataset(args.dataset)
-    sampler = local_sampler(wf.sampler_inputs(), args.pack_dir)
-    targets = parse_quotas(args.quota, sampler.labels)
-    if targets is not None:
-        wf.set_writer_quota(max(targets.values()))   # a safety net: never more accepted than asked
-    start = args.start if args.start is not None else int(wf.graph[wf.sampler_id]["inputs"].get("start_index") or 0)
+    elif wf.has_copy_paste:
+        wf.set_dataset(wf.dataset_name)   # the copy-paste node's resume mode counts what its writer fills
+    mix = getattr(args, "mix", None)
+    check_mix(wf, args, mix)
+    sampler = local_sampler(wf.sampler_inputs(), args.pack_dir) if wf.has_sampler else None
+    targets, cp_quota = None, 0
+    if args.quota:
+        targets, cp_quota = split_quotas(wf, args.quota, sampler, mix)
+    elif not wf.has_sampler:
+        raise WorkflowError(f"--items: {wf.source} has no DTGenPromptSampler; a copy-paste-only graph runs to a "
+                            "quota (--quota N: its node's resume mode)")
+    per_prompt = args.per_prompt or 1
+    if sampler is not None:
+        start = args.start if args.start is not None else int(wf.graph[wf.sampler_id]["inputs"].get("start_index") or 0)
+    else:
+        start = 0
+        if args.start is not None:
+            wf.set_input(wf.copy_paste_id, "start_index", args.start)
+        if args.per_prompt is not None:
+            wf.set_input(wf.copy_paste_id, "count", args.per_prompt)
     max_items = args.max_items
-    if max_items is None and targets is not None:
+    if max_items is None and targets:
         max_items = 20 * sum(targets.values()) + 20
     settings = RunSettings(
         servers=args.server or [os.environ.get("COMFYUI_URL", DEFAULT_SERVER)], targets=targets,
-        items=args.items, start=start, per_prompt=args.per_prompt, pending=args.pending, retries=args.retries,
+        items=args.items, start=start, per_prompt=per_prompt, pending=args.pending, retries=args.retries,
         output_dir=args.output_dir, dead_after=args.dead_after, give_up_after=args.give_up_after,
-        max_items=max_items)
+        max_items=max_items, copy_paste_quota=cp_quota, copy_paste_max_items=args.max_items)
     return wf, sampler, settings
+
+
+def check_mix(wf: Workflow, args, mix) -> None:
+    """--mix needs a graph with both sources (or at least the ones it gives a share) and --quota."""
+    if mix is None:
+        return
+    shown = ",".join(f"{k}:{v}" for k, v in mix.items())
+    if not wf.has_copy_paste:
+        raise WorkflowError(f"--mix {shown}: {wf.source} has no DTGenCopyPaste node, so there is nothing to mix "
+                            "with the prompt sampler; drop --mix or queue a hybrid workflow "
+                            "(example_workflows/api/dtgen_hybrid_copy_paste.json)")
+    if mix["sd"] and not wf.has_sampler:
+        raise WorkflowError(f"--mix {shown}: {wf.source} has no DTGenPromptSampler to make the sd share; give "
+                            "sd a weight of 0 or drop --mix")
+    if args.items is not None:
+        raise WorkflowError(f"--mix {shown}: it splits --quota between the sources; it cannot be used with --items")
+
+
+def split_quotas(wf: Workflow, values, sampler, mix) -> tuple[dict[str, int] | None, int]:
+    """(SD targets per class, copy-paste images per class) from --quota and --mix. Without --mix a
+    hybrid graph's --quota is the SD quota and its copy-paste node keeps its own quota_per_class; a
+    copy-paste-only graph's --quota is the copy-paste quota."""
+    if wf.has_sampler and mix is None:
+        cp = wf.copy_paste_inputs()["quota_per_class"] if wf.has_copy_paste else 0
+        return parse_quotas(values, sampler.labels), cp
+    mix = mix or {"sd": 0, "copy_paste": 1}
+    if not mix["copy_paste"]:                          # all to SD: per-class targets as usual
+        return parse_quotas(values, sampler.labels), 0
+    plain = [n for label, n in map(split_quota, values) if label is None]
+    if len(plain) != len(values):
+        raise WorkflowError(f"--quota {' '.join(values)}: the copy-paste node has one quota_per_class for all its "
+                            "classes; give one --quota N (pick the classes with --set ID.classes=a,b)")
+    sd, cp = split_mix(plain[0], mix)
+    if sampler is None:
+        return None, cp
+    return {label: sd for label in sampler.labels} if sd else {}, cp
 
 
 def print_summary(result, dataset: str, out=None) -> None:
     out = out or sys.stdout
     where = result.dataset_dir or f"{dataset} (under the server's output folder; nothing was generated)"
     print(f"dataset: {where}", file=out)
-    for label, c in sorted(result.counts.items()):
-        print(f"  {label:<28} {c['accepted']:>6} accepted {c['rejected']:>6} rejected", file=out)
+    by_source = getattr(result, "by_source", None) or {}
+    if by_source:
+        for source, counts in by_source.items():
+            print(f"  {source}" + (" (source generated)" if source == "sd" else "") + ":", file=out)
+            for label, c in sorted(counts.items()):
+                print(f"    {label:<26} {c['accepted']:>6} accepted {c['rejected']:>6} rejected", file=out)
+    else:
+        for label, c in sorted(result.counts.items()):
+            print(f"  {label:<28} {c['accepted']:>6} accepted {c['rejected']:>6} rejected", file=out)
     per_server = ", ".join(f"{u}: {n}" for u, n in result.servers.items())
-    print(f"{result.items_done} item(s) generated in {result.elapsed:.1f} s ({per_server})", file=out)
+    made = getattr(result, "items_by_source", None) or {}
+    split = f" ({', '.join(f'{k} {v}' for k, v in made.items())})" if by_source and made else ""
+    print(f"{result.items_done} item(s) generated{split} in {result.elapsed:.1f} s ({per_server})", file=out)
     if result.failed:
         print(f"failed after retries: {result.failed[:20]}", file=out)
 
@@ -180,17 +292,21 @@ class Parser(argparse.ArgumentParser):
 def main(argv=None) -> int:
     parser = Parser(prog="python -m runner",
                     description="DTGen from the shell: queue workflows on ComfyUI servers over the HTTP API "
-                                "(queue, demo) and check, repair, re-decide or finalize a dataset folder "
-                                "(status, reconcile, redecide, finalize).")
+                                "(queue, demo), check, repair, re-decide or finalize a dataset folder "
+                                "(status, reconcile, redecide, finalize) and measure it on real images (evaluate).")
     sub = parser.add_subparsers(dest="command", required=True)
     add_queue_args(sub.add_parser("queue", help="queue a workflow until per-class quotas (or N items) are met"))
     from .demo import add_demo_args
     add_demo_args(sub.add_parser("demo", help="one command: find ComfyUI, start it, generate a small dataset"))
     from .dataset_cli import COMMANDS, add_dataset_commands, run_dataset_command
     add_dataset_commands(sub)
+    from .evaluate_cli import EVALUATE_HELP, add_evaluate_args, cmd_evaluate
+    add_evaluate_args(sub.add_parser("evaluate", help=EVALUATE_HELP))
     args = parser.parse_args(argv)
     if args.command in COMMANDS:
         return run_dataset_command(args)
+    if args.command == "evaluate":
+        return cmd_evaluate(args)
     from .scheduler import RunError
     try:
         if args.command == "queue":

@@ -11,6 +11,13 @@ The embedded default (and ``--real-images`` with the real weights) runs the few-
 instead: a photo set (the user's ``--real-images``, copied into ``<workspace>/fewshot``, or drawn
 placeholders) trains a LoRA, which the generation then loads, and the photos join the dataset as
 ``source: real``. The set folder reaches only a server the demo starts (``dtgen_fewshot`` model folder).
+
+Then, on the same server, the CPU-only copy-paste template (``dtgen_copy_paste``, no diffusion model)
+fills a second dataset, ``dtgen_demo_copy_paste``: cutouts (``--cutouts`` or the placeholder plates and
+bowls drawn on transparency) pasted on backgrounds (``--backgrounds`` or drawn table textures), each
+image with its exact instance masks, filtered by CLIP and finalized with a COCO and a YOLO export
+(``--no-copy-paste`` skips it; a ComfyUI already running on the port cannot see the sets, so it is
+skipped there too).
 """
 from __future__ import annotations
 
@@ -65,6 +72,14 @@ def add_demo_args(p) -> None:
                    help="your few photos, <DIR>/<label>/*.jpg with labels of the prompt pack: a LoRA is trained "
                         "on them before generating, and they join the dataset as real images (default with the "
                         "tiny models: drawn placeholders)")
+    p.add_argument("--cutouts", type=Path, metavar="DIR",
+                   help="cutouts for the copy-paste step, <DIR>/<label>/ with RGBA PNGs (alpha = object) or "
+                        "<name>.jpg + <name>_mask.png (default: the placeholder plates and bowls, drawn)")
+    p.add_argument("--backgrounds", type=Path, metavar="DIR",
+                   help="backgrounds for the copy-paste step, a flat folder of photos (default: drawn table "
+                        "textures)")
+    p.add_argument("--no-copy-paste", action="store_true",
+                   help="skip the copy-paste step (cutouts on backgrounds, masks, COCO + YOLO export)")
     p.add_argument("--keep-server", action="store_true", help="leave the started server running")
     p.add_argument("--models-cache", type=Path, default=None,
                    help="where the embedded tiny models are built once (default: <workspace>/models-demo, so "
@@ -189,6 +204,15 @@ def cmd_demo(args) -> int:
         raise LocalServerError(f"--real-images needs a ComfyUI the demo starts (the photo set folder reaches only "
                                f"its own server), but one already runs on port {port}: stop it or pass --port "
                                "with a free port")
+    copy_paste = not args.no_copy_paste
+    if running and copy_paste:
+        if args.cutouts or args.backgrounds:
+            raise LocalServerError(f"--cutouts and --backgrounds need a ComfyUI the demo starts (their folders reach "
+                                   f"only its own server), but one already runs on port {port}: stop it or pass "
+                                   "--port with a free port")
+        say(f"no copy-paste step: its cutout and background folders reach only a ComfyUI the demo starts, and one "
+            f"already runs on port {port} (pass --port with a free port to include it)")
+        copy_paste = False
     url = f"http://127.0.0.1:{port}"
     model_dirs = {}
     if tiny:
@@ -212,6 +236,13 @@ def cmd_demo(args) -> int:
         photos = prepare_photos(workspace, args.real_images, labels, say)
         model_dirs["dtgen_fewshot"] = [photos.parent]
         wf.apply_set(f"{FEWSHOT}.folder={photos.name}")
+    sets = None
+    if copy_paste:
+        from .demo_cutouts import BACKGROUND_FOLDER, CUTOUT_FOLDER, prepare_sets
+
+        photo_labels = sorted(p.name for p in photos.iterdir() if p.is_dir()) if photos else sampler.labels
+        sets = prepare_sets(workspace, args.cutouts, args.backgrounds, photo_labels, say)
+        model_dirs[CUTOUT_FOLDER], model_dirs[BACKGROUND_FOLDER] = [sets[0].parent], [sets[1].parent]
 
     server, output_dir = None, None
     if running:
@@ -230,10 +261,12 @@ def cmd_demo(args) -> int:
         settings = RunSettings(servers=[url], targets=targets, output_dir=output_dir,
                                max_items=20 * sum(targets.values()) + 20)
         result = QueueRun(wf, sampler, settings, Progress(every=2.0)).run()
+        cp_dataset = run_copy_paste_step(url, wf, sets, args.quota, tiny, output_dir, say) if sets else None
     finally:
         if server is not None and not args.keep_server:
             server.stop()
     report = finalize_demo(result.dataset_dir)
+    cp_report = finalize_demo(cp_dataset) if cp_dataset else None
     say("done")
     if photos is not None:
         print(f"photo set: {photos}" + ("" if args.real_images else " (drawn placeholders, not real photos)"))
@@ -247,9 +280,14 @@ def cmd_demo(args) -> int:
     print(f"report: {report.report_json}")
     for path in [*report.contact_sheets.values(), *([report.plot] if report.plot else [])]:
         print(f"  {path}")
+    if cp_report is not None:
+        print_copy_paste(cp_dataset, sets, cp_report, args)
     if tiny:
         print("(pipeline demo with random weights: the pictures are noise; put the real SD3.5, LoRA and "
               "ViT-B-32 files in ComfyUI's models folders for real images)")
+        if cp_report is not None:
+            print("(copy-paste: real pixels and exact masks with no diffusion model, but the random ViT-B-32 makes "
+                  "the filter's accept/reject decisions arbitrary)")
     print(f"demo finished in {time.monotonic() - t0:.1f} s")
     return 0
 
@@ -260,3 +298,44 @@ def finalize_demo(dataset_dir: Path):
     from ..nodes.curation.redecide import histogram_image
 
     return finalize(dataset_dir, plot_fn=histogram_image, echo=False)
+
+
+def run_copy_paste_step(url: str, wf: Workflow, sets, quota: int, tiny: bool, output_dir, say) -> Path:
+    """The copy-paste template on the demo's server into its own dataset, ``quota`` accepted images per
+    class of the cutout set, with the main workflow's CLIP model; returns the dataset folder."""
+    from .demo_cutouts import (
+        DATASET,
+        TINY_SIZE,
+        clip_inputs,
+        copy_paste_graph,
+        run_copy_paste,
+    )
+
+    cut, bg = sets
+    labels = sorted(p.name for p in cut.iterdir() if p.is_dir())
+    graph = copy_paste_graph(cut.name, bg.name, quota, clip=clip_inputs(wf.graph), size=TINY_SIZE if tiny else None)
+    size = next(n["inputs"]["size"] for n in graph.values() if n["class_type"] == "DTGenCopyPaste")
+    say(f"copy-paste: {quota} accepted image(s) of {size}x{size} for each of {len(labels)} classes "
+        f"({', '.join(labels)}) into {DATASET} ...")
+    dataset_dir = Path(output_dir) / DATASET
+    run_copy_paste(url, graph, dataset_dir, labels, quota, say)
+    return dataset_dir
+
+
+def print_copy_paste(dataset_dir: Path, sets, report, args) -> None:
+    """Where the copy-paste dataset's images, masks and exports are, and its per-class decisions."""
+    cut, bg = sets
+    print(f"copy-paste dataset: {dataset_dir}")
+    print(f"  cutouts: {cut}" + ("" if args.cutouts else " (drawn placeholders, not real photos)"))
+    print(f"  backgrounds: {bg}" + ("" if args.backgrounds else " (drawn placeholder table textures)"))
+    print(f"  images: {dataset_dir / 'images'} (rejected: {dataset_dir / 'rejected'})")
+    print(f"  masks: {dataset_dir / 'masks'} (instance ids, 0 = background)")
+    coco, yolo = report.exports.get("coco"), report.exports.get("yolo")
+    if coco:
+        for name in coco["files"].values():
+            print(f"  COCO: {dataset_dir / name} ({coco['annotations']} annotations on {coco['images']} images)")
+    if yolo:
+        print(f"  YOLO: {dataset_dir / 'labels'} ({yolo['labels']} label files), {dataset_dir / yolo['data']}")
+    for label, c in sorted(report.per_class.items()):
+        print(f"  {label:<28} {c['accepted']:>4} accepted {c['rejected']:>4} rejected")
+    print(f"  report: {report.report_json}")

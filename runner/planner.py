@@ -1,6 +1,7 @@
 """Which item indices to queue next: per-class quotas or a fixed range, each index at most once.
 
-A *job* is one queue run: ``per_prompt`` consecutive indices (the sampler's start_index/count).
+A *job* is one queue run: ``per_prompt`` consecutive indices (the sampler's start_index/count),
+possibly with the copy-paste branch of a hybrid graph riding along (planned by its node, not here).
 Items in flight count as future accepted images of their class, so a class never gets more
 indices than it still needs; a rejected item leaves a gap that the next plan fills. A job that
 errored goes back to the retry pool a bounded number of times; a job lost with its server goes
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 
 @dataclass(eq=False)
 class Job:
-    indices: tuple[int, ...]
+    indices: tuple[int, ...]  # the prompt sampler's items (empty: a copy-paste prompt only)
     errors: int = 0
     prompt_id: str | None = None
     server: str | None = None
     unseen: int = 0          # polls in which the server knew nothing of the prompt
+    copy_paste: bool = False  # the graph has the copy-paste branch (its node in resume mode)
+    solo: bool = False        # no other copy-paste prompt was in flight while this one was
 
 
 class Planner:

@@ -1,6 +1,14 @@
 """Queue a DTGen workflow on one or more ComfyUI servers until the per-class quotas (or N items)
 are in the dataset.
 
+Sources: the prompt sampler's SD images (``sd``, stored as source ``generated``) are planned here,
+index by index. A copy-paste branch (``DTGenCopyPaste`` -> its own writer) runs in the node's resume
+mode: the node claims the items the dataset lacks (claims keep several servers apart) and reports
+"done" when every class has its copy-paste quota. The client rides it along with the SD prompts,
+queues the branch alone once SD is full, and takes "done" for full only from a prompt that no other
+copy-paste prompt overlapped (else one more prompt checks). Each source's quota counts its own
+images only.
+
 Each server keeps ``pending`` prompts queued. The dataset's manifest is the source of truth:
 what is stored is never queued again, so a killed client resumes where it stopped, and prompts an
 earlier run left on a server are adopted instead of queued twice. A server that stops answering
@@ -8,6 +16,7 @@ for ``dead_after`` seconds loses nothing: its unfinished items go back to the ot
 """
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,14 +29,19 @@ from .api import (
     execution_error,
     writer_dataset_path,
 )
+from ..nodes.synthesis.copy_paste import DONE_TEXT, MADE_TEXT
 from .dataset_view import DatasetView
 from .planner import Job, Planner
 from .progress import Progress, status_line
-from .workflow import SAMPLER, Workflow
+from .workflow import COPY_PASTE, SAMPLER, WRITER, Workflow
 
 MARK = "dtgen_queue"          # key in a prompt's extra_data: which run and items it belongs to
 MAX_ERRORS_IN_A_ROW = 5
 HISTORY_LOOKBACK = 200        # recent history entries searched for an earlier run's dataset path
+SD, CP = "sd", "copy_paste"   # the sources, as --mix names them
+SOURCE = {SD: "generated", CP: "copy_paste"}   # ... and as records name them
+CP_DONE = re.compile(re.escape(DONE_TEXT))            # the copy-paste node's text when it has nothing to do
+CP_MADE = re.compile(r"(\d+) " + re.escape(MADE_TEXT))  # ... and when it made items
 
 
 class RunError(RuntimeError):
@@ -48,6 +62,8 @@ class RunSettings:
     dead_after: float = 10.0
     give_up_after: float = 120.0
     max_items: int | None = None
+    copy_paste_quota: int = 0                 # copy-paste images per class (0: the branch is left out)
+    copy_paste_max_items: int | None = None   # default: 20 x the copy-paste quota of the classes seen, + 20
 
 
 @dataclass
@@ -59,6 +75,8 @@ class RunResult:
     failed: list[int]
     elapsed: float
     servers: dict = field(default_factory=dict)   # url -> items finished there
+    by_source: dict = field(default_factory=dict)  # "sd" / "copy_paste" -> per-class counts (several sources)
+    items_by_source: dict = field(default_factory=dict)   # source -> items made in this run
 
 
 class Worker:
@@ -74,23 +92,46 @@ class Worker:
 
 class QueueRun:
     def __init__(self, workflow: Workflow, sampler, settings: RunSettings, progress: Progress | None = None):
+        """``sampler``: the prompt sampler rebuilt locally (``packs.local_sampler``), None for a graph
+        with only a copy-paste branch."""
         self.wf, self.sampler, self.cfg = workflow, sampler, settings
         self.progress = progress or Progress()
         self.dataset = workflow.dataset_name
-        self.pack_hash = sampler.pack.pack_hash
+        self.pack_hash = sampler.pack.pack_hash if sampler is not None else None
+        self.stream = sampler.stream if sampler is not None else None
         self.client_id = str(uuid.uuid4())
         self.workers = [Worker(u) for u in dict.fromkeys(settings.servers)]
-        limit = sampler.total if sampler.mode == "exhaustive" else None
-        self.planner = Planner(sampler.label_of, targets=settings.targets, items=settings.items,
-                               start=settings.start, per_prompt=settings.per_prompt, limit=limit,
-                               retries=settings.retries, max_queued=settings.max_items)
+        self.sd_on = sampler is not None and (settings.items is not None or bool(settings.targets))
+        self.cp_on = workflow.has_copy_paste and settings.items is None and settings.copy_paste_quota > 0
+        if not (self.sd_on or self.cp_on):
+            raise ValueError("nothing to queue: no prompt-sampler target and no copy-paste quota")
+        limit = sampler.total if sampler is not None and sampler.mode == "exhaustive" else None
+        targets = settings.targets if self.sd_on or settings.items is not None else {}
+        self.planner = Planner(sampler.label_of if sampler is not None else str, targets=targets,
+                               items=settings.items, start=settings.start, per_prompt=settings.per_prompt,
+                               limit=limit, retries=settings.retries, max_queued=settings.max_items)
+        self.cp_quota = settings.copy_paste_quota if self.cp_on else 0
+        self.cp_count, self.cp_classes = 0, ()
+        if self.cp_on:
+            inputs = workflow.copy_paste_inputs()
+            self.cp_count, self.cp_classes = max(1, inputs["count"]), inputs["classes"]
+            workflow.set_copy_paste_quota(self.cp_quota)   # the node's resume mode, on this dataset
+            if not isinstance(workflow.graph[workflow.copy_paste_id]["inputs"].get("dataset_name"), list):
+                workflow.set_input(workflow.copy_paste_id, "dataset_name", self.dataset)
+        self.cp_full = False       # a lone copy-paste prompt said "done" and the manifest agrees
+        self.cp_draining = False   # one said "done" beside others: wait for them, then check with one more
+        self.cp_queued = 0         # copy-paste items asked for (count per prompt), for --max-items
         self.view: DatasetView | None = None
         self.reported_dir: str | None = None
         if settings.output_dir is not None:
-            self.view = DatasetView(Path(settings.output_dir) / self.dataset, self.pack_hash, sampler.stream_key)
+            self.view = self._new_view(Path(settings.output_dir) / self.dataset)
         self.errors_in_a_row = 0
         self.items_done = 0
+        self.made = {SD: 0, CP: 0}
         self.t0 = time.monotonic()
+
+    def _new_view(self, path) -> DatasetView:
+        return DatasetView(path, self.pack_hash, self.sampler.stream_key if self.sampler is not None else None)
 
     # ------------------------------------------------------------------------------------- setup
     def connect(self) -> None:
@@ -98,8 +139,11 @@ class QueueRun:
         for w in self.workers:
             try:
                 w.api.system_stats()
-                if not w.api.has_node(SAMPLER):
+                if self.sd_on and not w.api.has_node(SAMPLER):
                     raise RunError(f"ComfyUI at {w.url} has no DTGen nodes: install this pack in its "
+                                   "custom_nodes folder and restart it")
+                if self.cp_on and not w.api.has_node(COPY_PASTE):
+                    raise RunError(f"ComfyUI at {w.url} has no {COPY_PASTE} node: update the DTGen pack in its "
                                    "custom_nodes folder and restart it")
                 reachable.append(w)
             except ServerUnreachable as e:
@@ -122,12 +166,20 @@ class QueueRun:
         n = 0
         for entry in running + pending:
             mark = (entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {}).get(MARK) or {}
-            if (mark.get("dataset"), mark.get("pack_hash"), mark.get("stream")) == (
-                    self.dataset, self.pack_hash, self.sampler.stream):   # same items: this run's to follow
-                job = Job(tuple(mark.get("indices") or ()), prompt_id=entry[1], server=w.url)
-                w.jobs[entry[1]] = job
+            indices, copy_paste = tuple(mark.get("indices") or ()), bool(mark.get("copy_paste"))
+            if mark.get("dataset") != self.dataset:
+                continue
+            if indices and (mark.get("pack_hash"), mark.get("stream")) != (self.pack_hash, self.stream):
+                continue   # other items (another seed, pack or classes): not this run's
+            if not indices and not (copy_paste and self.cp_on):
+                continue
+            job = Job(indices, prompt_id=entry[1], server=w.url, copy_paste=copy_paste)
+            w.jobs[entry[1]] = job
+            if indices:
                 self.planner.adopt(job)
-                n += 1
+            if copy_paste:
+                self.cp_queued += self.cp_count
+            n += 1
         if n:
             self.progress.message(f"{w.url}: {n} prompt(s) of an earlier run are still queued; waiting for "
                                   "them instead of queueing their items again")
@@ -138,11 +190,16 @@ class QueueRun:
         for entry in reversed(list(w.api.get(f"/history?max_items={HISTORY_LOOKBACK}").values())):
             prompt = entry.get("prompt") or []
             mark = (prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}).get(MARK) or {}
-            reported = writer_dataset_path(entry, self.wf.writer_id) if mark.get("dataset") == self.dataset else None
-            if reported and (Path(reported) / "manifest.jsonl").is_file():
-                self.reported_dir = reported
-                self.view = DatasetView(reported, self.pack_hash, self.sampler.stream_key)
-                return
+            if mark.get("dataset") != self.dataset:
+                continue
+            graph = prompt[2] if len(prompt) > 2 and isinstance(prompt[2], dict) else {}
+            writers = [k for k, n in graph.items() if isinstance(n, dict) and n.get("class_type") == WRITER]
+            for writer in writers or self.wf.writer_ids:   # that run's writers (another graph may have other ids)
+                reported = writer_dataset_path(entry, writer)
+                if reported and (Path(reported) / "manifest.jsonl").is_file():
+                    self.reported_dir = reported
+                    self.view = self._new_view(reported)
+                    return
 
     # -------------------------------------------------------------------------------------- loop
     def run(self) -> RunResult:
@@ -169,47 +226,110 @@ class QueueRun:
                 self._poll(w)
             self._refresh_view()
             accepted, done = self._accepted(), self._done()
-            complete = self.planner.complete(accepted, done)
-            if complete:
+            sd_complete = self.planner.complete(accepted, done)
+            cp_complete = not self.cp_on or self.cp_full
+            if sd_complete and cp_complete:
                 self._cancel_pending()
                 if not self._in_flight_jobs():
                     return
             else:
-                self._fill(accepted, done)
-                if not self._in_flight_jobs() and self.planner.exhausted():
-                    raise RunError(self._why_short(accepted))
+                self._fill(accepted, done, sd_complete)
+                if not self._in_flight_jobs():
+                    if not sd_complete and self.planner.exhausted():
+                        raise RunError(self._why_short(accepted))
+                    if not cp_complete and not self._cp_budget_left():
+                        raise RunError(self._why_short_copy_paste())
             self._check_alive()
             self.progress.show(self._status())
             time.sleep(self.cfg.poll)
 
-    def _fill(self, accepted, done) -> None:
+    def _fill(self, accepted, done, sd_complete: bool = False) -> None:
         live = sorted((w for w in self.workers if not w.dead and w.failing_since is None), key=lambda w: len(w.jobs))
         for w in live:
             while len(w.jobs) < self.cfg.pending:
                 if self.view is None and self._in_flight_jobs():
                     return  # first item tells where the dataset is; plan the rest after it
-                job = self.planner.next_job(done, accepted, self._in_flight_labels(done))
+                job = self._next_job(accepted, done, sd_complete)
                 if job is None:
                     return
                 if not self._submit(w, job):
                     break
 
+    def _next_job(self, accepted, done, sd_complete: bool) -> Job | None:
+        """The sampler's next items (with the copy-paste branch while it still wants items), else a
+        copy-paste prompt alone, else nothing."""
+        with_cp = self._cp_wanted() or self._cp_probe_due()
+        if self.sd_on and not sd_complete:
+            job = self.planner.next_job(done, accepted, self._in_flight_labels(done))
+            if job is not None:
+                job.copy_paste = with_cp
+                return job
+        if with_cp:
+            return Job((), copy_paste=True)
+        return None
+
+    def _cp_budget_left(self) -> bool:
+        return self.cp_queued < self._cp_budget()
+
+    def _cp_budget(self) -> int:
+        if self.cfg.copy_paste_max_items is not None:
+            return self.cfg.copy_paste_max_items
+        return 20 * self.cp_quota * max(1, len(self._cp_labels())) + 20
+
+    def _cp_wanted(self) -> bool:
+        return self.cp_on and not self.cp_full and not self.cp_draining and self._cp_budget_left()
+
+    def _cp_probe_due(self) -> bool:
+        """After a "done" beside other copy-paste prompts, once they have finished: one prompt alone,
+        which sees every claim of this run resolved, says whether the quota is really met."""
+        return (self.cp_on and not self.cp_full and self.cp_draining and self._cp_budget_left()
+                and not any(j.copy_paste for j in self._in_flight_jobs()))
+
     def _submit(self, w: Worker, job: Job) -> bool:
-        graph = self.wf.item_graph(job.indices[0], len(job.indices))
-        extra = {MARK: {"dataset": self.dataset, "pack_hash": self.pack_hash, "stream": self.sampler.stream,
-                        "indices": list(job.indices)}}
+        quota = self._writer_quota()
+        if job.indices:
+            graph = self.wf.item_graph(job.indices[0], len(job.indices), copy_paste=job.copy_paste,
+                                       writer_quota=quota)
+        else:
+            graph = self.wf.copy_paste_graph(writer_quota=quota)
+        extra = {MARK: {"dataset": self.dataset, "pack_hash": self.pack_hash, "stream": self.stream,
+                        "indices": list(job.indices), "copy_paste": job.copy_paste}}
         try:
             pid = w.api.queue_prompt(graph, self.client_id, extra)
         except ServerUnreachable:
-            self.planner.lost(job)
+            self._lost(job)
             self._failing(w)
             return False
         except ComfyError as e:
-            self.planner.lost(job)
+            self._lost(job)
             raise RunError(str(e)) from None
+        if job.copy_paste:
+            others = [j for j in self._in_flight_jobs() if j.copy_paste]
+            job.solo = not others
+            for other in others:
+                other.solo = False
+            self.cp_queued += self.cp_count
         job.prompt_id, job.server, job.unseen = pid, w.url, 0
         w.jobs[pid] = job
         return True
+
+    def _writer_quota(self) -> int | None:
+        """The writers' quota_per_class, a safety net. A writer counts the accepted images of every
+        source, so with several sources the net is the sum of the quotas in play plus what other
+        sources already hold; with the sampler alone it is the quota itself, as before."""
+        if self.cfg.targets is None and not self.cp_on:
+            return None    # --items: the graph's own value
+        sd = self.cfg.targets if self.sd_on and self.cfg.targets else {}
+        playing = {SOURCE[name] for name, on in ((SD, self.sd_on), (CP, self.cp_on)) if on}
+        other = self.view.accepted_outside(playing) if self.view is not None else {}
+        labels = set(sd) | set(other)
+        return self.cp_quota + max((sd.get(label, 0) + other.get(label, 0) for label in labels), default=0)
+
+    def _lost(self, job: Job) -> None:
+        """A job that may not have run: the sampler's items go back to the planner (a copy-paste
+        prompt needs nothing back: its node plans again from the dataset)."""
+        if job.indices:
+            self.planner.lost(job)
 
     def _poll(self, w: Worker) -> None:
         if w.dead:
@@ -226,7 +346,7 @@ class QueueRun:
                     job.unseen += 1
                     if job.unseen >= 2:   # neither queued nor in history: the server was restarted
                         del w.jobs[pid]
-                        self.planner.lost(job)
+                        self._lost(job)
                     continue
                 del w.jobs[pid]
                 self._finished(w, job, entry)
@@ -240,20 +360,61 @@ class QueueRun:
     def _finished(self, w: Worker, job: Job, entry: dict) -> None:
         error = execution_error(entry)
         if error is not None:
-            retried = self.planner.errored(job)
+            retried = self.planner.errored(job) if job.indices else False
             self.errors_in_a_row += 1
-            self.progress.message(f"item {self._items(job)} failed on {w.url}: {error}"
-                                  + (" (will retry)" if retried else f" (gave up after {job.errors} tries)"))
+            if job.indices:
+                self.progress.message(f"item {self._items(job)} failed on {w.url}: {error}"
+                                      + (" (will retry)" if retried else f" (gave up after {job.errors} tries)"))
+            else:
+                self.progress.message(f"a copy-paste prompt failed on {w.url}: {error} (the node plans its "
+                                      "items again)")
             if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                 raise RunError(f"{self.errors_in_a_row} prompts in a row failed; last error: {error}; fix it and "
                                "run the same command again to resume")
             return
         self.errors_in_a_row = 0
-        self.planner.finished(job)
-        self.items_done += len(job.indices)
-        w.finished += len(job.indices)
-        self._learn_dataset(writer_dataset_path(entry, self.wf.writer_id), w)
-        self._check_pack(job)
+        if job.indices:
+            self.planner.finished(job)
+            self.items_done += len(job.indices)
+            self.made[SD] += len(job.indices)
+            w.finished += len(job.indices)
+        writers = ([self.wf.writer_id] if job.indices else []) + (self.wf.copy_paste_writer_ids if job.copy_paste else [])
+        for writer in writers:
+            self._learn_dataset(writer_dataset_path(entry, writer), w)
+        if job.indices:
+            self._check_pack(job)
+        if job.copy_paste:
+            self._copy_paste_finished(w, job, entry)
+
+    def _copy_paste_finished(self, w: Worker, job: Job, entry: dict) -> None:
+        texts = ((entry.get("outputs") or {}).get(str(self.wf.copy_paste_id)) or {}).get("text") or []
+        text = "\n".join(map(str, texts))
+        made = CP_MADE.search(text)
+        n = int(made.group(1)) if made else 0
+        self.items_done += n
+        self.made[CP] += n
+        w.finished += n
+        if CP_DONE.search(text):
+            if job.solo and not self._cp_short():
+                self.cp_full = True
+            else:
+                self.cp_draining = True   # others may still hold claims: check again when they are done
+        elif job.solo:
+            self.cp_draining = False      # the check found work: back to normal
+
+    def _cp_short(self) -> bool:
+        """Whether the manifest shows a copy-paste class below its quota."""
+        if self.view is None:
+            return False
+        counts = self.view.refresh().counts(SOURCE[CP])
+        return any(counts.get(label, {}).get("accepted", 0) < self.cp_quota for label in self._cp_labels())
+
+    def _cp_labels(self) -> tuple[str, ...]:
+        """The copy-paste classes: the node's classes input, else those in the dataset so far (the
+        cutout set is on the server; the client does not read it)."""
+        if self.cp_classes:
+            return self.cp_classes
+        return tuple(sorted(self.view.labels_of(SOURCE[CP]))) if self.view is not None else ()
 
     def _learn_dataset(self, reported: str | None, w: Worker) -> None:
         if reported is None:
@@ -266,13 +427,13 @@ class QueueRun:
             if not (Path(reported) / "manifest.jsonl").is_file():
                 raise RunError(f"the server wrote the dataset to {reported}, which this machine cannot see; run "
                                "the client where that folder is visible or pass --output-dir <mounted output folder>")
-            self.view = DatasetView(reported, self.pack_hash, self.sampler.stream_key)
+            self.view = self._new_view(reported)
         elif not (self.view.dir / "manifest.jsonl").is_file():
             raise RunError(f"no manifest at {self.view.dir} although the server wrote {reported}: --output-dir "
                            "must be the server's output folder")
 
     def _check_pack(self, job: Job) -> None:
-        if self.view is None:
+        if self.view is None or self.sampler is None:
             return
         self.view.refresh()
         if not set(job.indices) & self.view.done_indices() and self.view.foreign_pack_hashes():
@@ -296,7 +457,7 @@ class QueueRun:
         lost = list(w.jobs.values())
         w.jobs.clear()
         for job in lost:
-            self.planner.lost(job)
+            self._lost(job)
         return len(lost)
 
     def _check_alive(self) -> None:
@@ -328,7 +489,7 @@ class QueueRun:
                 if ours:
                     w.api.delete_pending(ours)
                     for pid in ours:
-                        self.planner.lost(w.jobs.pop(pid))
+                        self._lost(w.jobs.pop(pid))
                     removed += len(ours)
             except ComfyError:
                 pass
@@ -339,8 +500,9 @@ class QueueRun:
         if self.view is not None:
             self.view.refresh()
 
-    def _accepted(self) -> dict[str, int]:
-        counts = self.view.counts() if self.view is not None else {}
+    def _accepted(self, source: str = SD) -> dict[str, int]:
+        """Accepted images per class toward one source's quota (SD targets count SD images only)."""
+        counts = self.view.counts(SOURCE[source]) if self.view is not None else {}
         return {label: c["accepted"] for label, c in counts.items()}
 
     def _done(self) -> set[int]:
@@ -352,7 +514,7 @@ class QueueRun:
     def _in_flight_labels(self, done: set[int]) -> dict[str, int]:
         out: dict[str, int] = {}
         for job in self._in_flight_jobs():
-            for i in job.indices:
+            for i in job.indices:   # only jobs with indices exist without a sampler
                 if i not in done:
                     label = self.sampler.label_of(i)
                     out[label] = out.get(label, 0) + 1
@@ -373,18 +535,56 @@ class QueueRun:
             why = "the exhaustive prompt space is used up"
         else:
             why = f"{len(self.planner.failed)} item(s) failed after retries"
-        return f"quota not reached for {short}: {why}; raise --max-items, loosen the filter or lower --quota"
+        what = "SD quota" if self.cp_on else "quota"
+        return f"{what} not reached for {short}: {why}; raise --max-items, loosen the filter or lower --quota"
+
+    def _why_short_copy_paste(self) -> str:
+        counts = self.view.counts(SOURCE[CP]) if self.view is not None else {}
+        short = {k: f"{counts.get(k, {}).get('accepted', 0)}/{self.cp_quota}" for k in self._cp_labels()
+                 if counts.get(k, {}).get("accepted", 0) < self.cp_quota}
+        return (f"copy-paste quota not reached for {short or 'its classes'}: {self.cp_queued} copy-paste items "
+                f"asked for, --max-items {self._cp_budget()} reached (the filter rejects too much?); raise "
+                "--max-items, loosen the filter or lower the copy-paste quota")
+
+    def _sources(self) -> list[tuple[str, dict, dict]]:
+        """(name, counts toward its quota, per-class targets) of each source in play."""
+        out = []
+        if self.sd_on and self.cfg.targets is not None:
+            out.append((SD, self.view.counts(SOURCE[SD]) if self.view is not None else {}, self.cfg.targets))
+        if self.cp_on:
+            out.append((CP, self.view.counts(SOURCE[CP]) if self.view is not None else {},
+                        {label: self.cp_quota for label in self._cp_labels()}))
+        return out
 
     def _status(self) -> str:
-        counts = self.view.counts() if self.view is not None else {}
         alive = sum(not w.dead for w in self.workers)
         servers = f"{alive} server" + ("s" if alive != 1 else "")
-        return status_line(counts, self.cfg.targets, self.cfg.items, len(self._in_flight_jobs()), servers,
-                           time.monotonic() - self.t0, self.items_done)
+        elapsed, in_flight = time.monotonic() - self.t0, len(self._in_flight_jobs())
+        if self.cp_on:
+            sources = self._sources()
+            merged: dict[str, dict[str, int]] = {}
+            for _, counts, _ in sources:
+                for label, c in counts.items():
+                    m = merged.setdefault(label, {"accepted": 0, "rejected": 0})
+                    m["accepted"] += c.get("accepted", 0)
+                    m["rejected"] += c.get("rejected", 0)
+            return status_line(merged, None, None, in_flight, servers, elapsed, self.items_done, by_source=sources)
+        counts = self.view.counts(SOURCE[SD]) if self.view is not None else {}
+        return status_line(counts, self.cfg.targets, self.cfg.items, in_flight, servers, elapsed, self.items_done)
 
     def _result(self) -> RunResult:
+        by_source = {}
+        if self.view is not None:
+            self.view.refresh()
+            present = self.view.sources()
+            for name, on in ((SD, self.sd_on), (CP, self.cp_on)):
+                if on or SOURCE[name] in present:
+                    by_source[name] = self.view.counts(SOURCE[name])
+        if len(by_source) < 2 and not self.cp_on:
+            by_source = {}   # one source: the plain per-class counts say it all
         return RunResult(
             dataset_dir=self.view.dir if self.view is not None else None,
-            counts=self.view.refresh().counts() if self.view is not None else {},
+            counts=self.view.counts() if self.view is not None else {},
             queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
-            elapsed=time.monotonic() - self.t0, servers={w.url: w.finished for w in self.workers})
+            elapsed=time.monotonic() - self.t0, servers={w.url: w.finished for w in self.workers},
+            by_source=by_source, items_by_source={k: v for k, v in self.made.items() if v or k in by_source})

@@ -440,6 +440,39 @@ keep their instance masks: Finalize (`python -m runner finalize output/{dataset}
 `annotations/` and YOLO `labels/` for them.
 """
 
+DEFECT_FILES_NOTE = """## Files: where they go
+
+| file | folder |
+|---|---|
+| `sd3.5_large_fp8_scaled.safetensors`: SD3.5 Large with its text encoders inside | `models/checkpoints` |
+| `dtgen_steel_lora.safetensors`: your LoRA on a few real defect photos (trigger `dtgsteel`, see `prompts/steel_defects.yaml`) | `models/loras` |
+| `ViT-B-32.safetensors`: open_clip ViT-B/32 weights (OpenAI) for the CLIP filter | `models/open_clip` |
+| surfaces: photos of steel without the defect (or with other defects), any size | `models/dtgen_backgrounds/{surfaces}/` |
+| optional real defect masks (PNG, white = defect) | `models/dtgen_masks/<set>/` |
+
+**Checkpoint without text encoders**? Add a **TripleCLIPLoader** (`clip_l`, `clip_g`, `t5xxl` from
+`models/text_encoders`) and wire its CLIP output to LoraLoader's `clip` input.
+"""
+
+DEFECT_NOTE = """## How it runs (DefFiller's recipe)
+
+1. **DTGen Prompt Sampler** draws a defect class and its prompt; **DTGen Mask Sampler** draws a
+   mask of that class's shape (scratch, crack, blob, patch, pits; never thinner than
+   `min_width` = 10 px) and picks a surface.
+2. **VAE Encode** + **Set Latent Noise Mask** + **KSampler** inpaint only inside the mask (SD3.5 has
+   no inpainting model: the noise mask is the stock route that works with any model; DefFiller
+   keeps guidance low, **cfg 2-4**, so the defect stays faithful and the background consistent).
+   **ImageCompositeMasked** puts the untouched surface back outside the mask.
+3. **DTGen CLIP Filter** checks the class; **DTGen Mask IoU Filter** keeps the image only if the
+   defect landed in its mask: IoU(mask, prediction) >= **0.6** (DefFiller). Without a segmenter
+   wired to `predicted_masks`, a change detector (surface vs result) predicts the mask.
+4. **DTGen Dataset Writer** stores image + mask pairs in `output/{dataset}/`; Finalize exports
+   COCO and YOLO labels (`python -m runner finalize output/{dataset}`).
+
+DefFiller helps most with <= 100 real samples per defect class; defects under 10 px wide and busy
+textures need more targeted masks (lower `scale_max`, `shapes` lines, or your real masks).
+"""
+
 WORKFLOWS = {
     "dtgen_sd35_lora": dict(pack="tableware", lora=True),
     "dtgen_sd35_fruits": dict(pack="fruits", lora=False),
@@ -448,7 +481,16 @@ WORKFLOWS = {
     "dtgen_sd35_train_generate": dict(pack="tableware", train=True, generate=True),
     "dtgen_copy_paste": dict(pack="tableware", copy_paste=True),
     "dtgen_hybrid_copy_paste": dict(pack="tableware", copy_paste=True, hybrid=True),
+    "dtgen_sd35_defect_inpaint": dict(pack="steel_defects", defects=True),
 }
+
+
+def _defect_notes(api: dict) -> list[dict]:
+    masks = next(n["inputs"] for n in api.values() if n["class_type"] == "DTGenMaskSampler")
+    dataset = next(n["inputs"]["dataset_name"] for n in api.values() if n["class_type"] == "DTGenDatasetWriter")
+    return [{"title": "Read me: model files, surfaces, masks", "text": DEFECT_FILES_NOTE.format(surfaces=masks["surfaces"]),
+             "size": [620, 300]},
+            {"title": "Read me: how it runs", "text": DEFECT_NOTE.format(dataset=dataset), "size": [620, 320]}]
 
 
 def _copy_paste_notes(spec: dict, api: dict) -> list[dict]:
@@ -490,6 +532,8 @@ def notes_for(name: str, api: dict) -> list[dict]:
         return _train_notes(spec, api)
     if spec.get("copy_paste"):
         return _copy_paste_notes(spec, api)
+    if spec.get("defects"):
+        return _defect_notes(api)
     dataset = next((n["inputs"]["dataset_name"] for n in api.values()
                     if n["class_type"] == "DTGenDatasetWriter"), spec["pack"])
     files = FILES_NOTE.format(lora_row=LORA_ROW if spec["lora"] else "",

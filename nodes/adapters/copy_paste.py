@@ -224,8 +224,10 @@ class DTGenCopyPaste(io.ComfyNode):
             if not indices:
                 from comfy_execution.graph_utils import ExecutionBlocker
 
+                from ..synthesis.copy_paste import DONE_TEXT
+
                 return io.NodeOutput(*[ExecutionBlocker(None)] * 7, ui=ui.PreviewText(
-                    f"every class of {name} has {quota_per_class} copy-paste images: done"))
+                    f"every class of {name} has {quota_per_class} {DONE_TEXT}"))
         bar = ProgressBar(len(indices))
         items = []
         for i in indices:

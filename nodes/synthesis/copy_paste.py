@@ -43,6 +43,9 @@ from .errors import SynthesisError
 from .patches import Patch, Planes, jitter, paste, target_size, transform
 
 SOURCE = "copy_paste"
+# The node's text says these; the queue client reads them (runner/scheduler.py): change both together.
+DONE_TEXT = "copy-paste images: done"     # every class has its quota: nothing was made
+MADE_TEXT = "copy-paste item(s)"          # "<n> copy-paste item(s): ..."
 FORMAT = "copy_paste/1"        # part of the stream: bump when the same inputs would give other pixels
 BLENDS = ("none", "gaussian")
 MAX_OBJECTS = 50
@@ -313,7 +316,7 @@ def summary(items: list, shown: int = 5) -> str:
     requested = sum(it.metadata["objects_requested"] for it in items)
     placed = sum(it.metadata["objects_placed"] for it in items)
     visible = sum(len(it.instance_labels) for it in items)
-    head = f"{len(items)} copy-paste item(s): {placed} object(s) placed of {requested} requested, {visible} visible"
+    head = f"{len(items)} {MADE_TEXT}: {placed} object(s) placed of {requested} requested, {visible} visible"
     lines = [head]
     per_item, per_object = Counter(), Counter()
     for it in items:

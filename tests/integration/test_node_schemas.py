@@ -9,7 +9,8 @@ from support.comfy_server import PACK_NAME
 from support.pkg import ROOT
 
 EXPECTED = {"DTGenPromptSampler", "DTGenClipLoader", "DTGenClipFilter", "DTGenDatasetWriter", "DTGenDataset",
-            "DTGenDatasetFinalize", "DTGenFewShotImages", "DTGenCopyPaste"}
+            "DTGenDatasetFinalize", "DTGenFewShotImages", "DTGenCopyPaste",
+            "DTGenMaskSampler", "DTGenMaskIoUFilter"}
 
 
 def test_object_info_lists_every_node_with_tooltips(client, comfy_server):

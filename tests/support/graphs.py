@@ -52,6 +52,8 @@ def example_api(name: str, **overrides) -> dict:
             inputs.update(folder=REAL_SET, size=64)
         elif kind == "DTGenCopyPaste":
             inputs.update(cutouts=CUTOUT_SET, backgrounds=BACKGROUND_SET, size=128)
+        elif kind == "DTGenMaskSampler":
+            inputs.update(surfaces=BACKGROUND_SET, size=128, scale_min=0.3)
         elif kind == "TrainLoraNode":   # a few steps in fp32: what a CPU can train in seconds
             inputs.update(steps=3, rank=4, training_dtype="fp32", lora_dtype="fp32", gradient_checkpointing=False,
                           grad_accumulation_steps=1, learning_rate=0.01)

@@ -1,18 +1,29 @@
 """Which ComfyUI the demo uses when its port is taken: the tiny models' folders reach only a server
 the demo starts, so a ComfyUI already on the port is reused only with the real weights. Which
 template it queues, and its few-shot photo set: drawn placeholders or a bounded copy of
---real-images. No real ComfyUI runs here: the one "on the port" is the stand-in from fake_comfy.py
-and LocalServer.start is replaced by a recorder."""
+--real-images. The copy-paste step's sets: drawn cutouts (exact alpha) and table textures, or bounded
+copies of --cutouts / --backgrounds that the synthesis loaders accept; its template and queue loop.
+No real ComfyUI runs here: the one "on the port" is the stand-in from fake_comfy.py and
+LocalServer.start is replaced by a recorder."""
 from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 from dtgen.nodes.fewshot.imageset import FewShotError, scan
-from dtgen.runner import demo, demo_photos
-from dtgen.runner.local_server import LocalServer, LocalServerError, free_port, port_in_use
+from dtgen.nodes.synthesis.backgrounds import load_backgrounds
+from dtgen.nodes.synthesis.cutouts import load_cutouts
+from dtgen.runner import demo, demo_cutouts, demo_photos
+from dtgen.runner.local_server import (
+    LocalServer,
+    LocalServerError,
+    free_port,
+    port_in_use,
+)
 from dtgen.runner.workflow import Workflow
 from fake_comfy import FakeComfy
+from PIL import Image, ImageDraw
 from support.not_comfy import not_comfy_server
 
 
@@ -93,12 +104,19 @@ def test_tiny_demo_starts_its_own_server_beside_a_running_comfyui(tmp_path, comf
     [(own, model_dirs, cpu)] = started
     assert own != port and cpu
     photos = tmp_path / "ws" / demo.PHOTO_SETS / demo.PLACEHOLDER_SET
+    cut = tmp_path / "ws" / demo_cutouts.CUTOUT_SETS / demo_cutouts.PLACEHOLDER_CUTOUTS
+    bg = tmp_path / "ws" / demo_cutouts.BACKGROUND_SETS / demo_cutouts.PLACEHOLDER_BACKGROUNDS
     assert model_dirs == {**{folder: [tmp_path / "cache" / folder] for folder in demo.TINY},
-                          "dtgen_fewshot": [photos.parent]}
+                          "dtgen_fewshot": [photos.parent], "dtgen_cutouts": [cut.parent],
+                          "dtgen_backgrounds": [bg.parent]}
     assert sorted(p.name for p in photos.iterdir()) == sorted(demo.TINY_CLASSES.split(","))
+    assert sorted(load_cutouts(cut)) == sorted(demo.TINY_CLASSES.split(","))   # the photo classes
+    assert len(load_backgrounds(bg)) == len(demo_cutouts.TABLES)
     out = capsys.readouterr().out
     assert f"port {port} is busy with another ComfyUI; the demo starts its own on port {own}" in out
     assert f"drew 3 PLACEHOLDER photos per class in {photos}" in out
+    assert f"drew 3 PLACEHOLDER cutouts per class in {cut}" in out
+    assert f"drew 4 PLACEHOLDER table textures (wood, linen, gingham) in {bg}" in out
     assert f"starting ComfyUI on http://127.0.0.1:{own}" in out
     assert not comfy_on_port.history and not comfy_on_port.pending   # nothing was queued on the user's server
 
@@ -119,6 +137,10 @@ def test_demo_with_real_weights_reuses_the_running_comfyui(tmp_path, comfyui_tre
     assert f"using the ComfyUI already running at http://127.0.0.1:{port}" in out and "busy" not in out
     ds = comfy_on_port.output_dir / demo.DATASET
     assert f"dataset: {ds}" in out and comfy_on_port.executed
+    # its folders reach only a server the demo starts: no copy-paste step, said, nothing drawn
+    assert f"no copy-paste step: its cutout and background folders reach only a ComfyUI the demo starts, and " \
+           f"one already runs on port {port}" in out
+    assert "copy-paste dataset" not in out and not (tmp_path / "ws" / demo_cutouts.CUTOUT_SETS).exists()
 
 
 def test_the_tiny_models_stay_in_the_workspace_unless_told_otherwise(tmp_path):
@@ -221,8 +243,12 @@ def test_real_images_with_real_weights_start_a_server_with_the_photo_set(tmp_pat
         demo.cmd_demo(demo_args(tmp_path, comfyui_tree, free_port(), "--real-images", str(src)))
     [(model_dirs, cpu)] = started
     photos = tmp_path / "ws" / demo.PHOTO_SETS / demo.REAL_SET
-    assert model_dirs == {"dtgen_fewshot": [photos.parent]} and not cpu   # the template's GPU settings
+    cut = tmp_path / "ws" / demo_cutouts.CUTOUT_SETS / demo_cutouts.PLACEHOLDER_CUTOUTS
+    assert model_dirs == {"dtgen_fewshot": [photos.parent], "dtgen_cutouts": [cut.parent],
+                          "dtgen_backgrounds": [tmp_path / "ws" / demo_cutouts.BACKGROUND_SETS]}
+    assert not cpu   # the template's GPU settings
     assert [im.path.name for im in scan(photos)] == ["plate_clean_00.png", "plate_clean_01.png"]
+    assert list(load_cutouts(cut)) == ["plate_clean"]   # drawn for the classes of the user's photos
     assert f"copied 2 photo(s) in 1 class(es) from {src} to {photos}" in capsys.readouterr().out
 
 
@@ -235,3 +261,252 @@ def test_real_images_refuse_a_comfyui_already_on_the_port(tmp_path, comfyui_tree
     assert "\n" not in str(e.value)
     assert not comfy_on_port.history and not comfy_on_port.pending
     assert not (tmp_path / "ws" / demo.PHOTO_SETS).exists()
+
+
+# -- the copy-paste step ---------------------------------------------------------------------------
+def test_the_copy_paste_options():
+    p = argparse.ArgumentParser()
+    demo.add_demo_args(p)
+    plain = p.parse_args([])
+    assert plain.cutouts is None and plain.backgrounds is None and not plain.no_copy_paste
+    chosen = p.parse_args(["--cutouts", "c", "--backgrounds", "b", "--no-copy-paste"])
+    assert (chosen.cutouts, chosen.backgrounds, chosen.no_copy_paste) == (demo.Path("c"), demo.Path("b"), True)
+
+
+@pytest.mark.parametrize("label", demo.TINY_CLASSES.split(","))
+def test_drawn_cutouts_have_the_exact_alpha_of_the_drawn_object(label):
+    for i in range(demo_photos.PER_CLASS):
+        for size in (demo_photos.SIZE, demo_cutouts.CUTOUT_SIZE):
+            rgba = np.asarray(demo_photos.draw_cutout(label, i, size))
+            alpha = rgba[..., 3]
+            assert set(np.unique(alpha)) == {0, 255}   # no soft edge: the object is the drawn disc
+            cx, cy, r = demo_photos.placeholder_disc(label, i, size)
+            disc = Image.new("L", (size, size), 0)
+            ImageDraw.Draw(disc).ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+            assert np.array_equal(alpha, np.asarray(disc))   # rim, well and stains stay on the dish
+            yy, xx = np.mgrid[:size, :size] + 0.5   # pixel centres: the disc within rasterisation
+            d = np.hypot(xx - cx, yy - cy)
+            assert (alpha[d < r - 1.5] == 255).all() and (alpha[d > r + 1.5] == 0).all()
+            assert (rgba[alpha == 0, :3] == 0).all()   # nothing drawn outside the object
+        # the placeholder photo is that object on a table colour: the same pixels where alpha is set
+        photo = np.asarray(demo_photos.draw_placeholder(label, i))
+        obj = np.asarray(demo_photos.draw_cutout(label, i))
+        inside = obj[..., 3] == 255
+        assert np.array_equal(photo[inside], obj[inside][:, :3])
+        assert len({tuple(px) for px in photo[~inside]}) == 1   # the table
+
+
+def test_drawn_cutouts_are_a_set_load_cutouts_accepts(tmp_path):
+    labels = demo.TINY_CLASSES.split(",")
+    first = demo_cutouts.placeholder_cutouts(tmp_path / "a", labels)
+    second = demo_cutouts.placeholder_cutouts(tmp_path / "b", labels)
+    found = load_cutouts(first)
+    assert sorted(found) == sorted(labels)
+    for label, cutouts in found.items():
+        assert [c.path.name for c in cutouts] == [f"{label}_{i:02d}.png" for i in range(demo_photos.PER_CLASS)]
+        for i, c in enumerate(cutouts):
+            assert c.mask_path is None and set(np.unique(c.alpha)) == {0.0, 1.0}
+            # cropped to the object: the alpha is the drawn one, cut to its bounding box
+            drawn = np.asarray(demo_photos.draw_cutout(label, i, demo_cutouts.CUTOUT_SIZE))[..., 3] > 0
+            ys, xs = np.nonzero(drawn)
+            assert np.array_equal(c.alpha > 0, drawn[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+            assert (c.path.read_bytes() == (second / label / c.path.name).read_bytes())
+    (first / "stale").mkdir()
+    demo_cutouts.placeholder_cutouts(first, labels[:1])   # replaced, not added to
+    assert [p.name for p in first.iterdir()] == labels[:1]
+
+
+def test_drawn_backgrounds_are_deterministic_textures_load_backgrounds_accepts(tmp_path):
+    first = demo_cutouts.placeholder_backgrounds(tmp_path / "a")
+    second = demo_cutouts.placeholder_backgrounds(tmp_path / "b")
+    bgs = load_backgrounds(first)
+    assert [b.name for b in bgs.entries] == sorted(name for name, _, _ in demo_cutouts.TABLES)
+    assert [b.sha256 for b in bgs.entries] == [b.sha256 for b in load_backgrounds(second).entries]
+    pixels = [np.asarray(Image.open(b.path)) for b in bgs.entries]
+    for a in pixels:
+        assert a.shape == (demo_cutouts.BACKGROUND_SIZE,) * 2 + (3,)
+        assert a.std() > 3   # a texture, not a flat colour
+    assert len({a.tobytes() for a in pixels}) == len(pixels)
+    assert bgs.fitted(0, 256).shape == (256, 256, 3)
+    with pytest.raises(ValueError, match="table kind 'marble'"):
+        demo_cutouts.draw_table("marble", ((1, 2, 3),), 0)
+
+
+def _user_cutouts(root):
+    """Two classes: an RGBA PNG, and a JPEG with its _mask.png."""
+    yy, xx = np.mgrid[:40, :60]
+    disc = ((yy - 20) ** 2 + (xx - 30) ** 2 <= 15 ** 2)
+    rgb = np.zeros((40, 60, 3), np.uint8) + np.array([200, 80, 40], np.uint8)
+    (root / "cup").mkdir(parents=True)
+    Image.fromarray(np.dstack([rgb, disc.astype(np.uint8) * 255])).save(root / "cup" / "cup1.png")
+    (root / "mug").mkdir()
+    Image.fromarray(rgb).save(root / "mug" / "mug1.jpg")
+    Image.fromarray(disc.astype(np.uint8) * 255).save(root / "mug" / "mug1_mask.png")
+    (root / "mug" / "notes.md").write_text("ignored")
+    return root
+
+
+def test_user_cutouts_and_backgrounds_are_copied_when_the_loaders_accept_them(tmp_path):
+    src = _user_cutouts(tmp_path / "mine")
+    assert demo_cutouts.copy_cutout_set(src, tmp_path / "set") == {"cup": 1, "mug": 1}
+    assert sorted(str(p.relative_to(tmp_path / "set")) for p in (tmp_path / "set").rglob("*") if p.is_file()) == [
+        "cup/cup1.png", "mug/mug1.jpg", "mug/mug1_mask.png"]
+    assert {k: len(v) for k, v in load_cutouts(tmp_path / "set").items()} == {"cup": 1, "mug": 1}
+
+    bg = tmp_path / "tables"
+    bg.mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((30, 50, 3), 40 * k, np.uint8)).save(bg / f"t{k}.jpg")
+    (bg / "readme.txt").write_text("ignored")
+    assert demo_cutouts.copy_background_set(bg, tmp_path / "bgs") == 2
+    assert sorted(p.name for p in (tmp_path / "bgs").iterdir()) == ["t0.jpg", "t1.jpg"]
+
+
+def test_user_cutouts_and_backgrounds_the_node_would_refuse_are_refused_in_one_line(tmp_path):
+    src = _user_cutouts(tmp_path / "mine")
+    (src / "mug" / "mug1_mask.png").unlink()   # a JPEG without transparency or mask
+    with pytest.raises(ValueError, match=r"^--cutouts: .*mug1.jpg: has no transparency and no mask file") as e:
+        demo_cutouts.copy_cutout_set(src, tmp_path / "set")
+    assert "\n" not in str(e.value) and not (tmp_path / "set").exists()
+    with pytest.raises(ValueError, match=f"^--cutouts {tmp_path / 'nowhere'}: not a folder; expected <folder>/<label>/"):
+        demo_cutouts.copy_cutout_set(tmp_path / "nowhere", tmp_path / "set")
+    with pytest.raises(ValueError, match=f"^--cutouts {src}: more than 2 files or"):
+        demo_cutouts.copy_cutout_set(src, tmp_path / "set", max_files=2)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    with pytest.raises(ValueError, match=f"^--backgrounds: {flat}: folder holds no background image"):
+        demo_cutouts.copy_background_set(flat, tmp_path / "bgs")
+    (flat / "sub").mkdir()
+    with pytest.raises(ValueError, match=r"^--backgrounds: .*sub: is a folder"):
+        demo_cutouts.copy_background_set(flat, tmp_path / "bgs")
+    assert not (tmp_path / "bgs").exists()
+
+
+def test_the_copy_paste_template_is_set_up_for_the_demo():
+    wf = Workflow.load(demo.TRAIN_WORKFLOW)
+    wf.set_models(clip_weights=demo.TINY["open_clip"])
+    graph = demo_cutouts.copy_paste_graph("cut_set", "bg_set", 3, clip=demo_cutouts.clip_inputs(wf.graph), size=256)
+    by = {n["class_type"]: n["inputs"] for n in graph.values()}
+    assert by["DTGenCopyPaste"]["cutouts"] == "cut_set" and by["DTGenCopyPaste"]["backgrounds"] == "bg_set"
+    assert by["DTGenCopyPaste"]["quota_per_class"] == 3 and by["DTGenCopyPaste"]["size"] == 256
+    assert by["DTGenCopyPaste"]["classes"] == ""   # every class folder of the set
+    for kind in ("DTGenCopyPaste", "DTGenClipFilter", "DTGenDatasetWriter"):
+        assert by[kind]["dataset_name"] == demo_cutouts.DATASET
+    assert by["DTGenDatasetWriter"]["masks"] == ["1", 1]   # the instance masks reach the writer
+    assert by["DTGenClipLoader"]["weights"] == demo.TINY["open_clip"] and by["DTGenClipLoader"]["arch"] == "ViT-B-32"
+    template = demo_cutouts.copy_paste_graph("c", "b", 1)   # real weights: the template's size and CLIP
+    assert next(n for n in template.values() if n["class_type"] == "DTGenCopyPaste")["inputs"]["size"] == 512
+
+
+class _QueueStub:
+    """ComfyAPI for run_copy_paste: each queued graph 'makes' what ``make(count)`` adds to the counts."""
+
+    def __init__(self, counts, make, error=None):
+        self.counts, self.make, self.error, self.queued = counts, make, error, []
+
+    def queue_prompt(self, graph, client_id, extra=None):
+        count = next(n for n in graph.values() if n["class_type"] == "DTGenCopyPaste")["inputs"]["count"]
+        self.queued.append(count)
+        self.make(self.counts, count)
+        return f"p{len(self.queued)}"
+
+    def history(self, prompt_id):
+        if self.error:
+            return {"status": {"status_str": "error", "messages": [["execution_error", {
+                "node_id": "1", "node_type": "DTGenCopyPaste", "exception_type": "SynthesisError",
+                "exception_message": self.error}]]}}
+        return {"status": {"status_str": "success"}, "outputs": {}}
+
+
+def _run(monkeypatch, stub, labels=("a", "b"), quota=2, max_rounds=8):
+    monkeypatch.setattr(demo_cutouts, "ComfyAPI", lambda url: stub)
+    monkeypatch.setattr(demo_cutouts, "accepted_counts", lambda ds: {k: dict(v) for k, v in stub.counts.items()})
+    said = []
+    graph = demo_cutouts.copy_paste_graph("c", "b", quota)
+    return demo_cutouts.run_copy_paste("http://x", graph, None, list(labels), quota, said.append,
+                                       max_rounds=max_rounds), said
+
+
+def test_the_copy_paste_loop_queues_what_each_class_lacks_until_the_quota(monkeypatch):
+    def accept_one_reject_rest(counts, n):   # each run: one more accepted per class, the rest rejected
+        for label in ("a", "b"):
+            c = counts.setdefault(label, {"accepted": 0, "rejected": 0})
+            c["accepted"] += 1
+        counts["a"]["rejected"] += n - 2
+
+    stub = _QueueStub({"a": {"accepted": 1, "rejected": 0}}, accept_one_reject_rest)
+    counts, said = _run(monkeypatch, stub)
+    assert stub.queued == [3, 1] and counts["a"]["accepted"] == 3 and counts["b"]["accepted"] == 2 and not said
+
+    stub = _QueueStub({"a": {"accepted": 2, "rejected": 0}, "b": {"accepted": 5, "rejected": 1}}, None)
+    assert _run(monkeypatch, stub)[1] == [] and stub.queued == []   # full already (a resumed demo)
+
+
+def test_the_copy_paste_loop_stops_when_nothing_comes_or_after_its_runs(monkeypatch):
+    stub = _QueueStub({}, lambda counts, n: None)
+    _, said = _run(monkeypatch, stub)
+    assert stub.queued == [4]   # nothing new after one run: no endless loop
+    assert said == [("copy-paste quota not reached for {'a': '0/2', 'b': '0/2'} after 1 run(s) (the filter "
+                     "rejects many?): the dataset keeps what was made")]
+
+    def reject_all(counts, n):
+        counts.setdefault("a", {"accepted": 0, "rejected": 0})["rejected"] += n
+
+    stub = _QueueStub({}, reject_all)
+    _, said = _run(monkeypatch, stub, max_rounds=3)
+    assert stub.queued == [4, 4, 4] and "after 3 run(s)" in said[0]
+
+
+def test_a_failed_copy_paste_run_ends_the_demo_with_one_line(monkeypatch):
+    stub = _QueueStub({}, lambda counts, n: None, error="cutouts/a/x.png: mask is empty")
+    with pytest.raises(LocalServerError, match=r"^the copy-paste run failed: node 1 \(DTGenCopyPaste\): "
+                                               r"SynthesisError: cutouts/a/x.png: mask is empty; see the server log$"):
+        _run(monkeypatch, stub)
+
+
+def test_no_copy_paste_skips_the_step(tmp_path, comfyui_tree, monkeypatch, capsys):
+    started = []
+
+    def record(self, timeout=180.0):
+        started.append(self.model_dirs)
+        raise _Started
+
+    monkeypatch.setattr(LocalServer, "start", record)
+    with pytest.raises(_Started):
+        demo.cmd_demo(demo_args(tmp_path, comfyui_tree, free_port(), "--no-copy-paste"))
+    [model_dirs] = started
+    assert "dtgen_cutouts" not in model_dirs and "dtgen_backgrounds" not in model_dirs
+    assert not (tmp_path / "ws" / demo_cutouts.CUTOUT_SETS).exists() and "cutouts" not in capsys.readouterr().out
+
+
+def test_user_cutouts_and_backgrounds_reach_the_server_the_demo_starts(tmp_path, comfyui_tree, monkeypatch, capsys):
+    started = []
+
+    def record(self, timeout=180.0):
+        started.append(self.model_dirs)
+        raise _Started
+
+    monkeypatch.setattr(LocalServer, "start", record)
+    src = _user_cutouts(tmp_path / "mine")
+    bg = demo_cutouts.placeholder_backgrounds(tmp_path / "tables")
+    with pytest.raises(_Started):
+        demo.cmd_demo(demo_args(tmp_path, comfyui_tree, free_port(), "--cutouts", str(src), "--backgrounds", str(bg)))
+    [model_dirs] = started
+    cut = tmp_path / "ws" / demo_cutouts.CUTOUT_SETS / demo_cutouts.USER_CUTOUTS
+    bgs = tmp_path / "ws" / demo_cutouts.BACKGROUND_SETS / demo_cutouts.USER_BACKGROUNDS
+    assert model_dirs["dtgen_cutouts"] == [cut.parent] and model_dirs["dtgen_backgrounds"] == [bgs.parent]
+    assert sorted(load_cutouts(cut)) == ["cup", "mug"] and len(load_backgrounds(bgs)) == len(demo_cutouts.TABLES)
+    out = capsys.readouterr().out
+    assert f"copied 2 cutout(s) in 2 class(es) from {src} to {cut}" in out
+    assert f"copied 4 background(s) from {bg} to {bgs}" in out and "PLACEHOLDER cutouts" not in out
+
+
+def test_cutouts_refuse_a_comfyui_already_on_the_port(tmp_path, comfyui_tree, comfy_on_port):
+    _real_weights(comfyui_tree)
+    port = comfy_on_port.httpd.server_port
+    src = _user_cutouts(tmp_path / "mine")
+    with pytest.raises(LocalServerError, match=f"^--cutouts and --backgrounds need a ComfyUI the demo starts.*"
+                                               f"port {port}") as e:
+        demo.cmd_demo(demo_args(tmp_path, comfyui_tree, port, "--cutouts", str(src)))
+    assert "\n" not in str(e.value) and not comfy_on_port.history and not comfy_on_port.pending
+    assert not (tmp_path / "ws" / demo_cutouts.CUTOUT_SETS).exists()
