@@ -17,5 +17,6 @@ def _stage_modules():
     from .adapters import fewshot_images as fewshot
     from .adapters import copy_paste as synthesis
     from .adapters import defects
+    from .adapters import evaluate as evaluation
 
-    return [fewshot, prompting, synthesis, defects, filtering, dataset]
+    return [fewshot, prompting, synthesis, defects, filtering, dataset, evaluation]

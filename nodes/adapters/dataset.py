@@ -209,6 +209,9 @@ class DTGenDatasetFinalize(io.ComfyNode):
                 io.String.Output("report", display_name="report",
                                  tooltip="Report as JSON: per-class counts and acceptance rate, moves, split."),
                 io.Image.Output("plot", display_name="plot", tooltip="Per-class score histograms with thresholds."),
+                DatasetHandle.Output("finalized_dataset", display_name="dataset",
+                                     tooltip="This dataset, after Finalize: wire it into DTGen Evaluate to measure it "
+                                             "in the same queue run."),
             ],
         )
 
@@ -260,13 +263,14 @@ class DTGenDatasetFinalize(io.ComfyNode):
         if redecide:
             margin, near = checks_from_widgets(class_margin, near_duplicate)
             decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin, near)
-        report = finalize(dataset_dir(dataset_name_of(dataset, dataset_name)), decide_fn=decide_fn, split=split.strip() or None,
+        name = dataset_name_of(dataset, dataset_name)
+        report = finalize(dataset_dir(name), decide_fn=decide_fn, split=split.strip() or None,
                           plot_fn=histogram_image, echo=False, split_folders=bool(split_folders),
                           export=None if export in (None, "auto") else export)
         image = torch.from_numpy(report.plot_image.astype("float32") / 255.0)[None]
         shown = ui.PreviewImage(image, cls=cls).as_dict()
         shown["text"] = (finalize_summary(report),)
-        return io.NodeOutput(json.dumps(report.data, sort_keys=True), image, ui=shown)
+        return io.NodeOutput(json.dumps(report.data, sort_keys=True), image, name.strip(), ui=shown)
 
 
 class DTGenDataset(io.ComfyNode):
