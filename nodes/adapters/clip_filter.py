@@ -119,8 +119,8 @@ class DTGenClipLoader(io.ComfyNode):
         if linked(arch, weights, pretrained_tag):   # checked at execution
             return True
         try:
-            check_arch(arch)
-            resolve_weights(weights, arch, pretrained_tag)
+            path = resolve_weights(weights, arch, pretrained_tag)
+            check_arch(arch, path)   # a custom architecture is described by a config beside its weights
         except ClipFilterError as exc:
             return str(exc)
         return True

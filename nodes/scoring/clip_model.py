@@ -3,6 +3,10 @@
 ``load_clip`` builds the architecture with ``open_clip.create_model(arch, pretrained=None)`` and
 loads the state dict itself, so a wrong file gets an error that says what is wrong with it
 (missing / unexpected / shape-mismatched key counts) instead of a long PyTorch traceback.
+
+An architecture that open_clip does not know is built from a config JSON next to the weights
+(``<weights stem>.json`` or ``open_clip_config.json``, see ``clip_config``): e.g. a small CLIP
+trained for a test. A built-in name always means open_clip's own config.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import clip_config
 from .errors import ClipFilterError
 
 SAFE_SUFFIXES = (".safetensors",)
@@ -46,9 +51,13 @@ class ClipBundle:
 
     def describe(self) -> dict:
         """JSON-friendly facts for a dataset manifest."""
-        return {"arch": self.arch, "weights": self.weights_name, "sha256": self.weights_sha256,
-                "image_size": list(self.image_size), "device": self.device,
-                "dtype": str(self.dtype).replace("torch.", "")}
+        facts = {"arch": self.arch, "weights": self.weights_name, "sha256": self.weights_sha256,
+                 "image_size": list(self.image_size), "device": self.device,
+                 "dtype": str(self.dtype).replace("torch.", "")}
+        custom = self.extra.get("custom")
+        if custom:   # an architecture built from a config JSON: which one
+            facts.update(config=custom["config"], config_sha256=custom["config_sha256"])
+        return facts
 
 
 _CACHE: OrderedDict[tuple, ClipBundle] = OrderedDict()   # least recently used first
@@ -70,17 +79,29 @@ def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
     ``pretrained_tag`` (optional, e.g. "openai"): the open_clip tag the file came from; it only
     selects that tag's preprocessing (mean/std, interpolation) and QuickGELU setting, nothing is
     downloaded. Without it the architecture's defaults are used (OpenAI mean/std, bicubic).
+    ``arch`` not built into open_clip: the config JSON next to the weights must name it (its
+    ``arch`` field, else the weights file's stem); its ``preprocess_cfg`` sets the preprocessing
+    and ``pretrained_tag`` is ignored (open_clip has no tags for it).
     """
     torch_dtype = _resolve_dtype(dtype)
-    arch = check_arch(arch)
+    builtin = _is_builtin(arch)
+    if not builtin and not isinstance(arch, str):
+        raise _unknown_arch(arch, None)
     path = _check_file(weights_path)
+    custom = None if builtin else resolve_custom(arch, path)
     stat = path.stat()
     key = (arch, str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device), str(torch_dtype),
-           pretrained_tag)
+           pretrained_tag if custom is None else None)
+    if custom is not None:
+        cstat = custom.config_path.stat()
+        key += (str(custom.config_path.resolve()), cstat.st_mtime_ns, cstat.st_size)
     with _CACHE_LOCK:
         bundle = _CACHE.get(key)
         if bundle is None:
-            bundle = _load_uncached(arch, path, str(device), torch_dtype, pretrained_tag)
+            if custom is None:
+                bundle = _load_uncached(arch, path, str(device), torch_dtype, pretrained_tag)
+            else:
+                bundle = _load_custom(custom, path, str(device), torch_dtype, pretrained_tag)
             _CACHE[key] = bundle
             while len(_CACHE) > CACHE_SIZE:
                 _CACHE.popitem(last=False)
@@ -119,6 +140,28 @@ def _load_uncached(arch, path: Path, device, torch_dtype, pretrained_tag) -> Cli
     )
 
 
+def _load_custom(custom: clip_config.CustomArch, path: Path, device, torch_dtype,
+                 pretrained_tag) -> ClipBundle:
+    import open_clip
+
+    state = read_state_dict(path)   # first: an unreadable file fails before the model build
+    model = clip_config.build_model(custom)
+    _load_strict(model, state, custom.name, path, config=custom.config_path)
+    model = model.to(device=device, dtype=torch_dtype).eval()
+    pp = custom.preprocess
+    extra = {"custom": clip_config.describe(custom)}
+    if pretrained_tag:
+        extra["pretrained_tag_ignored"] = pretrained_tag
+    return ClipBundle(
+        model=model, tokenizer=clip_config.make_tokenizer(custom), arch=custom.name,
+        weights_name=path.name, weights_sha256=_sha256_short(path), image_size=custom.image_size,
+        mean=tuple(float(v) for v in pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(float(v) for v in pp.get("std", open_clip.OPENAI_DATASET_STD)),
+        interpolation=pp.get("interpolation", "bicubic"), resize_mode=pp.get("resize_mode", "shortest"),
+        device=device, dtype=torch_dtype, extra=extra,
+    )
+
+
 @contextmanager
 def _quiet_random_init_warning():
     """open_clip warns "initialized randomly" because we load the weights ourselves right after."""
@@ -147,16 +190,46 @@ def _resolve_dtype(dtype):
     return getattr(torch, name)
 
 
-def check_arch(arch: str) -> str:
-    """``arch`` if open_clip knows it, else ClipFilterError naming a few close names."""
+def _is_builtin(arch) -> bool:
+    import open_clip
+
+    return isinstance(arch, str) and arch in open_clip.list_models()
+
+
+def check_arch(arch: str, weights_path=None) -> str:
+    """``arch`` if open_clip knows it, or (with ``weights_path``) if the config JSON next to the
+    weights describes it; else ClipFilterError naming a few close names."""
+    if _is_builtin(arch):
+        return arch
+    if weights_path:
+        path = Path(os.path.expanduser(str(weights_path)))
+        if path.is_file():
+            return resolve_custom(arch, path).name
+    raise _unknown_arch(arch, Path(os.path.expanduser(str(weights_path))) if weights_path else None)
+
+
+def resolve_custom(arch: str, path: Path | None) -> clip_config.CustomArch:
+    """The validated custom architecture ``arch`` from the config next to the weights ``path``."""
+    config = clip_config.config_path_for(path) if path is not None else None
+    if config is None:
+        raise _unknown_arch(arch, path)
+    custom = clip_config.read_config(config, path)
+    if custom.name != arch:
+        raise ClipFilterError(f"the config next to the weights describes architecture {custom.name!r}, "
+                              f"not {arch!r}; pass arch={custom.name!r}", str(config))
+    return custom
+
+
+def _unknown_arch(arch, path: Path | None) -> ClipFilterError:
     import open_clip
 
     known = open_clip.list_models()
-    if arch in known:
-        return arch
     close = difflib.get_close_matches(str(arch), known, n=5, cutoff=0.5)
     hint = f"; close names: {', '.join(close)}" if close else f"; {len(known)} are known, e.g. ViT-B-32"
-    raise ClipFilterError(f"unknown CLIP architecture {arch!r}{hint}", "arch")
+    custom = (f"; a custom architecture needs a config JSON next to the weights "
+              f"({clip_config.config_names_for(path)} in {str(path.parent)!r})" if path is not None else
+              "; a custom architecture needs a config JSON next to its weights file")
+    return ClipFilterError(f"unknown CLIP architecture {arch!r}{hint}{custom}", "arch")
 
 
 def _check_file(weights_path) -> Path:
@@ -234,7 +307,7 @@ def _torch_load(path: Path):
     return state
 
 
-def _load_strict(model, state: dict, arch: str, path: Path) -> None:
+def _load_strict(model, state: dict, arch: str, path: Path, config: Path | None = None) -> None:
     """Load ``state`` into ``model``; on any key/shape difference explain the mismatch."""
     from open_clip.factory import convert_state_dict
 
@@ -251,7 +324,8 @@ def _load_strict(model, state: dict, arch: str, path: Path) -> None:
         raise ClipFilterError(
             f"weights do not fit architecture {arch!r}: {len(missing)} missing, {len(unexpected)} "
             f"unexpected, {len(mismatched)} shape-mismatched of {len(expected)} expected keys "
-            f"(e.g. {', '.join(examples)}); the file is probably for another architecture", str(path))
+            f"(e.g. {', '.join(examples)}); the file is probably for another architecture"
+            + (f" than the one config {str(config)!r} describes" if config is not None else ""), str(path))
     model.load_state_dict(state, strict=True)
 
 
