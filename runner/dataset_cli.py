@@ -7,7 +7,6 @@ bad split or threshold setting) prints one ``error: ...`` line and exits with st
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path

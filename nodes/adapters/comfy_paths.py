@@ -3,6 +3,7 @@ user's folders of images (photo sets, cutouts, backgrounds)."""
 from __future__ import annotations
 
 import os
+import threading
 
 import folder_paths
 
@@ -74,3 +75,24 @@ def listing_fingerprint(root: str) -> str:
                 continue
             h.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+_BUILT: dict = {}               # a few stages built from folders: validation, then execution, then requeues
+_BUILT_LOCK = threading.Lock()
+_BUILT_SIZE = 4
+
+
+def cached_build(key, make):
+    """``make()`` once per ``key`` (which should hold the folders' ``listing_fingerprint``), keeping
+    the last few builds: a changed folder is a new key, so a stale stage is never reused."""
+    with _BUILT_LOCK:
+        found = _BUILT.pop(key, None)
+        if found is not None:
+            _BUILT[key] = found          # most recently used last
+    if found is None:
+        found = make()
+        with _BUILT_LOCK:
+            _BUILT[key] = found
+            while len(_BUILT) > _BUILT_SIZE:
+                del _BUILT[next(iter(_BUILT))]
+    return found

@@ -8,12 +8,10 @@ Cutout sets are sub-folders of the registered model folder ``dtgen_cutouts``
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 
 from comfy_api.latest import io, ui
 
-from .comfy_paths import dataset_dir, folder_sets, listing_fingerprint, register_folder, resolve_set
+from .comfy_paths import cached_build, dataset_dir, folder_sets, listing_fingerprint, register_folder, resolve_set
 from .comfy_types import dataset_input, dataset_name_of
 from ..common.naming import category, node_id
 
@@ -23,8 +21,6 @@ MAX_COUNT = 4096
 for _folder in (CUTOUT_FOLDER, BACKGROUND_FOLDER):
     register_folder(_folder)
 
-_BUILT: OrderedDict = OrderedDict()      # a few built stages: validation, then execution, then requeues
-_BUILT_LOCK = threading.Lock()
 
 
 def _error(path, message):
@@ -52,17 +48,9 @@ def build(cutouts: str, backgrounds: str, size: int, seed: int, params: dict, cl
         frames = list(background_images.detach().float().cpu().numpy())
         return CopyPaste(cut_dir, frames, size, seed=seed, classes=subset or None, **params)
     bg_dir = background_folder(backgrounds)
-    key = (cut_dir, listing_fingerprint(cut_dir), bg_dir, listing_fingerprint(bg_dir), size, seed, subset,
-           json.dumps(params, sort_keys=True))
-    with _BUILT_LOCK:
-        found = _BUILT.get(key)
-    if found is None:
-        found = CopyPaste(cut_dir, bg_dir, size, seed=seed, classes=subset or None, **params)
-        with _BUILT_LOCK:
-            _BUILT[key] = found
-            while len(_BUILT) > 4:
-                _BUILT.popitem(last=False)
-    return found
+    key = ("copy_paste", cut_dir, listing_fingerprint(cut_dir), bg_dir, listing_fingerprint(bg_dir), size, seed,
+           subset, json.dumps(params, sort_keys=True))
+    return cached_build(key, lambda: CopyPaste(cut_dir, bg_dir, size, seed=seed, classes=subset or None, **params))
 
 
 def _params(objects_min, objects_max, scale_min, scale_max, rotation, flip, max_overlap, jitter, blend) -> dict:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 
 from comfy_api.latest import io, ui
 
 from .clip_filter import stack_images
-from .comfy_paths import dataset_dir, folder_sets, listing_fingerprint, register_folder, resolve_set
-from .comfy_types import ScoredBatchType, dataset_input, dataset_name_of
+from .comfy_paths import cached_build, folder_sets, listing_fingerprint, register_folder, resolve_set
+from .comfy_types import ScoredBatchType
 from .copy_paste import BACKGROUND_FOLDER, background_folder
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
@@ -27,26 +25,10 @@ MASK_FOLDER = "dtgen_masks"
 NO_REAL_MASKS = "none (procedural shapes)"
 register_folder(MASK_FOLDER)
 
-_BUILT: OrderedDict = OrderedDict()
-_LOCK = threading.Lock()
-
-
 def _error(path, message):
     from ..synthesis.errors import SynthesisError
 
     return SynthesisError(path, message)
-
-
-def _cached(key, make):
-    with _LOCK:
-        found = _BUILT.get(key)
-    if found is None:
-        found = make()
-        with _LOCK:
-            _BUILT[key] = found
-            while len(_BUILT) > 4:
-                _BUILT.popitem(last=False)
-    return found
 
 
 def build(surfaces: str, size: int, seed: int, min_width: int, scale_min: float, scale_max: float, shapes: str,
@@ -57,9 +39,9 @@ def build(surfaces: str, size: int, seed: int, min_width: int, scale_min: float,
 
     surf = background_folder(surfaces)
     real = None if real_masks == NO_REAL_MASKS else resolve_set(MASK_FOLDER, real_masks, "defect mask set", _error)
-    key = (surf, listing_fingerprint(surf), real, real and listing_fingerprint(real), size, seed, min_width,
+    key = ("defect_masks", surf, listing_fingerprint(surf), real, real and listing_fingerprint(real), size, seed, min_width,
            scale_min, scale_max, shapes)
-    return _cached(key, lambda: (
+    return cached_build(key, lambda: (
         DefectMaskSampler(size, shapes=shapes or None, seed=seed, min_width=min_width, scale=(scale_min, scale_max),
                           real_masks=real),
         load_backgrounds(surf)))

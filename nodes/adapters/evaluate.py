@@ -8,7 +8,7 @@ import json
 from comfy_api.latest import io, ui
 
 from .comfy_paths import dataset_dir, folder_sets, resolve_set
-from .comfy_types import DatasetHandle, DtgenClip, RealImagesType, dataset_input, dataset_name_of
+from .comfy_types import DtgenClip, RealImagesType, dataset_input, dataset_name_of
 from .fewshot_images import FEWSHOT_FOLDER
 from ..common.naming import category, node_id
 

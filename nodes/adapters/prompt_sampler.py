@@ -10,7 +10,7 @@ from comfy_api.latest import io, ui
 from .comfy_paths import dataset_dir
 from .comfy_types import dataset_input, dataset_name_of
 from ..common.naming import category, node_id
-from ..common.validation import check_int, linked
+from ..common.validation import linked
 from ..prompting import catalog
 from ..prompting.catalog import USER_FOLDER
 from ..prompting.pack import PromptPackError
