@@ -19,7 +19,6 @@ from dtgen.runner.dataset_view import DatasetView
 from dtgen.runner.progress import Progress, status_line
 from dtgen.runner.scheduler import QueueRun, RunResult, RunSettings
 from dtgen.runner.workflow import Workflow, WorkflowError
-from fake_comfy import FakeComfy
 from support.pkg import ROOT
 
 API = ROOT / "example_workflows" / "api"
@@ -27,21 +26,6 @@ HYBRID, COPY_PASTE, SD_ONLY = API / "dtgen_hybrid_copy_paste.json", API / "dtgen
 CLASSES = "1.classes=plate_clean,plate_heavily_dirty"   # the fake cutout set's two classes
 SD_BRANCH = {str(i) for i in range(1, 14)}               # sampler 1 ... filter 10, writer 11, previews 12, 13
 CP_BRANCH = {"14", "15"}
-
-
-@pytest.fixture
-def fakes(tmp_path):
-    made = []
-
-    def make(**kw):
-        fake = FakeComfy(tmp_path / "out", **kw)
-        made.append(fake)
-        return fake
-
-    yield make
-    for fake in made:
-        if fake.alive:
-            fake.stop()
 
 
 def queue(capsys, workflow, *args):

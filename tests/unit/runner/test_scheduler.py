@@ -13,7 +13,6 @@ from dtgen.runner.packs import local_sampler
 from dtgen.runner.progress import Progress
 from dtgen.runner.scheduler import QueueRun, RunError, RunSettings
 from dtgen.runner.workflow import Workflow
-from fake_comfy import FakeComfy
 from support.pkg import ROOT
 
 WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
@@ -38,21 +37,6 @@ def make_run(servers, out, classes=TWO, seed=0, **kw):
 
 def stored(ds):
     return list(manifest.live(manifest.read(ds).records).values())
-
-
-@pytest.fixture
-def fakes(tmp_path):
-    made = []
-
-    def make(**kw):
-        fake = FakeComfy(tmp_path / "out", **kw)
-        made.append(fake)
-        return fake
-
-    yield make
-    for fake in made:
-        if fake.alive:
-            fake.stop()
 
 
 def test_quota_is_met_exactly_with_rejections(fakes, tmp_path):
