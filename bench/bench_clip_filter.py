@@ -1,18 +1,23 @@
-"""CLIP filter throughput: DTGen's one-image-per-forward loop vs this pack's batched filter.
+"""CLIP filter throughput: DTGen's one-image-per-forward loop vs this pack's batched filter, in
+fp32 and in bf16 where the CPU has native bf16.
 
 Same 256 real photos (crops / flips of scikit-image's sample photos, 512 x 512 PNG files), same
 random-init ViT-B-32 weights (weights do not change the cost), same threads, same run:
   (a) DTGen's procedure, reimplemented faithfully: for every image PIL.Image.open -> open_clip
       preprocess -> model.encode_image on a batch of 1, the prompt tokenized and encoded again for
       every image, cosine, then mean - k*std per class;
-  (b) this filter: score_items (batched torch preprocessing, one forward per batch, each
-      distinct text encoded once) + decide(mean_std).
-(b) gets the images as arrays, as the ComfyUI node does (they come from the VAE decoder, not
+  (b) this filter in fp32: score_items (batched preprocessing on the model's device, one forward
+      per batch, each distinct text encoded once) + decide(mean_std);
+  (c) the same in bf16 (weights cast to bfloat16), only where the CPU has amx_bf16/avx512_bf16:
+      what the loader's precision "auto" picks there.
+(b), (c) get the images as arrays, as the ComfyUI node does (they come from the VAE decoder, not
 from files); the PNG decode time that (a) pays is printed separately.
-Also: the machine's fp32 matmul rate measured now (2048^3, the reference for the percentage),
-the fraction of it (b) reaches (image encoder FLOPs counted with torch.utils.flop_counter), the
-rate of the encoder's own GEMM shapes as context, batch size choices, and re-thresholding 10,000
-stored scores.
+Also: the CPU's bf16 flags and auto's choice; the image encoder alone at the chosen batch in fp32,
+bf16 autocast (fp32 weights) and bf16 weights (why the filter casts instead of autocasting), and
+their embedding cosines vs fp32; preprocessing alone (PIL per image vs batched torch); the
+machine's fp32 matmul rate measured now (2048^3, the reference for the percentage), the fraction
+of it (b) reaches (image encoder FLOPs counted with torch.utils.flop_counter), the rate of the
+encoder's own GEMM shapes as context, batch size choices, and re-thresholding 10,000 stored scores.
 
 Run: python bench/bench_clip_filter.py [--images 256] [--threads 2]
 """
@@ -34,7 +39,8 @@ import numpy as np
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.scoring.clip_model import load_clip
 from dtgen.nodes.curation.decide import decide, refilter
-from dtgen.nodes.scoring.similarity import TextEmbeddingCache, score_items
+from dtgen.nodes.scoring.precision import cpu_bf16, resolve_precision
+from dtgen.nodes.scoring.similarity import TextEmbeddingCache, model_input, score_items
 
 # photos bundled with scikit-image (no download): colour and gray, natural and microscopy
 SOURCES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "retina", "hubble_deep_field",
@@ -122,12 +128,47 @@ def dtgen_threshold(scores, labels, k=1.5) -> np.ndarray:
     return keep
 
 
-def ours(bundle, arrays, labels, texts, batch_size, cache=None) -> np.ndarray:
-    """(b) scoring: batched, each distinct text encoded once per cache."""
+def ours(bundle, arrays, labels, texts, batch_size, cache=None, embeddings=None) -> np.ndarray:
+    """(b)/(c) scoring: batched, each distinct text encoded once per cache."""
     items = [ScoredItem(image=a, label=lab, prompt=t, index=i)
              for i, (a, lab, t) in enumerate(zip(arrays, labels, texts))]
     score_items(bundle, items, "prompt", batch_size=batch_size, text_cache=cache)
+    if embeddings is not None:
+        embeddings.extend(it.embedding for it in items)
     return np.array([it.score for it in items])
+
+
+def encoder_rates(bundle, floats, batch: int, rounds: int = 3) -> dict:
+    """Image encoder alone on one preprocessed batch: fp32, bf16 autocast (fp32 weights), bf16
+    weights; best images/s of ``rounds`` interleaved rounds, and each one's embeddings."""
+    import copy
+
+    import torch
+
+    x = model_input(bundle, floats[:batch])
+    cast = copy.deepcopy(bundle.model).to(torch.bfloat16)
+
+    def autocast(t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return bundle.model.encode_image(t)
+
+    runs = {"fp32": bundle.model.encode_image, "bf16 autocast": autocast,
+            "bf16 weights": lambda t: cast.encode_image(t.to(torch.bfloat16))}
+    rates, embs = {k: 0.0 for k in runs}, {}
+    with torch.inference_mode():
+        for name, fn in runs.items():   # warm-up (oneDNN picks its kernels on the first call)
+            embs[name] = torch.nn.functional.normalize(fn(x).float(), dim=-1).numpy()
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                t = time.perf_counter()
+                fn(x)
+                rates[name] = max(rates[name], batch / (time.perf_counter() - t))
+    return {"rates": rates, "embs": embs}
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def ours_decide(scores, labels):
@@ -202,6 +243,9 @@ def main():
 
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    cpu = cpu_bf16()
+    auto = resolve_precision("auto", "cpu")
+    print(f"CPU bf16 flags: {cpu.describe()}; precision auto on this CPU: {auto}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         arrays = photos(args.images)
@@ -211,7 +255,9 @@ def main():
             Image.fromarray(a).save(files[-1])
         assert len({a.tobytes() for a in arrays}) == len(arrays), "images must be distinct"
         labels, texts = prompts(args.images)
-        bundle = load_clip("ViT-B-32", str(build_weights(tmp)))
+        weights = str(build_weights(tmp))
+        bundle = load_clip("ViT-B-32", weights)
+        bf16 = load_clip("ViT-B-32", weights, dtype="bf16") if cpu.native else None
         floats = [a.astype(np.float32) / 255.0 for a in arrays]
         print(f"{len(arrays)} distinct {SIZE}x{SIZE} photos, {len(set(texts))} distinct prompts, "
               f"{len(CLASSES)} classes")
@@ -231,6 +277,8 @@ def main():
         # batch size choice, on a subset
         sub = args.sweep_images
         ours(bundle, floats[:8], labels[:8], texts[:8], 8)   # warm-up
+        if bf16 is not None:
+            ours(bf16, floats[:8], labels[:8], texts[:8], 8)
         best_bs, best_rate = 32, 0.0
         for bs in (8, 16, 32, 64):
             if bs > sub:
@@ -238,22 +286,55 @@ def main():
             t = time.perf_counter()
             ours(bundle, floats[:sub], labels[:sub], texts[:sub], bs)
             rate = sub / (time.perf_counter() - t)
-            print(f"  batch {bs:3d}: {rate:6.2f} images/s ({sub} images)")
+            print(f"  batch {bs:3d}: {rate:6.2f} images/s ({sub} images, fp32)")
             if rate > best_rate:
                 best_bs, best_rate = bs, rate
 
-        # (a) and (b) alternate chunk by chunk so both meet the same load from other processes
-        t_a = t_b = 0.0
+        # preprocessing alone: open_clip's PIL transform per image vs the batched torch path
+        import open_clip
+
+        pil = open_clip.image_transform(bundle.image_size, is_train=False, mean=bundle.mean, std=bundle.std)
+        n_pre = min(64, len(arrays))
+        t = time.perf_counter()
+        for a in arrays[:n_pre]:
+            pil(Image.fromarray(a))
+        t_pil = (time.perf_counter() - t) / n_pre
+        t = time.perf_counter()
+        for start in range(0, n_pre, best_bs):
+            model_input(bundle, floats[start:min(start + best_bs, n_pre)])
+        t_torch = (time.perf_counter() - t) / n_pre
+        print(f"preprocessing alone, {SIZE}^2 -> 224^2: PIL per image (from array, no decode) "
+              f"{t_pil * 1e3:.1f} ms/image; batched torch on the model's device {t_torch * 1e3:.1f} ms/image "
+              f"({t_pil / t_torch:.2f}x)")
+
+        # the image encoder alone: fp32 vs bf16 autocast vs bf16 weights
+        enc = encoder_rates(bundle, floats, best_bs)
+        r = enc["rates"]
+        line = ", ".join(f"{k} {v:.2f}" for k, v in r.items())
+        print(f"image encoder alone, batch {best_bs}, images/s: {line}")
+        print(f"  ratios vs fp32: bf16 autocast {r['bf16 autocast'] / r['fp32']:.2f}x, bf16 weights "
+              f"{r['bf16 weights'] / r['fp32']:.2f}x" + ("" if cpu.native else " (bf16 emulated: no native bf16)"))
+        for name in ("bf16 autocast", "bf16 weights"):
+            c = cosines(enc["embs"]["fp32"], enc["embs"][name])
+            print(f"  embedding cosine {name} vs fp32: min {c.min():.6f}, mean {c.mean():.6f} ({best_bs} photos)")
+
+        # (a), (b), (c) alternate chunk by chunk so all meet the same load from other processes
+        t_a = t_b = t_c = 0.0
         cache = TextEmbeddingCache(bundle)
-        ref_scores, our_scores = [], []
+        cache_c = TextEmbeddingCache(bf16) if bf16 is not None else None
+        ref_scores, our_scores, bf_scores, emb_b, emb_c = [], [], [], [], []
         for start in range(0, len(files), args.chunk):
             part = slice(start, start + args.chunk)
             t = time.perf_counter()
             ref_scores.append(dtgen_reference(bundle, files[part], texts[part]))
             t_a += time.perf_counter() - t
             t = time.perf_counter()
-            our_scores.append(ours(bundle, floats[part], labels[part], texts[part], best_bs, cache))
+            our_scores.append(ours(bundle, floats[part], labels[part], texts[part], best_bs, cache, emb_b))
             t_b += time.perf_counter() - t
+            if bf16 is not None:
+                t = time.perf_counter()
+                bf_scores.append(ours(bf16, floats[part], labels[part], texts[part], best_bs, cache_c, emb_c))
+                t_c += time.perf_counter() - t
         t = time.perf_counter()
         ref_keep = dtgen_threshold(np.concatenate(ref_scores), labels)
         t_a += time.perf_counter() - t
@@ -263,10 +344,19 @@ def main():
         ref_scores = np.concatenate(ref_scores)
 
         rate_a, rate_b = len(files) / t_a, len(files) / t_b
-        print(f"(a) DTGen loop (1 image + 1 text per forward): {t_a:6.1f} s  {rate_a:6.2f} images/s")
-        print(f"(b) this filter (batch {best_bs}, {cache.encoded_count} texts encoded once): "
+        print(f"(a) DTGen loop (PIL per image, 1 image + 1 text per forward, fp32): {t_a:6.1f} s  "
+              f"{rate_a:6.2f} images/s")
+        print(f"(b) this filter fp32 (batch {best_bs}, {cache.encoded_count} texts encoded once): "
               f"{t_b:6.1f} s  {rate_b:6.2f} images/s")
+        if bf16 is not None:
+            t = time.perf_counter()
+            bf_scores, bf_keep = ours_decide(np.concatenate(bf_scores), labels)
+            t_c += time.perf_counter() - t
+            rate_c = len(files) / t_c
+            print(f"(c) this filter bf16 (batch {best_bs}): {t_c:6.1f} s  {rate_c:6.2f} images/s")
         print(f"speed-up (b)/(a): {rate_b / rate_a:.2f}x (target >= 3x)")
+        if bf16 is not None:
+            print(f"speed-up (c)/(a): {rate_c / rate_a:.2f}x; (c)/(b) bf16 vs fp32: {rate_c / rate_b:.2f}x")
         gflops_after = matmul_gflops()
         peak = max(gflops_peak, gflops_after)   # other processes share the CPU: be conservative
         shaped = matmul_gflops(encoder_gemm_shapes(bundle, best_bs))
@@ -279,6 +369,12 @@ def main():
         diff = np.abs(ref_scores - our_scores)
         print(f"score agreement (a) vs (b): max |diff| {diff.max():.2e}, mean {diff.mean():.2e}; "
               f"same accept/reject for {int((ref_keep == our_keep).sum())}/{len(files)}")
+        if bf16 is not None:
+            c = cosines(emb_b, emb_c)
+            diff = np.abs(our_scores - bf_scores)
+            print(f"(b) fp32 vs (c) bf16: image embedding cosine min {c.min():.6f}, mean {c.mean():.6f}; "
+                  f"score max |diff| {diff.max():.2e}, mean {diff.mean():.2e} (score std {our_scores.std():.2e}); "
+                  f"same accept/reject for {int((our_keep == bf_keep).sum())}/{len(files)}")
 
     rng = np.random.default_rng(0)
     labels10 = [f"class{i % 10}" for i in range(10_000)]

@@ -19,6 +19,7 @@ from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
 from ..common.records import ScoredItem
+from ..scoring.precision import PRECISIONS
 from ..scoring.similarity import TEXT_SIDES
 
 CLIP_FOLDER = "open_clip"  # models/open_clip, mappable in extra_model_paths.yaml
@@ -106,19 +107,28 @@ class DTGenClipLoader(io.ComfyNode):
                                 tooltip="open_clip pretrained tag the file came from (e.g. openai, laion2b_s34b_b79k). It "
                                         "must match the file: it sets the preprocessing and QuickGELU (openai), and "
                                         "picks the cache entry and, with the download entry, what to fetch."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", optional=True,
+                               tooltip="Precision of the CLIP encoders. auto: fp16 on a GPU (fp32 if ComfyUI "
+                                       "finds no fast fp16 there, or with --force-fp32); on the CPU bf16 only "
+                                       "where it is native (AMX-BF16 / AVX-512 BF16), else fp32. fp16 on the CPU "
+                                       "and bf16 where the hardware lacks it are refused. Scores and embeddings "
+                                       "are float32 either way; each dataset record stores the precision and "
+                                       "device that ran."),
             ],
             outputs=[DtgenClip.Output("clip", display_name="clip",
                          tooltip="The loaded open_clip model for DTGen CLIP Filter.")],
         )
 
     @classmethod
-    def validate_inputs(cls, arch, weights, pretrained_tag="openai") -> bool | str:
+    def validate_inputs(cls, arch, weights, pretrained_tag="openai", precision="auto") -> bool | str:
         from ..common.validation import linked
         from ..scoring.clip_model import ClipFilterError, check_arch
 
-        if linked(arch, weights, pretrained_tag):   # checked at execution
-            return True
         try:
+            if not linked(precision):
+                _precision(precision)
+            if linked(arch, weights, pretrained_tag):   # checked at execution
+                return True
             path = resolve_weights(weights, arch, pretrained_tag)
             check_arch(arch, path)   # a custom architecture is described by a config beside its weights
         except ClipFilterError as exc:
@@ -126,13 +136,15 @@ class DTGenClipLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, arch, weights, pretrained_tag="openai") -> io.NodeOutput:
+    def execute(cls, arch, weights, pretrained_tag="openai", precision="auto") -> io.NodeOutput:
         from ..scoring.clip_model import cached_bundles, load_clip
 
+        dtype = _precision(precision)   # before any download: a refused precision costs nothing
         path = resolve_weights(weights, arch, pretrained_tag, fetch=True)
         if weights in (FROM_CACHE, DOWNLOAD):   # these resolve an empty tag to openai's weights
             pretrained_tag = pretrained_tag or "openai"
-        bundle = load_clip(arch, path, device="cpu", dtype=_dtype(), pretrained_tag=pretrained_tag or None)
+        # loaded on the CPU, cast to the precision; the ModelPatcher moves it to the load device
+        bundle = load_clip(arch, path, device="cpu", dtype=dtype, pretrained_tag=pretrained_tag or None)
         loaded = _LOADED.get(id(bundle))
         if loaded is None or loaded.bundle is not bundle:
             loaded = _LOADED[id(bundle)] = LoadedClip(bundle)
@@ -142,10 +154,24 @@ class DTGenClipLoader(io.ComfyNode):
         return io.NodeOutput(loaded)
 
 
-def _dtype() -> str:
+def _precision(requested) -> str:
+    """The precision the encoders will run in on ComfyUI's text-encoder device ("fp32" | "fp16" |
+    "bf16"); ClipFilterError naming what to pick instead for one that device cannot run."""
     import comfy.model_management as mm
 
-    return "fp16" if mm.should_use_fp16(mm.text_encoder_device()) else "fp32"
+    from ..scoring.errors import ClipFilterError
+    from ..scoring.precision import device_type, resolve_precision
+
+    device = mm.text_encoder_device()
+    if (requested or "auto") == "auto" and getattr(mm, "FORCE_FP32", False):   # --force-fp32 covers the CLIP too
+        return "fp32"
+    try:
+        return resolve_precision(requested or "auto", device, gpu_fp16=mm.should_use_fp16(device))
+    except ClipFilterError as exc:
+        if device_type(device) != "cpu" or mm.cpu_mode():
+            raise
+        raise ClipFilterError(f"{exc} (ComfyUI runs text encoders, this CLIP too, on the CPU here: "
+                              f"--lowvram / --novram, or a GPU without fast fp16)") from None
 
 
 # ------------------------------------------------------------------------------------ filter
@@ -263,13 +289,14 @@ class DTGenClipFilter(io.ComfyNode):
                                  as_list(negative), as_list(seed))
         margin, near = checks_from_widgets(first(class_margin, -1.0), first(near_duplicate, 0.0))
         bar = comfy.utils.ProgressBar(len(items))
+        ready = loaded.ready()   # on ComfyUI's device: its describe() names the device that ran
         batch, history = filter_run(
-            loaded.ready(), items, method_from(first(method), first(k), first(keep_percent), first(fixed_threshold)),
+            ready, items, method_from(first(method), first(k), first(keep_percent), first(fixed_threshold)),
             text_side=first(text_side), min_count=first(min_count), margin=margin, near_dup=near,
             dataset_dir=dataset_dir(dataset_name_of(first(dataset), first(dataset_name, ""))),
             batch_size=first(batch_size, 32),
             progress=lambda done, total: bar.update_absolute(done, total))
-        batch.config.update(text_side=first(text_side), clip=loaded.bundle.describe(),
+        batch.config.update(text_side=first(text_side), clip=ready.describe(),
                             dataset=dataset_name_of(first(dataset), first(dataset_name, "")) or None)
         plot = torch.from_numpy(run_plot(batch, history).astype("float32") / 255.0)[None]
         accepted = [it for it in batch.items if it.accepted]

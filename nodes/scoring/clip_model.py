@@ -49,11 +49,18 @@ class ClipBundle:
     dtype: Any = None               # torch.dtype of the weights
     extra: dict = field(default_factory=dict)
 
+    @property
+    def precision(self) -> str:
+        """"fp32" | "fp16" | "bf16": what the encoders compute in (the weights' dtype)."""
+        from .precision import precision_of
+
+        return precision_of(self.dtype)
+
     def describe(self) -> dict:
         """JSON-friendly facts for a dataset manifest."""
         facts = {"arch": self.arch, "weights": self.weights_name, "sha256": self.weights_sha256,
                  "image_size": list(self.image_size), "device": self.device,
-                 "dtype": str(self.dtype).replace("torch.", "")}
+                 "dtype": str(self.dtype).replace("torch.", ""), "precision": self.precision}
         custom = self.extra.get("custom")
         if custom:   # an architecture built from a config JSON: which one
             facts.update(config=custom["config"], config_sha256=custom["config_sha256"])
@@ -72,10 +79,15 @@ def cached_bundles() -> list[ClipBundle]:
 
 
 def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
-              pretrained_tag: str | None = None) -> ClipBundle:
+              pretrained_tag: str | None = None, precision: str | None = None) -> ClipBundle:
     """Load ``arch`` with weights from the local file ``weights_path``; cached per process.
 
-    ``dtype``: a torch dtype or "fp32"/"fp16"/"bf16" (default float32).
+    ``dtype``: a torch dtype or "fp32"/"fp16"/"bf16" (default float32): the model is cast to it,
+    so it is the precision the encoders run in (``precision.resolve_precision`` picks one that
+    the device can run). Each (file, device, dtype) is cached separately.
+    ``precision`` (instead of ``dtype``): auto | fp32 | fp16 | bf16, resolved for ``device`` by
+    ``precision.resolve_precision`` (auto: fp16 on a GPU, bf16 on a CPU with native bf16, else
+    fp32; ClipFilterError for a choice the device cannot run).
     ``pretrained_tag`` (optional, e.g. "openai"): the open_clip tag the file came from; it only
     selects that tag's preprocessing (mean/std, interpolation) and QuickGELU setting, nothing is
     downloaded. Without it the architecture's defaults are used (OpenAI mean/std, bicubic).
@@ -83,6 +95,12 @@ def load_clip(arch: str, weights_path: str, device: str = "cpu", dtype=None,
     ``arch`` field, else the weights file's stem); its ``preprocess_cfg`` sets the preprocessing
     and ``pretrained_tag`` is ignored (open_clip has no tags for it).
     """
+    if precision is not None:
+        if dtype is not None:
+            raise ClipFilterError("give dtype or precision, not both", "precision")
+        from .precision import resolve_precision
+
+        dtype = resolve_precision(precision, device)
     torch_dtype = _resolve_dtype(dtype)
     builtin = _is_builtin(arch)
     if not builtin and not isinstance(arch, str):

@@ -1,14 +1,17 @@
 """Batched CLIP scoring: images and texts -> L2-normalised embeddings -> cosine similarities.
 
-Preprocessing runs in torch on a whole batch and follows open_clip's eval transform
-(``Resize(shortest side, bicubic)`` -> ``CenterCrop`` -> ``Normalize(mean, std)``):
-the resize is ``F.interpolate(..., mode="bicubic", antialias=True)``, whose kernel is PIL's
-(a = -0.5, widened when downscaling), output size and crop offsets are computed exactly as
-torchvision does. Known difference: open_clip works on an 8-bit PIL image and rounds to 8 bits
-again after resizing; here pixels stay float32 throughout (clamped to [0, 1] after the bicubic
-overshoot, as PIL does). On photos the model inputs differ by well under one 8-bit step on
-average (a few steps at sharp edges) and the embeddings by cosine > 0.9999 (see
-tests/unit/filtering/test_scoring.py); scores agree to ~2e-4.
+Preprocessing runs in torch on the model's device, a batch at a time (one upload per image
+size), and follows open_clip's eval transform (``Resize(shortest side, bicubic)`` ->
+``CenterCrop`` -> ``Normalize(mean, std)``): the resize is ``F.interpolate(..., mode="bicubic",
+antialias=True)``, whose kernel is PIL's (a = -0.5, widened when downscaling), output size and
+crop offsets are computed exactly as torchvision does. Known difference: open_clip works on an
+8-bit PIL image and rounds to 8 bits again after resizing; here pixels stay float32 throughout
+(clamped to [0, 1] after the bicubic overshoot, as PIL does). On photos the model inputs differ
+by well under one 8-bit step on average (a few steps at sharp edges) and the embeddings by cosine
+> 0.9999 (tests/unit/scoring/test_similarity.py, test_precision.py); scores agree to ~2e-4.
+
+The encoders run in the bundle's precision (``bundle.dtype``: fp32, or fp16 / bf16 weights, see
+``precision``); embeddings always come out as float32 and are normalised in float32.
 
 Accepted image inputs (each item of the list, or one N x H x W x C array):
 H x W x 3 float in [0, 1] (the normal case), H x W or H x W x 1 grayscale (repeated to RGB),
@@ -22,8 +25,11 @@ import numpy as np
 
 from ..common.records import ScoredItem
 from .errors import ClipFilterError
+from .precision import precision_of
 
 TEXT_SIDES = ("prompt", "class_text", "both")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)   # open_clip.OPENAI_DATASET_MEAN / STD
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _RANGE_TOLERANCE = 1e-3   # float images a hair outside [0, 1] (e.g. after a VAE) are clamped
 
 
@@ -85,28 +91,67 @@ def resized_size(h: int, w: int, target: tuple[int, int], mode: str) -> tuple[in
 
 
 def preprocess_batch(bundle, arrays: Sequence[np.ndarray]):
-    """Float [N, 3, H, W] model input for already-validated images, on ``bundle.device``."""
+    """Model input [N, 3, H, W] in ``bundle.dtype`` on ``bundle.device`` for already-validated
+    H x W x 3 float32 images: one upload per image size, then resize, crop and normalise on the
+    device in float32, batched (``model_input``)."""
+    return model_input(bundle, arrays)
+
+
+def model_input(spec, images):
+    """``images`` (a list of H x W x 3 float32 arrays in [0, 1], sizes may differ, or one
+    N x H x W x 3 float tensor in [0, 1] on any device) -> float [N, 3, th, tw] in ``spec.dtype``
+    on ``spec.device``. ``spec``: image_size, mean, std, interpolation, resize_mode, device, dtype
+    (a ClipBundle).
+
+    Same-size images go up as one N x H x W x C tensor and are resized as a batch in its
+    channels-last layout (a permuted view: no NCHW copy before the resize)."""
     import torch
+
+    th, tw = spec.image_size
+    device = torch.device(spec.device)
+    if isinstance(images, torch.Tensor):
+        groups = [(None, images)]
+        n = images.shape[0]
+    else:
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, arr in enumerate(images):
+            by_size.setdefault(arr.shape[:2], []).append(i)
+        groups = [(idx, torch.from_numpy(np.stack([images[i] for i in idx]) if len(idx) > 1 else images[idx[0]][None]))
+                  for idx in by_size.values()]
+        n = len(images)
+    if len(groups) == 1:
+        out = _resize_crop(groups[0][1].to(device=device, dtype=torch.float32), spec, th, tw)
+    else:
+        out = torch.empty((n, 3, th, tw), dtype=torch.float32, device=device)
+        for idx, x in groups:
+            out[torch.tensor(idx, device=device)] = _resize_crop(x.to(device=device, dtype=torch.float32),
+                                                                 spec, th, tw)
+    # bicubic overshoot, as PIL clips; padding (0) and inputs are in range. Not in place: without a
+    # resize ``out`` may be a view of the caller's images
+    out = out.clamp(0.0, 1.0)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return out.sub_(mean).div_(std).to(spec.dtype)
+
+
+def _resize_crop(x, spec, th: int, tw: int):
+    """N x H x W x C float (C = 3, or 1 / 4: gray repeated, alpha dropped) -> N x 3 x th x tw."""
     import torch.nn.functional as F
 
-    th, tw = bundle.image_size
-    out = torch.empty((len(arrays), 3, th, tw), dtype=torch.float32)
-    mode = "bilinear" if bundle.interpolation == "bilinear" else "bicubic"
-    # One image at a time, straight from its H x W x C memory (a channels-last view): stacking the
-    # batch into N x C x H x W first costs a full copy and makes the resize slower (bench: 2.2 vs
-    # 3.8 ms per 512^2 image).
-    for i, arr in enumerate(arrays):
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None]
-        h, w = arr.shape[:2]
-        rh, rw = resized_size(h, w, (th, tw), bundle.resize_mode)
-        if (rh, rw) != (h, w):
+    if x.shape[-1] == 1:
+        x = x.expand(*x.shape[:-1], 3)
+    elif x.shape[-1] == 4:
+        x = x[..., :3]
+    x = x.permute(0, 3, 1, 2)   # channels-last view
+    h, w = x.shape[-2:]
+    rh, rw = resized_size(h, w, (th, tw), spec.resize_mode)
+    if (rh, rw) != (h, w):
+        mode = "bilinear" if spec.interpolation == "bilinear" else "bicubic"
+        try:
             x = F.interpolate(x, size=(rh, rw), mode=mode, antialias=True, align_corners=False)
-        out[i] = _crop_or_pad(x, th, tw)[0]
-    out.clamp_(0.0, 1.0)   # bicubic overshoot, as PIL clips; padding (0) and inputs are in range
-    mean = torch.tensor(bundle.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(bundle.std, dtype=torch.float32).view(1, 3, 1, 1)
-    out.sub_(mean).div_(std)
-    return out.to(device=bundle.device, dtype=bundle.dtype)
+        except NotImplementedError:   # a backend without the antialiased kernel (e.g. some MPS builds)
+            x = F.interpolate(x.cpu(), size=(rh, rw), mode=mode, antialias=True, align_corners=False).to(x.device)
+    return _crop_or_pad(x, th, tw)
 
 
 def _crop_or_pad(x, th: int, tw: int):
@@ -125,21 +170,88 @@ def _crop_or_pad(x, th: int, tw: int):
 
 def encode_images(bundle, images, batch_size: int = 32,
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """L2-normalised image embeddings, float32 [N, D], ``batch_size`` images per forward pass."""
+    """L2-normalised image embeddings, float32 [N, D], ``batch_size`` images per forward pass,
+    preprocessed on the model's device and encoded in the bundle's precision (``bundle.dtype``).
+    ``images``: a list of arrays (``prepare_images``) or a torch batch N x H x W x C on any device
+    (ComfyUI's IMAGE, ``prepare_tensor``)."""
+    batch = prepare_tensor(images) if hasattr(images, "detach") else prepare_images(images)
+    return _encode_batches(bundle, batch, len(batch), batch_size, progress)
+
+
+def prepare_tensor(images):
+    """Validate a torch image batch (ComfyUI's IMAGE: N x H x W x C float in [0, 1], or one
+    H x W x C image; C = 1, 3 or 4; uint8 is divided by 255) without leaving its device: the
+    batch is uploaded / sliced as it is, never split into numpy arrays."""
     import torch
 
-    arrays = prepare_images(images)
+    x = images.detach()
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise ClipFilterError(f"expected N x H x W x 3 (or x1 gray, x4 RGBA), got shape {tuple(x.shape)}", "images")
+    if x.shape[0] == 0:
+        raise ClipFilterError("no images to score (empty batch)", "images")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise ClipFilterError(f"images have no pixels (shape {tuple(x.shape)})", "images")
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if not x.is_floating_point():
+        raise ClipFilterError(f"pixel type {x.dtype} not supported; use float in [0, 1] or uint8", "images")
+    lo, hi = (float(v) for v in torch.aminmax(x.float()))   # NaN propagates; +-Inf shows as an extreme
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        bad = (~torch.isfinite(x)).flatten(1).sum(1)
+        first = int(torch.nonzero(bad)[0, 0])
+        raise ClipFilterError(f"{int(bad[first])} pixel values are NaN or Inf", f"image {first}")
+    if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+        raise ClipFilterError(f"pixel values span [{lo:.3g}, {hi:.3g}]; expected [0, 1]", "images")
+    return x if 0.0 <= lo and hi <= 1.0 else x.clamp(0.0, 1.0)
+
+
+def _encode_batches(spec, images, n: int, batch_size: int, progress=None) -> np.ndarray:
+    import torch
+
     if batch_size < 1:
         raise ClipFilterError(f"batch_size must be >= 1, got {batch_size}", "batch_size")
     chunks = []
     with torch.inference_mode():
-        for start in range(0, len(arrays), batch_size):
-            x = preprocess_batch(bundle, arrays[start:start + batch_size])
-            feats = bundle.model.encode_image(x).float()
+        for start in range(0, n, batch_size):
+            x = model_input(spec, images[start:start + batch_size])
+            feats = spec.model.encode_image(x).float()   # embeddings leave the encoder as float32
             chunks.append(torch.nn.functional.normalize(feats, dim=-1).cpu().numpy())
             if progress is not None:
-                progress(min(start + batch_size, len(arrays)), len(arrays))
+                progress(min(start + batch_size, n), n)
     return np.concatenate(chunks, axis=0)
+
+
+def encode_image_batch(model, images_bhwc, precision: str = "auto", device=None, batch_size: int = 32, *,
+                       image_size: tuple[int, int] = (224, 224), mean=None, std=None,
+                       interpolation: str = "bicubic", resize_mode: str = "shortest") -> np.ndarray:
+    """The filter's image path as a plain function (for benches and GPU checks without ComfyUI).
+
+    ``model``: an open_clip CLIP (fp32 as built); it is moved to ``device`` and cast to the
+    precision IN PLACE (``nn.Module.to``). ``images_bhwc``: a float tensor N x H x W x 3 in [0, 1]
+    (ComfyUI's IMAGE; on any device) or a list of H x W x 3 arrays. ``precision``: auto | fp32 |
+    fp16 | bf16 (``precision.resolve_precision``; ClipFilterError for one the device cannot run).
+    ``device``: default cuda when available, else cpu. Preprocessing is open_clip's eval transform
+    (default OpenAI mean/std, bicubic, shortest side + center crop), done on ``device``.
+    Returns L2-normalised float32 embeddings [N, D] as numpy.
+    """
+    import types
+
+    import torch
+
+    from .precision import resolve_precision, torch_dtype
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch_dtype(resolve_precision(precision, device))
+    model.to(device=device, dtype=dtype).eval()
+    images_bhwc = prepare_tensor(images_bhwc) if isinstance(images_bhwc, torch.Tensor) else prepare_images(images_bhwc)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    spec = types.SimpleNamespace(
+        model=model, image_size=size, device=str(device), dtype=dtype, interpolation=interpolation,
+        resize_mode=resize_mode, mean=tuple(mean or OPENAI_MEAN), std=tuple(std or OPENAI_STD))
+    return _encode_batches(spec, images_bhwc, len(images_bhwc), batch_size)
 
 
 class TextEmbeddingCache:
@@ -234,6 +346,8 @@ def score_items(bundle, items: list[ScoredItem], text_side: str = "prompt", batc
     ``text_side``: "prompt" scores against the generating prompt; "class_text" against the class
     text (``item.metadata["clip_text"]``, else ``class_texts[label]``); "both" stores the mean
     of those two cosine scores, and each one in ``extra["score_prompt"]`` / ``["score_class_text"]``.
+    ``extra["clip_precision"]`` / ``["clip_device"]``: the precision and device the encoders ran in
+    (the dataset writer stores ``extra`` in each manifest record).
     ``class_texts`` ({label: text}) also adds ``extra["class_scores"]`` = {label: cosine} for
     every class, which the class-margin check uses.
     """
@@ -254,6 +368,7 @@ def score_items(bundle, items: list[ScoredItem], text_side: str = "prompt", batc
         class_emb = cache.encode([class_texts[k] for k in labels])
 
     img_emb = encode_images(bundle, [it.image for it in items], batch_size, progress)
+    precision, device = precision_of(bundle.dtype), str(bundle.device)   # what ran, for each record
     side_scores = {side: paired_similarities(img_emb, cache.encode(texts))
                    for side, texts in per_side.items()}
     final = np.mean(np.stack(list(side_scores.values())), axis=0)
@@ -262,6 +377,8 @@ def score_items(bundle, items: list[ScoredItem], text_side: str = "prompt", batc
         item.embedding = img_emb[i]
         item.score = float(final[i])
         item.extra["text_side"] = text_side
+        item.extra["clip_precision"] = precision
+        item.extra["clip_device"] = device
         if text_side == "both":
             item.extra["score_prompt"] = float(side_scores["prompt"][i])
             item.extra["score_class_text"] = float(side_scores["class_text"][i])

@@ -43,6 +43,11 @@ def test_batch_graph_writes_a_labelled_filtered_dataset(client, comfy_server):
     # sampler metadata and provenance reached the manifest
     assert all(r["pack"] == "tableware" and r["index"] in range(16) for r in lines)
     assert any(m["class_type"] == "LoraLoader" for m in lines[0]["models"].values())
+    # the CLIP's precision and device that ran (the loader's default precision "auto" on a CPU)
+    from dtgen.nodes.scoring.precision import resolve_precision
+
+    assert {(r["extra"]["clip_precision"], r["extra"]["clip_device"]) for r in lines} == {
+        (resolve_precision("auto", "cpu"), "cpu")}
 
     # the same inputs again: identical prompts and seeds, and nothing is duplicated
     run_ok(client, example_api("dtgen_sd35_lora_batch", count=16, dataset_name="e2e_batch_again"))

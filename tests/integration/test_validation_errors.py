@@ -39,7 +39,10 @@ def test_unknown_class_subset_is_refused(client):
     ({"weights": "(download pretrained_tag into models/open_clip)", "pretrained_tag": "laion9b_nope"},
      "unknown pretrained tag 'laion9b_nope' for ViT-B-32"),
     ({"arch": "ViT-B-33"}, "ViT-B-33"),
-], ids=["missing_weights_name_the_file", "download_entry_with_an_unknown_tag", "unknown_architecture"])
+    ({"precision": "fp16"}, "fp16 on the CPU"),
+    ({"precision": "fp64"}, "unknown precision 'fp64'"),
+], ids=["missing_weights_name_the_file", "download_entry_with_an_unknown_tag", "unknown_architecture",
+        "fp16_on_the_cpu", "unknown_precision"])
 def test_clip_loader_inputs_are_checked_at_queue_time(client, inputs, expected):
     graph = example_api("dtgen_sd35_lora")
     graph["9"]["inputs"].update(inputs)

@@ -206,3 +206,37 @@ def test_missing_class_text_and_bad_side(bundle):
         score_items(bundle, items, "caption")
     with pytest.raises(ClipFilterError, match="text 1"):
         TextEmbeddingCache(bundle).encode(["ok", "  "])
+
+
+def test_torch_image_batch_is_encoded_as_the_arrays(bundle):
+    """ComfyUI's IMAGE (N x H x W x 3 tensor) goes to the device as it is; same embeddings."""
+    import torch
+
+    images = [_photo(90, 130, 20 + i) for i in range(3)]
+    batch = torch.from_numpy(np.stack(images))
+    np.testing.assert_allclose(encode_images(bundle, batch, batch_size=2), encode_images(bundle, images),
+                               atol=1e-5)
+    u8 = (batch * 255).round().to(torch.uint8)
+    np.testing.assert_allclose(encode_images(bundle, u8), encode_images(bundle, [np.asarray(u8[i]) for i in range(3)]),
+                               atol=1e-5)
+    bad = batch.clone()
+    bad[1, 2, 3, 0] = float("nan")
+    with pytest.raises(ClipFilterError, match=r"image 1: 1 pixel values are NaN or Inf"):
+        encode_images(bundle, bad)
+    with pytest.raises(ClipFilterError, match=r"images: pixel values span \[.*, 2\]; expected \[0, 1\]"):
+        encode_images(bundle, batch * 2)
+    with pytest.raises(ClipFilterError, match="expected N x H x W x 3"):
+        encode_images(bundle, batch.permute(0, 3, 1, 2)[:, :2])
+
+
+def test_inputs_at_model_size_are_not_modified(bundle):
+    """Without a resize the model input starts as a view of the caller's pixels: normalising
+    must not write into them."""
+    import torch
+
+    img = _photo(224, 224, 30)
+    keep = img.copy()
+    encode_images(bundle, [img])
+    batch = torch.from_numpy(np.stack([img, img]))
+    encode_images(bundle, batch)
+    assert np.array_equal(img, keep) and np.array_equal(batch[0].numpy(), keep)
