@@ -27,9 +27,14 @@ def photos(n: int, side: int = 1024):
     import numpy as np
     import torch
     from PIL import Image
-    from skimage import data
+    try:
+        from skimage import data
 
-    base = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+        base = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    except Exception:  # no scikit-image photos on this machine: smooth random fields (labelled as such)
+        rng = np.random.default_rng(0)
+        base = [np.asarray(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).resize((512, 512)))
+                for _ in range(4)]
     out = []
     for i in range(n):
         img = Image.fromarray(base[i % len(base)]).resize((side, side), Image.BICUBIC)

@@ -76,14 +76,15 @@ def build_vae(shape: Shape, device, dtype):
 
         vae = TAESD(latent_channels=16)
     vae = vae.to(device=device)
-    with torch.no_grad():
-        for m in vae.modules():
-            w = getattr(m, "weight", None)
-            if isinstance(w, torch.Tensor) and w.dim() > 1:
-                torch.nn.init.kaiming_normal_(w, nonlinearity="relu")
-                w.mul_(0.5)  # keeps a deep random decoder's activations finite
-                if isinstance(getattr(m, "bias", None), torch.Tensor):
-                    m.bias.zero_()
+    with torch.no_grad():  # every parameter: ComfyUI's ops leave even GroupNorm's memory uninitialised
+        for name, p in vae.named_parameters():
+            if p.dim() > 1:
+                torch.nn.init.kaiming_normal_(p, nonlinearity="relu")
+                p.mul_(0.5)  # keeps a deep random decoder's activations finite
+            elif name.endswith("weight"):
+                p.fill_(1.0)   # norm scales
+            else:
+                p.zero_()      # biases
     return vae.to(dtype=dtype)
 
 
