@@ -1,7 +1,11 @@
 """V3 adapters: ``DTGenDatasetWriter`` and ``DTGenDatasetFinalize`` (ComfyUI only).
 
 The writer stores what the filter decided (or plain images + labels) crash-safely under ComfyUI's
-output folder; the logic is in writer.py, finalize.py, provenance.py and friends.
+output folder; the logic is in writer.py, background.py, finalize.py, provenance.py and friends.
+The writer hands images to the process's background writer (store/background.py) and returns while
+they are encoded and written, when another prompt is queued (its GPU work then overlaps the
+writing); with nothing queued after it, it waits until they are on disk, so a finished queue means
+a complete dataset.
 """
 from __future__ import annotations
 
@@ -32,6 +36,17 @@ def _hash_cache():
     from ..store.provenance import HashCache
 
     return HashCache(os.path.join(folder_paths.get_user_directory(), "dtgen", "model_hashes.json"))
+
+
+def _another_prompt_queued() -> bool:
+    """Whether ComfyUI's queue holds a prompt after the running one (then writing in the background
+    overlaps its generation; otherwise there is nothing to overlap and the writer waits)."""
+    try:
+        from server import PromptServer
+
+        return PromptServer.instance.prompt_queue.get_tasks_remaining() > 1   # the running one counts
+    except Exception:   # no server (scripts, tests): wait for the files
+        return False
 
 
 def _resolve(folder: str, name: str):
@@ -133,8 +148,9 @@ class DTGenDatasetWriter(io.ComfyNode):
         from comfy.model_management import throw_exception_if_processing_interrupted
 
         from ..curation.real_images import import_real
+        from ..store import background
         from ..store.provenance import model_files, sampler_settings
-        from ..store.writer import DatasetWriter, png_text, quotas_for, summary
+        from ..store.writer import png_text, quotas_for, summary
 
         items = []
         for batch in as_list(scored):
@@ -153,15 +169,19 @@ class DTGenDatasetWriter(io.ComfyNode):
         prompt = cls.hidden.prompt
         name = dataset_name_of(first(dataset), first(dataset_name))
         path = dataset_dir(name)
-        with DatasetWriter(path, image_format=first(image_format, "png"), quality=first(quality, 95),
-                           quotas=quotas_for(items, first(quota_per_class, 0))) as writer:
-            result = writer.write(items, models=model_files(prompt, _resolve, _hash_cache()),
-                                  sampler_settings=sampler_settings(prompt),
-                                  png_text=png_text(prompt, cls.hidden.extra_pnginfo)) if items else None
+        bg = background.for_dataset(path)
+        with bg.open(image_format=first(image_format, "png"), quality=first(quality, 95),
+                     quotas=quotas_for(items, first(quota_per_class, 0))) as writer:
+            result = bg.submit(writer, items, models=model_files(prompt, _resolve, _hash_cache()),
+                               sampler_settings=sampler_settings(prompt),
+                               png_text=png_text(prompt, cls.hidden.extra_pnginfo),
+                               interrupted=throw_exception_if_processing_interrupted) if items else None
             real = [import_real(writer, r, bool(first(real_in_quota, False)), throw_exception_if_processing_interrupted)
                     for r in real_sets]
-            status = writer.status()
-        text = summary(path, result, status) + "".join("\n" + r.line() for r in real)
+            if not _another_prompt_queued():
+                bg.flush(throw_exception_if_processing_interrupted)
+            status = bg.status(writer)
+        text = summary(path, result, status, bg.in_flight()) + "".join("\n" + r.line() for r in real)
         return io.NodeOutput(str(path), json.dumps(status, sort_keys=True), name.strip(), ui=ui.PreviewText(text))
 
 

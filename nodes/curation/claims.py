@@ -6,7 +6,8 @@ under the dataset lock and records each planned index in ``claims.json``; the ne
 server) skips claimed indices and counts them as images on their way to their class.
 
 A claim ends when its item is stored (accepted or rejected), when the process that made it plans
-again (ComfyUI runs one prompt at a time, so that process's earlier prompt has finished), when
+again (ComfyUI runs one prompt at a time, so that process's earlier prompt has finished; items its
+writer handed to the background writer and not stored yet count as stored here), when
 that process is gone (same host), or after ``CLAIM_TTL_S`` (a server on another machine that died).
 """
 from __future__ import annotations
@@ -86,13 +87,15 @@ def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets
     open_dataset(dataset_dir)
     with DatasetLock(dataset_dir):
         # a claim ends when its item is stored, whichever stream (server) it belongs to
-        stored = {(r.get("stream"), r["index"]) for r in live_records(dataset_dir) if r.get("index") is not None}
+        # this process's items still being written (store/background.py) count as stored
+        stored = {(r.get("stream"), r["index"]) for r in live_records(dataset_dir, pending=True)
+                  if r.get("index") is not None}
         claims = _live(load(dataset_dir), stored, now)
         mine = {c["index"] for c in claims if c["stream"] == stream_key.stream}
         in_flight = Counter(c["label"] for c in claims if c.get("source", "generated") == source)
         picked = next_missing_indices(dataset_dir, label_of, start, count, targets=targets, pack_hash=pack_hash,
                                       max_scan=max_scan, stream_key=stream_key, busy=mine,
-                                      in_flight=in_flight, source=source)
+                                      in_flight=in_flight, source=source, pending=True)
         claims += [{"stream": stream_key.stream, "index": i, "label": label_of(i), "until": now + CLAIM_TTL_S,
                     "owner": _OWNER, "source": source} for i in picked]
         write_bytes_atomic(Path(dataset_dir) / CLAIMS, json.dumps({"claims": claims}).encode())

@@ -9,6 +9,7 @@ import numpy as np
 from ..common.labels import default_class_text
 from ..common.records import ScoredBatch, ScoredItem
 from ..scoring.similarity import score_items
+from ..store import background
 from ..store.reader import load_history, load_history_embeddings
 from ..store.reconcile import ensure_consistent
 from .decide import decide
@@ -39,6 +40,7 @@ def filter_run(bundle, items: list[ScoredItem], method, *, text_side: str, min_c
     score_items(bundle, items, text_side=text_side, batch_size=batch_size, progress=progress, class_texts=texts)
     history = history_emb = None
     if dataset_dir is not None and dataset_dir.exists():
+        background.flush(dataset_dir)    # this process's items still being written are history too
         ensure_consistent(dataset_dir)   # a crash may have left the dataset half-written
         history = load_history(dataset_dir)
         history_emb = load_history_embeddings(dataset_dir) if near_dup is not None else None

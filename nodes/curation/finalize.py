@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import embeddings, manifest, metadata
+from ..store import background, embeddings, manifest, metadata
 from . import export_coco, export_yolo, report, splits as split_trees
 from ..store.fsio import fsync_dir, move_unique
 from ..store.clean_marker import mark_clean, mark_dirty
@@ -193,6 +193,7 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
     dataset_dir = Path(dataset_dir)
     fractions = parse_split(split)
     kinds = parse_export(export)
+    background.flush(dataset_dir)   # this process's items still being written are stored first
     open_dataset(dataset_dir, create=False)
     with DatasetLock(dataset_dir):
         split_trees.recover(dataset_dir)   # a build or swap a crash interrupted

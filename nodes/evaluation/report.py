@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..store import background
 from ..store.fsio import write_bytes_atomic
 from ..store.layout import REPORT, now_iso, open_dataset
 from ..store.reader import live_records
@@ -158,6 +159,7 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
         raise EvaluationError(None, f"seed must be an integer, got {seed!r}")
     if not dataset_dir.is_dir():
         raise EvaluationError(dataset_dir, "no such dataset folder" if not dataset_dir.exists() else "is not a folder")
+    background.flush(dataset_dir, check_interrupt)       # this process's items still being written
     open_dataset(dataset_dir, create=False)              # a DTGen dataset, no symlinks where we write
     if finetune is not None and finetune.weights and not Path(finetune.weights).expanduser().is_file():
         raise EvaluationError(finetune.weights, "ResNet18 weights file does not exist")

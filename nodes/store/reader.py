@@ -58,11 +58,20 @@ def class_counts(records, source: str | None = None) -> dict[str, dict[str, int]
     return out
 
 
-def live_records(dataset_dir, which: str = "all") -> list[dict]:
+def live_records(dataset_dir, which: str = "all", pending: bool = False) -> list[dict]:
+    """Live records in manifest order; with ``pending``, also the records this process handed to
+    its background writer and has not stored yet (``background.py``; after the stored ones)."""
     if which not in _WHICH:
         raise ValueError(f"which={which!r}: choose one of {sorted(_WHICH)}")
     keep = _WHICH[which]
-    return [r for r in _live_view(dataset_dir).values() if r["decision"] in keep]
+    ahead = []
+    if pending:
+        from .background import pending_records
+
+        ahead = pending_records(dataset_dir)   # before the read: one stored meanwhile shows there
+    view = _live_view(dataset_dir)
+    out = [r for r in view.values() if r["decision"] in keep]
+    return out + [r for r in ahead if r["id"] not in view and r["decision"] in keep]
 
 
 # Per-process cache of each manifest's live view: a queue run reads only the lines appended since
@@ -138,9 +147,12 @@ def load_history_embeddings(dataset_dir, which: str = "accepted") -> dict[str, n
 
 
 def history_fingerprint(dataset_dir) -> str:
-    """Cheap change marker (size + mtime of the manifest and embedding stores, and whether the
-    folder exists at all) for ComfyUI's ``fingerprint_inputs``."""
-    parts = [f"folder:{Path(dataset_dir).is_dir()}"]
+    """Cheap change marker (size + mtime of the manifest and embedding stores, whether the folder
+    exists at all, and how many batches this process handed to its background writer, which are
+    on their way into the manifest) for ComfyUI's ``fingerprint_inputs``."""
+    from .background import handed_over
+
+    parts = [f"folder:{Path(dataset_dir).is_dir()}", f"handed_over:{handed_over(dataset_dir)}"]
     for path in [Path(dataset_dir) / MANIFEST, *sorted((Path(dataset_dir) / EMBEDDINGS).glob("*.bin"))]:
         try:
             st = path.stat()

@@ -10,12 +10,17 @@ Item identity (dedup key): ``metadata["item_id"]`` if the caller gives one, else
 sampler's ``stream:index`` (the stream names pack content, mode, base seed and classes), else
 ``pack_hash:index`` (sampler metadata without a stream), else a hash of label + prompt + seed + pixels.
 Writing an id that is already in the dataset is skipped and counted as a duplicate.
+
+``write`` is synchronous: it returns when the batch is durable. The writer node goes through
+``background.py`` instead, which uses the same steps split in two: ``plan`` (checks, dedup, quotas,
+records; on the caller's thread) and ``store_encoded`` (the durable steps above, on a worker thread,
+with files encoded beforehand).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,30 @@ class WriteResult:
     skipped_duplicate: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "rejected": 0})
     skipped_quota: int = 0                            # accepted items of a class already at its target
     paths: list[Path] = field(default_factory=list)   # files written, in item order
+
+
+@dataclass
+class Planned:
+    """One item ``DatasetWriter.plan`` decided to store: its record (sizes not known yet), the item,
+    its prepared uint8 mask (or None) and its position in the caller's batch (for error messages).
+    The background writer fills in the encoded file bytes before ``store_encoded``."""
+    rec: dict
+    item: ScoredItem
+    mask: np.ndarray | None
+    n: int
+    image_data: bytes | None = None
+    mask_data: bytes | None = None
+
+
+def _write_bytes(f, data: bytes) -> None:
+    f.write(data)
+
+
+def check_image(image, where: str) -> None:
+    """Refuse an image ``to_uint8`` cannot convert, by its shape alone (no copy, no conversion)."""
+    shape = tuple(np.shape(image))
+    if not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))):
+        raise ValueError(f"{where}: image must be H x W x 3 (or 1/4 channels), got shape {shape}")
 
 
 def to_uint8(image, where: str) -> np.ndarray:
@@ -77,20 +106,8 @@ class DatasetWriter:
     """Context manager: ``with DatasetWriter(dir) as w: w.write(items, models, sampler_settings)``."""
 
     def __init__(self, dataset_dir, image_format: str = "png", quality: int = 95, quotas: dict | None = None):
-        fmt = str(image_format).lower()
-        if fmt not in IMAGE_EXTS:
-            raise ValueError(f"image_format {image_format!r}: choose one of png, jpeg, webp")
-        if not 1 <= int(quality) <= 100:
-            raise ValueError(f"quality {quality!r}: must be 1..100")
         self.dir = Path(dataset_dir)
-        self.format = "jpeg" if fmt == "jpg" else fmt
-        self.ext = IMAGE_EXTS[fmt]
-        self.quality = int(quality)
-        self.quotas = {}
-        for label, target in (quotas or {}).items():
-            if target is not None and int(target) < 0:
-                raise ValueError(f"quota for label {label!r}: {target!r} must be >= 0")
-            self.quotas[label] = None if target is None else int(target)
+        self.configure(image_format, quality, quotas)
         self.reconciled: ReconcileReport | None = None
         self._ids: set[str] = set()
         self._legacy: dict[str, tuple] = {}    # id -> legacy_key() of records without a stream
@@ -101,6 +118,26 @@ class DatasetWriter:
         self._inode = None
         self._current: dict | None = None  # record being placed (names the file in errors)
         self._writing = "file"             # which of its files: "file" (the image) or "mask"
+        # set by a background writer sharing this one: () -> {id: record} handed over, not stored yet;
+        # ``write`` then skips those ids and counts them toward quotas, as if they were stored
+        self.pending = None
+
+    def configure(self, image_format: str = "png", quality: int = 95, quotas: dict | None = None) -> None:
+        """Format, quality and quotas of the next writes (a long-lived writer changes them per call)."""
+        fmt = str(image_format).lower()
+        if fmt not in IMAGE_EXTS:
+            raise ValueError(f"image_format {image_format!r}: choose one of png, jpeg, webp")
+        if not 1 <= int(quality) <= 100:
+            raise ValueError(f"quality {quality!r}: must be 1..100")
+        self.format = "jpeg" if fmt == "jpg" else fmt
+        self.ext = IMAGE_EXTS[fmt]
+        self.quality = int(quality)
+        parsed = {}
+        for label, target in (quotas or {}).items():
+            if target is not None and int(target) < 0:
+                raise ValueError(f"quota for label {label!r}: {target!r} must be >= 0")
+            parsed[label] = None if target is None else int(target)
+        self.quotas = parsed
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> DatasetWriter:
@@ -109,6 +146,15 @@ class DatasetWriter:
         self.reconciled = ensure_consistent(self.dir) or ReconcileReport()
         with DatasetLock(self.dir):
             self._reload()
+        return self
+
+    def reopen(self) -> DatasetWriter:
+        """What ``__enter__`` does, for a writer kept open across calls: the dataset is created
+        again if it was removed, repaired if a change did not finish, and the state is brought up to
+        date from the manifest (only the new lines when it was not rewritten)."""
+        open_dataset(self.dir)
+        self.reconciled = ensure_consistent(self.dir) or ReconcileReport()
+        self._refresh()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -162,12 +208,20 @@ class DatasetWriter:
         return folder
 
     # -- public API ------------------------------------------------------------------------
-    def status(self) -> dict[str, dict]:
-        """{label: {accepted, rejected, target, missing}} (target/missing None without a quota)."""
+    def status(self, pending=()) -> dict[str, dict]:
+        """{label: {accepted, rejected, target, missing}} (target/missing None without a quota).
+        ``pending``: records handed to a background writer, counted as stored (take the snapshot
+        before this call: one stored meanwhile is then counted once)."""
         self._refresh()
+        counts = self._counts
+        ahead = [rec for rec in pending if rec["id"] not in self._ids]
+        if ahead:
+            counts = {label: dict(c) for label, c in counts.items()}
+            for rec in ahead:
+                count_record(counts, rec)
         out = {}
-        for label in sorted(set(self._counts) | set(self.quotas)):
-            c = self._counts.get(label, {"accepted": 0, "rejected": 0})
+        for label in sorted(set(counts) | set(self.quotas)):
+            c = counts.get(label, {"accepted": 0, "rejected": 0})
             target = self.quotas.get(label)
             missing = None if target is None else max(0, target - c["accepted"])
             out[label] = {"accepted": c["accepted"], "rejected": c["rejected"], "target": target, "missing": missing}
@@ -185,65 +239,136 @@ class DatasetWriter:
         with DatasetLock(self.dir):
             check_tree(self.dir)   # no symlink may have appeared since the open
             self._refresh()
-            for item in items:  # label problems are refused before anything is written
-                self._folder(item.label)
-            # so are mask problems (shape, ids, labels): (uint8 mask or None, instances) per item
-            prepared = [masks.prepare(item, _where(n, item)) for n, item in enumerate(items)]
+            pending = self.pending() if self.pending is not None else None
+            planned = self.plan(items, models, sampler_settings, result, pending=pending)
             placed: list[tuple[dict, ScoredItem]] = []
             error, self._current = None, None
             mark_dirty(self.dir)
             try:
-                self._place_all(items, prepared, models, sampler_settings, png_text, placed, result)
+                for p in planned:
+                    self._current = p.rec
+                    self._place(p.item, p.rec, png_text, p.n, p.mask)
+                    placed.append((p.rec, p.item))
             except OSError as e:
-                rec, what = self._current, self._writing
-                error = DatasetWriteError(
-                    self.dir / rec[what],
-                    f"could not write {'mask' if what == 'mask' else 'image'} ({e.strerror or e}); {len(placed)} "
-                    "earlier item(s) of this batch "
-                    "were saved, this one and the rest were not; the dataset is consistent - free space / "
-                    "fix permissions and run again (saved items are skipped as duplicates)",
-                )
-                error.__cause__ = e
+                error = self._write_error(e, len(placed))
             except BaseException as e:  # bad image, interrupt ...: still record what is on disk
                 error = e
-            if placed:
-                self._commit(placed)
-                for rec, _ in placed:
-                    result.written[rec["decision"]] += 1
-                    result.paths.append(self.dir / rec["file"])
-            if error is not None:
-                raise error  # no clean marker: the next open reconciles
-            mark_clean(self.dir)
+            self._finish(placed, result, error)
         return result
 
-    # -- internals -------------------------------------------------------------------------
-    def _place_all(self, items, prepared, models, sampler_settings, png_text, placed, result) -> None:
+    def plan(self, items: list[ScoredItem], models: dict | None = None, sampler_settings: dict | None = None,
+             result: WriteResult | None = None, pending: dict[str, dict] | None = None,
+             check_images: bool = False) -> list[Planned]:
+        """What ``write`` stores of ``items``, decided without writing anything: refuses bad labels
+        and masks (with ``check_images``, image shapes too) for the whole batch; skips duplicates (of the dataset as last read, of
+        ``pending`` records handed to a background writer and not stored yet, within the batch) and
+        accepted items past their class quota (``pending`` ones count), counting both in ``result``;
+        builds each stored item's record. The caller refreshes the state first."""
+        result = result if result is not None else WriteResult()
+        for item in items:  # label problems are refused before anything is written
+            self._folder(item.label)
+        # so are mask problems (shape, ids, labels): (uint8 mask or None, instances) per item
+        prepared = [masks.prepare(item, _where(n, item)) for n, item in enumerate(items)]
+        for n, item in enumerate(items if check_images else ()):   # and images that cannot be stored
+            check_image(item.image, _where(n, item))
+        # records handed over earlier and stored since are in the state already: never count twice
+        ahead = [rec for rid, rec in (pending or {}).items() if rid not in self._ids]
+        ahead_ids = {rec["id"] for rec in ahead}
+        planned: list[Planned] = []
         batch_ids: set[str] = set()
         for n, item in enumerate(items):
             decision = "accepted" if item.accepted else "rejected"
             rid = item_id(item)
-            if rid in self._ids or rid in batch_ids or self._is_legacy_copy(item):
+            if rid in self._ids or rid in ahead_ids or rid in batch_ids or self._is_legacy_copy(item):
                 result.skipped_duplicate[decision] += 1
                 continue
             if decision == "accepted" and in_quota((item.metadata or {}).get("source"), item.metadata) \
-                    and self._quota_full(item.label, placed):
+                    and self._quota_full(item.label, ahead + [p.rec for p in planned]):
                 result.skipped_quota += 1
                 continue
-            self._current = rec = self._record(item, rid, decision, models, sampler_settings, prepared[n][1])
-            self._place(item, rec, png_text, n, prepared[n][0])
+            rec = self._record(item, rid, decision, models, sampler_settings, prepared[n][1])
             batch_ids.add(rid)
-            placed.append((rec, item))
+            planned.append(Planned(rec, item, prepared[n][0], n))
+        return planned
+
+    def store_encoded(self, planned: list[Planned], sink=None, quotas: dict | None = None) -> WriteResult:
+        """Store items whose files are already encoded (``Planned.image_data`` / ``mask_data``) with
+        the durability protocol of ``write``: under the dataset lock each file goes temp -> fsync ->
+        ``os.replace``, then folder fsyncs, embeddings, manifest lines (+ fsync), metadata rows.
+        What other writers (processes) stored since the items were planned is checked again here,
+        under the lock: an id stored meanwhile is skipped as a duplicate, an accepted item whose
+        class reached its quota in ``quotas`` (those the items were planned with) as over quota.
+        ``sink(fileobj, data)`` writes the bytes into the temp file (default: ``fileobj.write``)."""
+        sink = sink or _write_bytes
+        result = WriteResult()
+        with DatasetLock(self.dir):
+            check_tree(self.dir)
+            self._refresh()
+            todo: list[Planned] = []
+            for p in planned:
+                rec = p.rec
+                if rec["id"] in self._ids:
+                    result.skipped_duplicate[rec["decision"]] += 1
+                elif rec["decision"] == "accepted" and in_quota(rec["source"], rec["metadata"]) \
+                        and self._quota_full(rec["label"], [q.rec for q in todo], quotas):
+                    result.skipped_quota += 1
+                else:
+                    todo.append(p)
+            placed: list[tuple[dict, ScoredItem]] = []
+            error, self._current = None, None
+            mark_dirty(self.dir)
+            try:
+                for p in todo:
+                    self._current = p.rec
+                    if p.mask_data is not None:
+                        self._writing = "mask"
+                        p.rec["mask_bytes"] = self._put(p.rec["mask"], partial(sink, data=p.mask_data))
+                    self._writing = "file"
+                    p.rec["bytes"] = self._put(p.rec["file"], partial(sink, data=p.image_data))
+                    placed.append((p.rec, p.item))
+            except OSError as e:
+                error = self._write_error(e, len(placed))
+            except BaseException as e:
+                error = e
+            self._finish(placed, result, error)
+        return result
+
+    # -- internals -------------------------------------------------------------------------
+    def _write_error(self, e: OSError, saved: int) -> DatasetWriteError:
+        rec, what = self._current, self._writing
+        error = DatasetWriteError(
+            self.dir / rec[what],
+            f"could not write {'mask' if what == 'mask' else 'image'} ({e.strerror or e}); {saved} "
+            "earlier item(s) of this batch "
+            "were saved, this one and the rest were not; the dataset is consistent - free space / "
+            "fix permissions and run again (saved items are skipped as duplicates)",
+        )
+        error.__cause__ = e
+        return error
+
+    def _finish(self, placed, result: WriteResult, error: BaseException | None) -> None:
+        """Record what is on disk (even after an error), then raise the error or mark the dataset clean."""
+        if placed:
+            self._commit(placed)
+            for rec, _ in placed:
+                result.written[rec["decision"]] += 1
+                result.paths.append(self.dir / rec["file"])
+        if error is not None:
+            raise error  # no clean marker: the next open reconciles
+        mark_clean(self.dir)
 
     def _is_legacy_copy(self, item: ScoredItem) -> bool:
         legacy = legacy_item_id(item)
         return legacy in self._legacy and self._legacy[legacy] == legacy_key(item.metadata or {})
 
-    def _quota_full(self, label: str, placed) -> bool:
-        target = self.quotas.get(label)
+    def _quota_full(self, label: str, ahead: list[dict], quotas: dict | None = None) -> bool:
+        """Whether ``label`` is at its quota (``quotas``, default this writer's), counting the
+        ``ahead`` records (planned, not stored yet)."""
+        target = (self.quotas if quotas is None else quotas).get(label)
         if target is None:
             return False
         have = self._counts.get(label, {}).get("accepted", 0)
-        have += sum(1 for rec, _ in placed if rec["label"] == label and rec["decision"] == "accepted"
+        have += sum(1 for rec in ahead if rec["label"] == label and rec["decision"] == "accepted"
                     and in_quota(rec["source"], rec["metadata"]))
         return have >= target
 
@@ -364,10 +489,14 @@ def run_line(result: WriteResult) -> str:
     return line
 
 
-def summary(path, result: WriteResult | None, status: dict) -> str:
-    """The writer node's text: the folder, this run (if it wrote generated images), then per-class
-    counts toward the quota."""
+def summary(path, result: WriteResult | None, status: dict, in_flight: int = 0) -> str:
+    """The writer node's text: the folder, this run (if it wrote generated images), how many items
+    are still being written in the background, then per-class counts toward the quota (which count
+    those items)."""
     lines = [str(path)] + ([run_line(result)] if result is not None else [])
+    if in_flight:
+        lines.append(f"{in_flight} being written in the background (on disk before Finalize, Evaluate or "
+                     "the filter's history reads the dataset)")
     lines += [f"{label}: {s['accepted']} accepted, {s['rejected']} rejected"
               + (f", {s['missing']} missing" if s.get("missing") is not None else "")
               + (f", {s['real']} real" if s.get("real") else "") for label, s in status.items()]
