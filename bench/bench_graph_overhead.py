@@ -10,7 +10,8 @@ queued prompt, two prompts kept queued. Prints:
     (the filter reads the growing dataset history);
   * the server's resident memory (RSS) after a warm-up and after N items, and the growth in MB
     (target < 50 MB);
-  * items/s of the queue client with one server and with two servers sharing the output folder.
+  * items/s of the queue client with one server, and of ``--ray`` with two workers on two servers
+    (their images sent back to one dataset; needs ray, else skipped).
 
 Run: python bench/bench_graph_overhead.py [--items 1000] [--servers-items 24] [--comfyui PATH]
 """
@@ -98,20 +99,38 @@ def timed_run(server: LocalServer, n: int, warmup: int) -> dict:
             "seconds": time.perf_counter() - t_measure}
 
 
-def client_rate(urls: list[str], dataset: str, n: int, output_dir: Path) -> float:
+def client_rate(url: str, dataset: str, n: int, output_dir: Path) -> float:
     wf = tiny_workflow(dataset)
     sampler = local_sampler(wf.sampler_inputs())
-    settings = RunSettings(servers=urls, items=n, output_dir=output_dir, poll=0.1)
+    settings = RunSettings(server=url, items=n, output_dir=output_dir, poll=0.1)
     with open(os.devnull, "w") as quiet:
         result = QueueRun(wf, sampler, settings, Progress(quiet)).run()
+    return result.items_done / result.elapsed
+
+
+def ray_rate(urls: list[str], dataset: str, n: int, output_dir: Path) -> float:
+    """``--ray`` with one worker per server (existing servers), into a dataset under ``output_dir``."""
+    from dtgen.runner.ray_cluster import Cluster
+    from dtgen.runner.ray_queue import RayQueueRun, RaySettings, WorkerPool
+
+    wf = tiny_workflow(dataset)
+    sampler = local_sampler(wf.sampler_inputs())
+    settings = RunSettings(server="", items=n, output_dir=output_dir, poll=0.1)
+    with Cluster(num_cpus=max(2, len(urls))) as cluster, open(os.devnull, "w") as quiet:
+        pool = WorkerPool(cluster.ray, RaySettings(servers=urls), pending=2, driver_node=cluster.node_id())
+        try:
+            pool.ready(300)
+            result = RayQueueRun(wf, sampler, settings, pool, Progress(quiet)).run()
+        finally:
+            pool.close()
     return result.items_done / result.elapsed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=1000, help="measured items (after a warm-up of 5)")
-    ap.add_argument("--servers-items", type=int, default=24, help="items per client run for the 1 vs 2 servers "
-                    "figure (0 = skip)")
+    ap.add_argument("--servers-items", type=int, default=24, help="items per client run for the 1 server vs "
+                    "2 Ray workers figure (0 = skip)")
     ap.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH or ~/comfy/ComfyUI)")
     args = ap.parse_args()
 
@@ -157,13 +176,19 @@ def main() -> None:
 
         if args.servers_items:
             n = args.servers_items
-            rate1 = client_rate([one.url], "bench_one_server", n, output)
-            two = LocalServer(comfyui, work / "s2", free_port(), python=python, model_dirs=models, output_dir=output)
+            rate1 = client_rate(one.url, "bench_one_server", n, output)
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                print(f"queue client, {n} items: 1 server {rate1:.2f} items/s (2 Ray workers: skipped, no ray)")
+                return
+            two = LocalServer(comfyui, work / "s2", free_port(), python=python, model_dirs=models,
+                              output_dir=work / "output2")
             servers.append(two.start())
-            client_rate([two.url], "bench_warm_second", 2, output)          # load its models first
-            rate2 = client_rate([one.url, two.url], "bench_two_servers", n, output)
-            print(f"queue client, {n} items: 1 server {rate1:.2f} items/s, 2 servers {rate2:.2f} items/s "
-                  f"(x{rate2 / rate1:.2f}; both servers share this machine's CPU cores)")
+            client_rate(two.url, "bench_warm_second", 2, work / "output2")          # load its models first
+            rate2 = ray_rate([one.url, two.url], "bench_two_servers", n, work / "central")
+            print(f"queue client, {n} items: 1 server {rate1:.2f} items/s, --ray with 2 workers {rate2:.2f} "
+                  f"items/s (x{rate2 / rate1:.2f}; both servers share this machine's CPU cores)")
     finally:
         for s in servers:
             s.stop()

@@ -145,12 +145,15 @@ def add_queue_args(p: argparse.ArgumentParser) -> None:
                         "in the ratio A:B (--quota 200 --mix sd:1,copy_paste:1 = 100 + 100; a weight of 0 leaves "
                         "that source out)")
     p.add_argument("--server", action="append", metavar="URL",
-                   help=f"ComfyUI server; repeat to use several as workers (default {DEFAULT_SERVER})")
+                   help=f"the ComfyUI server (default {DEFAULT_SERVER}); with --ray, existing servers to use as the "
+                        "workers, one Ray worker each (repeatable)")
     p.add_argument("--dataset", help="dataset name (sets the dataset_name of the writers, the filters, the sampler "
                    "and the copy-paste node)")
-    p.add_argument("--output-dir", type=Path, help="the servers' ComfyUI output folder as seen from here "
-                   "(default: learnt from the first finished item)")
-    p.add_argument("--pending", type=whole(1), default=2, help="prompts kept queued per server (default 2)")
+    p.add_argument("--output-dir", type=Path, help="the server's ComfyUI output folder as seen from here "
+                   "(default: learnt from the first finished item); with --ray, the folder of the central dataset "
+                   "(default ./output)")
+    p.add_argument("--pending", type=whole(1), default=2, help="prompts kept queued on the server, with --ray per "
+                   "worker (default 2)")
     p.add_argument("--per-prompt", type=whole(1, MAX_COUNT), metavar="K",
                    help=f"items per queued prompt (the sampler's count, at most {MAX_COUNT}; default 1; in a "
                         "copy-paste-only graph the copy-paste node's count, default its own)")
@@ -167,10 +170,35 @@ def add_queue_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-weights", help="open_clip weights file name for DTGenClipLoader")
     p.add_argument("--pack-dir", action="append", default=[], type=folder, metavar="DIR",
                    help="extra prompt-pack folder (the server's models/dtgen_prompts), searched after prompts/")
-    p.add_argument("--dead-after", type=seconds, default=10.0, help="seconds without answer before a server "
-                   "counts as gone and its items move to the others (default 10)")
     p.add_argument("--give-up-after", type=seconds, default=120.0,
-                   help="seconds with no server answering before the run stops (default 120)")
+                   help="seconds the server may not answer before the run stops (default 120)")
+    ray = p.add_argument_group("several GPUs or machines (Ray; see docs/scale-out.md)")
+    ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run the sampler's items on Ray workers, one per GPU, each with its own ComfyUI; no ADDRESS: "
+                          "start a local Ray; ADDRESS: join that cluster (auto, ray://host:10001, host:6379). Needs "
+                          "pip install 'ray==2.60.0'")
+    ray.add_argument("--ray-workers", type=whole(1), metavar="N",
+                     help="Ray workers (default: one per GPU in the cluster; 1 on a CPU-only cluster)")
+    ray.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder on the Ray nodes (default: $COMFYUI_PATH, "
+                     "then ~/comfy/ComfyUI)")
+    ray.add_argument("--python", metavar="PATH", help="Python that runs ComfyUI on the Ray nodes (default: its venv "
+                     "if found, else the worker's)")
+    ray.add_argument("--model-dir", action="append", default=[], type=model_dir_arg, metavar="FOLDER=PATH",
+                     help="an extra models folder on the Ray nodes, e.g. checkpoints=/data/ckpt (repeatable)")
+    ray.add_argument("--ray-scratch", metavar="DIR", help="where each Ray worker keeps its ComfyUI workspace and "
+                     "scratch dataset (default: the node's temp folder)")
+    ray.add_argument("--ray-shared-output", action="store_true",
+                     help="the workers' ComfyUI write straight into --output-dir, a folder every Ray node sees at the "
+                          "same path (nothing is sent back through Ray)")
+    ray.add_argument("--ray-max-restarts", type=whole(0), default=4, metavar="N",
+                     help="times Ray restarts a worker (its ComfyUI) that died, and runs its blocks again (default 4)")
+
+
+def model_dir_arg(text: str) -> tuple[str, str]:
+    folder, sep, path = text.partition("=")
+    if not sep or not folder.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected FOLDER=PATH, e.g. checkpoints=/data/ckpt, got {text!r}")
+    return folder.strip(), path.strip()
 
 
 def prepare(args) -> tuple:
@@ -208,12 +236,33 @@ def prepare(args) -> tuple:
     max_items = args.max_items
     if max_items is None and targets:
         max_items = 20 * sum(targets.values()) + 20
+    ray = getattr(args, "ray", None) is not None
+    servers = args.server or []
+    if len(servers) > 1 and not ray:
+        raise WorkflowError(f"--server given {len(servers)} times: several ComfyUI servers are Ray workers; add --ray "
+                            "(a local Ray; see docs/scale-out.md), or queue on one --server")
+    output_dir = args.output_dir
+    if ray and output_dir is None:
+        output_dir = Path("output")
     settings = RunSettings(
-        servers=args.server or [os.environ.get("COMFYUI_URL", DEFAULT_SERVER)], targets=targets,
+        server=servers[0] if servers else os.environ.get("COMFYUI_URL", DEFAULT_SERVER), targets=targets,
         items=args.items, start=start, per_prompt=per_prompt, pending=args.pending, retries=args.retries,
-        output_dir=args.output_dir, dead_after=args.dead_after, give_up_after=args.give_up_after,
+        output_dir=output_dir, give_up_after=args.give_up_after,
         max_items=max_items, copy_paste_quota=cp_quota, copy_paste_max_items=args.max_items)
     return wf, sampler, settings
+
+
+def ray_settings(args):
+    """--ray and its options as ``RaySettings`` (ray_queue.py; imports no Ray)."""
+    from .ray_queue import RaySettings
+
+    model_dirs: dict[str, list[str]] = {}
+    for folder, path in args.model_dir:
+        model_dirs.setdefault(folder, []).append(str(Path(path).expanduser()))
+    return RaySettings(address=args.ray or None, workers=args.ray_workers, servers=list(args.server or []),
+                       comfyui=args.comfyui, python=args.python, model_dirs=model_dirs, scratch_root=args.ray_scratch,
+                       shared_output=args.ray_shared_output, max_restarts=args.ray_max_restarts,
+                       max_task_retries=args.ray_max_restarts)
 
 
 def check_mix(wf: Workflow, args, mix) -> None:
@@ -274,10 +323,15 @@ def print_summary(result, dataset: str, out=None) -> None:
 
 
 def cmd_queue(args) -> int:
-    from .scheduler import QueueRun
-
     wf, sampler, settings = prepare(args)
-    result = QueueRun(wf, sampler, settings).run()
+    if args.ray is not None:
+        from .ray_queue import run_ray
+
+        result = run_ray(wf, sampler, settings, ray_settings(args))
+    else:
+        from .scheduler import QueueRun
+
+        result = QueueRun(wf, sampler, settings).run()
     print_summary(result, wf.dataset_name)
     return 0
 

@@ -258,7 +258,7 @@ def cmd_demo(args) -> int:
         targets = {label: args.quota for label in sampler.labels}
         wf.set_writer_quota(args.quota)
         say(f"queueing {args.quota} accepted image(s) for each of {len(targets)} classes ...")
-        settings = RunSettings(servers=[url], targets=targets, output_dir=output_dir,
+        settings = RunSettings(server=url, targets=targets, output_dir=output_dir,
                                max_items=20 * sum(targets.values()) + 20)
         result = QueueRun(wf, sampler, settings, Progress(every=2.0)).run()
         cp_dataset = run_copy_paste_step(url, wf, sets, args.quota, tiny, output_dir, say) if sets else None

@@ -1,18 +1,19 @@
-"""Queue a DTGen workflow on one or more ComfyUI servers until the per-class quotas (or N items)
-are in the dataset.
+"""Queue a DTGen workflow on one ComfyUI server until the per-class quotas (or N items) are in the
+dataset. Several servers (GPUs, nodes) are Ray's job: ``--ray`` (ray_queue.py) plans the same way
+and leaves worker faults to Ray.
 
 Sources: the prompt sampler's SD images (``sd``, stored as source ``generated``) are planned here,
 index by index. A copy-paste branch (``DTGenCopyPaste`` -> its own writer) runs in the node's resume
-mode: the node claims the items the dataset lacks (claims keep several servers apart) and reports
+mode: the node claims the items the dataset lacks (claims keep concurrent prompts apart) and reports
 "done" when every class has its copy-paste quota. The client rides it along with the SD prompts,
 queues the branch alone once SD is full, and takes "done" for full only from a prompt that no other
 copy-paste prompt overlapped (else one more prompt checks). Each source's quota counts its own
 images only.
 
-Each server keeps ``pending`` prompts queued. The dataset's manifest is the source of truth:
+The server keeps ``pending`` prompts queued. The dataset's manifest is the source of truth:
 what is stored is never queued again, so a killed client resumes where it stopped, and prompts an
-earlier run left on a server are adopted instead of queued twice. A server that stops answering
-for ``dead_after`` seconds loses nothing: its unfinished items go back to the others.
+earlier run left on the server are adopted instead of queued twice. A server that stops answering
+is waited for (``give_up_after`` seconds); prompts lost with its restart are queued again.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .api import (
     execution_error,
     writer_dataset_path,
 )
+from ..nodes.store.layout import MARKER
 from ..nodes.synthesis.copy_paste import DONE_TEXT, MADE_TEXT
 from .dataset_view import DatasetView
 from .planner import Job, Planner
@@ -50,7 +52,7 @@ class RunError(RuntimeError):
 
 @dataclass
 class RunSettings:
-    servers: list[str]
+    server: str
     targets: dict[str, int] | None = None
     items: int | None = None
     start: int = 0
@@ -59,7 +61,6 @@ class RunSettings:
     retries: int = 2
     output_dir: Path | None = None
     poll: float = 0.5
-    dead_after: float = 10.0
     give_up_after: float = 120.0
     max_items: int | None = None
     copy_paste_quota: int = 0                 # copy-paste images per class (0: the branch is left out)
@@ -74,20 +75,9 @@ class RunResult:
     items_done: int
     failed: list[int]
     elapsed: float
-    servers: dict = field(default_factory=dict)   # url -> items finished there
+    servers: dict = field(default_factory=dict)   # server (Ray: worker) -> items finished there
     by_source: dict = field(default_factory=dict)  # "sd" / "copy_paste" -> per-class counts (several sources)
     items_by_source: dict = field(default_factory=dict)   # source -> items made in this run
-
-
-class Worker:
-    def __init__(self, url: str):
-        self.api = ComfyAPI(url)
-        self.url = self.api.url
-        self.jobs: dict[str, Job] = {}
-        self.failing_since: float | None = None
-        self.dead = False
-        self.next_probe = 0.0
-        self.finished = 0
 
 
 class QueueRun:
@@ -100,7 +90,11 @@ class QueueRun:
         self.pack_hash = sampler.pack.pack_hash if sampler is not None else None
         self.stream = sampler.stream if sampler is not None else None
         self.client_id = str(uuid.uuid4())
-        self.workers = [Worker(u) for u in dict.fromkeys(settings.servers)]
+        self.api = ComfyAPI(settings.server)
+        self.url = self.api.url
+        self.jobs: dict[str, Job] = {}          # prompt id -> job, on the server
+        self.failing_since: float | None = None  # since when the server does not answer
+        self.finished = 0                        # items finished on the server in this run
         self.sd_on = sampler is not None and (settings.items is not None or bool(settings.targets))
         self.cp_on = workflow.has_copy_paste and settings.items is None and settings.copy_paste_quota > 0
         if not (self.sd_on or self.cp_on):
@@ -135,34 +129,22 @@ class QueueRun:
 
     # ------------------------------------------------------------------------------------- setup
     def connect(self) -> None:
-        reachable = []
-        for w in self.workers:
-            try:
-                w.api.system_stats()
-                if self.sd_on and not w.api.has_node(SAMPLER):
-                    raise RunError(f"ComfyUI at {w.url} has no DTGen nodes: install this pack in its "
-                                   "custom_nodes folder and restart it")
-                if self.cp_on and not w.api.has_node(COPY_PASTE):
-                    raise RunError(f"ComfyUI at {w.url} has no {COPY_PASTE} node: update the DTGen pack in its "
-                                   "custom_nodes folder and restart it")
-                reachable.append(w)
-            except ServerUnreachable as e:
-                if len(self.workers) == 1:
-                    raise RunError(str(e)) from None
-                self.progress.message(f"warning: {e}")
-                self._mark_dead(w)
-            except ComfyError as e:
-                raise RunError(str(e)) from None
-        if not reachable:
-            raise RunError("no ComfyUI server reachable (" + ", ".join(w.url for w in self.workers)
-                           + "); start them or fix the --server URLs")
-        for w in reachable:
-            self._adopt(w)
-            if self.view is None:
-                self._discover_dataset(w)
+        try:
+            self.api.system_stats()
+            if self.sd_on and not self.api.has_node(SAMPLER):
+                raise RunError(f"ComfyUI at {self.url} has no DTGen nodes: install this pack in its "
+                               "custom_nodes folder and restart it")
+            if self.cp_on and not self.api.has_node(COPY_PASTE):
+                raise RunError(f"ComfyUI at {self.url} has no {COPY_PASTE} node: update the DTGen pack in its "
+                               "custom_nodes folder and restart it")
+        except ComfyError as e:   # unreachable too: one line saying what to do
+            raise RunError(str(e)) from None
+        self._adopt()
+        if self.view is None:
+            self._discover_dataset()
 
-    def _adopt(self, w: Worker) -> None:
-        running, pending = w.api.queue()
+    def _adopt(self) -> None:
+        running, pending = self.api.queue()
         n = 0
         for entry in running + pending:
             mark = (entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {}).get(MARK) or {}
@@ -173,21 +155,21 @@ class QueueRun:
                 continue   # other items (another seed, pack or classes): not this run's
             if not indices and not (copy_paste and self.cp_on):
                 continue
-            job = Job(indices, prompt_id=entry[1], server=w.url, copy_paste=copy_paste)
-            w.jobs[entry[1]] = job
+            job = Job(indices, prompt_id=entry[1], server=self.url, copy_paste=copy_paste)
+            self.jobs[entry[1]] = job
             if indices:
                 self.planner.adopt(job)
             if copy_paste:
                 self.cp_queued += self.cp_count
             n += 1
         if n:
-            self.progress.message(f"{w.url}: {n} prompt(s) of an earlier run are still queued; waiting for "
+            self.progress.message(f"{self.url}: {n} prompt(s) of an earlier run are still queued; waiting for "
                                   "them instead of queueing their items again")
 
-    def _discover_dataset(self, w: Worker) -> None:
+    def _discover_dataset(self) -> None:
         """Where an earlier run of this dataset was written, from the server's history, so a resumed
         run knows what is done before it queues anything."""
-        for entry in reversed(list(w.api.get(f"/history?max_items={HISTORY_LOOKBACK}").values())):
+        for entry in reversed(list(self.api.get(f"/history?max_items={HISTORY_LOOKBACK}").values())):
             prompt = entry.get("prompt") or []
             mark = (prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}).get(MARK) or {}
             if mark.get("dataset") != self.dataset:
@@ -222,8 +204,7 @@ class QueueRun:
     def _loop(self) -> None:
         while True:
             self._refresh_view()
-            for w in self.workers:
-                self._poll(w)
+            self._poll()
             self._refresh_view()
             accepted, done = self._accepted(), self._done()
             sd_complete = self.planner.complete(accepted, done)
@@ -239,21 +220,20 @@ class QueueRun:
                         raise RunError(self._why_short(accepted))
                     if not cp_complete and not self._cp_budget_left():
                         raise RunError(self._why_short_copy_paste())
-            self._check_alive()
             self.progress.show(self._status())
             time.sleep(self.cfg.poll)
 
     def _fill(self, accepted, done, sd_complete: bool = False) -> None:
-        live = sorted((w for w in self.workers if not w.dead and w.failing_since is None), key=lambda w: len(w.jobs))
-        for w in live:
-            while len(w.jobs) < self.cfg.pending:
-                if self.view is None and self._in_flight_jobs():
-                    return  # first item tells where the dataset is; plan the rest after it
-                job = self._next_job(accepted, done, sd_complete)
-                if job is None:
-                    return
-                if not self._submit(w, job):
-                    break
+        if self.failing_since is not None:
+            return
+        while len(self.jobs) < self.cfg.pending:
+            if self.view is None and self.jobs:
+                return  # first item tells where the dataset is; plan the rest after it
+            job = self._next_job(accepted, done, sd_complete)
+            if job is None:
+                return
+            if not self._submit(job):
+                return
 
     def _next_job(self, accepted, done, sd_complete: bool) -> Job | None:
         """The sampler's next items (with the copy-paste branch while it still wants items), else a
@@ -285,7 +265,7 @@ class QueueRun:
         return (self.cp_on and not self.cp_full and self.cp_draining and self._cp_budget_left()
                 and not any(j.copy_paste for j in self._in_flight_jobs()))
 
-    def _submit(self, w: Worker, job: Job) -> bool:
+    def _submit(self, job: Job) -> bool:
         quota = self._writer_quota()
         if job.indices:
             graph = self.wf.item_graph(job.indices[0], len(job.indices), copy_paste=job.copy_paste,
@@ -295,10 +275,10 @@ class QueueRun:
         extra = {MARK: {"dataset": self.dataset, "pack_hash": self.pack_hash, "stream": self.stream,
                         "indices": list(job.indices), "copy_paste": job.copy_paste}}
         try:
-            pid = w.api.queue_prompt(graph, self.client_id, extra)
+            pid = self.api.queue_prompt(graph, self.client_id, extra)
         except ServerUnreachable:
             self._lost(job)
-            self._failing(w)
+            self._failing()
             return False
         except ComfyError as e:
             self._lost(job)
@@ -309,8 +289,8 @@ class QueueRun:
             for other in others:
                 other.solo = False
             self.cp_queued += self.cp_count
-        job.prompt_id, job.server, job.unseen = pid, w.url, 0
-        w.jobs[pid] = job
+        job.prompt_id, job.server, job.unseen = pid, self.url, 0
+        self.jobs[pid] = job
         return True
 
     def _writer_quota(self) -> int | None:
@@ -326,47 +306,48 @@ class QueueRun:
         return self.cp_quota + max((sd.get(label, 0) + other.get(label, 0) for label in labels), default=0)
 
     def _lost(self, job: Job) -> None:
-        """A job that may not have run: the sampler's items go back to the planner (a copy-paste
-        prompt needs nothing back: its node plans again from the dataset)."""
+        """A job that may not have run (the server was restarted without it): the sampler's items
+        go back to the planner (a copy-paste prompt needs nothing back: its node plans again from
+        the dataset)."""
         if job.indices:
             self.planner.lost(job)
 
-    def _poll(self, w: Worker) -> None:
-        if w.dead:
-            return
+    def _poll(self) -> None:
         try:
-            running, pending = w.api.queue()
+            running, pending = self.api.queue()
             on_server = {e[1] for e in running + pending}
-            for pid, job in list(w.jobs.items()):
+            for pid, job in list(self.jobs.items()):
                 if pid in on_server:
                     job.unseen = 0
                     continue
-                entry = w.api.history(pid)
+                entry = self.api.history(pid)
                 if entry is None:
                     job.unseen += 1
                     if job.unseen >= 2:   # neither queued nor in history: the server was restarted
-                        del w.jobs[pid]
+                        del self.jobs[pid]
                         self._lost(job)
                     continue
-                del w.jobs[pid]
-                self._finished(w, job, entry)
+                del self.jobs[pid]
+                self._finished(job, entry)
         except ServerUnreachable:
-            self._failing(w)
+            self._failing()
             return
         except ComfyError as e:
             raise RunError(str(e)) from None
-        w.failing_since = None
+        if self.failing_since is not None:
+            self.progress.message(f"{self.url} is back")
+        self.failing_since = None
 
-    def _finished(self, w: Worker, job: Job, entry: dict) -> None:
+    def _finished(self, job: Job, entry: dict) -> None:
         error = execution_error(entry)
         if error is not None:
             retried = self.planner.errored(job) if job.indices else False
             self.errors_in_a_row += 1
             if job.indices:
-                self.progress.message(f"item {self._items(job)} failed on {w.url}: {error}"
+                self.progress.message(f"item {self._items(job)} failed on {self.url}: {error}"
                                       + (" (will retry)" if retried else f" (gave up after {job.errors} tries)"))
             else:
-                self.progress.message(f"a copy-paste prompt failed on {w.url}: {error} (the node plans its "
+                self.progress.message(f"a copy-paste prompt failed on {self.url}: {error} (the node plans its "
                                       "items again)")
             if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                 raise RunError(f"{self.errors_in_a_row} prompts in a row failed; last error: {error}; fix it and "
@@ -377,23 +358,23 @@ class QueueRun:
             self.planner.finished(job)
             self.items_done += len(job.indices)
             self.made[SD] += len(job.indices)
-            w.finished += len(job.indices)
+            self.finished += len(job.indices)
         writers = ([self.wf.writer_id] if job.indices else []) + (self.wf.copy_paste_writer_ids if job.copy_paste else [])
         for writer in writers:
-            self._learn_dataset(writer_dataset_path(entry, writer), w)
+            self._learn_dataset(writer_dataset_path(entry, writer))
         if job.indices:
             self._check_pack(job)
         if job.copy_paste:
-            self._copy_paste_finished(w, job, entry)
+            self._copy_paste_finished(job, entry)
 
-    def _copy_paste_finished(self, w: Worker, job: Job, entry: dict) -> None:
+    def _copy_paste_finished(self, job: Job, entry: dict) -> None:
         texts = ((entry.get("outputs") or {}).get(str(self.wf.copy_paste_id)) or {}).get("text") or []
         text = "\n".join(map(str, texts))
         made = CP_MADE.search(text)
         n = int(made.group(1)) if made else 0
         self.items_done += n
         self.made[CP] += n
-        w.finished += n
+        self.finished += n
         if CP_DONE.search(text):
             if job.solo and not self._cp_short():
                 self.cp_full = True
@@ -416,20 +397,19 @@ class QueueRun:
             return self.cp_classes
         return tuple(sorted(self.view.labels_of(SOURCE[CP]))) if self.view is not None else ()
 
-    def _learn_dataset(self, reported: str | None, w: Worker) -> None:
+    def _learn_dataset(self, reported: str | None) -> None:
         if reported is None:
             return
-        if self.reported_dir is not None and reported != self.reported_dir and self.cfg.output_dir is None:
-            raise RunError(f"servers write to different folders ({self.reported_dir} and {reported} from "
-                           f"{w.url}); start them with one shared --output-directory")
         self.reported_dir = self.reported_dir or reported
+        # dataset.json, not the manifest: the writer node may still be writing its lines in the
+        # background (another prompt was queued behind it); the folder and marker exist at once
         if self.view is None:
-            if not (Path(reported) / "manifest.jsonl").is_file():
+            if not (Path(reported) / MARKER).is_file():
                 raise RunError(f"the server wrote the dataset to {reported}, which this machine cannot see; run "
                                "the client where that folder is visible or pass --output-dir <mounted output folder>")
             self.view = self._new_view(reported)
-        elif not (self.view.dir / "manifest.jsonl").is_file():
-            raise RunError(f"no manifest at {self.view.dir} although the server wrote {reported}: --output-dir "
+        elif not (self.view.dir / MARKER).is_file():
+            raise RunError(f"no dataset at {self.view.dir} although the server wrote {reported}: --output-dir "
                            "must be the server's output folder")
 
     def _check_pack(self, job: Job) -> None:
@@ -440,60 +420,31 @@ class QueueRun:
             raise RunError(f"the server's prompt pack {self.sampler.pack.name!r} differs from the local copy "
                            f"({self.sampler.pack.source}); pass --pack-dir with the server's pack folder")
 
-    def _failing(self, w: Worker) -> None:
+    def _failing(self) -> None:
+        """The server does not answer: wait for it (its queue may survive), up to give_up_after."""
         now = time.monotonic()
-        if w.failing_since is None:
-            w.failing_since = now
-        if now - w.failing_since >= self.cfg.dead_after and not w.dead:
-            lost = self._mark_dead(w)
-            self.progress.message(f"{w.url} stopped answering; its {lost} unfinished prompt(s) are "
-                                  "queued again" + (" on the other servers" if len(self.workers) > 1 else
-                                                    " when it is back"))
-
-    def _mark_dead(self, w: Worker) -> int:
-        """Its unfinished jobs go back to the planner (they may have died with it)."""
-        w.dead, w.next_probe = True, time.monotonic() + 3
-        w.failing_since = w.failing_since or time.monotonic()
-        lost = list(w.jobs.values())
-        w.jobs.clear()
-        for job in lost:
-            self._lost(job)
-        return len(lost)
-
-    def _check_alive(self) -> None:
-        now = time.monotonic()
-        for w in self.workers:
-            if w.dead and now >= w.next_probe:
-                try:
-                    w.api.system_stats()
-                    w.dead, w.failing_since = False, None
-                    self.progress.message(f"{w.url} is back")
-                except ComfyError:
-                    w.next_probe = now + 3
-        down = [w for w in self.workers if w.dead]
-        if len(down) == len(self.workers):
-            since = min(w.failing_since or now for w in down)
-            if now - since >= self.cfg.give_up_after:
-                raise RunError("no ComfyUI server answers (" + ", ".join(w.url for w in down) + "); start one "
-                               "and run the same command again to resume")
+        if self.failing_since is None:
+            self.failing_since = now
+            self.progress.message(f"{self.url} stopped answering; waiting for it (up to "
+                                  f"{self.cfg.give_up_after:g} s)")
+        elif now - self.failing_since >= self.cfg.give_up_after:
+            raise RunError(f"ComfyUI at {self.url} has not answered for {self.cfg.give_up_after:g} s; start it "
+                           "and run the same command again to resume")
 
     def _cancel_pending(self) -> int:
-        """Remove this run's not-yet-started prompts from the servers' queues."""
-        removed = 0
-        for w in self.workers:
-            if w.dead or not w.jobs:
-                continue
-            try:
-                _, pending = w.api.queue()
-                ours = [e[1] for e in pending if e[1] in w.jobs]
-                if ours:
-                    w.api.delete_pending(ours)
-                    for pid in ours:
-                        self._lost(w.jobs.pop(pid))
-                    removed += len(ours)
-            except ComfyError:
-                pass
-        return removed
+        """Remove this run's not-yet-started prompts from the server's queue."""
+        if not self.jobs or self.failing_since is not None:
+            return 0
+        try:
+            _, pending = self.api.queue()
+            ours = [e[1] for e in pending if e[1] in self.jobs]
+            if ours:
+                self.api.delete_pending(ours)
+                for pid in ours:
+                    self._lost(self.jobs.pop(pid))
+            return len(ours)
+        except ComfyError:
+            return 0
 
     # ----------------------------------------------------------------------------------- views
     def _refresh_view(self) -> None:
@@ -509,7 +460,7 @@ class QueueRun:
         return self.view.done_indices() if self.view is not None else set()
 
     def _in_flight_jobs(self) -> list[Job]:
-        return [job for w in self.workers for job in w.jobs.values()]
+        return list(self.jobs.values())
 
     def _in_flight_labels(self, done: set[int]) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -526,17 +477,7 @@ class QueueRun:
         return str(i[0]) if len(i) == 1 else f"{i[0]}..{i[-1]}"
 
     def _why_short(self, accepted) -> str:
-        if self.cfg.targets is None:
-            return f"{len(self.planner.failed)} item(s) failed after retries: {sorted(self.planner.failed)[:10]}"
-        short = {k: f"{accepted.get(k, 0)}/{t}" for k, t in self.cfg.targets.items() if accepted.get(k, 0) < t}
-        if self.planner.max_queued is not None and self.planner.n_queued >= self.planner.max_queued:
-            why = f"--max-items {self.planner.max_queued} reached (the filter rejects too much?)"
-        elif self.sampler.mode == "exhaustive":
-            why = "the exhaustive prompt space is used up"
-        else:
-            why = f"{len(self.planner.failed)} item(s) failed after retries"
-        what = "SD quota" if self.cp_on else "quota"
-        return f"{what} not reached for {short}: {why}; raise --max-items, loosen the filter or lower --quota"
+        return why_short(self.cfg, self.planner, self.sampler, accepted, "SD quota" if self.cp_on else "quota")
 
     def _why_short_copy_paste(self) -> str:
         counts = self.view.counts(SOURCE[CP]) if self.view is not None else {}
@@ -557,8 +498,7 @@ class QueueRun:
         return out
 
     def _status(self) -> str:
-        alive = sum(not w.dead for w in self.workers)
-        servers = f"{alive} server" + ("s" if alive != 1 else "")
+        servers = "0 servers" if self.failing_since is not None else "1 server"
         elapsed, in_flight = time.monotonic() - self.t0, len(self._in_flight_jobs())
         if self.cp_on:
             sources = self._sources()
@@ -586,5 +526,19 @@ class QueueRun:
             dataset_dir=self.view.dir if self.view is not None else None,
             counts=self.view.counts() if self.view is not None else {},
             queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
-            elapsed=time.monotonic() - self.t0, servers={w.url: w.finished for w in self.workers},
+            elapsed=time.monotonic() - self.t0, servers={self.url: self.finished},
             by_source=by_source, items_by_source={k: v for k, v in self.made.items() if v or k in by_source})
+
+
+def why_short(cfg: RunSettings, planner: Planner, sampler, accepted, what: str = "quota") -> str:
+    """Why the sampler's items ran out before the quota (or --items) was met: one line."""
+    if cfg.targets is None:
+        return f"{len(planner.failed)} item(s) failed after retries: {sorted(planner.failed)[:10]}"
+    short = {k: f"{accepted.get(k, 0)}/{t}" for k, t in cfg.targets.items() if accepted.get(k, 0) < t}
+    if planner.max_queued is not None and planner.n_queued >= planner.max_queued:
+        why = f"--max-items {planner.max_queued} reached (the filter rejects too much?)"
+    elif sampler.mode == "exhaustive":
+        why = "the exhaustive prompt space is used up"
+    else:
+        why = f"{len(planner.failed)} item(s) failed after retries"
+    return f"{what} not reached for {short}: {why}; raise --max-items, loosen the filter or lower --quota"

@@ -1,20 +1,18 @@
 """The queue client (``python <checkout>/runner queue``) on real ComfyUI (CPU, tiny SD3 + LoRA):
-per-class quotas, resume after SIGKILL, readable refusals, ``comfy run`` on an API twin, and three
-servers sharing one dataset while one of them is killed."""
+per-class quotas, resume after SIGKILL, readable refusals, ``comfy run`` on an API twin. Several
+servers, one of them killed mid-run, are Ray workers now: test_queue_ray.py."""
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 
-import pytest
 from dtgen.nodes.store import manifest
-from support.comfy_server import ComfyServer, free_port
+from support.comfy_server import free_port
 from support.graphs import example_api
 from support.pkg import ROOT
 
@@ -141,6 +139,10 @@ def test_refusals_are_one_readable_line(comfy_server, tmp_path):
                         tmp_path, "label", 60)
     assert rc == 1 and "'mug_clean' is not sampled" in err and "plate_clean" in err
 
+    rc, _, err = finish(client([wf, "--server", comfy_server.url, "--server", comfy_server.url, "--quota", 1],
+                               tmp_path, "two"), tmp_path, "two", 60)
+    assert rc == 1 and err.count("\n") == 1 and "several ComfyUI servers are Ray workers; add --ray" in err
+
 
 def test_comfy_cli_runs_the_api_twin(comfy_server, tmp_path):
     wf = tmp_path / "twin.json"
@@ -155,53 +157,3 @@ def test_comfy_cli_runs_the_api_twin(comfy_server, tmp_path):
     assert '"status": "completed"' in done.stdout
     recs = live(comfy_server.output_dir / "qc_comfy_cli")
     assert [r["index"] for r in recs] == [3]
-
-
-@pytest.fixture
-def three_servers(comfyui_path, model_dirs, tmp_path):
-    shared = tmp_path / "shared_output"
-    shared.mkdir()
-    servers = [ComfyServer(comfyui=comfyui_path, base_dir=tmp_path / f"s{n}", model_dirs=model_dirs,
-                           extra_args=["--output-directory", str(shared)]) for n in range(3)]
-    try:
-        for s in servers:
-            s.start()
-        yield servers, shared
-    finally:
-        for s in servers:
-            s.stop()
-
-
-def test_three_servers_one_killed_mid_run(three_servers, tmp_path):
-    servers, shared = three_servers
-    classes = "plate_clean,bowl_clean,plate_heavily_dirty,bowl_heavily_dirty"
-    wf = small_workflow(tmp_path, classes=classes)
-    args = [wf, "--quota", 2, "--dataset", "qc_three", "--output-dir", shared, "--pending", 2, "--dead-after", 3]
-    for s in servers:
-        args += ["--server", s.url]
-    proc = client(args, tmp_path, "three")
-    ds = shared / "qc_three"
-
-    def busy_victim():
-        if not (ds / "manifest.jsonl").is_file() or not all_lines(ds):
-            return None
-        for s in servers[1:]:
-            with __import__("urllib.request").request.urlopen(s.url + "/queue", timeout=10) as r:
-                q = json.loads(r.read())
-            if q["queue_running"] or q["queue_pending"]:
-                return s
-        return None
-
-    wait_for(lambda: busy_victim() is not None, 900, "a stored item while another server is busy")
-    victim = busy_victim()
-    os.killpg(victim.proc.pid, signal.SIGKILL)
-    victim.proc.wait()
-
-    rc, out, err = finish(proc, tmp_path, "three")
-    log = "\n".join(s.log()[-3000:] for s in servers)
-    assert rc == 0, err + log
-    assert f"{victim.url} stopped answering" in err
-    check_dataset(ds, 2, classes.split(","))
-    served = {u: int(n) for u, n in re.findall(r"(http://[\d.]+:\d+): (\d+)", out)}
-    assert set(served) == {s.url for s in servers}
-    assert sum(1 for n in served.values() if n > 0) >= 2, out   # the work was shared

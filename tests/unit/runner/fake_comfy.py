@@ -5,7 +5,9 @@ prompt sampler's items from the same pack, stored by the real ``DatasetWriter`` 
 ``output_dir/<dataset_name>`` (accepted unless ``reject(index)``), the writer's quota_per_class
 applied, the dataset path reported as the writer's text output. ``fail_once`` indices error on
 their first run; ``validate(graph)`` returns ComfyUI's ``node_errors`` for a graph it refuses at
-POST /prompt (empty: accepted); ``stop()`` makes the server vanish like a killed process.
+POST /prompt (empty: accepted); ``stop()`` makes the server vanish like a killed process,
+``restart()`` brings it back on the same port with an empty queue and history, as a restarted
+ComfyUI (the prompt it was running is lost).
 
 A ``DTGenCopyPaste`` node is run like the real one in resume mode (dataset_name and
 quota_per_class set): it claims the next missing items with the real ``claims`` module (counting
@@ -52,11 +54,27 @@ class FakeComfy:
         self.executed: list[int] = []           # item indices run, in order (repeats visible)
         self.lock = threading.Lock()
         self.alive = True
-        handler = type("H", (_Handler,), {"fake": self})
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.generation = 0                     # +1 per restart: what the old process ran is lost
+        self._serve(0)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         threading.Thread(target=self._work, daemon=True).start()
+
+    def _serve(self, port: int) -> None:
+        handler = type("H", (_Handler,), {"fake": self})
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def restart(self, down: float = 0.5) -> None:
+        port = self.httpd.server_port
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        with self.lock:
+            self.generation += 1
+            self.pending.clear()
+            self.history.clear()
+            self.running = None
+        time.sleep(down)
+        self._serve(port)
 
     def stop(self) -> None:
         self.alive = False
@@ -68,6 +86,7 @@ class FakeComfy:
             with self.lock:
                 entry = self.pending.popleft() if self.pending else None
                 self.running = entry
+                generation = self.generation
             if entry is None:
                 time.sleep(0.005)
                 continue
@@ -82,6 +101,8 @@ class FakeComfy:
                                          "exception_type": type(exc).__name__, "exception_message": str(exc)}]]},
                           "outputs": {}}
             with self.lock:
+                if generation != self.generation:
+                    continue              # it ran in the process that was "killed": no history of it
                 self.history[entry[1]] = {"prompt": entry, **result}
                 self.running = None
 

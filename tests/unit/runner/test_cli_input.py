@@ -44,8 +44,11 @@ def one_line(err: str) -> str:
     (["--quota", "1", "--per-prompt", "2.5"], "argument --per-prompt: expected a whole number, got '2.5'"),
     (["--quota", "1", "--start", "-1"], "argument --start: must be >= 0, got -1"),
     (["--quota", "1", "--max-items", "0"], "argument --max-items: must be >= 1, got 0"),
-    (["--quota", "1", "--dead-after", "0"], f"argument --dead-after: {SECONDS}, got '0'"),
-    (["--quota", "1", "--dead-after", "nan"], f"argument --dead-after: {SECONDS}, got 'nan'"),
+    (["--quota", "1", "--give-up-after", "0"], f"argument --give-up-after: {SECONDS}, got '0'"),
+    (["--quota", "1", "--give-up-after", "nan"], f"argument --give-up-after: {SECONDS}, got 'nan'"),
+    (["--quota", "1", "--ray-workers", "0"], "argument --ray-workers: must be >= 1, got 0"),
+    (["--quota", "1", "--model-dir", "checkpoints"], "argument --model-dir: expected FOLDER=PATH, e.g. "
+                                                      "checkpoints=/data/ckpt, got 'checkpoints'"),
     (["--quota", "1", "--give-up-after=-5"], f"argument --give-up-after: {SECONDS}, got '-5'"),
     (["--quota", "1", "--give-up-after", "inf"], f"argument --give-up-after: {SECONDS}, got 'inf'"),
     (["--quota", "1", "--pack-dir", "/nonexistent"], "argument --pack-dir: '/nonexistent' is not an existing folder"),

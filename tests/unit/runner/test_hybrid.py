@@ -131,20 +131,18 @@ def test_items_on_a_hybrid_graph_queue_the_sampler_branch_only(capsys, fakes, tm
 
 
 # ---------------------------------------------------------------------------------- copy-paste only
-def test_copy_paste_only_graph_on_two_servers_fills_gaps_without_duplicates(capsys, fakes, tmp_path):
-    """The node's claims keep two servers apart; a rejected item leaves a gap the next prompt fills."""
-    servers = [fakes(reject_cp=lambda i: i == 2, delay=0.05) for _ in range(2)]
-    args = ["--quota", 3, "--per-prompt", 1, "--dataset", "cp2", "--pending", 2]
-    for s in servers:
-        args += ["--server", s.url]
+def test_copy_paste_only_graph_fills_gaps_without_duplicates(capsys, fakes, tmp_path):
+    """The node's claims keep the queued prompts apart; a rejected item leaves a gap the next
+    prompt fills."""
+    server = fakes(reject_cp=lambda i: i == 2, delay=0.05)
+    args = ["--quota", 3, "--per-prompt", 1, "--dataset", "cp2", "--pending", 2, "--server", server.url]
     code, out, err = queue(capsys, COPY_PASTE, *args)
     assert code == 0, err
     ds = tmp_path / "out" / "cp2"
     assert accepted(ds) == per_source(0, 3)
-    made = [i for s in servers for i in s.executed_cp]
+    made = server.executed_cp
     assert len(made) == len(set(made)) and 2 in made and not stored_twice(ds)
-    assert all(s.executed_cp for s in servers), "both servers made items"
-    assert all(g == {"1", "2", "3", "4"} for s in servers for g in s.graphs)   # previews 5, 6 left out
+    assert all(g == {"1", "2", "3", "4"} for g in server.graphs)   # previews 5, 6 left out
     assert "copy_paste:" in out and "copy_paste: plate_clean 3/3 plate_heavily_dirty 3/3" in err
 
 
@@ -155,8 +153,8 @@ def test_copy_paste_prompts_left_by_a_killed_client_are_adopted(fakes, tmp_path)
         wf = Workflow.load(COPY_PASTE)
         wf.set_dataset("adopt")
         wf.set_input("1", "count", 1)
-        settings = RunSettings(servers=[fake.url], copy_paste_quota=2, output_dir=tmp_path / "out", poll=0.02,
-                               pending=3, dead_after=0.3, give_up_after=2.0)
+        settings = RunSettings(server=fake.url, copy_paste_quota=2, output_dir=tmp_path / "out", poll=0.02,
+                               pending=3, give_up_after=2.0)
         return QueueRun(wf, None, settings, Progress(log or io.StringIO(), every=0))
 
     dead = run()

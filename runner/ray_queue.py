@@ -1,0 +1,378 @@
+"""``python -m runner queue ... --ray [ADDRESS]``: the prompt sampler's items on Ray workers.
+
+One Ray actor per GPU (``num_gpus=1``; on a CPU-only cluster ``num_cpus=1``, ``--ray-workers N``)
+owns a ComfyUI on its node (runner/ray_worker.py) and runs blocks of item indices (the sampler is
+stateless: any block is independent). The driver plans from the central dataset exactly as the
+single-server client does (planner.py, dataset_view.py: quotas, what is stored, what is in
+flight) and stores each block's returned items into it (nodes/store/ingest.py: one writer, one
+lock, one manifest; the encoded bytes as they are). No shared file system is needed; with
+``--ray-shared-output`` the workers' servers write into the central dataset themselves.
+
+Faults are Ray's: a dead worker (its process, its ComfyUI, its node) is restarted by Ray
+(``max_restarts``) and its unfinished blocks run again (``max_task_retries``); item ids are the
+dataset's dedup key. This module keeps only what Ray cannot know: which items the dataset still
+needs. A worker whose restarts are used up leaves the run; its blocks go back to the plan.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..nodes.store.ingest import DatasetIngest
+from .dataset_view import DatasetView
+from .planner import Job, Planner
+from .progress import Progress, status_line
+from .ray_worker import ComfyWorker, WorkerSpec
+from .scheduler import MAX_ERRORS_IN_A_ROW, SD, SOURCE, RunError, RunResult, RunSettings, why_short
+from .workflow import Workflow
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+@dataclass
+class RaySettings:
+    address: str | None = None           # None: start a local Ray
+    workers: int | None = None           # default: one per GPU in the cluster, else 1
+    servers: list = field(default_factory=list)   # existing ComfyUI URLs: one worker each
+    comfyui: str | None = None
+    python: str | None = None
+    model_dirs: dict = field(default_factory=dict)
+    scratch_root: str | None = None
+    shared_output: bool = False
+    cpu: bool | None = None
+    max_restarts: int = 4
+    max_task_retries: int = 4
+    num_cpus: int | None = None          # a local Ray's logical CPUs (default: max(workers, this machine's))
+    start_timeout: float = 300.0
+    unreachable_after: float = 30.0      # an existing server (--server) silent this long: its worker exits
+
+
+def check_workflow(wf: Workflow, settings: RunSettings) -> None:
+    """--ray runs the prompt sampler's items: refuse what it cannot plan, before Ray starts."""
+    if not wf.has_sampler:
+        raise RunError(f"--ray: {wf.source} has no DTGenPromptSampler; Ray workers run blocks of the sampler's "
+                       "items (a copy-paste-only graph runs without --ray)")
+    if settings.copy_paste_quota and settings.items is None:
+        raise RunError("--ray runs the prompt sampler's items; the copy-paste branch plans from the dataset its own "
+                       "server holds, which a Ray worker does not have: leave it out (--mix sd:1,copy_paste:0, or "
+                       f"--set {wf.copy_paste_id}.quota_per_class=0) or queue it without --ray")
+
+
+class WorkerPool:
+    """The run's Ray actors, each a ``ComfyWorker``."""
+
+    def __init__(self, ray, rs: RaySettings, pending: int = 2, gpus: int = 0, driver_node: str | None = None,
+                 shared_output: str | None = None):
+        self.ray = ray
+        self.pool_id = uuid.uuid4().hex[:8]
+        remote = ray.remote(ComfyWorker)
+        # one thread per block kept in flight, one more for info() and close() meanwhile
+        base = dict(max_restarts=rs.max_restarts, max_task_retries=rs.max_task_retries, max_concurrency=pending + 1)
+        spec = WorkerSpec(comfyui=rs.comfyui, python=rs.python, model_dirs=dict(rs.model_dirs),
+                          scratch_root=rs.scratch_root, cpu=rs.cpu, start_timeout=rs.start_timeout, pool=self.pool_id,
+                          shared_output=shared_output, unreachable_after=rs.unreachable_after)
+        self.gpu = bool(gpus) and not rs.servers and rs.cpu is not True
+        self.actors, self.labels = [], []
+        if rs.servers:
+            for slot, url in enumerate(rs.servers):
+                opts = dict(base, num_cpus=0)
+                host = urlparse(url if "://" in url else "http://" + url).hostname
+                if host in LOOPBACK and driver_node:   # the server is on this node: so is its worker
+                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                    opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node, soft=False)
+                self.actors.append(remote.options(**opts).remote(asdict(spec) | {"url": url}, slot))
+                self.labels.append(f"worker {slot} ({url})")
+        else:
+            n = rs.workers or max(1, gpus)
+            opts = dict(base, num_gpus=1) if self.gpu else dict(base, num_cpus=1)
+            for slot in range(n):
+                self.actors.append(remote.options(**opts).remote(asdict(spec), slot))
+                self.labels.append(f"worker {slot}")
+        self.alive = [True] * len(self.actors)     # False: out of restarts (or never started)
+        self.up = [False] * len(self.actors)       # its ComfyUI answered once: blocks may go to it
+        self.infos: list[dict | None] = [None] * len(self.actors)
+        self._starting = {a.info.remote(): slot for slot, a in enumerate(self.actors)}
+        self.errors: list[str] = []
+
+    def poll(self, timeout: float = 0) -> list[int]:
+        """Take in workers whose ComfyUI came up (or that failed to start); returns the new ones."""
+        if not self._starting:
+            return []
+        ready, _ = self.ray.wait(list(self._starting), num_returns=len(self._starting), timeout=timeout)
+        new = []
+        for ref in ready:
+            slot = self._starting.pop(ref)
+            try:
+                self.infos[slot], self.up[slot] = self.ray.get(ref), True
+                new.append(slot)
+            except self.ray.exceptions.RayError as e:   # creation failed, restarts used up
+                self.alive[slot] = False
+                self.errors.append(f"Ray {self.labels[slot]} could not start its ComfyUI: {_one_line(e)}")
+        return new
+
+    def ready(self, timeout: float, every: bool = True) -> list[dict]:
+        """Wait until every worker's ComfyUI answers (``every=False``: at least one; the others
+        join the run when they are placed and up). A worker that cannot start: one line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            if not any(self.alive):
+                raise RunError(self.errors[-1] if self.errors else "no Ray worker could start")
+            if all(self.up[s] or not self.alive[s] for s in range(len(self.actors))) if every else any(self.up):
+                return [i for i in self.infos if i is not None]
+            if time.monotonic() >= deadline:
+                waiting = sum(1 for s in range(len(self.actors)) if self.alive[s] and not self.up[s])
+                raise RunError(f"{waiting} Ray worker(s) did not start within {timeout:.0f} s (not enough free "
+                               f"{'GPUs' if self.gpu else 'CPUs'} in the cluster, or ComfyUI slow to start)")
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop every worker's ComfyUI and remove its scratch folders, then end the actors."""
+        try:
+            refs = [a.close.remote() for a, ok in zip(self.actors, self.alive) if ok]
+            self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        except Exception:   # noqa: BLE001 - a worker already gone has nothing to close
+            pass
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:   # noqa: BLE001
+                pass
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "Error" in ln and not ln.startswith(("File ", "Traceback"))]
+    return (useful or lines or [type(e).__name__])[-1][:400]
+
+
+class RayQueueRun:
+    def __init__(self, workflow: Workflow, sampler, settings: RunSettings, pool: WorkerPool,
+                 progress: Progress | None = None, shared_output: bool = False):
+        check_workflow(workflow, settings)
+        self.wf, self.sampler, self.cfg, self.pool = workflow, sampler, settings, pool
+        self.progress = progress or Progress()
+        self.ray = pool.ray
+        self.dataset = workflow.dataset_name
+        self.shared = shared_output
+        if settings.output_dir is None:
+            raise RunError("--ray needs --output-dir: the folder of the central dataset")
+        self.dataset_dir = Path(settings.output_dir).absolute() / self.dataset
+        self.pack_hash, self.stream = sampler.pack.pack_hash, sampler.stream
+        limit = sampler.total if sampler.mode == "exhaustive" else None
+        self.planner = Planner(sampler.label_of, targets=settings.targets, items=settings.items, start=settings.start,
+                               per_prompt=settings.per_prompt, limit=limit, retries=settings.retries,
+                               max_queued=settings.max_items)
+        self.view = DatasetView(self.dataset_dir, self.pack_hash, sampler.stream_key)
+        self.ingest = None if shared_output else DatasetIngest(self.dataset_dir, quotas=settings.targets)
+        self.token = uuid.uuid4().hex[:8]
+        self.in_flight: dict = {}          # ObjectRef -> (job, worker slot)
+        self.finished = [0] * len(pool.actors)
+        self.items_done = 0
+        self.errors_in_a_row = 0
+        self._errors_seen = len(pool.errors)
+        self.t0 = time.monotonic()
+
+    # ------------------------------------------------------------------------------------ loop
+    def run(self) -> RunResult:
+        try:
+            if self.ingest is not None:
+                self.ingest.__enter__()
+            self._loop()
+        except KeyboardInterrupt:
+            self._cancel()
+            self.progress.message("stopped; run the same command again to resume")
+            raise
+        except BaseException:
+            self._cancel()
+            raise
+        finally:
+            self.progress.show(self._status(), force=True)
+            self.progress.close()
+        return self._result()
+
+    def _loop(self) -> None:
+        while True:
+            self.view.refresh()
+            accepted, done = self._accepted(), self.view.done_indices()
+            if self.planner.complete(accepted, done):
+                self._cancel()
+                return
+            for slot in self.pool.poll():
+                self.progress.message(f"Ray {self.pool.labels[slot]} is up ({self.pool.infos[slot]['url']})")
+            for error in self.pool.errors[self._errors_seen:]:
+                self.progress.message(error)
+            self._errors_seen = len(self.pool.errors)
+            self._fill(accepted, done)
+            if not self.in_flight:
+                if not any(self.pool.alive):
+                    raise RunError("every Ray worker has died and used up its restarts (--ray-max-restarts); see the "
+                                   "messages above, then run the same command again to resume")
+                if not any(self.pool.up):   # none placed yet (not enough GPUs free?): wait for one
+                    self.pool.poll(timeout=self.cfg.poll)
+                    continue
+                raise RunError(why_short(self.cfg, self.planner, self.sampler, accepted))
+            self._collect()
+            self.progress.show(self._status())
+
+    def _fill(self, accepted, done) -> None:
+        load = [0] * len(self.pool.actors)
+        for job, slot in self.in_flight.values():
+            load[slot] += 1
+        for slot in sorted(range(len(load)), key=lambda s: load[s]):
+            while self.pool.alive[slot] and self.pool.up[slot] and load[slot] < self.cfg.pending:
+                job = self.planner.next_job(done, accepted, self._in_flight_labels(done))
+                if job is None:
+                    return
+                self._submit(job, slot)
+                load[slot] += 1
+
+    def _submit(self, job: Job, slot: int) -> None:
+        quota = None
+        if self.shared and self.cfg.targets:
+            quota = max(self.cfg.targets.values())   # the writer's safety net, as the HTTP client sets it
+        graph = self.wf.item_graph(job.indices[0], len(job.indices), copy_paste=False,
+                                   writer_quota=quota if self.shared else 0)
+        block = {"run": self.token, "graph": graph, "indices": list(job.indices), "writer": self.wf.writer_id,
+                 "dataset": self.dataset, "stream": self.stream}
+        ref = self.pool.actors[slot].run_block.remote(block)
+        job.server = self.pool.labels[slot]
+        self.in_flight[ref] = (job, slot)
+
+    def _collect(self) -> None:
+        """Wait for finished blocks (up to the poll interval), store all of them in one batch."""
+        refs = list(self.in_flight)
+        ready, rest = self.ray.wait(refs, num_returns=1, timeout=self.cfg.poll)
+        if not ready:
+            return
+        if rest:
+            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        good = []
+        for ref in ready:
+            job, slot = self.in_flight.pop(ref)
+            errors = self.ray.exceptions
+            try:
+                out = self.ray.get(ref)
+            except errors.ActorUnavailableError:       # restarting: Ray did not retry this one
+                self.planner.lost(job)
+                continue
+            except errors.RayActorError as e:          # out of restarts (or its node is gone for good)
+                self.pool.alive[slot] = False
+                self.planner.lost(job)
+                self.progress.message(f"Ray {self.pool.labels[slot]} is gone ({_one_line(e)}); its items are planned "
+                                      "again on the other workers")
+                continue
+            except errors.RayTaskError as e:           # an exception in the worker's code: say it, stop
+                raise RunError(f"Ray {self.pool.labels[slot]}: {_one_line(e)}") from None
+            except errors.RayError as e:               # the result is lost (object store, owner): plan again
+                self.planner.lost(job)
+                self.progress.message(f"a block of Ray {self.pool.labels[slot]} was lost ({_one_line(e)}); its items "
+                                      "are planned again")
+                continue
+            if out.get("rejected"):
+                raise RunError(out["rejected"])
+            if out.get("error"):
+                self._errored(job, slot, out["error"])
+                continue
+            self.errors_in_a_row = 0
+            good.append((job, slot, out))
+        if good:
+            self._store(good)
+
+    def _errored(self, job: Job, slot: int, error: str) -> None:
+        retried = self.planner.errored(job)
+        self.errors_in_a_row += 1
+        self.progress.message(f"item {_items(job)} failed on Ray {self.pool.labels[slot]}: {error}"
+                              + (" (will retry)" if retried else f" (gave up after {job.errors} tries)"))
+        if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+            raise RunError(f"{self.errors_in_a_row} prompts in a row failed; last error: {error}; fix it and run the "
+                           "same command again to resume")
+
+    def _store(self, good) -> None:
+        items = [it for _, _, out in good for it in out.get("items") or []]
+        foreign = {it.record.get("pack_hash") for it in items} - {self.pack_hash}
+        if foreign:
+            raise RunError(f"the Ray workers' prompt pack {self.sampler.pack.name!r} differs from the local copy "
+                           f"({self.sampler.pack.source}); give them the same pack (or pass --pack-dir with theirs)")
+        refused = set()
+        if items and self.ingest is not None:
+            result = self.ingest.store(items)
+            for rid, why in result.refused:
+                self.progress.message(f"item {rid} arrived damaged ({why}); its block runs again")
+            refused = {rid for rid, _ in result.refused}
+        for job, slot, out in good:
+            ids = {it.record["id"] for it in out.get("items") or []}
+            if ids & refused:
+                self.planner.lost(job)
+                continue
+            self.planner.finished(job)
+            self.items_done += len(job.indices)
+            self.finished[slot] += len(job.indices)
+
+    def _cancel(self) -> None:
+        """Blocks still queued on the workers are not needed (or the run stops): cancel them."""
+        for ref in list(self.in_flight):
+            try:
+                self.ray.cancel(ref)
+            except Exception:   # noqa: BLE001 - already finished or its worker is gone
+                pass
+        self.in_flight.clear()
+
+    # --------------------------------------------------------------------------------- views
+    def _accepted(self) -> dict[str, int]:
+        return {label: c["accepted"] for label, c in self.view.counts(SOURCE[SD]).items()}
+
+    def _in_flight_labels(self, done: set[int]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for job, _ in self.in_flight.values():
+            for i in job.indices:
+                if i not in done:
+                    label = self.sampler.label_of(i)
+                    out[label] = out.get(label, 0) + 1
+        return out
+
+    def _status(self) -> str:
+        alive = sum(self.pool.alive)
+        workers = f"{alive} Ray worker" + ("s" if alive != 1 else "")
+        in_flight = sum(len(job.indices) for job, _ in self.in_flight.values())
+        return status_line(self.view.refresh().counts(SOURCE[SD]), self.cfg.targets, self.cfg.items, in_flight,
+                           workers, time.monotonic() - self.t0, self.items_done)
+
+    def _result(self) -> RunResult:
+        self.view.refresh()
+        exists = (self.dataset_dir / "manifest.jsonl").is_file()
+        return RunResult(dataset_dir=self.dataset_dir if exists else None, counts=self.view.counts(),
+                         queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
+                         elapsed=time.monotonic() - self.t0,
+                         servers=dict(zip(self.pool.labels, self.finished)))
+
+
+def _items(job: Job) -> str:
+    i = job.indices
+    return str(i[0]) if len(i) == 1 else f"{i[0]}..{i[-1]}"
+
+
+def run_ray(wf: Workflow, sampler, settings: RunSettings, rs: RaySettings, progress: Progress | None = None) -> RunResult:
+    """The whole ``--ray`` command: join or start Ray, start the workers, run, clean up."""
+    from .ray_cluster import Cluster
+
+    check_workflow(wf, settings)
+    progress = progress or Progress()
+    num_cpus = rs.num_cpus or max(rs.workers or 1, len(rs.servers), os.cpu_count() or 1)
+    with Cluster(rs.address, num_cpus=num_cpus) as cluster:
+        shared = str(Path(settings.output_dir).resolve()) if rs.shared_output else None
+        pool = WorkerPool(cluster.ray, rs, settings.pending, gpus=0 if rs.cpu else cluster.gpus,
+                          driver_node=cluster.node_id(), shared_output=shared)
+        try:
+            what = "existing ComfyUI servers" if rs.servers else "a ComfyUI on 1 GPU each" if pool.gpu else "a ComfyUI on CPU each"
+            progress.message(f"Ray: {len(pool.actors)} worker(s), {what}")
+            pool.ready(rs.start_timeout + 60, every=False)   # the others join the run when they are up
+            return RayQueueRun(wf, sampler, settings, pool, progress, shared_output=rs.shared_output).run()
+        finally:
+            pool.close()
+
