@@ -273,6 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pending", default="1,2,4", help="queue client --pending values to compare")
     ap.add_argument("--size", type=int, help="image side (default 1024; 128 with --dry-run)")
     ap.add_argument("--steps", type=int, help="sampling steps (default 28; 4 with --dry-run)")
+    ap.add_argument("--no-filter", action="store_true", help="skip the filter encoder comparison")
     ap.add_argument("--budget", type=float, default=470.0, help="seconds: later phases are skipped past it")
     args = ap.parse_args(argv)
     dry = args.dry_run
@@ -334,7 +335,9 @@ def main(argv=None) -> int:
         _keep_log(server, report)
         server.stop()
         server = None
-        if time.perf_counter() - t_start < args.budget + 60:
+        if args.no_filter:
+            pass
+        elif time.perf_counter() - t_start < args.budget + 60:
             try:
                 filter_speed(device, 64 if dry else 256, 8 if dry else 64, report)
             except (Exception, SystemExit) as e:
