@@ -1,8 +1,12 @@
 """Where the time of a ComfyUI run goes, read from the server itself (shared by the benches).
 
 * ``timed_prompts``: queue graphs with our own client id, keep ``pending`` queued, and time every
-  node from the websocket ``executing`` events (a node's time = from its event to the next one;
-  the event with ``node: null`` closes the prompt). Cached nodes take no time and do not appear.
+  node from the websocket ``executing`` events (a node's time = from its event to the next one).
+  The last node of a prompt ends at the prompt's ``execution_success`` timestamp in ``/history``,
+  not at the ``node: null`` event: ComfyUI sends that event and then, every 10 s, runs a full
+  ``gc.collect()`` in the same thread (main.py), which delays the event's delivery by the
+  collection's 0.3-0.6 s and would be billed to whichever node ran last. Cached nodes take no time
+  and do not appear.
 * ``history_windows`` / ``idle_gaps``: each prompt's execution window from the ms timestamps
   ComfyUI puts on ``execution_start`` / ``execution_success`` in ``/history``, and the gaps
   between consecutive prompts: the time the server (and its GPU) had nothing to run, whoever
@@ -21,7 +25,8 @@ from statistics import mean, median
 class PromptTiming:
     prompt_id: str
     nodes: dict[str, float] = field(default_factory=dict)  # class_type -> seconds in this prompt
-    wall: float = 0.0                                       # first executing event -> node: null
+    wall: float = 0.0                                       # execution_start -> execution_success
+    events: list = field(default_factory=list)              # (node id or None, time.time() received)
 
 
 def timed_prompts(url: str, graphs, pending: int = 2, timeout: float = 900.0) -> list[PromptTiming]:
@@ -35,7 +40,7 @@ def timed_prompts(url: str, graphs, pending: int = 2, timeout: float = 900.0) ->
     kinds: dict[str, dict[str, str]] = {}
     out: list[PromptTiming] = []
     by_id: dict[str, PromptTiming] = {}
-    queued, started, open_node = 0, {}, None
+    queued = 0
     try:
         while queued < min(pending, len(graphs)):
             pid = api.queue_prompt(graphs[queued], cid)
@@ -43,7 +48,7 @@ def timed_prompts(url: str, graphs, pending: int = 2, timeout: float = 900.0) ->
             queued += 1
         while len(out) < len(graphs):
             msg = ws.recv()
-            now = time.perf_counter()
+            now = time.time()
             if not isinstance(msg, str):
                 continue
             event = json.loads(msg)
@@ -54,14 +59,8 @@ def timed_prompts(url: str, graphs, pending: int = 2, timeout: float = 900.0) ->
                 continue
             pid = data["prompt_id"]
             timing = by_id.setdefault(pid, PromptTiming(pid))
-            started.setdefault(pid, now)
-            if open_node is not None:
-                name = kinds[open_node[2]][open_node[0]]
-                by_id[open_node[2]].nodes[name] = by_id[open_node[2]].nodes.get(name, 0.0) + now - open_node[1]
-            node = data.get("node")
-            open_node = None if node is None else (node, now, pid)
-            if node is None:
-                timing.wall = now - started[pid]
+            timing.events.append((data.get("node"), now))
+            if data.get("node") is None:
                 out.append(timing)
                 if queued < len(graphs):
                     nid = api.queue_prompt(graphs[queued], cid)
@@ -69,7 +68,24 @@ def timed_prompts(url: str, graphs, pending: int = 2, timeout: float = 900.0) ->
                     queued += 1
     finally:
         ws.close()
+    for timing in out:
+        _settle(timing, kinds[timing.prompt_id], api.history(timing.prompt_id) or {})
     return out
+
+
+def _settle(timing: PromptTiming, kinds: dict[str, str], entry: dict) -> None:
+    """Node times from the received events; the last node ends at the server's success timestamp."""
+    stamps = {ev: data.get("timestamp") for ev, data in (entry.get("status") or {}).get("messages") or []}
+    events = list(timing.events)
+    if stamps.get("execution_success") and len(events) >= 2:
+        events[-1] = (None, min(events[-1][1], stamps["execution_success"] / 1000))
+    for (node, t), (_, t_next) in zip(events, events[1:]):
+        name = kinds[node]
+        timing.nodes[name] = timing.nodes.get(name, 0.0) + max(0.0, t_next - t)
+    if stamps.get("execution_start") and stamps.get("execution_success"):
+        timing.wall = (stamps["execution_success"] - stamps["execution_start"]) / 1000
+    elif events:
+        timing.wall = events[-1][1] - events[0][1]
 
 
 def history_windows(url: str) -> list[tuple[float, float, str]]:
