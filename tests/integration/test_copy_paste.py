@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,13 +16,12 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from support import fixtures
 from support.comfy_server import ComfyClient
 from support.datasets import check_consistent
-from support.graphs import example_api, manifest, run_ok
+from support.graphs import example_api, run_ok
 from support.pkg import ROOT
 
 from .conftest import start_server
