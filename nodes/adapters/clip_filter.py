@@ -189,8 +189,18 @@ def stack_images(items: list[ScoredItem]):
         t = torch.from_numpy(it.image[..., :3] if it.image.ndim == 3 else it.image[..., None].repeat(3, -1)).float()
         if t.shape[:2] != (h, w):
             t = torch.nn.functional.interpolate(t.permute(2, 0, 1)[None], size=(h, w), mode="bilinear")[0].permute(1, 2, 0)
-        frames.append(t.clamp(0, 1))
+        frames.append(t if _in_unit_range(t) else t.clamp(0, 1))   # clamp copies: only where it changes values
+    if len(frames) == 1 and frames[0].is_contiguous():
+        return frames[0][None]   # one image (one per queue run): a view, no 12 MB copy at 1024^2
     return torch.stack(frames)
+
+
+def _in_unit_range(t) -> bool:
+    """Every value already in [0, 1] (one read pass; NaN fails, so it is clamped as before)."""
+    import torch
+
+    lo, hi = torch.aminmax(t)
+    return bool(lo >= 0) and bool(hi <= 1)
 
 
 class DTGenClipFilter(io.ComfyNode):

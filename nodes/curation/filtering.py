@@ -8,7 +8,7 @@ import numpy as np
 
 from ..common.labels import default_class_text
 from ..common.records import ScoredBatch, ScoredItem
-from ..scoring.similarity import score_items
+from ..scoring.similarity import TextEmbeddingCache, score_items, shared_text_memo
 from ..store import background
 from ..store.reader import load_history, load_history_embeddings
 from ..store.reconcile import ensure_consistent
@@ -37,7 +37,11 @@ def filter_run(bundle, items: list[ScoredItem], method, *, text_side: str, min_c
     """Score and decide ``items`` in place; (batch, the history scores used) for the plot."""
     # class texts: for the margin check, and the fallback of class_text scoring without metadata
     texts = class_texts(items) if margin is not None or text_side != "prompt" else None
-    score_items(bundle, items, text_side=text_side, batch_size=batch_size, progress=progress, class_texts=texts)
+    # a fresh cache per run (the same text batches as without one), backed by the model's memo: a
+    # one-image run encodes its class text once per process, not once per queue run
+    cache = TextEmbeddingCache(bundle, memo=shared_text_memo(bundle))
+    score_items(bundle, items, text_side=text_side, batch_size=batch_size, progress=progress, class_texts=texts,
+                text_cache=cache)
     history = history_emb = None
     if dataset_dir is not None and dataset_dir.exists():
         background.flush(dataset_dir)    # this process's items still being written are history too

@@ -1,6 +1,7 @@
 """Per-class score histograms with the threshold line, drawn with Pillow only (no matplotlib)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -34,6 +35,12 @@ def tally(entries) -> tuple[dict, dict, dict, dict]:
     return {k: np.asarray(v) for k, v in scores.items()}, thresholds, accepted, rejected
 
 
+@functools.lru_cache(maxsize=1)
+def _font():
+    """Pillow's default font, loaded once per process rather than once per plot."""
+    return ImageFont.load_default()
+
+
 def score_histograms(scores_by_label: dict[str, np.ndarray], thresholds: dict[str, float],
                      accepted_counts: dict[str, int], rejected_counts: dict[str, int],
                      columns: int | None = None) -> np.ndarray:
@@ -44,7 +51,7 @@ def score_histograms(scores_by_label: dict[str, np.ndarray], thresholds: dict[st
     (``header_text``). Missing thresholds are not drawn; a class in neither count dict shows no
     counts, one in only one of them has 0 of the other.
     """
-    font = ImageFont.load_default()
+    font = _font()
     labels = list(scores_by_label)
     if not labels:
         img = Image.new("RGB", (PANEL_W, 40), BG)

@@ -254,11 +254,56 @@ def encode_image_batch(model, images_bhwc, precision: str = "auto", device=None,
     return _encode_batches(spec, images_bhwc, len(images_bhwc), batch_size)
 
 
-class TextEmbeddingCache:
-    """Encodes each distinct text once per cache; ``encoded_count`` counts texts sent to the model."""
+class TextMemo:
+    """Text-encoder outputs kept across caches, keyed by the exact batch of texts that was encoded
+    (least recently used dropped past ``size`` batches). A hit returns the very array the same
+    model computed for the same batch, so results are bit-identical to encoding it again; a batch
+    of other texts (or the same texts in another order / grouping) is encoded anew."""
 
-    def __init__(self, bundle):
+    def __init__(self, size: int = 64):
+        from collections import OrderedDict
+
+        self.size = int(size)
+        self._batches: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
+
+    def get(self, texts: tuple[str, ...]) -> np.ndarray | None:
+        feats = self._batches.get(texts)
+        if feats is not None:
+            self._batches.move_to_end(texts)
+        return feats
+
+    def put(self, texts: tuple[str, ...], feats: np.ndarray) -> None:
+        feats.setflags(write=False)   # shared by later caches: never written
+        self._batches[texts] = feats
+        self._batches.move_to_end(texts)
+        while len(self._batches) > self.size:
+            self._batches.popitem(last=False)
+
+
+_MEMOS = None   # WeakKeyDictionary: model -> {(device, dtype): TextMemo}; created on first use
+
+
+def shared_text_memo(bundle) -> TextMemo:
+    """The process's ``TextMemo`` for ``bundle``'s model on its device in its precision: a node
+    that scores one image per queue run encodes its class text once, not every run. Weakly keyed
+    by the model, so an evicted model takes its memo along."""
+    import weakref
+
+    global _MEMOS
+    if _MEMOS is None:
+        _MEMOS = weakref.WeakKeyDictionary()
+    per_model = _MEMOS.setdefault(bundle.model, {})
+    return per_model.setdefault((str(bundle.device), str(bundle.dtype)), TextMemo())
+
+
+class TextEmbeddingCache:
+    """Encodes each distinct text once per cache; ``encoded_count`` counts texts sent to the model.
+    ``memo`` (a ``TextMemo``, e.g. ``shared_text_memo(bundle)``): batches this cache would send to
+    the model are first looked up there (same batches as without it, so the same vectors)."""
+
+    def __init__(self, bundle, memo: TextMemo | None = None):
         self.bundle = bundle
+        self.memo = memo
         self._vectors: dict[str, np.ndarray] = {}
         self.encoded_count = 0
 
@@ -275,11 +320,15 @@ class TextEmbeddingCache:
         with torch.inference_mode():
             for start in range(0, len(new), batch_size):
                 part = new[start:start + batch_size]
-                tokens = self.bundle.tokenizer(part).to(self.bundle.device)
-                feats = encode_text_tokens(self.bundle.model, tokens).float()
-                feats = torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+                feats = self.memo.get(tuple(part)) if self.memo is not None else None
+                if feats is None:
+                    tokens = self.bundle.tokenizer(part).to(self.bundle.device)
+                    feats = encode_text_tokens(self.bundle.model, tokens).float()
+                    feats = torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+                    self.encoded_count += len(part)
+                    if self.memo is not None:
+                        self.memo.put(tuple(part), feats)
                 self._vectors.update(zip(part, feats))
-                self.encoded_count += len(part)
         return np.stack([self._vectors[t] for t in texts])
 
 

@@ -66,3 +66,24 @@ def test_filter_summary_gives_kept_counts_and_thresholds():
     assert isinstance(batch, ScoredBatch)
     assert filter_summary(batch).splitlines() == ["a: kept 2/3, threshold 0.2500 (fixed)",
                                                   "b: kept 0/1, threshold 0.2500 (fixed)"]
+
+
+def test_repeated_one_image_runs_encode_the_class_text_once(bundle, monkeypatch):
+    """One image per queue run: the class text is encoded by the first run only, and every run's
+    scores equal those of scoring without the process-wide text memo."""
+    from dtgen.nodes.scoring import similarity
+
+    rng = np.random.default_rng(1)
+    images = [rng.random((40, 40, 3), dtype=np.float32) for _ in range(3)]
+    meta = {"clip_text": "a photo of a striped cat"}
+    method = method_from("fixed", fixed_threshold=0.0)
+    calls = []
+    real = similarity.encode_text_tokens
+    monkeypatch.setattr(similarity, "encode_text_tokens", lambda m, t: calls.append(t.shape[0]) or real(m, t))
+    runs = [filter_run(bundle, [ScoredItem(image=im, label="cat", prompt="a cat", metadata=dict(meta))], method,
+                       text_side="class_text", min_count=1, margin=0.0)[0].items[0] for im in images]
+    assert len(calls) <= 1   # 0 if an earlier test of this process encoded the same text already
+    for im, got in zip(images, runs):
+        plain = ScoredItem(image=im, label="cat", prompt="a cat", metadata=dict(meta))
+        similarity.score_items(bundle, [plain], text_side="class_text", class_texts={"cat": meta["clip_text"]})
+        assert got.score == plain.score and got.extra["class_scores"] == plain.extra["class_scores"]

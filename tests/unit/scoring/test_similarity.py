@@ -5,12 +5,14 @@ from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.scoring.errors import ClipFilterError
 from dtgen.nodes.scoring.similarity import (
     TextEmbeddingCache,
+    TextMemo,
     encode_images,
     encode_text_tokens,
     prepare_images,
     preprocess_batch,
     resized_size,
     score_items,
+    shared_text_memo,
     similarities,
 )
 
@@ -78,6 +80,33 @@ def test_text_cache_encodes_each_distinct_text_once(bundle):
     np.testing.assert_allclose(again[0], emb[1], atol=1e-6)
     fresh = TextEmbeddingCache(bundle).encode(["a bowl"])
     np.testing.assert_allclose(again[1], fresh[0], atol=1e-5)
+
+
+def test_text_memo_reuses_the_same_batches_bit_for_bit(bundle):
+    memo = TextMemo(size=2)
+    texts = ["a photo of a cup", "a photo of a plate"]
+    first = TextEmbeddingCache(bundle, memo=memo)
+    a = first.encode(texts)
+    assert first.encoded_count == 2
+    second = TextEmbeddingCache(bundle, memo=memo)   # a later run: same batch, nothing encoded
+    b = second.encode(texts)
+    assert second.encoded_count == 0 and np.array_equal(a, b)
+    assert np.array_equal(b, TextEmbeddingCache(bundle).encode(texts))   # what no memo gives
+    other = TextEmbeddingCache(bundle, memo=memo)     # another grouping of the texts: encoded anew
+    other.encode(texts[:1])
+    assert other.encoded_count == 1
+    TextEmbeddingCache(bundle, memo=memo).encode(["a bowl"])   # size 2: the oldest batch goes
+    last = TextEmbeddingCache(bundle, memo=memo)
+    last.encode(texts)
+    assert last.encoded_count == 2
+
+
+def test_shared_text_memo_per_model_device_and_precision(bundle):
+    import dataclasses
+
+    memo = shared_text_memo(bundle)
+    assert shared_text_memo(dataclasses.replace(bundle)) is memo   # a fresh bundle of the same model
+    assert shared_text_memo(dataclasses.replace(bundle, device="meta")) is not memo
 
 
 def test_trimmed_text_encoding_equals_full_context(bundle):
