@@ -110,11 +110,14 @@ def machine(dry_run: bool) -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    from dtgen.nodes.scoring.precision import CPUINFO, parse_cpuinfo_flags  # the filter's own reading
+
     try:
-        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
-        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+        text = CPUINFO.read_text(errors="replace")
+        flags = parse_cpuinfo_flags(text)
+        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
     except OSError:
-        flags, model = [], platform.processor()
+        flags, model = set(), platform.processor()
     info["cpu"] = model
     info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return info
