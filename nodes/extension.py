@@ -15,8 +15,9 @@ def _stage_modules():
     from .adapters import clip_filter as filtering
     from .adapters import dataset as dataset
     from .adapters import fewshot_images as fewshot
+    from .adapters import train_checkpoint as training
     from .adapters import copy_paste as synthesis
     from .adapters import defects
     from .adapters import evaluate as evaluation
 
-    return [fewshot, prompting, synthesis, defects, filtering, dataset, evaluation]
+    return [fewshot, training, prompting, synthesis, defects, filtering, dataset, evaluation]

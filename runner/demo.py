@@ -43,7 +43,8 @@ WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
 TRAIN_WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_train_generate.json"
 DEFAULT_WORKSPACE = Path.home() / ".cache" / "dtgen-demo"
 DATASET = "dtgen_demo"
-TINY = {"checkpoints": "tiny_sd3.safetensors", "loras": "tiny_sd3_lora.safetensors",
+# the tiny SD3 in the layout of the file the templates name (sd3.5_large_fp8_scaled)
+TINY = {"checkpoints": "tiny_sd3_fp8_scaled.safetensors", "loras": "tiny_sd3_lora.safetensors",
         "open_clip": "ViT-B-32-random.safetensors"}
 TINY_CLASSES = "plate_clean,plate_heavily_dirty,bowl_clean,bowl_heavily_dirty"
 TINY_SETTINGS = ("EmptySD3LatentImage.width=64", "EmptySD3LatentImage.height=64", "KSampler.steps=3")

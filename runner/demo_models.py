@@ -2,9 +2,11 @@
 the tests and the demo (``python -m runner demo`` when the real weights are absent).
 
 Run with ComfyUI importable (``cwd`` = the ComfyUI folder):
-    python demo_models.py <out_dir>                  tiny_sd3(.safetensors) + tiny_sd3_lora
+    python demo_models.py <out_dir>                  tiny_sd3(.safetensors), its scaled-fp8 twin, tiny_sd3_lora
     python demo_models.py --clip ViT-B-32 <file>     random-init open_clip model as safetensors
-``tiny_sd3.safetensors``: MMDiT depth 2, TAESD-shaped VAE, clip_l only; ``tiny_sd3_lora.safetensors``:
+``tiny_sd3.safetensors``: MMDiT depth 2, TAESD-shaped VAE, clip_l only (fp16);
+``tiny_sd3_fp8_scaled.safetensors``: the same weights in the layout of Comfy-Org's
+``sd3.5_*_fp8_scaled`` files (the checkpoint the templates name); ``tiny_sd3_lora.safetensors``:
 diffusers-form and kohya-form MMDiT keys plus a text-encoder key. Built from ComfyUI's own classes
 so ComfyUI detects them as SD3. Nothing is downloaded; the pictures they make are noise.
 """
@@ -16,10 +18,11 @@ import sys
 DEPTH = 2            # hidden = 64 * depth, heads = depth (ComfyUI's detection rule)
 HIDDEN = 64 * DEPTH
 LORA_RANK = 4
-BUILD_VERSION = "3"  # bump to invalidate cached fixtures
+BUILD_VERSION = "4"  # bump to invalidate cached fixtures
 
 
 CHECKPOINT = "tiny_sd3.safetensors"
+CHECKPOINT_FP8_SCALED = "tiny_sd3_fp8_scaled.safetensors"
 LORA = "tiny_sd3_lora.safetensors"
 
 
@@ -59,6 +62,31 @@ def build_checkpoint() -> dict:
     for k, v in clip.state_dict().items():
         sd["text_encoders.clip_l." + k] = v.to(torch.float16)
     return {k: v.contiguous() for k, v in sd.items()}
+
+
+FP8_MAX = 448.0   # largest finite float8_e4m3fn
+
+
+def to_scaled_fp8(sd: dict) -> dict:
+    """The checkpoint in Comfy-Org's scaled-fp8 layout, as ``sd3.5_large_fp8_scaled.safetensors``
+    stores it: every 2-D diffusion-model weight as ``float8_e4m3fn`` with a float32 scalar
+    ``<layer>.scale_weight`` (max|w| / 448), and the empty fp8 marker ``model.diffusion_model.scaled_fp8``
+    (0 elements: ComfyUI also turns on its fp8 input-scale path, as for the real file). ComfyUI reads it
+    in ``comfy/model_detection.py`` and ``comfy.ops.scaled_fp8_ops``. Text encoders and VAE stay fp16."""
+    import torch
+
+    out: dict = {}
+    prefix = "model.diffusion_model."
+    for k, v in sd.items():
+        if k.startswith(prefix) and k.endswith(".weight") and v.dim() == 2:
+            w = v.float()
+            scale = (w.abs().max() / FP8_MAX).clamp_min(1e-12)
+            out[k] = (w / scale).to(torch.float8_e4m3fn)
+            out[k[: -len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            out[k] = v
+    out[prefix + "scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 def _default_init(module) -> None:
@@ -134,10 +162,12 @@ def main(out_dir: str) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
-    for name, build in ((CHECKPOINT, build_checkpoint), (LORA, build_lora)):
+    checkpoint = build_checkpoint()
+    for name, tensors in ((CHECKPOINT, checkpoint), (CHECKPOINT_FP8_SCALED, to_scaled_fp8(checkpoint)),
+                          (LORA, build_lora())):
         path = os.path.join(out_dir, name)
         tmp = path + ".tmp"
-        save_file(build(), tmp, metadata={"dtgen_fixture": BUILD_VERSION})
+        save_file(tensors, tmp, metadata={"dtgen_fixture": BUILD_VERSION})
         os.replace(tmp, path)  # a killed build never leaves a half file under the real name
     print(out_dir)
 

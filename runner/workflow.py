@@ -18,7 +18,7 @@ COPY_PASTE = "DTGenCopyPaste"
 SAMPLER_KEYS = ("pack", "mode", "seed", "classes", "inline_yaml")
 # --ckpt / --lora / --clip-weights: which loader inputs each one sets
 MODEL_FLAGS = {
-    "ckpt": (("CheckpointLoaderSimple", "ckpt_name"),),
+    "ckpt": (("CheckpointLoaderSimple", "ckpt_name"), ("DTGenTrainCheckpointLoader", "ckpt_name")),
     "lora": (("LoraLoader", "lora_name"), ("LoraLoaderModelOnly", "lora_name")),
     "clip_weights": ((CLIP_LOADER, "weights"),),
 }

@@ -83,7 +83,7 @@ SLOT_H, WIDGET_H, MULTILINE_H, TITLE_PAD = 22, 24, 110, 14
 COLUMN_GAP, ROW_GAP = 70, 50
 NODE_WIDTH = {"DTGenClipFilter": 360, "DTGenPromptSampler": 340, "KSampler": 320, "PreviewImage": 380,
               "CLIPTextEncode": 300, "DTGenDatasetWriter": 340, "CheckpointLoaderSimple": 380,
-              "LoraLoader": 360}
+              "DTGenTrainCheckpointLoader": 380, "LoraLoader": 360}
 PREVIEW_H = 300
 
 
@@ -353,7 +353,11 @@ CLIP_ROW = ("| `ViT-B-32.safetensors`: open_clip ViT-B/32 weights (OpenAI) for t
 
 TRAIN_NOTE = """## Training: settings and where the LoRA lands
 
-Stock **Train LoRA** (ComfyUI's experimental training nodes) on the checkpoint's model.
+**DTGen Checkpoint Loader (train + generate)** loads the checkpoint once: stock **Train LoRA**
+(ComfyUI's experimental training nodes) trains its `train_model` output, generation uses `model`.
+For `sd3.5_*_fp8_scaled` files each layer is dequantized (weight x scale) before the LoRA, as
+LoraLoader applies it at generation, and the fp8 weights stay fp8 in memory; bf16/fp16 files train
+as stored. A file Train LoRA cannot train is refused when you queue, naming it and what to use.
 Starting points for SD3.5 Large with ~40 photos on a 24-80 GB GPU: `size` 1024 (512 trains ~4x
 faster), `rank` 16, `learning_rate` 1e-4, `steps` 600 with `grad_accumulation_steps` 4 (about 60
 passes over 40 photos), `training_dtype`/`lora_dtype` bf16, `gradient_checkpointing` on. These are
@@ -549,7 +553,8 @@ def notes_for(name: str, api: dict) -> list[dict]:
 
 def build(name: str, object_info: dict) -> dict:
     api = json.loads((EXAMPLES / "api" / f"{name}.json").read_text())
-    return api_to_ui(api, object_info, notes_for(name, api), models={"CheckpointLoaderSimple": CKPT})
+    return api_to_ui(api, object_info, notes_for(name, api), models={"CheckpointLoaderSimple": CKPT,
+                                                                         "DTGenTrainCheckpointLoader": CKPT})
 
 
 def dumps(workflow: dict) -> str:

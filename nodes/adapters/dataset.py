@@ -151,6 +151,7 @@ class DTGenDatasetWriter(io.ComfyNode):
         from ..store import background
         from ..store.provenance import model_files, sampler_settings
         from ..store.writer import png_text, quotas_for, summary
+        from .train_checkpoint import lora_misfits
 
         items = []
         for batch in as_list(scored):
@@ -167,6 +168,9 @@ class DTGenDatasetWriter(io.ComfyNode):
             raise ValueError("DTGen Dataset Writer: nothing to write; connect 'scored' (from DTGen CLIP "
                              "Filter), 'images' + 'label', or 'real_images' (from DTGen Few-Shot Images)")
         prompt = cls.hidden.prompt
+        misfits, lora_warnings = lora_misfits(prompt)
+        if misfits:   # images made without their LoRA must not enter the dataset as if made with it
+            raise ValueError("DTGen Dataset Writer: nothing written. " + " ".join(misfits))
         name = dataset_name_of(first(dataset), first(dataset_name))
         path = dataset_dir(name)
         bg = background.for_dataset(path)
@@ -182,6 +186,7 @@ class DTGenDatasetWriter(io.ComfyNode):
                 bg.flush(throw_exception_if_processing_interrupted)
             status = bg.status(writer)
         text = summary(path, result, status, bg.in_flight()) + "".join("\n" + r.line() for r in real)
+        text += "".join(f"\nwarning: {w}" for w in lora_warnings)
         return io.NodeOutput(str(path), json.dumps(status, sort_keys=True), name.strip(), ui=ui.PreviewText(text))
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 MODEL_INPUTS = {
     "CheckpointLoaderSimple": [("ckpt_name", "checkpoints")],
     "CheckpointLoader": [("ckpt_name", "checkpoints")],
+    "DTGenTrainCheckpointLoader": [("ckpt_name", "checkpoints")],
     "UNETLoader": [("unet_name", "diffusion_models")],
     "LoraLoader": [("lora_name", "loras")],
     "LoraLoaderModelOnly": [("lora_name", "loras")],

@@ -46,7 +46,7 @@ def workflow_files() -> dict[str, Path]:
 def fixture_swap() -> dict:
     """Widget values that point the queued workflow at the test fixtures and keep it small."""
     return {
-        "CheckpointLoaderSimple": {"ckpt_name": fixtures.CHECKPOINT},
+        "CheckpointLoaderSimple": {"ckpt_name": fixtures.CHECKPOINT_FP8_SCALED},   # the layout the templates name
         "LoraLoader": {"lora_name": fixtures.LORA},
         "DTGenClipLoader": {"weights": fixtures.CLIP_WEIGHTS},
         "EmptySD3LatentImage": {"width": 128, "height": 128},
@@ -64,7 +64,7 @@ TRAINED = "dtgen_sd35_train_lora"
 def train_swap() -> dict:
     """The training template on the fixtures: the tiny SD3, 64 px photos, 3 fp32 steps."""
     return {
-        "CheckpointLoaderSimple": {"ckpt_name": fixtures.CHECKPOINT},
+        "DTGenTrainCheckpointLoader": {"ckpt_name": fixtures.CHECKPOINT_FP8_SCALED},
         "DTGenFewShotImages": {"size": 64},
         "TrainLoraNode": {"steps": 3, "rank": 4, "training_dtype": "fp32", "lora_dtype": "fp32",
                           "gradient_checkpointing": False, "grad_accumulation_steps": 1},

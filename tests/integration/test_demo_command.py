@@ -52,7 +52,7 @@ def test_demo_builds_a_dataset_from_nothing(comfyui_path, tmp_path):
     assert not (comfyui_path / "custom_nodes" / "dtgen").exists()
     # the server it started is gone
     assert "demo finished" in done.stdout
-    assert (tmp_path / "models" / "checkpoints" / "tiny_sd3.safetensors").is_file()
+    assert (tmp_path / "models" / "checkpoints" / "tiny_sd3_fp8_scaled.safetensors").is_file()
     _check_copy_paste(ws, accepted, done.stdout)
 
 

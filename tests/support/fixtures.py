@@ -15,8 +15,9 @@ from pathlib import Path
 
 from .pkg import ROOT
 
-FIXTURE_VERSION = "v3"
-CHECKPOINT = "tiny_sd3.safetensors"
+FIXTURE_VERSION = "v4"
+CHECKPOINT = "tiny_sd3.safetensors"                    # fp16, the plain layout
+CHECKPOINT_FP8_SCALED = "tiny_sd3_fp8_scaled.safetensors"   # Comfy-Org's sd3.5_*_fp8_scaled layout
 LORA = "tiny_sd3_lora.safetensors"
 CLIP_ARCH = "ViT-B-32"
 CLIP_WEIGHTS = "ViT-B-32-random.safetensors"
@@ -40,18 +41,19 @@ def _locked(path: Path):
 
 
 def tiny_sd3(comfyui: Path) -> dict[str, Path]:
-    """Folders ``checkpoints`` and ``loras`` holding the tiny SD3 checkpoint and its LoRA."""
+    """Folders ``checkpoints`` (the tiny SD3 in both layouts: fp16 and scaled fp8) and ``loras``."""
     root = cache_dir()
     ckpt_dir, lora_dir = root / "checkpoints", root / "loras"
     with _locked(root):
-        if not (ckpt_dir / CHECKPOINT).exists() or not (lora_dir / LORA).exists():
+        wanted = [ckpt_dir / CHECKPOINT, ckpt_dir / CHECKPOINT_FP8_SCALED, lora_dir / LORA]
+        if not all(p.exists() for p in wanted):
             build = root / "build"
             subprocess.run([sys.executable, str(ROOT / "runner" / "demo_models.py"), str(build)],
                            cwd=comfyui, check=True)
             ckpt_dir.mkdir(exist_ok=True)
             lora_dir.mkdir(exist_ok=True)
-            os.replace(build / CHECKPOINT, ckpt_dir / CHECKPOINT)
-            os.replace(build / LORA, lora_dir / LORA)
+            for path in wanted:
+                os.replace(build / path.name, path)
     return {"checkpoints": ckpt_dir, "loras": lora_dir}
 
 
@@ -168,3 +170,8 @@ def copy_paste_sets() -> dict[str, Path]:
                 os.replace(src, folder / name)
             shutil.rmtree(build, ignore_errors=True)
     return folders
+
+
+def checkpoint_like(name: str) -> str:
+    """The tiny checkpoint in the layout a template's file name says (``*fp8_scaled*`` -> scaled fp8)."""
+    return CHECKPOINT_FP8_SCALED if "fp8_scaled" in name else CHECKPOINT

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .fixtures import BACKGROUND_SET, CHECKPOINT, CLIP_WEIGHTS, CUTOUT_SET, LORA, REAL_SET
+from .fixtures import BACKGROUND_SET, CHECKPOINT, CLIP_WEIGHTS, CUTOUT_SET, LORA, REAL_SET, checkpoint_like
 from .pkg import ROOT
 
 
@@ -32,14 +32,15 @@ EXAMPLES = ROOT / "example_workflows" / "api"
 
 
 def example_api(name: str, **overrides) -> dict:
-    """An API twin from example_workflows/api with only the model files swapped for the fixtures,
-    the fixture's real photo set, and small sizes and few training steps for CPU; ``overrides`` sets
+    """An API twin from example_workflows/api with only the model files swapped for the fixtures (the
+    tiny SD3 in the layout of the file the template names: scaled fp8 for ``sd3.5_*_fp8_scaled``), the
+    fixture's real photo set, and small sizes and few training steps for CPU; ``overrides`` sets
     sampler/filter/writer widgets by input name."""
     graph = json.loads((EXAMPLES / f"{name}.json").read_text())
     for node in graph.values():
         inputs, kind = node["inputs"], node["class_type"]
-        if kind == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = CHECKPOINT
+        if kind in ("CheckpointLoaderSimple", "DTGenTrainCheckpointLoader"):
+            inputs["ckpt_name"] = checkpoint_like(inputs["ckpt_name"])
         elif kind == "LoraLoader":
             inputs["lora_name"] = LORA
         elif kind == "DTGenClipLoader":

@@ -1,6 +1,6 @@
 """The import rule (docs/architecture.md): layers import downward only.
 
-    common  <-  prompting, scoring, store, fewshot  <-  curation, synthesis  <-  evaluation  <-  adapters  <-  extension.py
+    common  <-  prompting, scoring, store, fewshot, training  <-  curation, synthesis  <-  evaluation  <-  adapters  <-  extension.py
 
 - ``common`` imports nothing of ours outside ``common``;
 - a plain stage never imports a stage of the same rank (sideways) or above (upward);
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from support.pkg import ROOT
 
-RANK = {"common": 0, "prompting": 1, "scoring": 1, "store": 1, "fewshot": 1, "curation": 2, "synthesis": 2, "evaluation": 3,
+RANK = {"common": 0, "prompting": 1, "scoring": 1, "store": 1, "fewshot": 1, "training": 1, "curation": 2, "synthesis": 2, "evaluation": 3,
         "adapters": 4, "extension": 5}
 COMFY = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "server", "execution",
          "node_helpers", "latent_preview"}
