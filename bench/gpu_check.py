@@ -15,7 +15,11 @@ Phases (each prints as it finishes and goes into ``gpu_check.json`` under ``--ou
    (``nvidia-smi`` samples);
 3. the queue client (``python -m runner queue``) with ``--pending 1/2/4`` on the first shape: the
    server's idle time between prompts (``/history`` timestamps);
-4. the CLIP filter's image encoder: images/s batched on the device (the pack's path, fp16 on CUDA)
+4. LoRA training (``_train_speed.py``, one subprocess per shape): stock TrainLoraNode through DTGen
+   Checkpoint Loader's ``train_model`` view on the shape stored as scaled fp8 (the file the training
+   templates name), 1024², batch 1, rank 16, bf16, gradient checkpointing on and off: seconds per
+   step, peak GPU memory, and whether a step runs under 16 / 24 / 48 GiB allocator caps;
+5. the CLIP filter's image encoder: images/s batched on the device (the pack's path, fp16 on CUDA)
    vs DTGen's one-image loop (PIL preprocessing, fp32, one image per call) on the same device.
 """
 from __future__ import annotations
@@ -253,6 +257,27 @@ def filter_speed(device: str, images: int, loop_images: int, report: Report) -> 
     return result
 
 
+def train_speed(comfyui: Path, device: str, shape: str, size: int, steps: str, report: Report) -> dict:
+    """Subprocess per shape (its own CUDA context and memory caps): see _train_speed.py."""
+    out = subprocess.run([sys.executable, str(BENCH / "_train_speed.py"), shape, "--device", device, "--size", str(size),
+                          "--steps", steps], cwd=comfyui, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"training phase failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    report.say(f"\n[{shape}] Train LoRA at {size}x{size}, batch 1, rank 16, {result['dtype']}, {result['layout']} "
+               f"({result['scaled_layers']} scaled layers; first run incl. load {result['first_run_s']:.1f} s):")
+    for name, row in result["settings"].items():
+        if "error" in row:
+            report.say(f"  {name}: {row['error']}")
+            continue
+        peak = f", peak {row['peak_reserved_gib']:.1f} GiB reserved" if "peak_reserved_gib" in row else ""
+        fits = ", fits " + " ".join(f"{cap} GiB: {'yes' if ok is True else 'no' if ok is False else ok}"
+                                    for cap, ok in row.get("fits_gib", {}).items()) if row.get("fits_gib") else ""
+        report.say(f"  {name}: {row['seconds_per_step']:.3f} s per step{peak}{fits}; loss finite: {row['finite_loss']}")
+    report.put(f"train_{shape}", result)
+    return result
+
+
 def _keep_log(server: LocalServer, report: Report) -> None:
     if server.log_path.exists():
         shutil.copy(server.log_path, report.out / "server.log")
@@ -277,6 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, help="image side (default 1024; 128 with --dry-run)")
     ap.add_argument("--steps", type=int, help="sampling steps (default 28; 4 with --dry-run)")
     ap.add_argument("--no-filter", action="store_true", help="skip the filter encoder comparison")
+    ap.add_argument("--no-train", action="store_true", help="skip the LoRA training phase")
+    ap.add_argument("--train-size", type=int, help="training image side (default 1024; 64 with --dry-run)")
     ap.add_argument("--budget", type=float, default=470.0, help="seconds: later phases are skipped past it")
     args = ap.parse_args(argv)
     dry = args.dry_run
@@ -338,6 +365,16 @@ def main(argv=None) -> int:
         _keep_log(server, report)
         server.stop()
         server = None
+        train_size = args.train_size or (64 if dry else 1024)
+        for shape in ([] if args.no_train else shapes):
+            if time.perf_counter() - t_start > args.budget:
+                report.say(f"\n[{shape}] training skipped: past the {args.budget:.0f} s budget")
+                continue
+            try:
+                train_speed(comfyui, device, shape, train_size, "1,2" if dry else "2,6", report)
+            except Exception as e:
+                failed.append(f"train {shape}: {e}")
+                report.say(f"\n[{shape}] training FAILED: {e}")
         if args.no_filter:
             pass
         elif time.perf_counter() - t_start < args.budget + 60:

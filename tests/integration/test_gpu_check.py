@@ -2,7 +2,7 @@
 
 ``bash bench/gpu_check.sh --dry-run`` runs every phase of the GPU check (random-weight model build,
 the main template through a real ComfyUI's HTTP API with a stub front end, the queue client with
---pending 1/2/4, the filter encoder comparison) on the tiny models; the figures are CPU figures
+--pending 1/2/4, Train LoRA on the scaled-fp8 layout, the filter encoder comparison) on the tiny models; the figures are CPU figures
 and only the mechanics are checked here. ``tools/prepare_gpu_carry.py`` packs ComfyUI and the
 wheels the GPU machine lacks; the tree that travels must stay under the device call's 64 MiB.
 """
@@ -42,6 +42,11 @@ def test_dry_run_runs_every_phase(comfyui_path, tmp_path):
     for p, gaps in pending.items():
         assert gaps["prompts"] == 4, (p, gaps)           # the client queued exactly --items prompts
         assert len(gaps["gaps_s"]) == 3 and min(gaps["gaps_s"]) >= 0
+    train = phases["train_tiny"]
+    assert train["layout"].startswith("scaled fp8") and train["scaled_layers"] == 24
+    for mode in ("checkpointing_on", "checkpointing_off"):
+        row = train["settings"][mode]
+        assert "error" not in row and row["seconds_per_step"] > 0 and row["finite_loss"] is True, (mode, row)
     f = phases["filter"]
     assert f["dtgen_loop_images_per_s"] > 0 and f["pack_auto"]["images_per_s"] > 0
     assert f["cosine_auto_vs_fp32_min"] > 0.999

@@ -10,7 +10,7 @@ from support.pkg import ROOT
 
 EXPECTED = {"DTGenPromptSampler", "DTGenClipLoader", "DTGenClipFilter", "DTGenDatasetWriter", "DTGenDataset",
             "DTGenDatasetFinalize", "DTGenFewShotImages", "DTGenCopyPaste",
-            "DTGenMaskSampler", "DTGenMaskIoUFilter", "DTGenEvaluate"}
+            "DTGenMaskSampler", "DTGenMaskIoUFilter", "DTGenEvaluate", "DTGenTrainCheckpointLoader"}
 
 
 def test_object_info_lists_every_node_with_tooltips(client, comfy_server):
