@@ -40,7 +40,9 @@ from pathlib import Path
 
 from . import masks
 from .layout import DatasetError, DatasetWriteError, check_tree
-from .writer import DatasetWriter, Planned, WriteResult, encode_image, to_uint8, _write_bytes
+from . import in_flight
+from .fsio import write_bytes
+from .writer import DatasetWriter, Planned, WriteResult, encode_image, to_uint8
 
 MAX_BATCHES = 2          # hand-overs that may wait while the worker writes one
 CHUNK = 4                # items encoded, then made durable and recorded, at a time
@@ -66,7 +68,7 @@ class BackgroundWriter:
     """
 
     def __init__(self, dataset_dir, max_batches: int = MAX_BATCHES, encode: Callable = encode_image,
-                 sink: Callable = _write_bytes):
+                 sink: Callable = write_bytes):
         if int(max_batches) < 1:
             raise ValueError(f"max_batches {max_batches!r}: must be >= 1")
         self.dir = Path(dataset_dir)
@@ -99,7 +101,7 @@ class BackgroundWriter:
             if self._planner is None:
                 planner = DatasetWriter(self.dir, image_format, quality, quotas)
                 self._planner = planner.__enter__()
-                planner.pending = self._pending_copy   # its synchronous writes see the queue too
+                planner.share_in_flight(self._pending_copy)   # its synchronous writes see the queue too
             else:
                 self._planner.configure(image_format, quality, quotas)
                 self._planner.reopen()
@@ -117,7 +119,7 @@ class BackgroundWriter:
             check_tree(self.dir)
             with self._lock:
                 pending = dict(self._pending)   # before the refresh: stored ones show up there
-            writer._refresh()
+            writer.refresh()
             planned = writer.plan(items, models, sampler_settings, result, pending=pending, check_images=True)
             if not planned:
                 return result
@@ -151,6 +153,11 @@ class BackgroundWriter:
         """Records handed over and not durable yet (a snapshot)."""
         with self._lock:
             return list(self._pending.values())
+
+    records = pending_records   # the in_flight source interface
+
+    def batches(self) -> int:
+        return self.handed_over
 
     def in_flight(self) -> int:
         """Items handed over and not durable yet."""
@@ -190,8 +197,10 @@ class BackgroundWriter:
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join()
             with _REGISTRY_LOCK:
-                if _REGISTRY.get(_key(self.dir)) is self:
-                    del _REGISTRY[_key(self.dir)]
+                key = in_flight.dataset_key(self.dir)
+                if _REGISTRY.get(key) is self:
+                    del _REGISTRY[key]
+                    in_flight.unregister(self.dir, self)
 
     def _raise_locked(self) -> None:
         error, lost = self._error, self._lost
@@ -297,18 +306,15 @@ _REGISTRY_LOCK = threading.Lock()
 _ATEXIT = []
 
 
-def _key(dataset_dir) -> str:
-    return os.path.normcase(str(Path(dataset_dir).resolve()))
-
-
 def for_dataset(dataset_dir, **options) -> BackgroundWriter:
     """This process's background writer of ``dataset_dir`` (made on first use; ``options`` are
     ``BackgroundWriter``'s and only apply then)."""
-    key = _key(dataset_dir)
+    key = in_flight.dataset_key(dataset_dir)
     with _REGISTRY_LOCK:
         bw = _REGISTRY.get(key)
         if bw is None or bw._pid != os.getpid():   # none yet, or inherited through fork (no worker here)
             bw = _REGISTRY[key] = BackgroundWriter(dataset_dir, **options)
+            in_flight.register(dataset_dir, bw)   # readers see its items without importing this module
             if not _ATEXIT:
                 atexit.register(flush_all)
                 _ATEXIT.append(True)
@@ -321,7 +327,7 @@ def existing(dataset_dir) -> BackgroundWriter | None:
     if not _REGISTRY:
         return None
     with _REGISTRY_LOCK:
-        bw = _REGISTRY.get(_key(dataset_dir))
+        bw = _REGISTRY.get(in_flight.dataset_key(dataset_dir))
     return bw if bw is not None and bw._pid == os.getpid() else None
 
 
@@ -331,18 +337,6 @@ def flush(dataset_dir, interrupted: Callable[[], None] | None = None) -> None:
     bw = existing(dataset_dir)
     if bw is not None:
         bw.flush(interrupted)
-
-
-def pending_records(dataset_dir) -> list[dict]:
-    """Records of ``dataset_dir`` this process handed over and has not stored yet."""
-    bw = existing(dataset_dir)
-    return bw.pending_records() if bw is not None else []
-
-
-def handed_over(dataset_dir) -> int:
-    """How many batches this process handed over for ``dataset_dir`` (changes with every hand-over)."""
-    bw = existing(dataset_dir)
-    return bw.handed_over if bw is not None else 0
 
 
 def flush_all() -> None:

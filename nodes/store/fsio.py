@@ -97,3 +97,8 @@ def move_unique(src: Path, dest_dir: Path) -> Path:
         dest = dest_dir / f"{src.stem}-{n}{src.suffix}"
     os.replace(src, dest)
     return dest
+
+
+def write_bytes(f, data: bytes) -> None:
+    """The default sink of encoded bytes into an open temp file (tests inject slow or failing ones)."""
+    f.write(data)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import embeddings, manifest
+from . import embeddings, in_flight, manifest
 from .fsio import open_nofollow
 from .layout import EMBEDDINGS, MANIFEST
 
@@ -64,11 +64,7 @@ def live_records(dataset_dir, which: str = "all", pending: bool = False) -> list
     if which not in _WHICH:
         raise ValueError(f"which={which!r}: choose one of {sorted(_WHICH)}")
     keep = _WHICH[which]
-    ahead = []
-    if pending:
-        from .background import pending_records
-
-        ahead = pending_records(dataset_dir)   # before the read: one stored meanwhile shows there
+    ahead = in_flight.records(dataset_dir) if pending else []   # before the read: one stored meanwhile shows there
     view = _live_view(dataset_dir)
     out = [r for r in view.values() if r["decision"] in keep]
     return out + [r for r in ahead if r["id"] not in view and r["decision"] in keep]
@@ -150,9 +146,7 @@ def history_fingerprint(dataset_dir) -> str:
     """Cheap change marker (size + mtime of the manifest and embedding stores, whether the folder
     exists at all, and how many batches this process handed to its background writer, which are
     on their way into the manifest) for ComfyUI's ``fingerprint_inputs``."""
-    from .background import handed_over
-
-    parts = [f"folder:{Path(dataset_dir).is_dir()}", f"handed_over:{handed_over(dataset_dir)}"]
+    parts = [f"folder:{Path(dataset_dir).is_dir()}", f"handed_over:{in_flight.batches(dataset_dir)}"]
     for path in [Path(dataset_dir) / MANIFEST, *sorted((Path(dataset_dir) / EMBEDDINGS).glob("*.bin"))]:
         try:
             st = path.stat()

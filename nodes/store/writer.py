@@ -28,7 +28,7 @@ import numpy as np
 from ..common.identity import item_id, legacy_item_id, legacy_key
 from ..common.records import ScoredItem
 from . import embeddings, manifest, masks, metadata
-from .fsio import fsync_dir, move_unique, write_atomic
+from .fsio import fsync_dir, move_unique, write_atomic, write_bytes
 from .clean_marker import manifest_stat, mark_clean, mark_dirty
 from .layout import (IMAGE_EXTS, IMAGES, MANIFEST, ORPHANS, REJECTED, DatasetWriteError, check_tree, now_iso, open_dataset)
 from .lock import DatasetLock
@@ -59,10 +59,6 @@ class Planned:
     n: int
     image_data: bytes | None = None
     mask_data: bytes | None = None
-
-
-def _write_bytes(f, data: bytes) -> None:
-    f.write(data)
 
 
 def check_image(image, where: str) -> None:
@@ -118,9 +114,14 @@ class DatasetWriter:
         self._inode = None
         self._current: dict | None = None  # record being placed (names the file in errors)
         self._writing = "file"             # which of its files: "file" (the image) or "mask"
-        # set by a background writer sharing this one: () -> {id: record} handed over, not stored yet;
-        # ``write`` then skips those ids and counts them toward quotas, as if they were stored
-        self.pending = None
+        # set by a background writer sharing this one (``share_in_flight``): () -> {id: record}
+        # handed over and not stored yet; ``write`` skips those ids and counts them toward quotas
+        self._in_flight = None
+
+    def share_in_flight(self, in_flight) -> None:
+        """``in_flight() -> {id: record}``: items a background writer took over from this writer and
+        has not stored yet; synchronous ``write`` calls treat them as stored (skip, count)."""
+        self._in_flight = in_flight
 
     def configure(self, image_format: str = "png", quality: int = 95, quotas: dict | None = None) -> None:
         """Format, quality and quotas of the next writes (a long-lived writer changes them per call)."""
@@ -154,7 +155,7 @@ class DatasetWriter:
         date from the manifest (only the new lines when it was not rewritten)."""
         open_dataset(self.dir)
         self.reconciled = ensure_consistent(self.dir) or ReconcileReport()
-        self._refresh()
+        self.refresh()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -170,9 +171,9 @@ class DatasetWriter:
         for rec in view.values():
             self._take(rec)
         self._offset, self._inode = end, inode
-        self._refresh()
+        self.refresh()
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         """Take in lines other writers appended; a rewritten manifest (finalize) means full reload."""
         inode, size = manifest_stat(self.dir)
         if self._inode is not None and (inode != self._inode or size < self._offset):
@@ -212,7 +213,7 @@ class DatasetWriter:
         """{label: {accepted, rejected, target, missing}} (target/missing None without a quota).
         ``pending``: records handed to a background writer, counted as stored (take the snapshot
         before this call: one stored meanwhile is then counted once)."""
-        self._refresh()
+        self.refresh()
         counts = self._counts
         ahead = [rec for rec in pending if rec["id"] not in self._ids]
         if ahead:
@@ -238,9 +239,9 @@ class DatasetWriter:
         result = WriteResult()
         with DatasetLock(self.dir):
             check_tree(self.dir)   # no symlink may have appeared since the open
-            self._refresh()
-            pending = self.pending() if self.pending is not None else None
-            planned = self.plan(items, models, sampler_settings, result, pending=pending)
+            self.refresh()
+            in_flight = self._in_flight() if self._in_flight is not None else None
+            planned = self.plan(items, models, sampler_settings, result, pending=in_flight)
             placed: list[tuple[dict, ScoredItem]] = []
             error, self._current = None, None
             mark_dirty(self.dir)
@@ -299,11 +300,11 @@ class DatasetWriter:
         under the lock: an id stored meanwhile is skipped as a duplicate, an accepted item whose
         class reached its quota in ``quotas`` (those the items were planned with) as over quota.
         ``sink(fileobj, data)`` writes the bytes into the temp file (default: ``fileobj.write``)."""
-        sink = sink or _write_bytes
+        sink = sink or write_bytes
         result = WriteResult()
         with DatasetLock(self.dir):
             check_tree(self.dir)
-            self._refresh()
+            self.refresh()
             todo: list[Planned] = []
             for p in planned:
                 rec = p.rec

@@ -6,7 +6,9 @@
 - a plain stage never imports a stage of the same rank (sideways) or above (upward);
 - only ``nodes/adapters/`` and ``nodes/extension.py`` import ComfyUI (and the demo's model builder,
   which runs in a subprocess with ComfyUI on its path);
-- ``runner/`` (the command line and HTTP client) uses plain stages, never the adapters.
+- ``runner/`` (the command line and HTTP client) uses plain stages, never the adapters;
+- no import cycle anywhere in ``nodes/`` or ``runner/``, inside a stage too, counting the imports
+  made inside functions (a lazy import hides a cycle from Python, not from a reader).
 """
 from __future__ import annotations
 
@@ -99,3 +101,74 @@ def test_the_check_catches_upward_sideways_and_comfyui_imports(tmp_path):
     assert len(found) == len(plants), found
     for rel in plants:
         assert any(f.startswith(rel + ":") for f in found), (rel, found)
+
+
+def _module_file(module: str, root: Path) -> Path | None:
+    """The file of ``nodes.x.y`` / ``runner.x`` in ``root`` (a module or a package), else None."""
+    base = root.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the modules of ours it imports (at the top or inside functions), files that exist."""
+    graph = {}
+    for path in sorted((root / "nodes").rglob("*.py")) + sorted((root / "runner").rglob("*.py")):
+        name = ".".join(path.relative_to(root).with_suffix("").parts)
+        name = name[: -len(".__init__")] if name.endswith(".__init__") else name
+        targets = set()
+        for module, _ in _imports(path, root):
+            if module and module.split(".")[0] in ("nodes", "runner"):
+                found = _module_file(module, root)
+                if found is None and "." in module:   # ``from .x import name``: the module is x
+                    found = _module_file(module.rsplit(".", 1)[0], root)
+                if found is not None and found != path and found.name != "__init__.py":
+                    targets.add(".".join(found.relative_to(root).with_suffix("").parts))
+        graph[name] = targets
+    return graph
+
+
+def cycles(root: Path) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each sorted."""
+    graph, index, low, stack, on, out = import_graph(root), {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_even_inside_a_stage():
+    assert cycles(ROOT) == []
+
+
+def test_the_cycle_check_catches_a_cycle_inside_one_stage(tmp_path):
+    for folder in ("nodes", "runner"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    path = tmp_path / "nodes" / "store" / "manifest.py"
+    path.write_text(path.read_text() + "\n\ndef _late():\n    from .writer import DatasetWriter  # a lazy import closing a cycle\n")
+    found = cycles(tmp_path)
+    assert any({"nodes.store.manifest", "nodes.store.writer"} <= set(group) for group in found), found
