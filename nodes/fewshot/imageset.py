@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..common.errors import PathProblem
 from ..common.labels import label_problem
 from ..common.naming import public_error
 
@@ -20,12 +21,8 @@ _MAX_CAPTION_BYTES = 64 * 1024   # larger caption files are refused before they 
 
 
 @public_error
-class FewShotError(ValueError):
+class FewShotError(PathProblem, ValueError):
     """The real images cannot be used as asked; ``path`` names the file or folder (or is None)."""
-
-    def __init__(self, path, problem: str):
-        self.path = None if path is None else Path(path)
-        super().__init__(problem if path is None else f"{path}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import stat
 import time
 from pathlib import Path
 
+from ..common.errors import PathProblem
 from ..common.naming import public_error
 from .fsio import is_temp, write_bytes_atomic
 from .lock import LOCK_NAME, DatasetLock
@@ -43,12 +44,8 @@ _OWNED_TREES = {IMAGES: 1, REJECTED: 1, MASKS: 1, EMBEDDINGS: 1, REPORT: 1, ORPH
 
 
 @public_error
-class DatasetError(RuntimeError):
+class DatasetError(PathProblem, RuntimeError):
     """A dataset folder cannot be used as asked; ``path`` names the file or folder."""
-
-    def __init__(self, path, problem: str):
-        self.path = Path(path)
-        super().__init__(f"{path}: {problem}")
 
 
 @public_error

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.errors import PathProblem
 from .safetensors_header import Tensor, read_header
 
 PREFIX = "model.diffusion_model."
@@ -26,12 +27,13 @@ USE_INSTEAD = ("use sd3.5_large_fp8_scaled.safetensors (Comfy-Org, text encoders
                "bf16/fp16 sd3.5_large.safetensors in models/checkpoints")
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(PathProblem, ValueError):
     """TrainLoraNode cannot train this file; the message names the file and what to use instead."""
 
+    NAME_ONLY = True
+
     def __init__(self, path, problem: str):
-        self.path = Path(path)
-        super().__init__(f"{Path(path).name}: {problem}; {USE_INSTEAD}")
+        super().__init__(path, f"{problem}; {USE_INSTEAD}")
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,16 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.errors import PathProblem
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
-class HeaderError(ValueError):
-    """The file cannot be read as safetensors; ``path`` names it."""
+class HeaderError(PathProblem, ValueError):
+    """The file cannot be read as safetensors; the message names it (its name: files come from a
+    model list)."""
 
-    def __init__(self, path, problem: str):
-        self.path = Path(path)
-        super().__init__(f"{Path(path).name}: {problem}")
+    NAME_ONLY = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,17 @@
+"""The one shape of the pack's file errors: the problem, prefixed by the file or folder it is about."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PathProblem(Exception):
+    """Mixed into each stage's error (``class FewShotError(PathProblem, ValueError)``): ``path`` names
+    the file or folder at fault, or is None for a parameter, whose name then starts ``problem``.
+    ``NAME_ONLY`` errors print the file name, not the whole path (files picked from a model list)."""
+
+    NAME_ONLY = False
+
+    def __init__(self, path, problem: str):
+        self.path = None if path is None else Path(path)
+        shown = None if path is None else (self.path.name if self.NAME_ONLY else path)
+        super().__init__(problem if path is None else f"{shown}: {problem}")
