@@ -9,6 +9,7 @@ from comfy_api.latest import io, ui
 
 from .comfy_paths import dataset_dir
 from .comfy_types import dataset_input, dataset_name_of
+from ..common.records import GENERATED
 from ..common.naming import category, node_id
 from ..common.validation import linked
 from ..prompting import catalog
@@ -45,7 +46,7 @@ def missing_indices(sampler: Sampler, dataset_dir, start: int, count: int, quota
         scan = max(0, sampler.total - start)
     return claim_missing_indices(dataset_dir, sampler.label_of, start, count,
                                  targets={label: quota for label in sampler.labels}, stream_key=sampler.stream_key,
-                                 pack_hash=sampler.pack.pack_hash, max_scan=scan, source="generated")
+                                 pack_hash=sampler.pack.pack_hash, max_scan=scan, source=GENERATED)
 
 
 class DTGenPromptSampler(io.ComfyNode):

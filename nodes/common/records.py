@@ -11,6 +11,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+# A record's ``source`` when its item names none: made by a diffusion model (others: ``real``,
+# ``copy_paste``). Records written before sources existed are all of this source.
+GENERATED = "generated"
+
 
 @dataclass
 class ScoredItem:

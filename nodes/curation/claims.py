@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..common.identity import StreamKey
+from ..common.records import GENERATED
 from ..store.fsio import open_nofollow, write_bytes_atomic
 from ..store.layout import CLAIMS, open_dataset
 from ..store.lock import DatasetLock
@@ -79,7 +80,7 @@ def _live(claims: list[dict], stored: set, now: float) -> list[dict]:
 
 def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets: dict[str, int],
                           stream_key: StreamKey, pack_hash: str | None, max_scan: int | None = None,
-                          now: float | None = None, source: str = "generated") -> list[int]:
+                          now: float | None = None, source: str = GENERATED) -> list[int]:
     """Like ``quotas.next_missing_indices`` for one stream of one source (``generated`` for the
     prompt sampler, ``copy_paste``, ...), skipping what other runs have claimed, and claiming what
     it returns. Targets count only ``source``'s images and claims."""
@@ -92,7 +93,7 @@ def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets
                   if r.get("index") is not None}
         claims = _live(load(dataset_dir), stored, now)
         mine = {c["index"] for c in claims if c["stream"] == stream_key.stream}
-        in_flight = Counter(c["label"] for c in claims if c.get("source", "generated") == source)
+        in_flight = Counter(c["label"] for c in claims if c.get("source", GENERATED) == source)
         picked = next_missing_indices(dataset_dir, label_of, start, count, targets=targets, pack_hash=pack_hash,
                                       max_scan=max_scan, stream_key=stream_key, busy=mine,
                                       in_flight=in_flight, source=source, pending=True)

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from itertools import islice
 
 from ..common.identity import StreamKey, in_stream
+from ..common.quota import still_needed
 from ..store.reader import class_counts, live_records
 
 
@@ -18,7 +19,7 @@ def missing(dataset_dir, targets: dict[str, int], source: str | None = None) -> 
     """{label: accepted images still needed to reach its target} (0 when full); with ``source``,
     counting only that source's images."""
     have = counts(dataset_dir, source)
-    return {label: max(0, int(t) - have.get(label, {}).get("accepted", 0)) for label, t in targets.items()}
+    return {label: still_needed(t, have.get(label, {}).get("accepted", 0)) for label, t in targets.items()}
 
 
 def done_indices(dataset_dir, pack_hash: str | None = None, stream_key: StreamKey | None = None,
@@ -56,7 +57,7 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
         return list(islice(_undone(done, start, limit), n))
     have = counts(dataset_dir, source, pending)
     in_flight = in_flight or {}
-    need = {label: max(0, int(t) - have.get(label, {}).get("accepted", 0) - in_flight.get(label, 0))
+    need = {label: still_needed(t, have.get(label, {}).get("accepted", 0), in_flight.get(label, 0))
             for label, t in targets.items()}
     tried = {label: sum(have.get(label, {}).get(k, 0) for k in ("accepted", "rejected")) + in_flight.get(label, 0)
              for label in need}

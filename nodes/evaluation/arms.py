@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.records import GENERATED
 from ..store.reader import source_of
 from .errors import EvaluationError
 from .features import FeatureSource
@@ -27,7 +28,7 @@ from .testset import TestSet, real_images
 
 FEWSHOT, SYNTHETIC, BOTH = "fewshot", "synthetic", "synthetic_fewshot"
 REAL = "real"
-SOURCE_TITLES = {"generated": "generated (SD)", "copy_paste": "copy-paste"}
+SOURCE_TITLES = {GENERATED: "generated (SD)", "copy_paste": "copy-paste"}
 SOURCE_NAMES = {"copy_paste": "copy-paste"}          # in the hybrid's title
 
 

@@ -6,7 +6,6 @@ size to lower), and an image file above ``MAX_FILE_BYTES`` is not hashed or deco
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..common.hashing import sha256_file
 from ..common.records import ScoredItem
 from .imageset import FewShotError, RealImage, caption_of, split
 from .pixels import FITS, load_image
@@ -95,13 +95,9 @@ def file_digest(path) -> str:
         if size > MAX_FILE_BYTES:
             raise FewShotError(path, f"file is {size / 1024 ** 2:.0f} MiB; real images above "
                                f"{MAX_FILE_BYTES / 1024 ** 2:.0f} MiB are not read")
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)
     except OSError as e:
         raise FewShotError(path, f"cannot be read ({e.strerror or e})") from None
-    return h.hexdigest()
 
 
 def item_key(digest: str) -> str:

@@ -11,7 +11,6 @@ trained for a test. A built-in name always means open_clip's own config.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import os
 import pickle
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..common.hashing import sha256_file
 from . import clip_config
 from .errors import ClipFilterError
 
@@ -361,11 +361,7 @@ def tag_config(arch: str, tag: str | None) -> dict:
 
 
 def _sha256_short(path: Path, length: int = 12) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
+    return sha256_file(path)[:length]
 
 
 def cache_dirs() -> list[Path]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..common.records import GENERATED
 from .fsio import append_durable, write_bytes_atomic
 from .layout import IMAGES, METADATA
 
@@ -24,7 +25,7 @@ def row(record: dict, depth: int = 1) -> dict:
     metadata file sits (``images/``: 1, ``splits/<split>/``: 2), for the relative mask path."""
     out = {"file_name": record["file"].split("/", 1)[1], "label": record["label_dir"], "label_text": record["label"]}
     out.update({k: record.get(k) for k in COLUMNS})
-    out["source"] = record.get("source") or "generated"   # older records: all generated
+    out["source"] = record.get("source") or GENERATED   # older records: all generated
     out["id"] = record["id"]
     out["mask"] = "../" * depth + record["mask"] if record.get("mask") else None   # relative to the file
     out["objects"] = record.get("instances") or []   # records before masks have neither field

@@ -6,11 +6,12 @@ small JSON file so a 10 GB checkpoint is hashed once, not once per image.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 from typing import Callable, Optional
+
+from ..common.hashing import sha256_file
 
 # class_type -> [(input name, model folder)]: the stock loaders DTGen graphs use.
 MODEL_INPUTS = {
@@ -102,11 +103,7 @@ class HashCache:
         with self._lock:
             if key in self._data:
                 return self._data[key]
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
-        value = digest.hexdigest()
+        value = sha256_file(path)
         with self._lock:
             self._data[key] = value
             self._save()

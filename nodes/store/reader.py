@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.records import GENERATED
 from . import embeddings, in_flight, manifest
 from .fsio import open_nofollow
 from .layout import EMBEDDINGS, MANIFEST
@@ -44,7 +45,7 @@ def count_record(counts: dict, rec: dict, n: int = 1) -> None:
 def source_of(rec: dict) -> str:
     """Where a stored image came from: ``generated`` (the graph's generator; records before 0.4.0),
     ``copy_paste``, ``real``, ..."""
-    return rec.get("source") or "generated"
+    return rec.get("source") or GENERATED
 
 
 def class_counts(records, source: str | None = None) -> dict[str, dict[str, int]]:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..common.identity import item_id, legacy_item_id, legacy_key
-from ..common.records import ScoredItem
+from ..common.quota import still_needed
+from ..common.records import GENERATED, ScoredItem
 from . import embeddings, manifest, masks, metadata
 from .fsio import fsync_dir, move_unique, write_atomic, write_bytes
 from .clean_marker import manifest_stat, mark_clean, mark_dirty
@@ -37,7 +38,6 @@ from .reader import count_record, in_quota, live_state
 from .reconcile import ReconcileReport, ensure_consistent
 
 PNG_COMPRESS_LEVEL = 4  # same as ComfyUI SaveImage
-GENERATED = "generated"  # a record's ``source`` unless its item says otherwise (``real``, ...)
 
 
 @dataclass
@@ -224,7 +224,7 @@ class DatasetWriter:
         for label in sorted(set(counts) | set(self.quotas)):
             c = counts.get(label, {"accepted": 0, "rejected": 0})
             target = self.quotas.get(label)
-            missing = None if target is None else max(0, target - c["accepted"])
+            missing = still_needed(target, c["accepted"])
             out[label] = {"accepted": c["accepted"], "rejected": c["rejected"], "target": target, "missing": missing}
             if c.get("real"):
                 out[label]["real"] = c["real"]
