@@ -39,6 +39,7 @@ from ..common.records import ScoredItem
 from ..fewshot.pixels import MAX_SIZE, MIN_SIZE
 from .backgrounds import Backgrounds, load_backgrounds
 from .cutouts import Cutout, load_cutouts
+from .draws import Draws
 from .errors import SynthesisError
 from .patches import Patch, Planes, jitter, paste, target_size, transform
 
@@ -52,7 +53,6 @@ MAX_OBJECTS = 50
 MIN_OBJECT_PX = 4              # the smallest longer side of a pasted object
 MAX_SIGMA = 20.0
 GEOMETRY_TRIES, POSITION_TRIES = 4, 25
-_U53 = 1.0 / (1 << 53)
 
 
 @dataclass
@@ -70,20 +70,6 @@ class PastedItem:
         return ScoredItem(image=self.image, label=self.label, prompt=prompt, index=self.index,
                           metadata=dict(self.metadata), instance_map=self.instance_map,
                           instance_labels=self.instance_labels)
-
-
-class _Draws:
-    """Uniform draws of one item (see the module docstring)."""
-
-    def __init__(self, stream: str, i: int):
-        h = hashlib.blake2b(f"{stream}:{i}".encode(), digest_size=16, person=b"dtgen.paste")
-        self._bits = np.random.PCG64(int.from_bytes(h.digest(), "little"))
-
-    def uniform(self, lo: float = 0.0, hi: float = 1.0) -> float:
-        return lo + (hi - lo) * ((int(self._bits.random_raw()) >> 11) * _U53)
-
-    def below(self, n: int) -> int:
-        return min(int(self.uniform() * n), n - 1)
 
 
 def _number(name: str, value, lo: float, hi: float, integer: bool = False):
@@ -211,7 +197,7 @@ class CopyPaste:
         i = self._check_index(i)
         label = self.label_of(i)
         pool = self.cutouts[label]
-        draws = _Draws(self.stream, i)
+        draws = Draws(f"{self.stream}:{i}", b"dtgen.paste")
         bg_index = draws.below(len(self.backgrounds))
         lo, hi = self.objects
         requested = lo + draws.below(hi - lo + 1)
@@ -263,7 +249,7 @@ class CopyPaste:
         }
         return PastedItem(i, label, image, imap, labels, instances_of(imap, labels, where), meta)
 
-    def _place(self, cutout: Cutout, draws: _Draws, boxes: list):
+    def _place(self, cutout: Cutout, draws: Draws, boxes: list):
         """(patch, x, y, params) of a random placement that fits, or None after the tries."""
         planes = self._planes[id(cutout)]
         lo, hi = self.scale
@@ -280,7 +266,7 @@ class CopyPaste:
                 return patch, *found, self._params(cutout, planes, scale, longer, angle, flip, patch, *found)
         return None
 
-    def _fallback(self, cutout: Cutout, draws: _Draws):
+    def _fallback(self, cutout: Cutout, draws: Draws):
         planes = self._planes[id(cutout)]
         patch = transform(planes, self._min_longer, 0.0, False)
         found = None if patch is None else self._position(patch, draws, [])
@@ -291,7 +277,7 @@ class CopyPaste:
         params["fallback"] = "smallest scale, no rotation"
         return patch, *found, params
 
-    def _position(self, patch: Patch, draws: _Draws, boxes: list):
+    def _position(self, patch: Patch, draws: Draws, boxes: list):
         h, w = patch.shape
         if h > self.size or w > self.size:
             return None

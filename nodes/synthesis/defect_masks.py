@@ -50,6 +50,7 @@ from ..common.identity import stream_id
 from ..common.morphology import dilate, disk_rows, erode
 from ..fewshot.pixels import MAX_SIZE, MIN_SIZE
 from ..fewshot.realset import MAX_FILE_BYTES
+from .draws import Draws
 from .errors import SynthesisError
 
 SOURCE = "defect_masks"
@@ -60,7 +61,6 @@ MAX_REAL_MASKS = 1_000         # per folder (DefFiller uses <= 100 real samples 
 MAX_MASK_PIXELS = 4096 * 4096
 _NAME_RULES = ((("crack", "crazing"), "crack"), (("scratch",), "scratch"), (("inclusion", "spot"), "blob"),
                (("patch",), "patch"), (("pit",), "pits"), (("scale",), "patch"))
-_U53 = 1.0 / (1 << 53)
 
 
 def default_shape(label: str) -> str:
@@ -169,18 +169,6 @@ def _read_mask(path: Path) -> RealMask:
 
 # ---- the sampler ----------------------------------------------------------------------------
 
-class _Draws:
-    def __init__(self, stream: str, label: str, i: int):
-        h = hashlib.blake2b(f"{stream}:{label}:{i}".encode(), digest_size=16, person=b"dtgen.defmask")
-        self._bits = np.random.PCG64(int.from_bytes(h.digest(), "little"))
-
-    def uniform(self, lo: float = 0.0, hi: float = 1.0) -> float:
-        return lo + (hi - lo) * ((int(self._bits.random_raw()) >> 11) * _U53)
-
-    def below(self, n: int) -> int:
-        return min(int(self.uniform() * n), n - 1)
-
-
 def _number(name, value, lo, hi, integer=False):
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
@@ -271,7 +259,7 @@ class DefectMaskSampler:
         i = i.__index__()
         if not isinstance(label, str) or not label.strip():
             raise SynthesisError(None, f"label must be a non-empty string, got {label!r}")
-        draws = _Draws(self.stream, label, i)
+        draws = Draws(f"{self.stream}:{label}:{i}", b"dtgen.defmask")
         shape = self.shape_of(label)
         extent = self._extent(draws.uniform(*self.scale))
         meta = {"source": SOURCE, "format": FORMAT, "stream": self.stream, "index": i, "label": label,
