@@ -211,12 +211,26 @@ class DTGenMaskIoUFilter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, per_class=None) -> bool | str:
+        from ..common.validation import linked
+        from ..curation.mask_iou import MaskIoUError, parse_per_class
+
+        text = first(per_class)
+        if text is None or linked(text):
+            return True
+        try:
+            parse_per_class(text)
+        except MaskIoUError as exc:
+            return f"DTGen Mask IoU Filter: {exc}"
+        return True
+
+    @classmethod
     def execute(cls, masks, scored=None, images=None, label=None, metadata=None, positive=None, source_images=None,
                 predicted_masks=None, threshold=None, per_class=None, min_count=None, change_threshold=None,
                 change_blur=None, change_min_area=None, change_opening=None) -> io.NodeOutput:
         import torch
 
-        from ..curation.mask_iou import decide_iou, predicted_from_change
+        from ..curation.mask_iou import decide_iou, parse_per_class, predicted_from_change
 
         items = []
         for batch in as_list(scored):
@@ -247,15 +261,7 @@ class DTGenMaskIoUFilter(io.ComfyNode):
             item.extra = dict(item.extra or {}, mask_predictor=predictor)
             entries.append({"item": item, "condition": cond, "predicted": pred})
             shown.append(torch.from_numpy(pred.astype("float32").reshape(pred.shape[-2:]))[None])
-        overrides = {}
-        for line_no, line in enumerate((first(per_class, "") or "").splitlines(), start=1):
-            if line.strip():
-                key, sep, value = line.partition(":")
-                try:
-                    overrides[key.strip()] = float(value)
-                except ValueError:
-                    raise ValueError(f"DTGen Mask IoU Filter: per_class line {line_no} ({line.strip()!r}): expected "
-                                     "'label: threshold'") from None
+        overrides = parse_per_class(first(per_class, ""))
         decisions = decide_iou(entries, threshold=first(threshold, 0.6), per_class=overrides,
                                min_count=first(min_count, 8))
         kept = sum(d.accepted for d in decisions)

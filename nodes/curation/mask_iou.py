@@ -31,12 +31,13 @@ import numpy as np
 from ..common.records import ScoredItem
 from .change_detect import ChangeMask, MaskIoUError, predicted_from_change, size_text
 
-__all__ = ["ChangeMask", "IoUDecision", "MaskIoUError", "decide_iou", "iou", "predicted_from_change"]
+__all__ = ["ChangeMask", "IoUDecision", "MaskIoUError", "decide_iou", "iou", "parse_per_class", "predicted_from_change"]
 
 METHOD = "mask_iou"
 THRESHOLD = 0.6                  # DefFiller's filter
 REASONS = ("ok", "mask_iou_below", "empty_prediction", "size_mismatch")
 BINARY_TOLERANCE = 1e-3
+MAX_PER_CLASS_CHARS = 64 * 1024   # the per_class text a user can send: a budget, never parsed past it
 
 
 def _mask(m, where: str, binarize: bool) -> np.ndarray:
@@ -122,6 +123,36 @@ def decide_iou(entries: Sequence, threshold: float = THRESHOLD, per_class: Mappi
 
 
 _NUMBER = (int, float, np.integer, np.floating)
+
+
+def parse_per_class(text: str | None) -> dict[str, float]:
+    """The node's ``per_class`` text: one ``label: threshold`` per line (blank lines skipped), each
+    threshold in [0, 1], each label once. ``MaskIoUError`` names the line and what is wrong."""
+    from ..common.labels import label_problem, normalise_label
+
+    text = text or ""
+    if len(text) > MAX_PER_CLASS_CHARS:
+        raise MaskIoUError(f"is {len(text)} characters long; at most {MAX_PER_CLASS_CHARS}", "per_class")
+    out: dict[str, float] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"per_class line {line_no} ({line.strip()[:80]!r})"
+        key, sep, value = line.partition(":")
+        label = normalise_label(key)
+        if not sep or not label:
+            raise MaskIoUError("expected 'label: threshold'", where)
+        problem = label_problem(label)
+        if problem:
+            raise MaskIoUError(problem, where)
+        if label in out:
+            raise MaskIoUError(f"label {label!r} is given twice", where)
+        try:
+            number = float(value)
+        except ValueError:
+            raise MaskIoUError(f"threshold {value.strip()!r} is not a number; expected 'label: threshold'", where) from None
+        out[label] = _fraction(where, number)
+    return out
 
 
 def _fraction(name, value) -> float:

@@ -90,3 +90,15 @@ def test_iou_filter_accepts_the_right_mask_and_rejects_a_planted_wrong_one(clien
     assert len(ious) == 2 and min(ious) >= 0.9, right
     wrong = _decisions(client, _iou_graph(12345))
     assert "kept 0 of 2" in wrong and "mask_iou_below" in wrong, wrong
+
+
+def test_bad_per_class_thresholds_are_refused_at_queue_time(client):
+    import json
+
+    graph = example_api("dtgen_sd35_defect_inpaint", dataset_name="iou_refused", count=1)
+    node = next(k for k, v in graph.items() if v["class_type"] == "DTGenMaskIoUFilter")
+    graph[node]["inputs"]["per_class"] = "scratches: 0.45\npatches 0.6"
+    answer = client.queue(graph)
+    assert answer["_status"] == 400 and "prompt_id" not in answer, answer
+    text = json.dumps(answer["node_errors"][node])
+    assert "DTGen Mask IoU Filter: per_class line 2 ('patches 0.6'): expected 'label: threshold'" in text, text

@@ -296,3 +296,21 @@ def test_scored_items_get_the_decision_in_place():
     assert miss.extra["mask_iou"] == {"method": "mask_iou", "iou": 0.0, "threshold": 0.6, "reason": "mask_iou_below",
                                       "accepted": False, "provisional": True}
     json.dumps(miss.extra)
+
+
+def test_per_class_lines_are_parsed_once_and_bad_ones_named():
+    from dtgen.nodes.curation.mask_iou import MAX_PER_CLASS_CHARS, parse_per_class
+
+    assert parse_per_class("scratches: 0.45\n\n  patches :0.65 \n") == {"scratches": 0.45, "patches": 0.65}
+    assert parse_per_class("") == {} and parse_per_class(None) == {}
+    for text, said in (("scratches 0.4", "per_class line 1 ('scratches 0.4'): expected 'label: threshold'"),
+                       ("a: 0.5\nb: high", "per_class line 2 ('b: high'): threshold 'high' is not a number"),
+                       ("a: 1.5", "per_class line 1 ('a: 1.5'): must be a number in [0, 1], got 1.5"),
+                       ("a: 0.5\na: 0.6", "per_class line 2 ('a: 0.6'): label 'a' is given twice"),
+                       (": 0.5", "per_class line 1 (': 0.5'): expected 'label: threshold'"),
+                       ("../x: 0.5", "per_class line 1 ('../x: 0.5'): label '../x' contains '/'"),
+                       ("a: nan", "must be a number in [0, 1], got nan"),
+                       ("a: 0.5\n" * (MAX_PER_CLASS_CHARS // 7 + 1), f"per_class: is {7 * (MAX_PER_CLASS_CHARS // 7 + 1)} characters long")):
+        with pytest.raises(MaskIoUError) as err:
+            parse_per_class(text)
+        assert said in str(err.value), (text[:40], str(err.value))
