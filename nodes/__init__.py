@@ -1,5 +1,6 @@
-"""DTGen nodes, one sub-package per pipeline stage: prompting -> filtering -> dataset.
+"""DTGen nodes, one sub-package per pipeline stage (docs/architecture.md has the map).
 
-Every module here is plain Python except each stage's ``node.py``, the thin V3 adapter that
-translates between ComfyUI types and the stage's logic. Nothing is imported eagerly.
+Every stage is plain Python, unit-tested without ComfyUI; ``adapters/`` is the only ComfyUI code,
+one thin V3 module per node family translating between ComfyUI values and the stages' calls, and
+``extension.py`` lists their nodes. Nothing is imported eagerly.
 """

@@ -77,3 +77,35 @@ def test_node_ids_and_categories_come_from_one_place():
             continue
         assert "node_id=node_id(" in text and "category=category(" in text, path
         assert 'node_id="' not in text, f"{path}: hard-coded node id"
+
+
+def test_the_registry_archive_validates_packs_and_imports(tmp_path):
+    """What the Comfy Registry and ComfyUI Manager will install once the pack is published there:
+    comfy-cli's own ``node validate`` passes and ``node pack`` builds an archive that holds the pack
+    (nodes, templates, locales, prompts, requirements) and not the tests, and that imports."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "checkout"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "node.zip", ".gpu_carry"))
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "DO_NOT_TRACK": "1"}
+    cli = [sys.executable, "-m", "comfy_cli", "--skip-prompt"]
+    subprocess.run(cli + ["tracking", "disable"], cwd=src, env=env, capture_output=True, timeout=120)
+    for command in (["node", "validate"], ["node", "pack"]):
+        done = subprocess.run(cli + command, cwd=src, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+    with zipfile.ZipFile(src / "node.zip") as archive:
+        names = archive.namelist()
+        top = {n.split("/")[0] for n in names}
+        assert {"__init__.py", "nodes", "example_workflows", "locales", "prompts", "requirements.txt",
+                "pyproject.toml", "README.md"} <= top, sorted(top)
+        assert not top & {"tests", "bench", ".ci", ".git"}, sorted(top)
+        assert "nodes/adapters/web/dtgen_status.js" in names
+        archive.extractall(tmp_path / "custom_nodes" / "dtgen")
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('dtgen', {str(tmp_path / 'custom_nodes' / 'dtgen' / '__init__.py')!r}, "
+            "submodule_search_locations=[])\n"
+            "m = importlib.util.module_from_spec(spec); sys.modules['dtgen'] = m; spec.loader.exec_module(m)\n"
+            "print(m.__version__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"], done.stderr
