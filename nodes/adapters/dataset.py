@@ -185,7 +185,7 @@ class DTGenDatasetWriter(io.ComfyNode):
             if not _another_prompt_queued():
                 bg.flush(throw_exception_if_processing_interrupted)
             status = bg.status(writer)
-        text = summary(path, result, status, bg.in_flight()) + "".join("\n" + r.line() for r in real)
+        text = summary(path, result, status, bg.handed_over_count()) + "".join("\n" + r.line() for r in real)
         text += "".join(f"\nwarning: {w}" for w in lora_warnings)
         return io.NodeOutput(str(path), json.dumps(status, sort_keys=True), name.strip(), ui=ui.PreviewText(text))
 

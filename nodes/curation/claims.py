@@ -89,14 +89,14 @@ def claim_missing_indices(dataset_dir, label_of, start: int, count: int, targets
     with DatasetLock(dataset_dir):
         # a claim ends when its item is stored, whichever stream (server) it belongs to
         # this process's items still being written (store/background.py) count as stored
-        stored = {(r.get("stream"), r["index"]) for r in live_records(dataset_dir, pending=True)
+        stored = {(r.get("stream"), r["index"]) for r in live_records(dataset_dir, with_handed_over=True)
                   if r.get("index") is not None}
         claims = _live(load(dataset_dir), stored, now)
         mine = {c["index"] for c in claims if c["stream"] == stream_key.stream}
         in_flight = Counter(c["label"] for c in claims if c.get("source", GENERATED) == source)
         picked = next_missing_indices(dataset_dir, label_of, start, count, targets=targets, pack_hash=pack_hash,
                                       max_scan=max_scan, stream_key=stream_key, busy=mine,
-                                      in_flight=in_flight, source=source, pending=True)
+                                      in_flight=in_flight, source=source, with_handed_over=True)
         claims += [{"stream": stream_key.stream, "index": i, "label": label_of(i), "until": now + CLAIM_TTL_S,
                     "owner": _OWNER, "source": source} for i in picked]
         write_bytes_atomic(Path(dataset_dir) / CLAIMS, json.dumps({"claims": claims}).encode())

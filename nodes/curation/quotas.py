@@ -9,10 +9,10 @@ from ..common.quota import still_needed
 from ..store.reader import class_counts, live_records
 
 
-def counts(dataset_dir, source: str | None = None, pending: bool = False) -> dict[str, dict[str, int]]:
-    """Per-class counts of live records (``pending``: with this process's items on their way in,
+def counts(dataset_dir, source: str | None = None, with_handed_over: bool = False) -> dict[str, dict[str, int]]:
+    """Per-class counts of live records (``with_handed_over``: with this process's items on their way in,
     ``reader.live_records``)."""
-    return class_counts(live_records(dataset_dir, pending=pending), source)
+    return class_counts(live_records(dataset_dir, with_handed_over=with_handed_over), source)
 
 
 def missing(dataset_dir, targets: dict[str, int], source: str | None = None) -> dict[str, int]:
@@ -23,17 +23,17 @@ def missing(dataset_dir, targets: dict[str, int], source: str | None = None) -> 
 
 
 def done_indices(dataset_dir, pack_hash: str | None = None, stream_key: StreamKey | None = None,
-                 pending: bool = False) -> set[int]:
+                 with_handed_over: bool = False) -> set[int]:
     """Sampler indices already stored (accepted or rejected), optionally of one prompt pack and
-    one sampler stream only (``pending``: and those this process is storing)."""
-    return {int(r["index"]) for r in live_records(dataset_dir, pending=pending) if in_stream(r, pack_hash, stream_key)}
+    one sampler stream only (``with_handed_over``: and those this process is storing)."""
+    return {int(r["index"]) for r in live_records(dataset_dir, with_handed_over=with_handed_over) if in_stream(r, pack_hash, stream_key)}
 
 
 def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,
                          targets: dict[str, int] | None = None, pack_hash: str | None = None,
                          max_scan: int | None = None, stream_key: StreamKey | None = None,
                          busy=frozenset(), in_flight: dict[str, int] | None = None,
-                         source: str | None = None, pending: bool = False) -> list[int]:
+                         source: str | None = None, with_handed_over: bool = False) -> list[int]:
     """Up to ``n`` indices from ``start`` on (ascending) that are not done and whose class still
     needs images.
 
@@ -42,7 +42,7 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
     ``targets`` have no limit. ``busy`` indices are skipped and ``in_flight`` images per label count
     as on their way (claims.py). Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
     With ``source`` the targets count only that source's images (``store.reader.class_counts``).
-    With ``pending`` the items this process handed to its background writer count as stored.
+    With ``with_handed_over`` the items this process handed over to its background writer count as stored.
 
     Without ``targets`` indices are taken in order; with targets, when every target class is full
     nothing is returned (not even labels absent from ``targets``). With targets the fill is balanced across
@@ -51,11 +51,11 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
     queue (a new stream each time, index 0 first) still fills the classes in turn instead of making
     the first class again and again.
     """
-    done = done_indices(dataset_dir, pack_hash, stream_key, pending) | set(busy)
+    done = done_indices(dataset_dir, pack_hash, stream_key, with_handed_over) | set(busy)
     limit = start + (max_scan if max_scan is not None else 100 * n + 1000)
     if not targets:
         return list(islice(_undone(done, start, limit), n))
-    have = counts(dataset_dir, source, pending)
+    have = counts(dataset_dir, source, with_handed_over)
     in_flight = in_flight or {}
     need = {label: still_needed(t, have.get(label, {}).get("accepted", 0), in_flight.get(label, 0))
             for label, t in targets.items()}

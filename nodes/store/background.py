@@ -19,7 +19,7 @@ Errors: the first background error is logged when it happens and raised, naming 
 problem, by the next ``submit`` / ``open`` / ``flush`` of that dataset (then cleared). ``flush``
 waits until every handed-over item is durable; readers that need the items call it (Finalize,
 Evaluate, the filter's history), the process calls it at exit. Resume planners do not wait: they
-count ``pending_records`` as stored (so they neither plan them again nor over-fill a class).
+count ``handed_over_records`` as stored (so they neither plan them again nor over-fill a class).
 
 Plain module: no ComfyUI; a caller passes ``interrupted`` (a callable that raises to cancel) to make
 its waits cancellable. A cancelled wait leaves the queue as it was: a batch is handed over entirely
@@ -40,7 +40,7 @@ from pathlib import Path
 
 from . import masks
 from .layout import DatasetError, DatasetWriteError, check_tree
-from . import in_flight
+from . import handover
 from .fsio import write_bytes
 from .writer import DatasetWriter, Planned, WriteResult, encode_image, to_uint8
 
@@ -79,10 +79,10 @@ class BackgroundWriter:
         self._session = threading.RLock()          # one caller at a time uses the planning writer
         self._queue: deque[_Job] = deque()
         self._busy: _Job | None = None             # the batch being written
-        self._pending: dict[str, dict] = {}        # id -> record, handed over and not durable yet
+        self._handed_over: dict[str, dict] = {}        # id -> record, handed over and not durable yet
         self._error: BaseException | None = None   # first background error not raised yet
         self._lost = 0                             # items not stored since that error
-        self.handed_over = 0                       # batches handed over so far (a change marker)
+        self.batches_handed_over = 0                       # batches handed over so far (a change marker)
         self._planner: DatasetWriter | None = None     # the callers' writer (plan, status, sync writes)
         self._committer: DatasetWriter | None = None   # the worker's writer (durable steps)
         self._thread: threading.Thread | None = None
@@ -101,7 +101,7 @@ class BackgroundWriter:
             if self._planner is None:
                 planner = DatasetWriter(self.dir, image_format, quality, quotas)
                 self._planner = planner.__enter__()
-                planner.share_in_flight(self._pending_copy)   # its synchronous writes see the queue too
+                planner.share_handed_over(self._handed_over_copy)   # its synchronous writes see the queue too
             else:
                 self._planner.configure(image_format, quality, quotas)
                 self._planner.reopen()
@@ -118,9 +118,9 @@ class BackgroundWriter:
             result = WriteResult()
             check_tree(self.dir)
             with self._lock:
-                pending = dict(self._pending)   # before the refresh: stored ones show up there
+                handed_over = dict(self._handed_over)   # before the refresh: stored ones show up there
             writer.refresh()
-            planned = writer.plan(items, models, sampler_settings, result, pending=pending, check_images=True)
+            planned = writer.plan(items, models, sampler_settings, result, handed_over=handed_over, check_images=True)
             if not planned:
                 return result
             job = _Job(planned, writer.format, writer.quality, png_text, dict(writer.quotas))
@@ -132,9 +132,9 @@ class BackgroundWriter:
                         interrupted()
                     self._raise_locked()
                 for p in planned:
-                    self._pending[p.rec["id"]] = p.rec
+                    self._handed_over[p.rec["id"]] = p.rec
                 self._queue.append(job)
-                self.handed_over += 1
+                self.batches_handed_over += 1
                 self._changed.notify_all()
             for p in planned:
                 result.written[p.rec["decision"]] += 1
@@ -143,26 +143,26 @@ class BackgroundWriter:
 
     def status(self, writer: DatasetWriter) -> dict[str, dict]:
         """``writer.status()`` with the items handed over and not stored yet counted as stored."""
-        return writer.status(pending=self.pending_records())
+        return writer.status(handed_over=self.handed_over_records())
 
-    def _pending_copy(self) -> dict[str, dict]:
+    def _handed_over_copy(self) -> dict[str, dict]:
         with self._lock:
-            return dict(self._pending)
+            return dict(self._handed_over)
 
-    def pending_records(self) -> list[dict]:
+    def handed_over_records(self) -> list[dict]:
         """Records handed over and not durable yet (a snapshot)."""
         with self._lock:
-            return list(self._pending.values())
+            return list(self._handed_over.values())
 
-    records = pending_records   # the in_flight source interface
+    records = handed_over_records   # the handover source interface
 
     def batches(self) -> int:
-        return self.handed_over
+        return self.batches_handed_over
 
-    def in_flight(self) -> int:
+    def handed_over_count(self) -> int:
         """Items handed over and not durable yet."""
         with self._lock:
-            return len(self._pending)
+            return len(self._handed_over)
 
     def backlog(self) -> int:
         """Batches handed over and not finished: waiting + the one being written (<= max_batches + 1)."""
@@ -197,10 +197,10 @@ class BackgroundWriter:
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join()
             with _REGISTRY_LOCK:
-                key = in_flight.dataset_key(self.dir)
+                key = handover.dataset_key(self.dir)
                 if _REGISTRY.get(key) is self:
                     del _REGISTRY[key]
-                    in_flight.unregister(self.dir, self)
+                    handover.unregister(self.dir, self)
 
     def _raise_locked(self) -> None:
         error, lost = self._error, self._lost
@@ -242,7 +242,7 @@ class BackgroundWriter:
             finally:
                 with self._lock:
                     for p in job.planned:
-                        self._pending.pop(p.rec["id"], None)   # durable (in the manifest) or lost
+                        self._handed_over.pop(p.rec["id"], None)   # durable (in the manifest) or lost
                     self._busy = None
                     self._changed.notify_all()
 
@@ -275,7 +275,7 @@ class BackgroundWriter:
                     p.image_data = p.mask_data = None
             with self._lock:
                 for p in chunk:
-                    self._pending.pop(p.rec["id"], None)
+                    self._handed_over.pop(p.rec["id"], None)
                 self._changed.notify_all()
             raced = sum(result.skipped_duplicate.values()) + result.skipped_quota
             if raced:   # another process stored the same items, or filled the class, since they were planned
@@ -309,12 +309,12 @@ _ATEXIT = []
 def for_dataset(dataset_dir, **options) -> BackgroundWriter:
     """This process's background writer of ``dataset_dir`` (made on first use; ``options`` are
     ``BackgroundWriter``'s and only apply then)."""
-    key = in_flight.dataset_key(dataset_dir)
+    key = handover.dataset_key(dataset_dir)
     with _REGISTRY_LOCK:
         bw = _REGISTRY.get(key)
         if bw is None or bw._pid != os.getpid():   # none yet, or inherited through fork (no worker here)
             bw = _REGISTRY[key] = BackgroundWriter(dataset_dir, **options)
-            in_flight.register(dataset_dir, bw)   # readers see its items without importing this module
+            handover.register(dataset_dir, bw)   # readers see its items without importing this module
             if not _ATEXIT:
                 atexit.register(flush_all)
                 _ATEXIT.append(True)
@@ -327,7 +327,7 @@ def existing(dataset_dir) -> BackgroundWriter | None:
     if not _REGISTRY:
         return None
     with _REGISTRY_LOCK:
-        bw = _REGISTRY.get(in_flight.dataset_key(dataset_dir))
+        bw = _REGISTRY.get(handover.dataset_key(dataset_dir))
     return bw if bw is not None and bw._pid == os.getpid() else None
 
 

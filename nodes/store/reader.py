@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.records import GENERATED
-from . import embeddings, in_flight, manifest
+from . import embeddings, handover, manifest
 from .fsio import open_nofollow
 from .layout import EMBEDDINGS, MANIFEST
 
@@ -59,13 +59,13 @@ def class_counts(records, source: str | None = None) -> dict[str, dict[str, int]
     return out
 
 
-def live_records(dataset_dir, which: str = "all", pending: bool = False) -> list[dict]:
-    """Live records in manifest order; with ``pending``, also the records this process handed to
-    its background writer and has not stored yet (``background.py``; after the stored ones)."""
+def live_records(dataset_dir, which: str = "all", with_handed_over: bool = False) -> list[dict]:
+    """Live records in manifest order; ``with_handed_over``: also the records this process handed
+    over to its background writer and has not stored yet (``handover.py``; after the stored ones)."""
     if which not in _WHICH:
         raise ValueError(f"which={which!r}: choose one of {sorted(_WHICH)}")
     keep = _WHICH[which]
-    ahead = in_flight.records(dataset_dir) if pending else []   # before the read: one stored meanwhile shows there
+    ahead = handover.records(dataset_dir) if with_handed_over else []   # before the read: one stored meanwhile shows there
     view = _live_view(dataset_dir)
     out = [r for r in view.values() if r["decision"] in keep]
     return out + [r for r in ahead if r["id"] not in view and r["decision"] in keep]
@@ -147,7 +147,7 @@ def history_fingerprint(dataset_dir) -> str:
     """Cheap change marker (size + mtime of the manifest and embedding stores, whether the folder
     exists at all, and how many batches this process handed to its background writer, which are
     on their way into the manifest) for ComfyUI's ``fingerprint_inputs``."""
-    parts = [f"folder:{Path(dataset_dir).is_dir()}", f"handed_over:{in_flight.batches(dataset_dir)}"]
+    parts = [f"folder:{Path(dataset_dir).is_dir()}", f"handed_over:{handover.batches(dataset_dir)}"]
     for path in [Path(dataset_dir) / MANIFEST, *sorted((Path(dataset_dir) / EMBEDDINGS).glob("*.bin"))]:
         try:
             st = path.stat()

@@ -114,14 +114,14 @@ class DatasetWriter:
         self._inode = None
         self._current: dict | None = None  # record being placed (names the file in errors)
         self._writing = "file"             # which of its files: "file" (the image) or "mask"
-        # set by a background writer sharing this one (``share_in_flight``): () -> {id: record}
+        # set by a background writer sharing this one (``share_handed_over``): () -> {id: record}
         # handed over and not stored yet; ``write`` skips those ids and counts them toward quotas
-        self._in_flight = None
+        self._handed_over = None
 
-    def share_in_flight(self, in_flight) -> None:
-        """``in_flight() -> {id: record}``: items a background writer took over from this writer and
-        has not stored yet; synchronous ``write`` calls treat them as stored (skip, count)."""
-        self._in_flight = in_flight
+    def share_handed_over(self, handed_over) -> None:
+        """``handed_over() -> {id: record}``: items a background writer took over from this writer
+        and has not stored yet; synchronous ``write`` calls treat them as stored (skip, count)."""
+        self._handed_over = handed_over
 
     def configure(self, image_format: str = "png", quality: int = 95, quotas: dict | None = None) -> None:
         """Format, quality and quotas of the next writes (a long-lived writer changes them per call)."""
@@ -209,13 +209,13 @@ class DatasetWriter:
         return folder
 
     # -- public API ------------------------------------------------------------------------
-    def status(self, pending=()) -> dict[str, dict]:
+    def status(self, handed_over=()) -> dict[str, dict]:
         """{label: {accepted, rejected, target, missing}} (target/missing None without a quota).
-        ``pending``: records handed to a background writer, counted as stored (take the snapshot
+        ``handed_over``: records handed to a background writer, counted as stored (take the snapshot
         before this call: one stored meanwhile is then counted once)."""
         self.refresh()
         counts = self._counts
-        ahead = [rec for rec in pending if rec["id"] not in self._ids]
+        ahead = [rec for rec in handed_over if rec["id"] not in self._ids]
         if ahead:
             counts = {label: dict(c) for label, c in counts.items()}
             for rec in ahead:
@@ -240,8 +240,8 @@ class DatasetWriter:
         with DatasetLock(self.dir):
             check_tree(self.dir)   # no symlink may have appeared since the open
             self.refresh()
-            in_flight = self._in_flight() if self._in_flight is not None else None
-            planned = self.plan(items, models, sampler_settings, result, pending=in_flight)
+            handed_over = self._handed_over() if self._handed_over is not None else None
+            planned = self.plan(items, models, sampler_settings, result, handed_over=handed_over)
             placed: list[tuple[dict, ScoredItem]] = []
             error, self._current = None, None
             mark_dirty(self.dir)
@@ -258,12 +258,12 @@ class DatasetWriter:
         return result
 
     def plan(self, items: list[ScoredItem], models: dict | None = None, sampler_settings: dict | None = None,
-             result: WriteResult | None = None, pending: dict[str, dict] | None = None,
+             result: WriteResult | None = None, handed_over: dict[str, dict] | None = None,
              check_images: bool = False) -> list[Planned]:
         """What ``write`` stores of ``items``, decided without writing anything: refuses bad labels
         and masks (with ``check_images``, image shapes too) for the whole batch; skips duplicates (of the dataset as last read, of
-        ``pending`` records handed to a background writer and not stored yet, within the batch) and
-        accepted items past their class quota (``pending`` ones count), counting both in ``result``;
+        ``handed_over`` records handed to a background writer and not stored yet, within the batch) and
+        accepted items past their class quota (``handed_over`` ones count), counting both in ``result``;
         builds each stored item's record. The caller refreshes the state first."""
         result = result if result is not None else WriteResult()
         for item in items:  # label problems are refused before anything is written
@@ -273,7 +273,7 @@ class DatasetWriter:
         for n, item in enumerate(items if check_images else ()):   # and images that cannot be stored
             check_image(item.image, _where(n, item))
         # records handed over earlier and stored since are in the state already: never count twice
-        ahead = [rec for rid, rec in (pending or {}).items() if rid not in self._ids]
+        ahead = [rec for rid, rec in (handed_over or {}).items() if rid not in self._ids]
         ahead_ids = {rec["id"] for rec in ahead}
         planned: list[Planned] = []
         batch_ids: set[str] = set()
@@ -490,13 +490,13 @@ def run_line(result: WriteResult) -> str:
     return line
 
 
-def summary(path, result: WriteResult | None, status: dict, in_flight: int = 0) -> str:
+def summary(path, result: WriteResult | None, status: dict, handed_over: int = 0) -> str:
     """The writer node's text: the folder, this run (if it wrote generated images), how many items
     are still being written in the background, then per-class counts toward the quota (which count
     those items)."""
     lines = [str(path)] + ([run_line(result)] if result is not None else [])
-    if in_flight:
-        lines.append(f"{in_flight} being written in the background (on disk before Finalize, Evaluate or "
+    if handed_over:
+        lines.append(f"{handed_over} being written in the background (on disk before Finalize, Evaluate or "
                      "the filter's history reads the dataset)")
     lines += [f"{label}: {s['accepted']} accepted, {s['rejected']} rejected"
               + (f", {s['missing']} missing" if s.get("missing") is not None else "")

@@ -72,7 +72,7 @@ def test_background_then_flush_stores_what_the_sync_path_stores(tmp_path, fmt):
         with bw.open(image_format=fmt, quotas=quotas) as w:
             bg_results.append(bw.submit(w, [_masked(i) for i in batch], models, sampler, text))
     bw.flush()
-    assert bw.in_flight() == 0
+    assert bw.handed_over_count() == 0
     for a, b in zip(sync_results, bg_results):
         assert (a.written, a.skipped_duplicate, a.skipped_quota) == (b.written, b.skipped_duplicate, b.skipped_quota)
         assert [p.relative_to(tmp_path / "sync") for p in a.paths] == [p.relative_to(tmp_path / "bg") for p in b.paths]
@@ -95,7 +95,7 @@ def test_status_counts_handed_over_items_and_summary_says_so(tmp_path):
     with bw.open(quotas={"cat": 2, "dog": 2, "tea cup": 2}) as w:
         res = bw.submit(w, make_items(range(6), accepted=True))
         status = bw.status(w)
-        in_flight = bw.in_flight()
+        in_flight = bw.handed_over_count()
     assert res.written == {"accepted": 6, "rejected": 0} and in_flight == 6
     assert {label: s["accepted"] for label, s in status.items()} == {"cat": 2, "dog": 2, "tea cup": 2}
     assert all(s["missing"] == 0 for s in status.values())
@@ -115,7 +115,7 @@ def test_queue_never_exceeds_its_bound(tmp_path):
     seen = []
 
     def slow(*args):
-        seen.append((bw.backlog(), bw.in_flight()))   # measured inside the worker, while it writes
+        seen.append((bw.backlog(), bw.handed_over_count()))   # measured inside the worker, while it writes
         threading.Event().wait(0.01)
         encode_image(*args)
 
@@ -206,7 +206,7 @@ def test_bad_image_is_refused_before_anything_is_handed_over(tmp_path):
     bw = background.for_dataset(tmp_path / "ds")
     with bw.open() as w, pytest.raises(ValueError, match=r"item 1 \(label 'tea cup', index 5\).*shape \(4, 4, 2\)"):
         bw.submit(w, [make_item(1), bad])
-    assert bw.in_flight() == 0 and bw.handed_over == 0
+    assert bw.handed_over_count() == 0 and bw.batches_handed_over == 0
 
 
 def test_finalize_and_readers_see_handed_over_items(tmp_path):
@@ -230,7 +230,7 @@ def test_finalize_and_readers_see_handed_over_items(tmp_path):
     with bw.open() as w:
         bw.submit(w, streamed(range(3, 9)))
     assert history_fingerprint(ds) != before   # a hand-over changes the marker before the manifest does
-    assert live_records(ds) == [] and len(live_records(ds, pending=True)) == 9
+    assert live_records(ds) == [] and len(live_records(ds, with_handed_over=True)) == 9
     # resume planning counts items on their way as stored: never planned twice
     key = StreamKey("s", 0, "generated")
     labels = ("cat", "dog", "tea cup")
@@ -241,7 +241,7 @@ def test_finalize_and_readers_see_handed_over_items(tmp_path):
     report = finalize(ds, echo=False)          # flushes first: all 9 items are in the report
     timer.join()
     assert sum(c["accepted"] + c["rejected"] for c in report.per_class.values()) == 9
-    assert len(check_consistent(ds)) == 9 and bw.in_flight() == 0
+    assert len(check_consistent(ds)) == 9 and bw.handed_over_count() == 0
 
 
 def test_interrupted_while_waiting_for_a_slot_hands_nothing_over(tmp_path):
@@ -265,7 +265,7 @@ def test_interrupted_while_waiting_for_a_slot_hands_nothing_over(tmp_path):
         bw.submit(w, make_items(range(2, 4)))       # waiting in the queue
         with pytest.raises(Cancelled):
             bw.submit(w, make_items(range(4, 6)), interrupted=cancel)   # the queue is full: cancelled
-    assert bw.in_flight() == 4 and bw.backlog() == 2 and bw.handed_over == 2
+    assert bw.handed_over_count() == 4 and bw.backlog() == 2 and bw.batches_handed_over == 2
     with pytest.raises(Cancelled):
         bw.flush(interrupted=cancel)                # a cancelled flush leaves the queue going
     gate.set()

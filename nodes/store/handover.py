@@ -1,4 +1,4 @@
-"""Items this process handed to a background writer and has not stored yet, per dataset.
+"""Items this process handed over to a background writer and has not stored yet, per dataset.
 
 A leaf module: the background writer (``background.py``) registers each dataset's source here,
 and readers (``reader.py``) ask it, so neither imports the other and no import cycle runs through
