@@ -141,7 +141,7 @@ def _redecide(dataset_dir: Path, records: list[dict], decide_fn: DecideFn, resul
     if len(decisions) != len(records):
         raise ValueError(f"decide_fn returned {len(decisions)} decisions for {len(records)} records")
     method = getattr(decide_fn, "method", None)
-    out, pending = [], []
+    out, updated_in_place = [], []
     for rec, decision in zip(records, decisions):
         accepted, threshold, reason, provisional = decision
         new = dict(rec, decision="accepted" if accepted else "rejected", reason=str(reason),
@@ -159,12 +159,12 @@ def _redecide(dataset_dir: Path, records: list[dict], decide_fn: DecideFn, resul
             result.moved["to_accepted" if accepted else "to_rejected"] += 1
         elif (new["reason"], new["threshold"], new["provisional"], new.get("method")) != (
                 rec.get("reason"), rec.get("threshold"), rec.get("provisional"), rec.get("method")):
-            pending.append(new)
+            updated_in_place.append(new)
         else:
             new = rec
         out.append(new)
-    if pending:
-        manifest.append(dataset_dir, pending)
+    if updated_in_place:
+        manifest.append(dataset_dir, updated_in_place)
     return out
 
 

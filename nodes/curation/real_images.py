@@ -31,26 +31,26 @@ def import_real(writer, realset: RealSet, counts_toward_quota: bool = False,
                 check_interrupt: Callable[[], None] = lambda: None) -> ImportResult:
     """Store the set's images that ``writer`` (an open ``DatasetWriter``) does not hold yet."""
     result = ImportResult()
-    pending = []
+    batch = []
     for i in range(len(realset.images)):
         check_interrupt()
         digest = file_digest(realset.images[i].path)
         if writer.stored(item_id(real_item(realset, i, digest, counts_toward_quota, load=False))):
             result.already += 1
             continue
-        pending.append(real_item(realset, i, digest, counts_toward_quota))
-        if len(pending) >= BATCH:
-            _flush(writer, pending, result)
-    _flush(writer, pending, result)
+        batch.append(real_item(realset, i, digest, counts_toward_quota))
+        if len(batch) >= BATCH:
+            _flush(writer, batch, result)
+    _flush(writer, batch, result)
     return result
 
 
-def _flush(writer, pending: list, result: ImportResult) -> None:
-    if not pending:
+def _flush(writer, batch: list, result: ImportResult) -> None:
+    if not batch:
         return
-    written = writer.write(pending)
+    written = writer.write(batch)
     result.written += written.written["accepted"]
     result.already += written.skipped_duplicate["accepted"]   # the same file twice in the set
     result.over_quota += written.skipped_quota
     result.paths += written.paths
-    pending.clear()
+    batch.clear()
