@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -14,6 +15,27 @@ MIN_SIZE, MAX_SIZE = 64, 4096
 MAX_PIXELS = 8192 * 8192          # 64 megapixels: refused before decoding
 FITS = ("crop", "pad")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
+
+
+@contextmanager
+def pillow_errors(path, error=FewShotError):
+    """Decoding inside: Pillow's failures become ``error(path, problem)`` in one wording (the
+    decompression-bomb warning is silenced: callers refuse large images themselves, and Pillow's
+    own bomb error stays on). A ``FewShotError`` raised inside passes through."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except FewShotError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise error(path, "is not an image file Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise error(path, f"image is too large to decode safely ({e})") from None
+    except FileNotFoundError:
+        raise error(path, "image file does not exist") from None
+    except _DECODE_ERRORS as e:
+        raise error(path, f"image cannot be decoded (truncated or damaged?): {e}") from None
 
 
 def load_image(path, size: int, fit: str = "crop") -> np.ndarray:
@@ -31,27 +53,13 @@ def load_image(path, size: int, fit: str = "crop") -> np.ndarray:
         raise FewShotError(path, f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if os.path.islink(path):
         raise FewShotError(path, "is a symlink; real images are read only from real files")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below anyway
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise FewShotError(path, f"image is {w} x {h} = {w * h / 1e6:.1f} megapixels; at most "
-                                       f"{MAX_PIXELS / 1e6:.1f} (8192 x 8192) are read")
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                im = _normalise(im)
-    except FewShotError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise FewShotError(path, "is not an image file Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise FewShotError(path, f"image is too large to decode safely ({e})") from None
-    except FileNotFoundError:
-        raise FewShotError(path, "image file does not exist") from None
-    except _DECODE_ERRORS as e:
-        raise FewShotError(path, f"image cannot be decoded (truncated or damaged?): {e}") from None
+    with pillow_errors(path), Image.open(path) as im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise FewShotError(path, f"image is {w} x {h} = {w * h / 1e6:.1f} megapixels; at most "
+                               f"{MAX_PIXELS / 1e6:.1f} (8192 x 8192) are read")
+        im.load()
+        im = _normalise(ImageOps.exif_transpose(im))
     return _fit(im, size, fit)
 
 

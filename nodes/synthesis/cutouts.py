@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..fewshot.imageset import scan
-from ..fewshot.pixels import MAX_PIXELS
+from ..fewshot.pixels import MAX_PIXELS, pillow_errors
 from ..fewshot.realset import MAX_FILE_BYTES
 from .errors import SynthesisError
 
@@ -33,7 +31,6 @@ MASK_TAG = "_mask"                 # <stem>_mask.png is the mask of <stem>.<any 
 MAX_FILES = 1_000                  # files (cutouts and masks) per set
 MAX_CUTOUT_PIXELS = 4096 * 4096    # per cutout file, checked from the header before decoding
 MAX_CUTOUT_BYTES = 2 * 1024 ** 3   # float32 rgb + alpha of every cropped cutout together
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,24 +148,14 @@ def _read(path: Path) -> bytes:
 
 
 def _decode(path: Path, data: bytes, max_pixels: int) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # refused below anyway
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > max_pixels:
-                raise SynthesisError(path, f"image is {w} x {h} = {w * h / 1e6:.1f} megapixels; at most "
-                                     f"max_pixels={max_pixels} ({max_pixels / 1e6:.1f} MP) are read per cutout")
-            im.load()
-            return ImageOps.exif_transpose(im)
-    except SynthesisError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise SynthesisError(path, "is not an image file Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise SynthesisError(path, f"image is too large to decode safely ({e})") from None
-    except _DECODE_ERRORS as e:
-        raise SynthesisError(path, f"image cannot be decoded (truncated or damaged?): {e}") from None
+    with pillow_errors(path, SynthesisError):
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if w * h > max_pixels:
+            raise SynthesisError(path, f"image is {w} x {h} = {w * h / 1e6:.1f} megapixels; at most "
+                                 f"max_pixels={max_pixels} ({max_pixels / 1e6:.1f} MP) are read per cutout")
+        im.load()
+        return ImageOps.exif_transpose(im)
 
 
 def _planes(path: Path, im: Image.Image, keep_alpha: bool) -> tuple[np.ndarray, np.ndarray | None]:
