@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import threading
 import warnings
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from ..fewshot.imageset import IMAGE_SUFFIXES
 from ..fewshot.pixels import MAX_PIXELS, MAX_SIZE, MIN_SIZE, load_image
 from ..fewshot.realset import file_digest
 from .errors import SynthesisError
+from .flat_folder import Wording, flat_files
 
 MAX_BACKGROUNDS = 10_000
 CACHE_BYTES = 1024 ** 3        # fitted float32 backgrounds kept in memory
@@ -95,32 +95,20 @@ def load_backgrounds(source, *, max_files: int = MAX_BACKGROUNDS, cache_bytes: i
     return Backgrounds([_array_entry(k, a) for k, a in enumerate(arrays)], f"{len(arrays)} array(s)", cache_bytes)
 
 
+_WORDING = Wording(
+    missing="folder of backgrounds does not exist",
+    folder_link="is a symlink; give the real folder of backgrounds",
+    not_folder="is not a folder; backgrounds are read from a flat folder of images",
+    entry_link="is a symlink; backgrounds are read only from real files",
+    entry_folder="is a folder; backgrounds are read from one flat folder (move its images up, or point to it instead)",
+    plural="backgrounds")
+
+
 def _scan(folder: Path, max_files: int) -> list[Background]:
-    try:
-        mode = os.lstat(folder).st_mode
-    except FileNotFoundError:
-        raise SynthesisError(folder, "folder of backgrounds does not exist") from None
-    if stat.S_ISLNK(mode):
-        raise SynthesisError(folder, "is a symlink; give the real folder of backgrounds")
-    if not stat.S_ISDIR(mode):
-        raise SynthesisError(folder, "is not a folder; backgrounds are read from a flat folder of images")
-    with os.scandir(folder) as it:
-        listing = sorted(it, key=lambda e: e.name)
     out = []
-    for entry in listing:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_symlink():
-            raise SynthesisError(entry.path, "is a symlink; backgrounds are read only from real files")
-        if entry.is_dir(follow_symlinks=False):
-            raise SynthesisError(entry.path, "is a folder; backgrounds are read from one flat folder (move its "
-                                 "images up, or point to it instead)")
-        if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
-            continue
-        if len(out) >= max_files:
-            raise SynthesisError(folder, f"holds more than max_files={max_files} backgrounds")
-        _check_header(Path(entry.path))
-        out.append(Background(entry.name, file_digest(entry.path), Path(entry.path)))
+    for path in flat_files(folder, IMAGE_SUFFIXES, max_files, _WORDING):
+        _check_header(path)
+        out.append(Background(path.name, file_digest(path), path))
     if not out:
         raise SynthesisError(folder, "folder holds no background image (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
     return out

@@ -37,8 +37,6 @@ import io
 import itertools
 import json
 import math
-import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +50,7 @@ from ..fewshot.pixels import MAX_SIZE, MIN_SIZE
 from ..fewshot.realset import MAX_FILE_BYTES
 from .draws import Draws
 from .errors import SynthesisError
+from .flat_folder import Wording, flat_files
 
 SOURCE = "defect_masks"
 FORMAT = "defect_masks/1"      # part of the stream: bump when the same inputs would give other masks
@@ -110,32 +109,22 @@ class RealMask:
     mask: np.ndarray               # bool, cropped to the defect's bounding box
 
 
+_MASK_WORDING = Wording(
+    missing="folder of real masks does not exist",
+    folder_link="is not a real folder; give the folder of mask PNGs itself",
+    not_folder="is not a real folder; give the folder of mask PNGs itself",
+    entry_link="is a symlink or folder; real masks are read from one flat folder of PNG files",
+    entry_folder="is a symlink or folder; real masks are read from one flat folder of PNG files",
+    plural="masks")
+
+
 def load_real_masks(folder, max_files: int = MAX_REAL_MASKS) -> list[RealMask]:
     """The PNG masks of a flat folder, in name order (other files and dot-files are skipped).
     Refused (``SynthesisError`` naming the file or folder): a missing folder, a symlink, a
     subfolder, no PNG at all, more than ``max_files``, an unreadable or oversized file, a mask with
     no defect pixel, a mask that is defect everywhere."""
     folder = Path(folder)
-    try:
-        mode = os.lstat(folder).st_mode
-    except FileNotFoundError:
-        raise SynthesisError(folder, "folder of real masks does not exist") from None
-    if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-        raise SynthesisError(folder, "is not a real folder; give the folder of mask PNGs itself")
-    with os.scandir(folder) as it:
-        listing = sorted(it, key=lambda e: e.name)
-    out = []
-    for entry in listing:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_symlink() or entry.is_dir(follow_symlinks=False):
-            raise SynthesisError(entry.path, "is a symlink or folder; real masks are read from one flat folder "
-                                 "of PNG files")
-        if not entry.name.lower().endswith(".png"):
-            continue
-        if len(out) >= max_files:
-            raise SynthesisError(folder, f"holds more than max_files={max_files} masks")
-        out.append(_read_mask(Path(entry.path)))
+    out = [_read_mask(path) for path in flat_files(folder, {".png"}, max_files, _MASK_WORDING)]
     if not out:
         raise SynthesisError(folder, "folder holds no mask PNG (*.png, > 127 = defect)")
     return out
