@@ -304,9 +304,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-filter", action="store_true", help="skip the filter encoder comparison")
     ap.add_argument("--no-train", action="store_true", help="skip the LoRA training phase")
     ap.add_argument("--train-size", type=int, help="training image side (default 1024; 64 with --dry-run)")
-    ap.add_argument("--budget", type=float, default=470.0, help="seconds: later phases are skipped past it")
+    ap.add_argument("--budget", type=float, help="seconds: later phases are skipped past it (default 470 on a "
+                    "GPU, where device time is short; none with --dry-run, which must run every phase)")
     args = ap.parse_args(argv)
     dry = args.dry_run
+    if args.budget is None:
+        args.budget = float("inf") if dry else 470.0
     shapes = (args.shapes or ("tiny" if dry else "medium,large")).split(",")
     items = args.items or (3 if dry else 4)
     size, steps = args.size or (128 if dry else 1024), args.steps or (4 if dry else 28)
