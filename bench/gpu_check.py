@@ -273,7 +273,10 @@ def train_speed(comfyui: Path, device: str, shape: str, size: int, steps: str, r
         peak = f", peak {row['peak_reserved_gib']:.1f} GiB reserved" if "peak_reserved_gib" in row else ""
         fits = ", fits " + " ".join(f"{cap} GiB: {'yes' if ok is True else 'no' if ok is False else ok}"
                                     for cap, ok in row.get("fits_gib", {}).items()) if row.get("fits_gib") else ""
-        report.say(f"  {name}: {row['seconds_per_step']:.3f} s per step{peak}{fits}; loss finite: {row['finite_loss']}")
+        step = (f"{row['seconds_per_step']:.3f} s per step" if row["seconds_per_step"] is not None else
+                "s per step lost in noise")
+        report.say(f"  {name}: {step} (at most {row['seconds_per_step_upper']:.3f} with set-up){peak}{fits}; "
+                   f"loss finite: {row['finite_loss']}")
     report.put(f"train_{shape}", result)
     return result
 
