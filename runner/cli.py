@@ -14,6 +14,7 @@ from ..nodes.prompting.sampler import MAX_COUNT
 from ..nodes.store.layout import DatasetError
 from .api import ComfyError
 from .local_server import LocalServerError
+from .run import MIX_SOURCES, RunError, max_items_budget
 from .workflow import Workflow, WorkflowError
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -71,9 +72,6 @@ def quota_arg(value: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e}, got {value!r}") from None
     return value
-
-
-MIX_SOURCES = ("sd", "copy_paste")
 
 
 def mix_arg(text: str) -> dict[str, Fraction]:
@@ -205,7 +203,7 @@ def prepare(args) -> tuple:
     """Workflow with overrides, the local sampler (None without one), and run settings from parsed
     arguments."""
     from .packs import local_sampler
-    from .scheduler import RunSettings
+    from .run import RunSettings
 
     wf = Workflow.load(args.workflow)
     for assignment in args.set:
@@ -235,7 +233,7 @@ def prepare(args) -> tuple:
             wf.set_input(wf.copy_paste_id, "count", args.per_prompt)
     max_items = args.max_items
     if max_items is None and targets:
-        max_items = 20 * sum(targets.values()) + 20
+        max_items = max_items_budget(targets.values())
     ray = getattr(args, "ray", None) is not None
     servers = args.server or []
     if len(servers) > 1 and not ray:
@@ -361,7 +359,6 @@ def main(argv=None) -> int:
         return run_dataset_command(args)
     if args.command == "evaluate":
         return cmd_evaluate(args)
-    from .scheduler import RunError
     try:
         if args.command == "queue":
             return cmd_queue(args)

@@ -185,7 +185,8 @@ def pick_port(port: int, tiny: bool, say) -> tuple[int, bool]:
 
 
 def cmd_demo(args) -> int:
-    from .scheduler import QueueRun, RunSettings
+    from .run import RunSettings, max_items_budget
+    from .scheduler import QueueRun
 
     t0 = time.monotonic()
 
@@ -260,7 +261,7 @@ def cmd_demo(args) -> int:
         wf.set_writer_quota(args.quota)
         say(f"queueing {args.quota} accepted image(s) for each of {len(targets)} classes ...")
         settings = RunSettings(server=url, targets=targets, output_dir=output_dir,
-                               max_items=20 * sum(targets.values()) + 20)
+                               max_items=max_items_budget(targets.values()))
         result = QueueRun(wf, sampler, settings, Progress(every=2.0)).run()
         cp_dataset = run_copy_paste_step(url, wf, sets, args.quota, tiny, output_dir, say) if sets else None
     finally:

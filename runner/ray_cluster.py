@@ -108,7 +108,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        from .scheduler import RunError
+        from .run import RunError
 
         raise RunError(f"--ray needs Ray on this machine: {INSTALL_HINT}") from None
     return ray

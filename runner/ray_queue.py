@@ -24,10 +24,22 @@ from urllib.parse import urlparse
 
 from ..nodes.store.ingest import DatasetIngest
 from .dataset_view import DatasetView
-from .planner import Job, Planner
+from .planner import Job
 from .progress import Progress, status_line
 from .ray_worker import ComfyWorker, WorkerSpec
-from .scheduler import MAX_ERRORS_IN_A_ROW, SD, SOURCE, RunError, RunResult, RunSettings, why_short
+from .run import (
+    GENERATED,
+    ErrorStreak,
+    RunError,
+    RunResult,
+    RunSettings,
+    build_planner,
+    in_flight_labels,
+    item_failed_message,
+    pack_mismatch,
+    why_short,
+    writer_quota,
+)
 from .workflow import Workflow
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
@@ -163,17 +175,14 @@ class RayQueueRun:
             raise RunError("--ray needs --output-dir: the folder of the central dataset")
         self.dataset_dir = Path(settings.output_dir).absolute() / self.dataset
         self.pack_hash, self.stream = sampler.pack.pack_hash, sampler.stream
-        limit = sampler.total if sampler.mode == "exhaustive" else None
-        self.planner = Planner(sampler.label_of, targets=settings.targets, items=settings.items, start=settings.start,
-                               per_prompt=settings.per_prompt, limit=limit, retries=settings.retries,
-                               max_queued=settings.max_items)
+        self.planner = build_planner(sampler, settings, settings.targets)
         self.view = DatasetView(self.dataset_dir, self.pack_hash, sampler.stream_key)
         self.ingest = None if shared_output else DatasetIngest(self.dataset_dir, quotas=settings.targets)
         self.token = uuid.uuid4().hex[:8]
         self.in_flight: dict = {}          # ObjectRef -> (job, worker slot)
         self.finished = [0] * len(pool.actors)
         self.items_done = 0
-        self.errors_in_a_row = 0
+        self.error_streak = ErrorStreak()
         self._errors_seen = len(pool.errors)
         self.t0 = time.monotonic()
 
@@ -225,18 +234,17 @@ class RayQueueRun:
             load[slot] += 1
         for slot in sorted(range(len(load)), key=lambda s: load[s]):
             while self.pool.alive[slot] and self.pool.up[slot] and load[slot] < self.cfg.pending:
-                job = self.planner.next_job(done, accepted, self._in_flight_labels(done))
+                job = self.planner.next_job(done, accepted, in_flight_labels((job for job, _ in self.in_flight.values()), done, self.planner.label_of))
                 if job is None:
                     return
                 self._submit(job, slot)
                 load[slot] += 1
 
     def _submit(self, job: Job, slot: int) -> None:
-        quota = None
-        if self.shared and self.cfg.targets:
-            quota = max(self.cfg.targets.values())   # the writer's safety net, as the HTTP client sets it
-        graph = self.wf.item_graph(job.indices[0], len(job.indices), copy_paste=False,
-                                   writer_quota=quota if self.shared else 0)
+        quota = 0   # a scratch dataset holds this worker's items only: no net
+        if self.shared:   # the central dataset: the writer's safety net, as the HTTP client sets it
+            quota = writer_quota(self.cfg.targets, 0, self.view.accepted_outside({GENERATED}))
+        graph = self.wf.item_graph(job.indices[0], len(job.indices), copy_paste=False, writer_quota=quota)
         block = {"run": self.token, "graph": graph, "indices": list(job.indices), "writer": self.wf.writer_id,
                  "dataset": self.dataset, "stream": self.stream}
         ref = self.pool.actors[slot].run_block.remote(block)
@@ -279,26 +287,22 @@ class RayQueueRun:
             if out.get("error"):
                 self._errored(job, slot, out["error"])
                 continue
-            self.errors_in_a_row = 0
+            self.error_streak.ok()
             good.append((job, slot, out))
         if good:
             self._store(good)
 
     def _errored(self, job: Job, slot: int, error: str) -> None:
         retried = self.planner.errored(job)
-        self.errors_in_a_row += 1
-        self.progress.message(f"item {_items(job)} failed on Ray {self.pool.labels[slot]}: {error}"
-                              + (" (will retry)" if retried else f" (gave up after {job.errors} tries)"))
-        if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-            raise RunError(f"{self.errors_in_a_row} prompts in a row failed; last error: {error}; fix it and run the "
-                           "same command again to resume")
+        self.progress.message(item_failed_message(job, f"Ray {self.pool.labels[slot]}", error, retried))
+        self.error_streak.failed(error)
 
     def _store(self, good) -> None:
         items = [it for _, _, out in good for it in out.get("items") or []]
         foreign = {it.record.get("pack_hash") for it in items} - {self.pack_hash}
         if foreign:
-            raise RunError(f"the Ray workers' prompt pack {self.sampler.pack.name!r} differs from the local copy "
-                           f"({self.sampler.pack.source}); give them the same pack (or pass --pack-dir with theirs)")
+            raise pack_mismatch(self.sampler.pack, "the Ray workers'",
+                                "give them the same pack (or pass --pack-dir with theirs)")
         refused = set()
         if items and self.ingest is not None:
             result = self.ingest.store(items)
@@ -325,22 +329,13 @@ class RayQueueRun:
 
     # --------------------------------------------------------------------------------- views
     def _accepted(self) -> dict[str, int]:
-        return {label: c["accepted"] for label, c in self.view.counts(SOURCE[SD]).items()}
-
-    def _in_flight_labels(self, done: set[int]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for job, _ in self.in_flight.values():
-            for i in job.indices:
-                if i not in done:
-                    label = self.sampler.label_of(i)
-                    out[label] = out.get(label, 0) + 1
-        return out
+        return {label: c["accepted"] for label, c in self.view.counts(GENERATED).items()}
 
     def _status(self) -> str:
         alive = sum(self.pool.alive)
         workers = f"{alive} Ray worker" + ("s" if alive != 1 else "")
         in_flight = sum(len(job.indices) for job, _ in self.in_flight.values())
-        return status_line(self.view.refresh().counts(SOURCE[SD]), self.cfg.targets, self.cfg.items, in_flight,
+        return status_line(self.view.refresh().counts(GENERATED), self.cfg.targets, self.cfg.items, in_flight,
                            workers, time.monotonic() - self.t0, self.items_done)
 
     def _result(self) -> RunResult:
@@ -350,11 +345,6 @@ class RayQueueRun:
                          queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
                          elapsed=time.monotonic() - self.t0,
                          servers=dict(zip(self.pool.labels, self.finished)))
-
-
-def _items(job: Job) -> str:
-    i = job.indices
-    return str(i[0]) if len(i) == 1 else f"{i[0]}..{i[-1]}"
 
 
 def run_ray(wf: Workflow, sampler, settings: RunSettings, rs: RaySettings, progress: Progress | None = None) -> RunResult:

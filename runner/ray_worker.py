@@ -33,6 +33,7 @@ from ..nodes.store import manifest
 from ..nodes.store.ingest import ScratchReader
 from .api import ComfyAPI, ComfyError, GraphRejected, ServerUnreachable, execution_error, writer_dataset_path
 from .local_server import LocalServer, LocalServerError, find_comfyui, free_port
+from .run import lost_when_unseen
 from .workflow import SAMPLER, Workflow
 
 SCRATCH = "dtgen_ray_scratch"   # folder of the scratch datasets, in the server's output folder
@@ -238,7 +239,7 @@ class ComfyWorker:
                         missing = 0
                     elif self.api.history(pid) is None:
                         missing += 1
-                        if missing >= 2:
+                        if lost_when_unseen(missing):
                             self._server_gone(f"ComfyUI at {self.api.url} no longer knows prompt {pid} (restarted?)")
                 silent_since = None
             except ServerUnreachable as e:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import (
@@ -33,51 +32,47 @@ from .api import (
 from ..nodes.store.layout import MARKER
 from ..nodes.synthesis.copy_paste import DONE_TEXT, MADE_TEXT
 from .dataset_view import DatasetView
-from .planner import Job, Planner
+from .planner import Job
 from .progress import Progress, status_line
-from .workflow import COPY_PASTE, SAMPLER, WRITER, Workflow
+from .run import (
+    COPY_PASTE,
+    FLAG_NAME,
+    GENERATED,
+    ErrorStreak,
+    RunError,
+    RunResult,
+    RunSettings,
+    build_planner,
+    in_flight_labels,
+    item_failed_message,
+    lost_when_unseen,
+    max_items_budget,
+    pack_mismatch,
+    why_short,
+    writer_quota,
+)
+from .workflow import COPY_PASTE as COPY_PASTE_NODE, SAMPLER, WRITER, Workflow
+
+__all__ = ["QueueRun", "RunError", "RunResult", "RunSettings", "copy_paste_report", "why_short"]
 
 MARK = "dtgen_queue"          # key in a prompt's extra_data: which run and items it belongs to
-MAX_ERRORS_IN_A_ROW = 5
 HISTORY_LOOKBACK = 200        # recent history entries searched for an earlier run's dataset path
-SD, CP = "sd", "copy_paste"   # the sources, as --mix names them
-SOURCE = {SD: "generated", CP: "copy_paste"}   # ... and as records name them
 CP_DONE = re.compile(re.escape(DONE_TEXT))            # the copy-paste node's text when it has nothing to do
 CP_MADE = re.compile(r"(\d+) " + re.escape(MADE_TEXT))  # ... and when it made items
 
 
-class RunError(RuntimeError):
-    """The run stopped; the message is one line saying why and what to do."""
-
-
-@dataclass
-class RunSettings:
-    server: str
-    targets: dict[str, int] | None = None
-    items: int | None = None
-    start: int = 0
-    per_prompt: int = 1
-    pending: int = 2
-    retries: int = 2
-    output_dir: Path | None = None
-    poll: float = 0.5
-    give_up_after: float = 120.0
-    max_items: int | None = None
-    copy_paste_quota: int = 0                 # copy-paste images per class (0: the branch is left out)
-    copy_paste_max_items: int | None = None   # default: 20 x the copy-paste quota of the classes seen, + 20
-
-
-@dataclass
-class RunResult:
-    dataset_dir: Path | None
-    counts: dict
-    queued: int
-    items_done: int
-    failed: list[int]
-    elapsed: float
-    servers: dict = field(default_factory=dict)   # server (Ray: worker) -> items finished there
-    by_source: dict = field(default_factory=dict)  # "sd" / "copy_paste" -> per-class counts (several sources)
-    items_by_source: dict = field(default_factory=dict)   # source -> items made in this run
+def copy_paste_report(entry: dict, node_id: str) -> tuple[int, bool]:
+    """(items made, "done": every class has its quota) from the copy-paste node's history output.
+    The node's output holds only its canvas text today, so the two facts are read from that text
+    (DONE_TEXT / MADE_TEXT, nodes/synthesis/copy_paste.py); a structured ``dtgen_copy_paste``
+    entry ``{"made": n, "done": bool}`` is read first once the node reports one."""
+    output = (entry.get("outputs") or {}).get(str(node_id)) or {}
+    report = output.get("dtgen_copy_paste")
+    if isinstance(report, list) and report and isinstance(report[0], dict):
+        return int(report[0].get("made") or 0), bool(report[0].get("done"))
+    text = "\n".join(map(str, output.get("text") or []))
+    made = CP_MADE.search(text)
+    return (int(made.group(1)) if made else 0), bool(CP_DONE.search(text))
 
 
 class QueueRun:
@@ -99,11 +94,8 @@ class QueueRun:
         self.cp_on = workflow.has_copy_paste and settings.items is None and settings.copy_paste_quota > 0
         if not (self.sd_on or self.cp_on):
             raise ValueError("nothing to queue: no prompt-sampler target and no copy-paste quota")
-        limit = sampler.total if sampler is not None and sampler.mode == "exhaustive" else None
         targets = settings.targets if self.sd_on or settings.items is not None else {}
-        self.planner = Planner(sampler.label_of if sampler is not None else str, targets=targets,
-                               items=settings.items, start=settings.start, per_prompt=settings.per_prompt,
-                               limit=limit, retries=settings.retries, max_queued=settings.max_items)
+        self.planner = build_planner(sampler, settings, targets)
         self.cp_quota = settings.copy_paste_quota if self.cp_on else 0
         self.cp_count, self.cp_classes = 0, ()
         if self.cp_on:
@@ -119,9 +111,9 @@ class QueueRun:
         self.reported_dir: str | None = None
         if settings.output_dir is not None:
             self.view = self._new_view(Path(settings.output_dir) / self.dataset)
-        self.errors_in_a_row = 0
+        self.error_streak = ErrorStreak()
         self.items_done = 0
-        self.made = {SD: 0, CP: 0}
+        self.made = {GENERATED: 0, COPY_PASTE: 0}
         self.t0 = time.monotonic()
 
     def _new_view(self, path) -> DatasetView:
@@ -134,8 +126,8 @@ class QueueRun:
             if self.sd_on and not self.api.has_node(SAMPLER):
                 raise RunError(f"ComfyUI at {self.url} has no DTGen nodes: install this pack in its "
                                "custom_nodes folder and restart it")
-            if self.cp_on and not self.api.has_node(COPY_PASTE):
-                raise RunError(f"ComfyUI at {self.url} has no {COPY_PASTE} node: update the DTGen pack in its "
+            if self.cp_on and not self.api.has_node(COPY_PASTE_NODE):
+                raise RunError(f"ComfyUI at {self.url} has no {COPY_PASTE_NODE} node: update the DTGen pack in its "
                                "custom_nodes folder and restart it")
         except ComfyError as e:   # unreachable too: one line saying what to do
             raise RunError(str(e)) from None
@@ -240,7 +232,7 @@ class QueueRun:
         copy-paste prompt alone, else nothing."""
         with_cp = self._cp_wanted() or self._cp_probe_due()
         if self.sd_on and not sd_complete:
-            job = self.planner.next_job(done, accepted, self._in_flight_labels(done))
+            job = self.planner.next_job(done, accepted, in_flight_labels(self.jobs.values(), done, self.planner.label_of))
             if job is not None:
                 job.copy_paste = with_cp
                 return job
@@ -254,7 +246,7 @@ class QueueRun:
     def _cp_budget(self) -> int:
         if self.cfg.copy_paste_max_items is not None:
             return self.cfg.copy_paste_max_items
-        return 20 * self.cp_quota * max(1, len(self._cp_labels())) + 20
+        return max_items_budget([self.cp_quota] * max(1, len(self._cp_labels())))
 
     def _cp_wanted(self) -> bool:
         return self.cp_on and not self.cp_full and not self.cp_draining and self._cp_budget_left()
@@ -297,13 +289,9 @@ class QueueRun:
         """The writers' quota_per_class, a safety net. A writer counts the accepted images of every
         source, so with several sources the net is the sum of the quotas in play plus what other
         sources already hold; with the sampler alone it is the quota itself, as before."""
-        if self.cfg.targets is None and not self.cp_on:
-            return None    # --items: the graph's own value
-        sd = self.cfg.targets if self.sd_on and self.cfg.targets else {}
-        playing = {SOURCE[name] for name, on in ((SD, self.sd_on), (CP, self.cp_on)) if on}
+        playing = {name for name, on in ((GENERATED, self.sd_on), (COPY_PASTE, self.cp_on)) if on}
         other = self.view.accepted_outside(playing) if self.view is not None else {}
-        labels = set(sd) | set(other)
-        return self.cp_quota + max((sd.get(label, 0) + other.get(label, 0) for label in labels), default=0)
+        return writer_quota(self.cfg.targets, self.cp_quota, other)
 
     def _lost(self, job: Job) -> None:
         """A job that may not have run (the server was restarted without it): the sampler's items
@@ -323,7 +311,7 @@ class QueueRun:
                 entry = self.api.history(pid)
                 if entry is None:
                     job.unseen += 1
-                    if job.unseen >= 2:   # neither queued nor in history: the server was restarted
+                    if lost_when_unseen(job.unseen):
                         del self.jobs[pid]
                         self._lost(job)
                     continue
@@ -341,23 +329,18 @@ class QueueRun:
     def _finished(self, job: Job, entry: dict) -> None:
         error = execution_error(entry)
         if error is not None:
-            retried = self.planner.errored(job) if job.indices else False
-            self.errors_in_a_row += 1
             if job.indices:
-                self.progress.message(f"item {self._items(job)} failed on {self.url}: {error}"
-                                      + (" (will retry)" if retried else f" (gave up after {job.errors} tries)"))
+                self.progress.message(item_failed_message(job, self.url, error, self.planner.errored(job)))
             else:
                 self.progress.message(f"a copy-paste prompt failed on {self.url}: {error} (the node plans its "
                                       "items again)")
-            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                raise RunError(f"{self.errors_in_a_row} prompts in a row failed; last error: {error}; fix it and "
-                               "run the same command again to resume")
+            self.error_streak.failed(error)
             return
-        self.errors_in_a_row = 0
+        self.error_streak.ok()
         if job.indices:
             self.planner.finished(job)
             self.items_done += len(job.indices)
-            self.made[SD] += len(job.indices)
+            self.made[GENERATED] += len(job.indices)
             self.finished += len(job.indices)
         writers = ([self.wf.writer_id] if job.indices else []) + (self.wf.copy_paste_writer_ids if job.copy_paste else [])
         for writer in writers:
@@ -368,14 +351,11 @@ class QueueRun:
             self._copy_paste_finished(job, entry)
 
     def _copy_paste_finished(self, job: Job, entry: dict) -> None:
-        texts = ((entry.get("outputs") or {}).get(str(self.wf.copy_paste_id)) or {}).get("text") or []
-        text = "\n".join(map(str, texts))
-        made = CP_MADE.search(text)
-        n = int(made.group(1)) if made else 0
+        n, done = copy_paste_report(entry, self.wf.copy_paste_id)
         self.items_done += n
-        self.made[CP] += n
+        self.made[COPY_PASTE] += n
         self.finished += n
-        if CP_DONE.search(text):
+        if done:
             if job.solo and not self._cp_short():
                 self.cp_full = True
             else:
@@ -387,7 +367,7 @@ class QueueRun:
         """Whether the manifest shows a copy-paste class below its quota."""
         if self.view is None:
             return False
-        counts = self.view.refresh().counts(SOURCE[CP])
+        counts = self.view.refresh().counts(COPY_PASTE)
         return any(counts.get(label, {}).get("accepted", 0) < self.cp_quota for label in self._cp_labels())
 
     def _cp_labels(self) -> tuple[str, ...]:
@@ -395,7 +375,7 @@ class QueueRun:
         cutout set is on the server; the client does not read it)."""
         if self.cp_classes:
             return self.cp_classes
-        return tuple(sorted(self.view.labels_of(SOURCE[CP]))) if self.view is not None else ()
+        return tuple(sorted(self.view.labels_of(COPY_PASTE))) if self.view is not None else ()
 
     def _learn_dataset(self, reported: str | None) -> None:
         if reported is None:
@@ -417,8 +397,7 @@ class QueueRun:
             return
         self.view.refresh()
         if not set(job.indices) & self.view.done_indices() and self.view.foreign_pack_hashes():
-            raise RunError(f"the server's prompt pack {self.sampler.pack.name!r} differs from the local copy "
-                           f"({self.sampler.pack.source}); pass --pack-dir with the server's pack folder")
+            raise pack_mismatch(self.sampler.pack, "the server's", "pass --pack-dir with the server's pack folder")
 
     def _failing(self) -> None:
         """The server does not answer: wait for it (its queue may survive), up to give_up_after."""
@@ -451,9 +430,9 @@ class QueueRun:
         if self.view is not None:
             self.view.refresh()
 
-    def _accepted(self, source: str = SD) -> dict[str, int]:
+    def _accepted(self, source: str = GENERATED) -> dict[str, int]:
         """Accepted images per class toward one source's quota (SD targets count SD images only)."""
-        counts = self.view.counts(SOURCE[source]) if self.view is not None else {}
+        counts = self.view.counts(source) if self.view is not None else {}
         return {label: c["accepted"] for label, c in counts.items()}
 
     def _done(self) -> set[int]:
@@ -462,25 +441,11 @@ class QueueRun:
     def _in_flight_jobs(self) -> list[Job]:
         return list(self.jobs.values())
 
-    def _in_flight_labels(self, done: set[int]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for job in self._in_flight_jobs():
-            for i in job.indices:   # only jobs with indices exist without a sampler
-                if i not in done:
-                    label = self.sampler.label_of(i)
-                    out[label] = out.get(label, 0) + 1
-        return out
-
-    @staticmethod
-    def _items(job: Job) -> str:
-        i = job.indices
-        return str(i[0]) if len(i) == 1 else f"{i[0]}..{i[-1]}"
-
     def _why_short(self, accepted) -> str:
         return why_short(self.cfg, self.planner, self.sampler, accepted, "SD quota" if self.cp_on else "quota")
 
     def _why_short_copy_paste(self) -> str:
-        counts = self.view.counts(SOURCE[CP]) if self.view is not None else {}
+        counts = self.view.counts(COPY_PASTE) if self.view is not None else {}
         short = {k: f"{counts.get(k, {}).get('accepted', 0)}/{self.cp_quota}" for k in self._cp_labels()
                  if counts.get(k, {}).get("accepted", 0) < self.cp_quota}
         return (f"copy-paste quota not reached for {short or 'its classes'}: {self.cp_queued} copy-paste items "
@@ -491,9 +456,9 @@ class QueueRun:
         """(name, counts toward its quota, per-class targets) of each source in play."""
         out = []
         if self.sd_on and self.cfg.targets is not None:
-            out.append((SD, self.view.counts(SOURCE[SD]) if self.view is not None else {}, self.cfg.targets))
+            out.append((FLAG_NAME[GENERATED], self.view.counts(GENERATED) if self.view is not None else {}, self.cfg.targets))
         if self.cp_on:
-            out.append((CP, self.view.counts(SOURCE[CP]) if self.view is not None else {},
+            out.append((FLAG_NAME[COPY_PASTE], self.view.counts(COPY_PASTE) if self.view is not None else {},
                         {label: self.cp_quota for label in self._cp_labels()}))
         return out
 
@@ -509,7 +474,7 @@ class QueueRun:
                     m["accepted"] += c.get("accepted", 0)
                     m["rejected"] += c.get("rejected", 0)
             return status_line(merged, None, None, in_flight, servers, elapsed, self.items_done, by_source=sources)
-        counts = self.view.counts(SOURCE[SD]) if self.view is not None else {}
+        counts = self.view.counts(GENERATED) if self.view is not None else {}
         return status_line(counts, self.cfg.targets, self.cfg.items, in_flight, servers, elapsed, self.items_done)
 
     def _result(self) -> RunResult:
@@ -517,9 +482,9 @@ class QueueRun:
         if self.view is not None:
             self.view.refresh()
             present = self.view.sources()
-            for name, on in ((SD, self.sd_on), (CP, self.cp_on)):
-                if on or SOURCE[name] in present:
-                    by_source[name] = self.view.counts(SOURCE[name])
+            for name, on in ((GENERATED, self.sd_on), (COPY_PASTE, self.cp_on)):
+                if on or name in present:
+                    by_source[FLAG_NAME[name]] = self.view.counts(name)
         if len(by_source) < 2 and not self.cp_on:
             by_source = {}   # one source: the plain per-class counts say it all
         return RunResult(
@@ -527,18 +492,5 @@ class QueueRun:
             counts=self.view.counts() if self.view is not None else {},
             queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
             elapsed=time.monotonic() - self.t0, servers={self.url: self.finished},
-            by_source=by_source, items_by_source={k: v for k, v in self.made.items() if v or k in by_source})
+            by_source=by_source, items_by_source={FLAG_NAME[k]: v for k, v in self.made.items() if v or FLAG_NAME[k] in by_source})
 
-
-def why_short(cfg: RunSettings, planner: Planner, sampler, accepted, what: str = "quota") -> str:
-    """Why the sampler's items ran out before the quota (or --items) was met: one line."""
-    if cfg.targets is None:
-        return f"{len(planner.failed)} item(s) failed after retries: {sorted(planner.failed)[:10]}"
-    short = {k: f"{accepted.get(k, 0)}/{t}" for k, t in cfg.targets.items() if accepted.get(k, 0) < t}
-    if planner.max_queued is not None and planner.n_queued >= planner.max_queued:
-        why = f"--max-items {planner.max_queued} reached (the filter rejects too much?)"
-    elif sampler.mode == "exhaustive":
-        why = "the exhaustive prompt space is used up"
-    else:
-        why = f"{len(planner.failed)} item(s) failed after retries"
-    return f"{what} not reached for {short}: {why}; raise --max-items, loosen the filter or lower --quota"

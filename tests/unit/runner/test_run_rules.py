@@ -1,0 +1,25 @@
+"""The rules both run loops share (runner/run.py): one answer each."""
+from dtgen.runner.run import max_items_budget, writer_quota
+from dtgen.runner.scheduler import copy_paste_report
+
+
+def test_the_writers_safety_quota_sums_the_sources_a_writer_counts():
+    assert writer_quota(None, 0, {"a": 5}) is None                 # --items: the graph's own value
+    assert writer_quota({"a": 3, "b": 2}, 0, {}) == 3              # the sampler alone: its quota
+    assert writer_quota({"a": 3, "b": 2}, 0, {"b": 4}) == 6        # real/other images of b count too
+    assert writer_quota({"a": 3}, 2, {}) == 5                      # SD + copy-paste on one writer
+    assert writer_quota(None, 2, {"a": 1}) == 3                    # copy-paste only
+
+
+def test_the_default_budget_is_20_times_the_quotas_plus_20():
+    assert max_items_budget([2, 2, 2]) == 140
+    assert max_items_budget([]) == 20
+
+
+def test_copy_paste_progress_from_the_nodes_output():
+    text = {"outputs": {"9": {"text": ["3 copy-paste item(s): 5 object(s) placed of 6 requested, 5 visible"]}}}
+    assert copy_paste_report(text, "9") == (3, False)
+    done = {"outputs": {"9": {"text": ["every class of ds has 2 copy-paste images: done"]}}}
+    assert copy_paste_report(done, 9) == (0, True)
+    assert copy_paste_report({"outputs": {"9": {"dtgen_copy_paste": [{"made": 0, "done": True}]}}}, "9") == (0, True)
+    assert copy_paste_report({}, "9") == (0, False)
