@@ -23,3 +23,27 @@ def test_copy_paste_progress_from_the_nodes_output():
     assert copy_paste_report(done, 9) == (0, True)
     assert copy_paste_report({"outputs": {"9": {"dtgen_copy_paste": [{"made": 0, "done": True}]}}}, "9") == (0, True)
     assert copy_paste_report({}, "9") == (0, False)
+
+
+def test_the_ray_watchdog_stops_marked_processes_once_the_driver_is_gone(tmp_path):
+    """runner/ray_watchdog.py, run by path as ray_cluster.py runs it: stdin closed at once (the
+    driver is gone), a process carrying the run's mark is killed and the shim folder removed."""
+    import os
+    import subprocess
+    import sys
+
+    from dtgen.runner.ray_cluster import MARK, WATCHDOG
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    marked = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env=dict(os.environ, **{MARK: "tok"}))
+    try:
+        dog = subprocess.run([sys.executable, "-I", str(WATCHDOG), f"{MARK}=tok", str(os.getpid()), str(shim),
+                              "/nowhere/ray"], input=b"", timeout=60, check=False)
+        assert dog.returncode == 0
+        assert marked.wait(timeout=10) == -9
+        assert not shim.exists()
+    finally:
+        marked.kill()
+        marked.wait()
