@@ -14,7 +14,7 @@ from ..nodes.prompting.sampler import MAX_COUNT
 from ..nodes.store.layout import DatasetError
 from .api import ComfyError
 from .local_server import LocalServerError
-from .run import MIX_SOURCES, RunError, max_items_budget
+from .run import FLAG_NAME, GENERATED, MIX_SOURCES, RunError, max_items_budget
 from .workflow import Workflow, WorkflowError
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -104,8 +104,8 @@ def split_mix(n: int, mix: dict[str, Fraction]) -> tuple[int, int]:
     """``n`` images per class as (sd, copy_paste) in the ratio of ``mix``; the rounding goes to sd
     on a tie (--quota 5 --mix sd:1,copy_paste:1: 3 + 2)."""
     total = mix["sd"] + mix["copy_paste"]
-    sd = math.floor(n * mix["sd"] / total + Fraction(1, 2))
-    return sd, n - sd
+    generated = math.floor(n * mix["sd"] / total + Fraction(1, 2))
+    return generated, n - generated
 
 
 def parse_quotas(values, labels) -> dict[str, int] | None:
@@ -293,10 +293,10 @@ def split_quotas(wf: Workflow, values, sampler, mix) -> tuple[dict[str, int] | N
     if len(plain) != len(values):
         raise WorkflowError(f"--quota {' '.join(values)}: the copy-paste node has one quota_per_class for all its "
                             "classes; give one --quota N (pick the classes with --set ID.classes=a,b)")
-    sd, cp = split_mix(plain[0], mix)
+    generated, cp = split_mix(plain[0], mix)
     if sampler is None:
         return None, cp
-    return {label: sd for label in sampler.labels} if sd else {}, cp
+    return {label: generated for label in sampler.labels} if generated else {}, cp
 
 
 def print_summary(result, dataset: str, out=None) -> None:
@@ -306,7 +306,7 @@ def print_summary(result, dataset: str, out=None) -> None:
     by_source = getattr(result, "by_source", None) or {}
     if by_source:
         for source, counts in by_source.items():
-            print(f"  {source}" + (" (source generated)" if source == "sd" else "") + ":", file=out)
+            print(f"  {source}" + (f" (source {GENERATED})" if source == FLAG_NAME[GENERATED] else "") + ":", file=out)
             for label, c in sorted(counts.items()):
                 print(f"    {label:<26} {c['accepted']:>6} accepted {c['rejected']:>6} rejected", file=out)
     else:

@@ -180,7 +180,7 @@ class RayQueueRun:
         self.ingest = None if shared_output else DatasetIngest(self.dataset_dir, quotas=settings.targets)
         self.token = uuid.uuid4().hex[:8]
         self.in_flight: dict = {}          # ObjectRef -> (job, worker slot)
-        self.finished = [0] * len(pool.actors)
+        self.items_by_worker = [0] * len(pool.actors)
         self.items_done = 0
         self.error_streak = ErrorStreak()
         self._errors_seen = len(pool.errors)
@@ -316,7 +316,7 @@ class RayQueueRun:
                 continue
             self.planner.finished(job)
             self.items_done += len(job.indices)
-            self.finished[slot] += len(job.indices)
+            self.items_by_worker[slot] += len(job.indices)
 
     def _cancel(self) -> None:
         """Blocks still queued on the workers are not needed (or the run stops): cancel them."""
@@ -344,7 +344,7 @@ class RayQueueRun:
         return RunResult(dataset_dir=self.dataset_dir if exists else None, counts=self.view.counts(),
                          queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
                          elapsed=time.monotonic() - self.t0,
-                         servers=dict(zip(self.pool.labels, self.finished)))
+                         servers=dict(zip(self.pool.labels, self.items_by_worker)))
 
 
 def run_ray(wf: Workflow, sampler, settings: RunSettings, rs: RaySettings, progress: Progress | None = None) -> RunResult:

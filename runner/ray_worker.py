@@ -223,7 +223,7 @@ class ComfyWorker:
     def _wait(self, pid: str) -> dict:
         """The prompt's history entry once it finished; the worker exits if its server dies, or
         if the server forgot the prompt (restarted) or stopped answering."""
-        t0, polls, missing, silent_since = time.monotonic(), 0, 0, None
+        t0, polls, polls_unseen, silent_since = time.monotonic(), 0, 0, None
         while True:
             if self.server is not None and self.server.proc.poll() is not None:
                 self._server_gone(f"its ComfyUI server exited (code {self.server.proc.returncode}); see "
@@ -234,12 +234,12 @@ class ComfyWorker:
                     return entry
                 polls += 1
                 if polls % 20 == 0:
-                    running, pending = self.api.queue()
-                    if pid in {e[1] for e in running + pending}:
-                        missing = 0
+                    running, waiting = self.api.queue()
+                    if pid in {e[1] for e in running + waiting}:
+                        polls_unseen = 0
                     elif self.api.history(pid) is None:
-                        missing += 1
-                        if lost_when_unseen(missing):
+                        polls_unseen += 1
+                        if lost_when_unseen(polls_unseen):
                             self._server_gone(f"ComfyUI at {self.api.url} no longer knows prompt {pid} (restarted?)")
                 silent_since = None
             except ServerUnreachable as e:

@@ -10,7 +10,7 @@ queues the branch alone once SD is full, and takes "done" for full only from a p
 copy-paste prompt overlapped (else one more prompt checks). Each source's quota counts its own
 images only.
 
-The server keeps ``pending`` prompts queued. The dataset's manifest is the source of truth:
+The server keeps ``pending`` prompts queued (--pending; ``waiting``: the server's own queue). The dataset's manifest is the source of truth:
 what is stored is never queued again, so a killed client resumes where it stopped, and prompts an
 earlier run left on the server are adopted instead of queued twice. A server that stops answering
 is waited for (``give_up_after`` seconds); prompts lost with its restart are queued again.
@@ -89,12 +89,12 @@ class QueueRun:
         self.url = self.api.url
         self.jobs: dict[str, Job] = {}          # prompt id -> job, on the server
         self.failing_since: float | None = None  # since when the server does not answer
-        self.finished = 0                        # items finished on the server in this run
-        self.sd_on = sampler is not None and (settings.items is not None or bool(settings.targets))
+        self.items_on_server = 0                 # items finished on the server in this run
+        self.sampler_on = sampler is not None and (settings.items is not None or bool(settings.targets))
         self.cp_on = workflow.has_copy_paste and settings.items is None and settings.copy_paste_quota > 0
-        if not (self.sd_on or self.cp_on):
+        if not (self.sampler_on or self.cp_on):
             raise ValueError("nothing to queue: no prompt-sampler target and no copy-paste quota")
-        targets = settings.targets if self.sd_on or settings.items is not None else {}
+        targets = settings.targets if self.sampler_on or settings.items is not None else {}
         self.planner = build_planner(sampler, settings, targets)
         self.cp_quota = settings.copy_paste_quota if self.cp_on else 0
         self.cp_count, self.cp_classes = 0, ()
@@ -104,8 +104,8 @@ class QueueRun:
             workflow.set_copy_paste_quota(self.cp_quota)   # the node's resume mode, on this dataset
             if not isinstance(workflow.graph[workflow.copy_paste_id]["inputs"].get("dataset_name"), list):
                 workflow.set_input(workflow.copy_paste_id, "dataset_name", self.dataset)
-        self.cp_full = False       # a lone copy-paste prompt said "done" and the manifest agrees
-        self.cp_draining = False   # one said "done" beside others: wait for them, then check with one more
+        self.cp_quota_met = False          # a lone copy-paste prompt said "done" and the manifest agrees
+        self.cp_done_unconfirmed = False   # one said "done" beside others: wait for them, then check with one more
         self.cp_queued = 0         # copy-paste items asked for (count per prompt), for --max-items
         self.view: DatasetView | None = None
         self.reported_dir: str | None = None
@@ -123,7 +123,7 @@ class QueueRun:
     def connect(self) -> None:
         try:
             self.api.system_stats()
-            if self.sd_on and not self.api.has_node(SAMPLER):
+            if self.sampler_on and not self.api.has_node(SAMPLER):
                 raise RunError(f"ComfyUI at {self.url} has no DTGen nodes: install this pack in its "
                                "custom_nodes folder and restart it")
             if self.cp_on and not self.api.has_node(COPY_PASTE_NODE):
@@ -136,9 +136,9 @@ class QueueRun:
             self._discover_dataset()
 
     def _adopt(self) -> None:
-        running, pending = self.api.queue()
+        running, waiting = self.api.queue()
         n = 0
-        for entry in running + pending:
+        for entry in running + waiting:
             mark = (entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {}).get(MARK) or {}
             indices, copy_paste = tuple(mark.get("indices") or ()), bool(mark.get("copy_paste"))
             if mark.get("dataset") != self.dataset:
@@ -181,11 +181,11 @@ class QueueRun:
         try:
             self._loop()
         except KeyboardInterrupt:
-            n = self._cancel_pending()
+            n = self._cancel_waiting()
             self.progress.message(f"stopped: {n} queued prompt(s) removed; run the same command again to resume")
             raise
         except RunError:
-            self._cancel_pending()
+            self._cancel_waiting()
             raise
         finally:
             if self.items_done or not self.planner.n_queued:   # no bare status line before a refusal
@@ -200,9 +200,9 @@ class QueueRun:
             self._refresh_view()
             accepted, done = self._accepted(), self._done()
             sd_complete = self.planner.complete(accepted, done)
-            cp_complete = not self.cp_on or self.cp_full
+            cp_complete = not self.cp_on or self.cp_quota_met
             if sd_complete and cp_complete:
-                self._cancel_pending()
+                self._cancel_waiting()
                 if not self._in_flight_jobs():
                     return
             else:
@@ -231,7 +231,7 @@ class QueueRun:
         """The sampler's next items (with the copy-paste branch while it still wants items), else a
         copy-paste prompt alone, else nothing."""
         with_cp = self._cp_wanted() or self._cp_probe_due()
-        if self.sd_on and not sd_complete:
+        if self.sampler_on and not sd_complete:
             job = self.planner.next_job(done, accepted, in_flight_labels(self.jobs.values(), done, self.planner.label_of))
             if job is not None:
                 job.copy_paste = with_cp
@@ -249,12 +249,12 @@ class QueueRun:
         return max_items_budget([self.cp_quota] * max(1, len(self._cp_labels())))
 
     def _cp_wanted(self) -> bool:
-        return self.cp_on and not self.cp_full and not self.cp_draining and self._cp_budget_left()
+        return self.cp_on and not self.cp_quota_met and not self.cp_done_unconfirmed and self._cp_budget_left()
 
     def _cp_probe_due(self) -> bool:
         """After a "done" beside other copy-paste prompts, once they have finished: one prompt alone,
         which sees every claim of this run resolved, says whether the quota is really met."""
-        return (self.cp_on and not self.cp_full and self.cp_draining and self._cp_budget_left()
+        return (self.cp_on and not self.cp_quota_met and self.cp_done_unconfirmed and self._cp_budget_left()
                 and not any(j.copy_paste for j in self._in_flight_jobs()))
 
     def _submit(self, job: Job) -> bool:
@@ -277,11 +277,11 @@ class QueueRun:
             raise RunError(str(e)) from None
         if job.copy_paste:
             others = [j for j in self._in_flight_jobs() if j.copy_paste]
-            job.solo = not others
+            job.ran_alone = not others
             for other in others:
-                other.solo = False
+                other.ran_alone = False
             self.cp_queued += self.cp_count
-        job.prompt_id, job.server, job.unseen = pid, self.url, 0
+        job.prompt_id, job.server, job.polls_unseen = pid, self.url, 0
         self.jobs[pid] = job
         return True
 
@@ -289,7 +289,7 @@ class QueueRun:
         """The writers' quota_per_class, a safety net. A writer counts the accepted images of every
         source, so with several sources the net is the sum of the quotas in play plus what other
         sources already hold; with the sampler alone it is the quota itself, as before."""
-        playing = {name for name, on in ((GENERATED, self.sd_on), (COPY_PASTE, self.cp_on)) if on}
+        playing = {name for name, on in ((GENERATED, self.sampler_on), (COPY_PASTE, self.cp_on)) if on}
         other = self.view.accepted_outside(playing) if self.view is not None else {}
         return writer_quota(self.cfg.targets, self.cp_quota, other)
 
@@ -302,16 +302,16 @@ class QueueRun:
 
     def _poll(self) -> None:
         try:
-            running, pending = self.api.queue()
-            on_server = {e[1] for e in running + pending}
+            running, waiting = self.api.queue()
+            on_server = {e[1] for e in running + waiting}
             for pid, job in list(self.jobs.items()):
                 if pid in on_server:
-                    job.unseen = 0
+                    job.polls_unseen = 0
                     continue
                 entry = self.api.history(pid)
                 if entry is None:
-                    job.unseen += 1
-                    if lost_when_unseen(job.unseen):
+                    job.polls_unseen += 1
+                    if lost_when_unseen(job.polls_unseen):
                         del self.jobs[pid]
                         self._lost(job)
                     continue
@@ -341,7 +341,7 @@ class QueueRun:
             self.planner.finished(job)
             self.items_done += len(job.indices)
             self.made[GENERATED] += len(job.indices)
-            self.finished += len(job.indices)
+            self.items_on_server += len(job.indices)
         writers = ([self.wf.writer_id] if job.indices else []) + (self.wf.copy_paste_writer_ids if job.copy_paste else [])
         for writer in writers:
             self._learn_dataset(writer_dataset_path(entry, writer))
@@ -354,14 +354,14 @@ class QueueRun:
         n, done = copy_paste_report(entry, self.wf.copy_paste_id)
         self.items_done += n
         self.made[COPY_PASTE] += n
-        self.finished += n
+        self.items_on_server += n
         if done:
-            if job.solo and not self._cp_short():
-                self.cp_full = True
+            if job.ran_alone and not self._cp_short():
+                self.cp_quota_met = True
             else:
-                self.cp_draining = True   # others may still hold claims: check again when they are done
-        elif job.solo:
-            self.cp_draining = False      # the check found work: back to normal
+                self.cp_done_unconfirmed = True   # others may still hold claims: check again when they are done
+        elif job.ran_alone:
+            self.cp_done_unconfirmed = False      # the check found work: back to normal
 
     def _cp_short(self) -> bool:
         """Whether the manifest shows a copy-paste class below its quota."""
@@ -410,15 +410,15 @@ class QueueRun:
             raise RunError(f"ComfyUI at {self.url} has not answered for {self.cfg.give_up_after:g} s; start it "
                            "and run the same command again to resume")
 
-    def _cancel_pending(self) -> int:
+    def _cancel_waiting(self) -> int:
         """Remove this run's not-yet-started prompts from the server's queue."""
         if not self.jobs or self.failing_since is not None:
             return 0
         try:
-            _, pending = self.api.queue()
-            ours = [e[1] for e in pending if e[1] in self.jobs]
+            _, waiting = self.api.queue()
+            ours = [e[1] for e in waiting if e[1] in self.jobs]
             if ours:
-                self.api.delete_pending(ours)
+                self.api.delete_waiting(ours)
                 for pid in ours:
                     self._lost(self.jobs.pop(pid))
             return len(ours)
@@ -455,7 +455,7 @@ class QueueRun:
     def _sources(self) -> list[tuple[str, dict, dict]]:
         """(name, counts toward its quota, per-class targets) of each source in play."""
         out = []
-        if self.sd_on and self.cfg.targets is not None:
+        if self.sampler_on and self.cfg.targets is not None:
             out.append((FLAG_NAME[GENERATED], self.view.counts(GENERATED) if self.view is not None else {}, self.cfg.targets))
         if self.cp_on:
             out.append((FLAG_NAME[COPY_PASTE], self.view.counts(COPY_PASTE) if self.view is not None else {},
@@ -482,7 +482,7 @@ class QueueRun:
         if self.view is not None:
             self.view.refresh()
             present = self.view.sources()
-            for name, on in ((GENERATED, self.sd_on), (COPY_PASTE, self.cp_on)):
+            for name, on in ((GENERATED, self.sampler_on), (COPY_PASTE, self.cp_on)):
                 if on or name in present:
                     by_source[FLAG_NAME[name]] = self.view.counts(name)
         if len(by_source) < 2 and not self.cp_on:
@@ -491,6 +491,6 @@ class QueueRun:
             dataset_dir=self.view.dir if self.view is not None else None,
             counts=self.view.counts() if self.view is not None else {},
             queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
-            elapsed=time.monotonic() - self.t0, servers={self.url: self.finished},
+            elapsed=time.monotonic() - self.t0, servers={self.url: self.items_on_server},
             by_source=by_source, items_by_source={FLAG_NAME[k]: v for k, v in self.made.items() if v or FLAG_NAME[k] in by_source})
 
