@@ -251,8 +251,8 @@ def prepare(args) -> tuple:
 
 
 def ray_settings(args):
-    """--ray and its options as ``RaySettings`` (ray_queue.py; imports no Ray)."""
-    from .ray_queue import RaySettings
+    """--ray and its options as ``RaySettings`` (runner/ray/queue.py; imports no Ray)."""
+    from .ray.queue import RaySettings
 
     model_dirs: dict[str, list[str]] = {}
     for folder, path in args.model_dir:
@@ -323,7 +323,7 @@ def print_summary(result, dataset: str, out=None) -> None:
 def cmd_queue(args) -> int:
     wf, sampler, settings = prepare(args)
     if args.ray is not None:
-        from .ray_queue import run_ray
+        from .ray.queue import run_ray
 
         result = run_ray(wf, sampler, settings, ray_settings(args))
     else:
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
                                 "(status, reconcile, redecide, finalize) and measure it on real images (evaluate).")
     sub = parser.add_subparsers(dest="command", required=True)
     add_queue_args(sub.add_parser("queue", help="queue a workflow until per-class quotas (or N items) are met"))
-    from .demo import add_demo_args
+    from .demo.command import add_demo_args
     add_demo_args(sub.add_parser("demo", help="one command: find ComfyUI, start it, generate a small dataset"))
     from .dataset_cli import COMMANDS, add_dataset_commands, run_dataset_command
     add_dataset_commands(sub)
@@ -362,7 +362,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "queue":
             return cmd_queue(args)
-        from .demo import cmd_demo
+        from .demo.command import cmd_demo
         return cmd_demo(args)
     except KeyboardInterrupt:
         return 130

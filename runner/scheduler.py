@@ -1,5 +1,5 @@
 """Queue a DTGen workflow on one ComfyUI server until the per-class quotas (or N items) are in the
-dataset. Several servers (GPUs, nodes) are Ray's job: ``--ray`` (ray_queue.py) plans the same way
+dataset. Several servers (GPUs, nodes) are Ray's job: ``--ray`` (runner/ray/queue.py) plans the same way
 and leaves worker faults to Ray.
 
 Sources: the prompt sampler's SD images (``sd``, stored as source ``generated``) are planned here,
@@ -22,6 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
+from ..nodes.store.layout import MARKER
+from ..nodes.synthesis.copy_paste import DONE_TEXT, MADE_TEXT
 from .api import (
     ComfyAPI,
     ComfyError,
@@ -29,8 +31,6 @@ from .api import (
     execution_error,
     writer_dataset_path,
 )
-from ..nodes.store.layout import MARKER
-from ..nodes.synthesis.copy_paste import DONE_TEXT, MADE_TEXT
 from .dataset_view import DatasetView
 from .planner import Job
 from .progress import Progress, status_line
@@ -51,7 +51,8 @@ from .run import (
     why_short,
     writer_quota,
 )
-from .workflow import COPY_PASTE as COPY_PASTE_NODE, SAMPLER, WRITER, Workflow
+from .workflow import COPY_PASTE as COPY_PASTE_NODE
+from .workflow import SAMPLER, WRITER, Workflow
 
 __all__ = ["QueueRun", "RunError", "RunResult", "RunSettings", "copy_paste_report", "why_short"]
 

@@ -26,13 +26,13 @@ def test_copy_paste_progress_from_the_nodes_output():
 
 
 def test_the_ray_watchdog_stops_marked_processes_once_the_driver_is_gone(tmp_path):
-    """runner/ray_watchdog.py, run by path as ray_cluster.py runs it: stdin closed at once (the
+    """runner/ray/watchdog.py, run by path as runner/ray/cluster.py runs it: stdin closed at once (the
     driver is gone), a process carrying the run's mark is killed and the shim folder removed."""
     import os
     import subprocess
     import sys
 
-    from dtgen.runner.ray_cluster import MARK, WATCHDOG
+    from dtgen.runner.ray.cluster import MARK, WATCHDOG
 
     shim = tmp_path / "shim"
     shim.mkdir()

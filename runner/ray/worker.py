@@ -29,12 +29,19 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..nodes.store import manifest
-from ..nodes.store.ingest import ScratchReader
-from .api import ComfyAPI, ComfyError, GraphRejected, ServerUnreachable, execution_error, writer_dataset_path
-from .local_server import LocalServer, LocalServerError, find_comfyui, free_port
-from .run import lost_when_unseen
-from .workflow import SAMPLER, Workflow
+from ...nodes.store import manifest
+from ...nodes.store.ingest import ScratchReader
+from ..api import (
+    ComfyAPI,
+    ComfyError,
+    GraphRejected,
+    ServerUnreachable,
+    execution_error,
+    writer_dataset_path,
+)
+from ..local_server import LocalServer, LocalServerError, find_comfyui, free_port
+from ..run import lost_when_unseen
+from ..workflow import SAMPLER, Workflow
 
 SCRATCH = "dtgen_ray_scratch"   # folder of the scratch datasets, in the server's output folder
 MARK = "dtgen_ray"              # key in a prompt's extra_data

@@ -1,7 +1,7 @@
 """``python -m runner queue ... --ray [ADDRESS]``: the prompt sampler's items on Ray workers.
 
 One Ray actor per GPU (``num_gpus=1``; on a CPU-only cluster ``num_cpus=1``, ``--ray-workers N``)
-owns a ComfyUI on its node (runner/ray_worker.py) and runs blocks of item indices (the sampler is
+owns a ComfyUI on its node (runner/ray/worker.py) and runs blocks of item indices (the sampler is
 stateless: any block is independent). The driver plans from the central dataset exactly as the
 single-server client does (planner.py, dataset_view.py: quotas, what is stored, what is in
 flight) and stores each block's returned items into it (nodes/store/ingest.py: one writer, one
@@ -22,12 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..nodes.store.ingest import DatasetIngest
-from .dataset_view import DatasetView
-from .planner import Job
-from .progress import Progress, status_line
-from .ray_worker import ComfyWorker, WorkerSpec
-from .run import (
+from ...nodes.store.ingest import DatasetIngest
+from ..dataset_view import DatasetView
+from ..planner import Job
+from ..progress import Progress, status_line
+from ..run import (
     GENERATED,
     ErrorStreak,
     RunError,
@@ -40,7 +39,8 @@ from .run import (
     why_short,
     writer_quota,
 )
-from .workflow import Workflow
+from ..workflow import Workflow
+from .worker import ComfyWorker, WorkerSpec
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
@@ -94,7 +94,9 @@ class WorkerPool:
                 opts = dict(base, num_cpus=0)
                 host = urlparse(url if "://" in url else "http://" + url).hostname
                 if host in LOOPBACK and driver_node:   # the server is on this node: so is its worker
-                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+                    from ray.util.scheduling_strategies import (
+                        NodeAffinitySchedulingStrategy,
+                    )
 
                     opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node, soft=False)
                 self.actors.append(remote.options(**opts).remote(asdict(spec) | {"url": url}, slot))
@@ -349,7 +351,7 @@ class RayQueueRun:
 
 def run_ray(wf: Workflow, sampler, settings: RunSettings, rs: RaySettings, progress: Progress | None = None) -> RunResult:
     """The whole ``--ray`` command: join or start Ray, start the workers, run, clean up."""
-    from .ray_cluster import Cluster
+    from .cluster import Cluster
 
     check_workflow(wf, settings)
     progress = progress or Progress()

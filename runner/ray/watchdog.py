@@ -1,7 +1,7 @@
-"""The watchdog of a local Ray (ray_cluster.py starts it): outlives a killed driver long enough to
+"""The watchdog of a local Ray (runner/ray/cluster.py starts it): outlives a killed driver long enough to
 stop what that Ray started. Stdlib only, run by path in an isolated interpreter::
 
-    python -I ray_watchdog.py DTGEN_RAY_RUN=<token> <driver pid> <shim folder> <ray package folder>
+    python -I runner/ray/watchdog.py DTGEN_RAY_RUN=<token> <driver pid> <shim folder> <ray package folder>
 
 It reads stdin until the driver's end of the pipe closes (the driver exited or was killed),
 meanwhile remembering every process below the driver's Ray processes (raylet, GCS, ...; Linux

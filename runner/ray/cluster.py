@@ -5,7 +5,7 @@ address the driver starts a local Ray (``ray.init(num_cpus=..., include_dashboar
 watchdog process then outlives a killed driver (``kill -9``) long enough to stop what that Ray
 started (raylet, GCS, agents, workers and their ComfyUI servers: every process it saw below the
 driver's Ray processes, and every process carrying this run's ``DTGEN_RAY_RUN`` environment entry;
-Linux; runner/ray_watchdog.py). With an address (``auto``, ``ray://...``,
+Linux; runner/ray/watchdog.py). With an address (``auto``, ``ray://...``,
 ``host:port``) the cluster is someone else's: its workers are the run's actors, which Ray ends with
 the driver (and each actor's ComfyUI dies with its actor).
 
@@ -24,19 +24,19 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .local_server import PACK_NAME, ROOT
+from ..local_server import PACK_NAME, ROOT
 
 MARK = "DTGEN_RAY_RUN"
 INSTALL_HINT = "pip install 'ray==2.60.0' (or pip install '.[ray]' in the checkout)"
 
-WATCHDOG = Path(__file__).with_name("ray_watchdog.py")   # run by path, stdlib only
+WATCHDOG = Path(__file__).with_name("watchdog.py")   # run by path, stdlib only
 
 
 def import_ray():
     try:
         import ray
     except ImportError:
-        from .run import RunError
+        from ..run import RunError
 
         raise RunError(f"--ray needs Ray on this machine: {INSTALL_HINT}") from None
     return ray
