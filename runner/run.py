@@ -1,6 +1,7 @@
 """What every queue run shares, whatever runs its prompts (one ComfyUI over HTTP, or Ray workers):
-its settings and result, the source names, the budgets and quotas, and the policies both loops
-apply (building the planner, errors in a row, a prompt the server forgot, a foreign prompt pack).
+its settings and result, the source names, the budgets and quotas, and the policies of the run
+loop (loop.py) and its executors (building the planner, errors in a row, a prompt the server
+forgot, a foreign prompt pack).
 """
 from __future__ import annotations
 
