@@ -129,14 +129,14 @@ class ComfyAPI:
         raise GraphRejected(self.url, body)
 
     def queue(self) -> tuple[list, list]:
-        """(running, pending) entries: [number, prompt_id, prompt, extra_data, outputs]."""
+        """(running, waiting) entries: [number, prompt_id, prompt, extra_data, outputs]."""
         body = self.get("/queue")
         return body.get("queue_running", []), body.get("queue_pending", [])
 
     def history(self, prompt_id: str) -> dict | None:
         return self.get(f"/history/{prompt_id}").get(prompt_id)
 
-    def delete_pending(self, prompt_ids: list[str]) -> None:
+    def delete_waiting(self, prompt_ids: list[str]) -> None:
         self._request("/queue", {"delete": list(prompt_ids)})
 
 

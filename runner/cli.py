@@ -14,6 +14,7 @@ from ..nodes.prompting.sampler import MAX_COUNT
 from ..nodes.store.layout import DatasetError
 from .api import ComfyError
 from .local_server import LocalServerError
+from .run import FLAG_NAME, GENERATED, MIX_SOURCES, RunError, max_items_budget
 from .workflow import Workflow, WorkflowError
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
@@ -73,9 +74,6 @@ def quota_arg(value: str) -> str:
     return value
 
 
-MIX_SOURCES = ("sd", "copy_paste")
-
-
 def mix_arg(text: str) -> dict[str, Fraction]:
     """``sd:A,copy_paste:B`` -> {"sd": A, "copy_paste": B} (a source not named gets 0)."""
     out: dict[str, Fraction] = {}
@@ -106,8 +104,8 @@ def split_mix(n: int, mix: dict[str, Fraction]) -> tuple[int, int]:
     """``n`` images per class as (sd, copy_paste) in the ratio of ``mix``; the rounding goes to sd
     on a tie (--quota 5 --mix sd:1,copy_paste:1: 3 + 2)."""
     total = mix["sd"] + mix["copy_paste"]
-    sd = math.floor(n * mix["sd"] / total + Fraction(1, 2))
-    return sd, n - sd
+    generated = math.floor(n * mix["sd"] / total + Fraction(1, 2))
+    return generated, n - generated
 
 
 def parse_quotas(values, labels) -> dict[str, int] | None:
@@ -205,7 +203,7 @@ def prepare(args) -> tuple:
     """Workflow with overrides, the local sampler (None without one), and run settings from parsed
     arguments."""
     from .packs import local_sampler
-    from .scheduler import RunSettings
+    from .run import RunSettings
 
     wf = Workflow.load(args.workflow)
     for assignment in args.set:
@@ -235,7 +233,7 @@ def prepare(args) -> tuple:
             wf.set_input(wf.copy_paste_id, "count", args.per_prompt)
     max_items = args.max_items
     if max_items is None and targets:
-        max_items = 20 * sum(targets.values()) + 20
+        max_items = max_items_budget(targets.values())
     ray = getattr(args, "ray", None) is not None
     servers = args.server or []
     if len(servers) > 1 and not ray:
@@ -253,8 +251,8 @@ def prepare(args) -> tuple:
 
 
 def ray_settings(args):
-    """--ray and its options as ``RaySettings`` (ray_queue.py; imports no Ray)."""
-    from .ray_queue import RaySettings
+    """--ray and its options as ``RaySettings`` (runner/ray/queue.py; imports no Ray)."""
+    from .ray.queue import RaySettings
 
     model_dirs: dict[str, list[str]] = {}
     for folder, path in args.model_dir:
@@ -295,10 +293,10 @@ def split_quotas(wf: Workflow, values, sampler, mix) -> tuple[dict[str, int] | N
     if len(plain) != len(values):
         raise WorkflowError(f"--quota {' '.join(values)}: the copy-paste node has one quota_per_class for all its "
                             "classes; give one --quota N (pick the classes with --set ID.classes=a,b)")
-    sd, cp = split_mix(plain[0], mix)
+    generated, cp = split_mix(plain[0], mix)
     if sampler is None:
         return None, cp
-    return {label: sd for label in sampler.labels} if sd else {}, cp
+    return {label: generated for label in sampler.labels} if generated else {}, cp
 
 
 def print_summary(result, dataset: str, out=None) -> None:
@@ -308,7 +306,7 @@ def print_summary(result, dataset: str, out=None) -> None:
     by_source = getattr(result, "by_source", None) or {}
     if by_source:
         for source, counts in by_source.items():
-            print(f"  {source}" + (" (source generated)" if source == "sd" else "") + ":", file=out)
+            print(f"  {source}" + (f" (source {GENERATED})" if source == FLAG_NAME[GENERATED] else "") + ":", file=out)
             for label, c in sorted(counts.items()):
                 print(f"    {label:<26} {c['accepted']:>6} accepted {c['rejected']:>6} rejected", file=out)
     else:
@@ -325,7 +323,7 @@ def print_summary(result, dataset: str, out=None) -> None:
 def cmd_queue(args) -> int:
     wf, sampler, settings = prepare(args)
     if args.ray is not None:
-        from .ray_queue import run_ray
+        from .ray.queue import run_ray
 
         result = run_ray(wf, sampler, settings, ray_settings(args))
     else:
@@ -350,7 +348,7 @@ def main(argv=None) -> int:
                                 "(status, reconcile, redecide, finalize) and measure it on real images (evaluate).")
     sub = parser.add_subparsers(dest="command", required=True)
     add_queue_args(sub.add_parser("queue", help="queue a workflow until per-class quotas (or N items) are met"))
-    from .demo import add_demo_args
+    from .demo.command import add_demo_args
     add_demo_args(sub.add_parser("demo", help="one command: find ComfyUI, start it, generate a small dataset"))
     from .dataset_cli import COMMANDS, add_dataset_commands, run_dataset_command
     add_dataset_commands(sub)
@@ -361,11 +359,10 @@ def main(argv=None) -> int:
         return run_dataset_command(args)
     if args.command == "evaluate":
         return cmd_evaluate(args)
-    from .scheduler import RunError
     try:
         if args.command == "queue":
             return cmd_queue(args)
-        from .demo import cmd_demo
+        from .demo.command import cmd_demo
         return cmd_demo(args)
     except KeyboardInterrupt:
         return 130

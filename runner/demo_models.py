@@ -173,7 +173,8 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.getcwd())
+    here = os.path.dirname(os.path.abspath(__file__))   # runner/: its ray/ and demo/ packages must not shadow
+    sys.path[:] = [os.getcwd()] + [p for p in sys.path if os.path.abspath(p or ".") != here]
     if sys.argv[1] == "--clip":
         build_open_clip(sys.argv[2], sys.argv[3])
     else:

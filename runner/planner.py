@@ -20,9 +20,9 @@ class Job:
     errors: int = 0
     prompt_id: str | None = None
     server: str | None = None
-    unseen: int = 0          # polls in which the server knew nothing of the prompt
+    polls_unseen: int = 0    # polls in a row in which the server knew nothing of the prompt
     copy_paste: bool = False  # the graph has the copy-paste branch (its node in resume mode)
-    solo: bool = False        # no other copy-paste prompt was in flight while this one was
+    ran_alone: bool = False   # no other copy-paste prompt was in flight while this one was
 
 
 class Planner:
@@ -64,7 +64,7 @@ class Planner:
         return False
 
     def lost(self, job: Job) -> None:
-        job.prompt_id, job.server, job.unseen = None, None, 0
+        job.prompt_id, job.server, job.polls_unseen = None, None, 0
         self.retry.append(job)
 
     # -- planning ---------------------------------------------------------------------------------

@@ -1,28 +1,28 @@
 """Queue a DTGen workflow on one ComfyUI server until the per-class quotas (or N items) are in the
-dataset. Several servers (GPUs, nodes) are Ray's job: ``--ray`` (ray_queue.py) plans the same way
-and leaves worker faults to Ray.
+dataset: the run loop (loop.py) over ``HttpExecutor``. Several servers (GPUs, nodes) are Ray's job:
+``--ray`` (runner/ray/queue.py) runs the same loop over Ray workers.
 
-Sources: the prompt sampler's SD images (``sd``, stored as source ``generated``) are planned here,
-index by index. A copy-paste branch (``DTGenCopyPaste`` -> its own writer) runs in the node's resume
-mode: the node claims the items the dataset lacks (claims keep concurrent prompts apart) and reports
-"done" when every class has its copy-paste quota. The client rides it along with the SD prompts,
-queues the branch alone once SD is full, and takes "done" for full only from a prompt that no other
-copy-paste prompt overlapped (else one more prompt checks). Each source's quota counts its own
-images only.
+Sources: the prompt sampler's SD images (``sd``, stored as source ``generated``) are planned by
+the loop, index by index. A copy-paste branch (``DTGenCopyPaste`` -> its own writer) runs in the
+node's resume mode: the node claims the items the dataset lacks (claims keep concurrent prompts
+apart) and reports "done" when every class has its copy-paste quota. The client rides it along with
+the SD prompts, queues the branch alone once SD is full, and takes "done" for full only from a
+prompt that no other copy-paste prompt overlapped (else one more prompt checks). Each source's quota
+counts its own images only.
 
-The server keeps ``pending`` prompts queued. The dataset's manifest is the source of truth:
-what is stored is never queued again, so a killed client resumes where it stopped, and prompts an
-earlier run left on the server are adopted instead of queued twice. A server that stops answering
-is waited for (``give_up_after`` seconds); prompts lost with its restart are queued again.
+The server keeps ``pending`` prompts queued (--pending; ``waiting``: the server's own queue).
+Prompts an earlier run left on the server are adopted instead of queued twice, and its dataset is
+found in the server's history. A server that stops answering is waited for (``give_up_after``
+seconds); prompts lost with its restart are queued again.
 """
 from __future__ import annotations
 
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..nodes.synthesis.copy_paste import DONE_TEXT, MADE_TEXT
 from .api import (
     ComfyAPI,
     ComfyError,
@@ -30,515 +30,206 @@ from .api import (
     execution_error,
     writer_dataset_path,
 )
-from ..nodes.store.layout import MARKER
-from ..nodes.synthesis.copy_paste import DONE_TEXT, MADE_TEXT
-from .dataset_view import DatasetView
-from .planner import Job, Planner
-from .progress import Progress, status_line
-from .workflow import COPY_PASTE, SAMPLER, WRITER, Workflow
+from .loop import Outcome, RunLoop
+from .planner import Job
+from .progress import Progress
+from .run import RunError, RunResult, RunSettings, lost_when_unseen, why_short
+from .workflow import COPY_PASTE as COPY_PASTE_NODE
+from .workflow import SAMPLER, WRITER, Workflow
+
+__all__ = ["HttpExecutor", "QueueRun", "RunError", "RunResult", "RunSettings", "copy_paste_report", "why_short"]
 
 MARK = "dtgen_queue"          # key in a prompt's extra_data: which run and items it belongs to
-MAX_ERRORS_IN_A_ROW = 5
 HISTORY_LOOKBACK = 200        # recent history entries searched for an earlier run's dataset path
-SD, CP = "sd", "copy_paste"   # the sources, as --mix names them
-SOURCE = {SD: "generated", CP: "copy_paste"}   # ... and as records name them
 CP_DONE = re.compile(re.escape(DONE_TEXT))            # the copy-paste node's text when it has nothing to do
 CP_MADE = re.compile(r"(\d+) " + re.escape(MADE_TEXT))  # ... and when it made items
 
 
-class RunError(RuntimeError):
-    """The run stopped; the message is one line saying why and what to do."""
+def copy_paste_report(entry: dict, node_id: str) -> tuple[int, bool]:
+    """(items made, "done": every class has its quota) from the copy-paste node's history output.
+    The node's output holds only its canvas text today, so the two facts are read from that text
+    (DONE_TEXT / MADE_TEXT, nodes/synthesis/copy_paste.py); a structured ``dtgen_copy_paste``
+    entry ``{"made": n, "done": bool}`` is read first once the node reports one."""
+    output = (entry.get("outputs") or {}).get(str(node_id)) or {}
+    report = output.get("dtgen_copy_paste")
+    if isinstance(report, list) and report and isinstance(report[0], dict):
+        return int(report[0].get("made") or 0), bool(report[0].get("done"))
+    text = "\n".join(map(str, output.get("text") or []))
+    made = CP_MADE.search(text)
+    return (int(made.group(1)) if made else 0), bool(CP_DONE.search(text))
 
 
-@dataclass
-class RunSettings:
-    server: str
-    targets: dict[str, int] | None = None
-    items: int | None = None
-    start: int = 0
-    per_prompt: int = 1
-    pending: int = 2
-    retries: int = 2
-    output_dir: Path | None = None
-    poll: float = 0.5
-    give_up_after: float = 120.0
-    max_items: int | None = None
-    copy_paste_quota: int = 0                 # copy-paste images per class (0: the branch is left out)
-    copy_paste_max_items: int | None = None   # default: 20 x the copy-paste quota of the classes seen, + 20
+class HttpExecutor:
+    """One ComfyUI server over its HTTP API: ``pending`` prompts kept queued."""
+    shared_dataset = True
 
-
-@dataclass
-class RunResult:
-    dataset_dir: Path | None
-    counts: dict
-    queued: int
-    items_done: int
-    failed: list[int]
-    elapsed: float
-    servers: dict = field(default_factory=dict)   # server (Ray: worker) -> items finished there
-    by_source: dict = field(default_factory=dict)  # "sd" / "copy_paste" -> per-class counts (several sources)
-    items_by_source: dict = field(default_factory=dict)   # source -> items made in this run
-
-
-class QueueRun:
-    def __init__(self, workflow: Workflow, sampler, settings: RunSettings, progress: Progress | None = None):
-        """``sampler``: the prompt sampler rebuilt locally (``packs.local_sampler``), None for a graph
-        with only a copy-paste branch."""
-        self.wf, self.sampler, self.cfg = workflow, sampler, settings
-        self.progress = progress or Progress()
-        self.dataset = workflow.dataset_name
-        self.pack_hash = sampler.pack.pack_hash if sampler is not None else None
-        self.stream = sampler.stream if sampler is not None else None
-        self.client_id = str(uuid.uuid4())
-        self.api = ComfyAPI(settings.server)
+    def __init__(self, url: str, pending: int, give_up_after: float):
+        self.api = ComfyAPI(url)
         self.url = self.api.url
+        self.servers = [self.url]
+        self.pending, self.give_up_after = pending, give_up_after
+        self.client_id = str(uuid.uuid4())
         self.jobs: dict[str, Job] = {}          # prompt id -> job, on the server
         self.failing_since: float | None = None  # since when the server does not answer
-        self.finished = 0                        # items finished on the server in this run
-        self.sd_on = sampler is not None and (settings.items is not None or bool(settings.targets))
-        self.cp_on = workflow.has_copy_paste and settings.items is None and settings.copy_paste_quota > 0
-        if not (self.sd_on or self.cp_on):
-            raise ValueError("nothing to queue: no prompt-sampler target and no copy-paste quota")
-        limit = sampler.total if sampler is not None and sampler.mode == "exhaustive" else None
-        targets = settings.targets if self.sd_on or settings.items is not None else {}
-        self.planner = Planner(sampler.label_of if sampler is not None else str, targets=targets,
-                               items=settings.items, start=settings.start, per_prompt=settings.per_prompt,
-                               limit=limit, retries=settings.retries, max_queued=settings.max_items)
-        self.cp_quota = settings.copy_paste_quota if self.cp_on else 0
-        self.cp_count, self.cp_classes = 0, ()
-        if self.cp_on:
-            inputs = workflow.copy_paste_inputs()
-            self.cp_count, self.cp_classes = max(1, inputs["count"]), inputs["classes"]
-            workflow.set_copy_paste_quota(self.cp_quota)   # the node's resume mode, on this dataset
-            if not isinstance(workflow.graph[workflow.copy_paste_id]["inputs"].get("dataset_name"), list):
-                workflow.set_input(workflow.copy_paste_id, "dataset_name", self.dataset)
-        self.cp_full = False       # a lone copy-paste prompt said "done" and the manifest agrees
-        self.cp_draining = False   # one said "done" beside others: wait for them, then check with one more
-        self.cp_queued = 0         # copy-paste items asked for (count per prompt), for --max-items
-        self.view: DatasetView | None = None
-        self.reported_dir: str | None = None
-        if settings.output_dir is not None:
-            self.view = self._new_view(Path(settings.output_dir) / self.dataset)
-        self.errors_in_a_row = 0
-        self.items_done = 0
-        self.made = {SD: 0, CP: 0}
-        self.t0 = time.monotonic()
-
-    def _new_view(self, path) -> DatasetView:
-        return DatasetView(path, self.pack_hash, self.sampler.stream_key if self.sampler is not None else None)
+        self.run: RunLoop | None = None
 
     # ------------------------------------------------------------------------------------- setup
-    def connect(self) -> None:
+    def start(self, run: RunLoop) -> None:
+        self.run = run
         try:
             self.api.system_stats()
-            if self.sd_on and not self.api.has_node(SAMPLER):
+            if run.sampler_on and not self.api.has_node(SAMPLER):
                 raise RunError(f"ComfyUI at {self.url} has no DTGen nodes: install this pack in its "
                                "custom_nodes folder and restart it")
-            if self.cp_on and not self.api.has_node(COPY_PASTE):
-                raise RunError(f"ComfyUI at {self.url} has no {COPY_PASTE} node: update the DTGen pack in its "
+            if run.cp_on and not self.api.has_node(COPY_PASTE_NODE):
+                raise RunError(f"ComfyUI at {self.url} has no {COPY_PASTE_NODE} node: update the DTGen pack in its "
                                "custom_nodes folder and restart it")
         except ComfyError as e:   # unreachable too: one line saying what to do
             raise RunError(str(e)) from None
         self._adopt()
-        if self.view is None:
+        if run.view is None:
             self._discover_dataset()
 
     def _adopt(self) -> None:
-        running, pending = self.api.queue()
+        run = self.run
+        running, waiting = self.api.queue()
         n = 0
-        for entry in running + pending:
+        for entry in running + waiting:
             mark = (entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {}).get(MARK) or {}
             indices, copy_paste = tuple(mark.get("indices") or ()), bool(mark.get("copy_paste"))
-            if mark.get("dataset") != self.dataset:
+            if mark.get("dataset") != run.dataset:
                 continue
-            if indices and (mark.get("pack_hash"), mark.get("stream")) != (self.pack_hash, self.stream):
+            if indices and (mark.get("pack_hash"), mark.get("stream")) != (run.pack_hash, run.stream):
                 continue   # other items (another seed, pack or classes): not this run's
-            if not indices and not (copy_paste and self.cp_on):
+            if not indices and not (copy_paste and run.cp_on):
                 continue
             job = Job(indices, prompt_id=entry[1], server=self.url, copy_paste=copy_paste)
             self.jobs[entry[1]] = job
-            if indices:
-                self.planner.adopt(job)
-            if copy_paste:
-                self.cp_queued += self.cp_count
+            run.adopt(job)
             n += 1
         if n:
-            self.progress.message(f"{self.url}: {n} prompt(s) of an earlier run are still queued; waiting for "
-                                  "them instead of queueing their items again")
+            run.progress.message(f"{self.url}: {n} prompt(s) of an earlier run are still queued; waiting for "
+                                 "them instead of queueing their items again")
 
     def _discover_dataset(self) -> None:
         """Where an earlier run of this dataset was written, from the server's history, so a resumed
         run knows what is done before it queues anything."""
+        run = self.run
         for entry in reversed(list(self.api.get(f"/history?max_items={HISTORY_LOOKBACK}").values())):
             prompt = entry.get("prompt") or []
             mark = (prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}).get(MARK) or {}
-            if mark.get("dataset") != self.dataset:
+            if mark.get("dataset") != run.dataset:
                 continue
             graph = prompt[2] if len(prompt) > 2 and isinstance(prompt[2], dict) else {}
             writers = [k for k, n in graph.items() if isinstance(n, dict) and n.get("class_type") == WRITER]
-            for writer in writers or self.wf.writer_ids:   # that run's writers (another graph may have other ids)
+            for writer in writers or run.wf.writer_ids:   # that run's writers (another graph may have other ids)
                 reported = writer_dataset_path(entry, writer)
                 if reported and (Path(reported) / "manifest.jsonl").is_file():
-                    self.reported_dir = reported
-                    self.view = self._new_view(reported)
+                    run.use_dataset(reported)
                     return
 
-    # -------------------------------------------------------------------------------------- loop
-    def run(self) -> RunResult:
-        self.connect()
-        try:
-            self._loop()
-        except KeyboardInterrupt:
-            n = self._cancel_pending()
-            self.progress.message(f"stopped: {n} queued prompt(s) removed; run the same command again to resume")
-            raise
-        except RunError:
-            self._cancel_pending()
-            raise
-        finally:
-            if self.items_done or not self.planner.n_queued:   # no bare status line before a refusal
-                self.progress.show(self._status(), force=True)
-            self.progress.close()
-        return self._result()
+    # ------------------------------------------------------------------------------- executor
+    def slots(self):
+        while self.failing_since is None and len(self.jobs) < self.pending:
+            yield None
 
-    def _loop(self) -> None:
-        while True:
-            self._refresh_view()
-            self._poll()
-            self._refresh_view()
-            accepted, done = self._accepted(), self._done()
-            sd_complete = self.planner.complete(accepted, done)
-            cp_complete = not self.cp_on or self.cp_full
-            if sd_complete and cp_complete:
-                self._cancel_pending()
-                if not self._in_flight_jobs():
-                    return
-            else:
-                self._fill(accepted, done, sd_complete)
-                if not self._in_flight_jobs():
-                    if not sd_complete and self.planner.exhausted():
-                        raise RunError(self._why_short(accepted))
-                    if not cp_complete and not self._cp_budget_left():
-                        raise RunError(self._why_short_copy_paste())
-            self.progress.show(self._status())
-            time.sleep(self.cfg.poll)
-
-    def _fill(self, accepted, done, sd_complete: bool = False) -> None:
-        if self.failing_since is not None:
-            return
-        while len(self.jobs) < self.cfg.pending:
-            if self.view is None and self.jobs:
-                return  # first item tells where the dataset is; plan the rest after it
-            job = self._next_job(accepted, done, sd_complete)
-            if job is None:
-                return
-            if not self._submit(job):
-                return
-
-    def _next_job(self, accepted, done, sd_complete: bool) -> Job | None:
-        """The sampler's next items (with the copy-paste branch while it still wants items), else a
-        copy-paste prompt alone, else nothing."""
-        with_cp = self._cp_wanted() or self._cp_probe_due()
-        if self.sd_on and not sd_complete:
-            job = self.planner.next_job(done, accepted, self._in_flight_labels(done))
-            if job is not None:
-                job.copy_paste = with_cp
-                return job
-        if with_cp:
-            return Job((), copy_paste=True)
-        return None
-
-    def _cp_budget_left(self) -> bool:
-        return self.cp_queued < self._cp_budget()
-
-    def _cp_budget(self) -> int:
-        if self.cfg.copy_paste_max_items is not None:
-            return self.cfg.copy_paste_max_items
-        return 20 * self.cp_quota * max(1, len(self._cp_labels())) + 20
-
-    def _cp_wanted(self) -> bool:
-        return self.cp_on and not self.cp_full and not self.cp_draining and self._cp_budget_left()
-
-    def _cp_probe_due(self) -> bool:
-        """After a "done" beside other copy-paste prompts, once they have finished: one prompt alone,
-        which sees every claim of this run resolved, says whether the quota is really met."""
-        return (self.cp_on and not self.cp_full and self.cp_draining and self._cp_budget_left()
-                and not any(j.copy_paste for j in self._in_flight_jobs()))
-
-    def _submit(self, job: Job) -> bool:
-        quota = self._writer_quota()
-        if job.indices:
-            graph = self.wf.item_graph(job.indices[0], len(job.indices), copy_paste=job.copy_paste,
-                                       writer_quota=quota)
-        else:
-            graph = self.wf.copy_paste_graph(writer_quota=quota)
-        extra = {MARK: {"dataset": self.dataset, "pack_hash": self.pack_hash, "stream": self.stream,
+    def submit(self, job: Job, graph: dict, slot=None) -> bool:
+        run = self.run
+        extra = {MARK: {"dataset": run.dataset, "pack_hash": run.pack_hash, "stream": run.stream,
                         "indices": list(job.indices), "copy_paste": job.copy_paste}}
         try:
             pid = self.api.queue_prompt(graph, self.client_id, extra)
         except ServerUnreachable:
-            self._lost(job)
             self._failing()
             return False
         except ComfyError as e:
-            self._lost(job)
+            run.lost(job)
             raise RunError(str(e)) from None
-        if job.copy_paste:
-            others = [j for j in self._in_flight_jobs() if j.copy_paste]
-            job.solo = not others
-            for other in others:
-                other.solo = False
-            self.cp_queued += self.cp_count
-        job.prompt_id, job.server, job.unseen = pid, self.url, 0
+        job.prompt_id, job.server, job.polls_unseen = pid, self.url, 0
         self.jobs[pid] = job
         return True
 
-    def _writer_quota(self) -> int | None:
-        """The writers' quota_per_class, a safety net. A writer counts the accepted images of every
-        source, so with several sources the net is the sum of the quotas in play plus what other
-        sources already hold; with the sampler alone it is the quota itself, as before."""
-        if self.cfg.targets is None and not self.cp_on:
-            return None    # --items: the graph's own value
-        sd = self.cfg.targets if self.sd_on and self.cfg.targets else {}
-        playing = {SOURCE[name] for name, on in ((SD, self.sd_on), (CP, self.cp_on)) if on}
-        other = self.view.accepted_outside(playing) if self.view is not None else {}
-        labels = set(sd) | set(other)
-        return self.cp_quota + max((sd.get(label, 0) + other.get(label, 0) for label in labels), default=0)
-
-    def _lost(self, job: Job) -> None:
-        """A job that may not have run (the server was restarted without it): the sampler's items
-        go back to the planner (a copy-paste prompt needs nothing back: its node plans again from
-        the dataset)."""
-        if job.indices:
-            self.planner.lost(job)
-
-    def _poll(self) -> None:
+    def poll(self) -> list[Outcome]:
+        out = []
         try:
-            running, pending = self.api.queue()
-            on_server = {e[1] for e in running + pending}
+            running, waiting = self.api.queue()
+            on_server = {e[1] for e in running + waiting}
             for pid, job in list(self.jobs.items()):
                 if pid in on_server:
-                    job.unseen = 0
+                    job.polls_unseen = 0
                     continue
                 entry = self.api.history(pid)
                 if entry is None:
-                    job.unseen += 1
-                    if job.unseen >= 2:   # neither queued nor in history: the server was restarted
+                    job.polls_unseen += 1
+                    if lost_when_unseen(job.polls_unseen):
                         del self.jobs[pid]
-                        self._lost(job)
+                        out.append(Outcome(job, self.url, self.url, lost=True))
                     continue
                 del self.jobs[pid]
-                self._finished(job, entry)
+                out.append(self._outcome(job, entry))
         except ServerUnreachable:
             self._failing()
-            return
+            return out
         except ComfyError as e:
             raise RunError(str(e)) from None
         if self.failing_since is not None:
-            self.progress.message(f"{self.url} is back")
+            self.run.progress.message(f"{self.url} is back")
         self.failing_since = None
+        return out
 
-    def _finished(self, job: Job, entry: dict) -> None:
+    def _outcome(self, job: Job, entry: dict) -> Outcome:
         error = execution_error(entry)
         if error is not None:
-            retried = self.planner.errored(job) if job.indices else False
-            self.errors_in_a_row += 1
-            if job.indices:
-                self.progress.message(f"item {self._items(job)} failed on {self.url}: {error}"
-                                      + (" (will retry)" if retried else f" (gave up after {job.errors} tries)"))
-            else:
-                self.progress.message(f"a copy-paste prompt failed on {self.url}: {error} (the node plans its "
-                                      "items again)")
-            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-                raise RunError(f"{self.errors_in_a_row} prompts in a row failed; last error: {error}; fix it and "
-                               "run the same command again to resume")
-            return
-        self.errors_in_a_row = 0
-        if job.indices:
-            self.planner.finished(job)
-            self.items_done += len(job.indices)
-            self.made[SD] += len(job.indices)
-            self.finished += len(job.indices)
-        writers = ([self.wf.writer_id] if job.indices else []) + (self.wf.copy_paste_writer_ids if job.copy_paste else [])
-        for writer in writers:
-            self._learn_dataset(writer_dataset_path(entry, writer))
-        if job.indices:
-            self._check_pack(job)
-        if job.copy_paste:
-            self._copy_paste_finished(job, entry)
+            return Outcome(job, self.url, self.url, error=error)
+        wf = self.run.wf
+        writers = ([wf.writer_id] if job.indices else []) + (wf.copy_paste_writer_ids if job.copy_paste else [])
+        return Outcome(job, self.url, self.url, dataset_paths=[writer_dataset_path(entry, w) for w in writers],
+                       copy_paste=copy_paste_report(entry, wf.copy_paste_id) if job.copy_paste else None)
 
-    def _copy_paste_finished(self, job: Job, entry: dict) -> None:
-        texts = ((entry.get("outputs") or {}).get(str(self.wf.copy_paste_id)) or {}).get("text") or []
-        text = "\n".join(map(str, texts))
-        made = CP_MADE.search(text)
-        n = int(made.group(1)) if made else 0
-        self.items_done += n
-        self.made[CP] += n
-        self.finished += n
-        if CP_DONE.search(text):
-            if job.solo and not self._cp_short():
-                self.cp_full = True
-            else:
-                self.cp_draining = True   # others may still hold claims: check again when they are done
-        elif job.solo:
-            self.cp_draining = False      # the check found work: back to normal
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
 
-    def _cp_short(self) -> bool:
-        """Whether the manifest shows a copy-paste class below its quota."""
-        if self.view is None:
-            return False
-        counts = self.view.refresh().counts(SOURCE[CP])
-        return any(counts.get(label, {}).get("accepted", 0) < self.cp_quota for label in self._cp_labels())
+    def in_flight(self) -> list[Job]:
+        return list(self.jobs.values())
 
-    def _cp_labels(self) -> tuple[str, ...]:
-        """The copy-paste classes: the node's classes input, else those in the dataset so far (the
-        cutout set is on the server; the client does not read it)."""
-        if self.cp_classes:
-            return self.cp_classes
-        return tuple(sorted(self.view.labels_of(SOURCE[CP]))) if self.view is not None else ()
+    def stalled(self) -> bool:
+        return True
 
-    def _learn_dataset(self, reported: str | None) -> None:
-        if reported is None:
-            return
-        self.reported_dir = self.reported_dir or reported
-        # dataset.json, not the manifest: the writer node may still be writing its lines in the
-        # background (another prompt was queued behind it); the folder and marker exist at once
-        if self.view is None:
-            if not (Path(reported) / MARKER).is_file():
-                raise RunError(f"the server wrote the dataset to {reported}, which this machine cannot see; run "
-                               "the client where that folder is visible or pass --output-dir <mounted output folder>")
-            self.view = self._new_view(reported)
-        elif not (self.view.dir / MARKER).is_file():
-            raise RunError(f"no dataset at {self.view.dir} although the server wrote {reported}: --output-dir "
-                           "must be the server's output folder")
-
-    def _check_pack(self, job: Job) -> None:
-        if self.view is None or self.sampler is None:
-            return
-        self.view.refresh()
-        if not set(job.indices) & self.view.done_indices() and self.view.foreign_pack_hashes():
-            raise RunError(f"the server's prompt pack {self.sampler.pack.name!r} differs from the local copy "
-                           f"({self.sampler.pack.source}); pass --pack-dir with the server's pack folder")
+    def status(self) -> tuple[int, str]:
+        return len(self.jobs), "0 servers" if self.failing_since is not None else "1 server"
 
     def _failing(self) -> None:
         """The server does not answer: wait for it (its queue may survive), up to give_up_after."""
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
-            self.progress.message(f"{self.url} stopped answering; waiting for it (up to "
-                                  f"{self.cfg.give_up_after:g} s)")
-        elif now - self.failing_since >= self.cfg.give_up_after:
-            raise RunError(f"ComfyUI at {self.url} has not answered for {self.cfg.give_up_after:g} s; start it "
+            self.run.progress.message(f"{self.url} stopped answering; waiting for it (up to "
+                                      f"{self.give_up_after:g} s)")
+        elif now - self.failing_since >= self.give_up_after:
+            raise RunError(f"ComfyUI at {self.url} has not answered for {self.give_up_after:g} s; start it "
                            "and run the same command again to resume")
 
-    def _cancel_pending(self) -> int:
+    def cancel(self) -> int:
         """Remove this run's not-yet-started prompts from the server's queue."""
         if not self.jobs or self.failing_since is not None:
             return 0
         try:
-            _, pending = self.api.queue()
-            ours = [e[1] for e in pending if e[1] in self.jobs]
+            _, waiting = self.api.queue()
+            ours = [e[1] for e in waiting if e[1] in self.jobs]
             if ours:
-                self.api.delete_pending(ours)
+                self.api.delete_waiting(ours)
                 for pid in ours:
-                    self._lost(self.jobs.pop(pid))
+                    self.run.lost(self.jobs.pop(pid))
             return len(ours)
         except ComfyError:
             return 0
 
-    # ----------------------------------------------------------------------------------- views
-    def _refresh_view(self) -> None:
-        if self.view is not None:
-            self.view.refresh()
 
-    def _accepted(self, source: str = SD) -> dict[str, int]:
-        """Accepted images per class toward one source's quota (SD targets count SD images only)."""
-        counts = self.view.counts(SOURCE[source]) if self.view is not None else {}
-        return {label: c["accepted"] for label, c in counts.items()}
+class QueueRun(RunLoop):
+    """The run loop on one ComfyUI server."""
 
-    def _done(self) -> set[int]:
-        return self.view.done_indices() if self.view is not None else set()
-
-    def _in_flight_jobs(self) -> list[Job]:
-        return list(self.jobs.values())
-
-    def _in_flight_labels(self, done: set[int]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for job in self._in_flight_jobs():
-            for i in job.indices:   # only jobs with indices exist without a sampler
-                if i not in done:
-                    label = self.sampler.label_of(i)
-                    out[label] = out.get(label, 0) + 1
-        return out
-
-    @staticmethod
-    def _items(job: Job) -> str:
-        i = job.indices
-        return str(i[0]) if len(i) == 1 else f"{i[0]}..{i[-1]}"
-
-    def _why_short(self, accepted) -> str:
-        return why_short(self.cfg, self.planner, self.sampler, accepted, "SD quota" if self.cp_on else "quota")
-
-    def _why_short_copy_paste(self) -> str:
-        counts = self.view.counts(SOURCE[CP]) if self.view is not None else {}
-        short = {k: f"{counts.get(k, {}).get('accepted', 0)}/{self.cp_quota}" for k in self._cp_labels()
-                 if counts.get(k, {}).get("accepted", 0) < self.cp_quota}
-        return (f"copy-paste quota not reached for {short or 'its classes'}: {self.cp_queued} copy-paste items "
-                f"asked for, --max-items {self._cp_budget()} reached (the filter rejects too much?); raise "
-                "--max-items, loosen the filter or lower the copy-paste quota")
-
-    def _sources(self) -> list[tuple[str, dict, dict]]:
-        """(name, counts toward its quota, per-class targets) of each source in play."""
-        out = []
-        if self.sd_on and self.cfg.targets is not None:
-            out.append((SD, self.view.counts(SOURCE[SD]) if self.view is not None else {}, self.cfg.targets))
-        if self.cp_on:
-            out.append((CP, self.view.counts(SOURCE[CP]) if self.view is not None else {},
-                        {label: self.cp_quota for label in self._cp_labels()}))
-        return out
-
-    def _status(self) -> str:
-        servers = "0 servers" if self.failing_since is not None else "1 server"
-        elapsed, in_flight = time.monotonic() - self.t0, len(self._in_flight_jobs())
-        if self.cp_on:
-            sources = self._sources()
-            merged: dict[str, dict[str, int]] = {}
-            for _, counts, _ in sources:
-                for label, c in counts.items():
-                    m = merged.setdefault(label, {"accepted": 0, "rejected": 0})
-                    m["accepted"] += c.get("accepted", 0)
-                    m["rejected"] += c.get("rejected", 0)
-            return status_line(merged, None, None, in_flight, servers, elapsed, self.items_done, by_source=sources)
-        counts = self.view.counts(SOURCE[SD]) if self.view is not None else {}
-        return status_line(counts, self.cfg.targets, self.cfg.items, in_flight, servers, elapsed, self.items_done)
-
-    def _result(self) -> RunResult:
-        by_source = {}
-        if self.view is not None:
-            self.view.refresh()
-            present = self.view.sources()
-            for name, on in ((SD, self.sd_on), (CP, self.cp_on)):
-                if on or SOURCE[name] in present:
-                    by_source[name] = self.view.counts(SOURCE[name])
-        if len(by_source) < 2 and not self.cp_on:
-            by_source = {}   # one source: the plain per-class counts say it all
-        return RunResult(
-            dataset_dir=self.view.dir if self.view is not None else None,
-            counts=self.view.counts() if self.view is not None else {},
-            queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
-            elapsed=time.monotonic() - self.t0, servers={self.url: self.finished},
-            by_source=by_source, items_by_source={k: v for k, v in self.made.items() if v or k in by_source})
-
-
-def why_short(cfg: RunSettings, planner: Planner, sampler, accepted, what: str = "quota") -> str:
-    """Why the sampler's items ran out before the quota (or --items) was met: one line."""
-    if cfg.targets is None:
-        return f"{len(planner.failed)} item(s) failed after retries: {sorted(planner.failed)[:10]}"
-    short = {k: f"{accepted.get(k, 0)}/{t}" for k, t in cfg.targets.items() if accepted.get(k, 0) < t}
-    if planner.max_queued is not None and planner.n_queued >= planner.max_queued:
-        why = f"--max-items {planner.max_queued} reached (the filter rejects too much?)"
-    elif sampler.mode == "exhaustive":
-        why = "the exhaustive prompt space is used up"
-    else:
-        why = f"{len(planner.failed)} item(s) failed after retries"
-    return f"{what} not reached for {short}: {why}; raise --max-items, loosen the filter or lower --quota"
+    def __init__(self, workflow: Workflow, sampler, settings: RunSettings, progress: Progress | None = None):
+        executor = HttpExecutor(settings.server, settings.pending, settings.give_up_after)
+        dataset_dir = Path(settings.output_dir) / workflow.dataset_name if settings.output_dir is not None else None
+        super().__init__(workflow, sampler, settings, executor, progress, dataset_dir)
+        self.api, self.url = executor.api, executor.url

@@ -162,8 +162,8 @@ def test_a_killed_driver_resumes_when_run_again(comfyui_path, model_dirs, tmp_pa
 @pytest.fixture(scope="module")
 def pool(comfyui_path, model_dirs, tmp_path_factory):
     """A local Ray (2 logical CPUs) and two workers, each owning a CPU ComfyUI in its own folder."""
-    from dtgen.runner.ray_cluster import Cluster
-    from dtgen.runner.ray_queue import RaySettings, WorkerPool
+    from dtgen.runner.ray.cluster import Cluster
+    from dtgen.runner.ray.queue import RaySettings, WorkerPool
 
     scratch = tmp_path_factory.mktemp("ray-scratch")
     rs = RaySettings(workers=2, comfyui=str(comfyui_path), python=sys.executable, scratch_root=str(scratch),
@@ -184,8 +184,8 @@ def pool(comfyui_path, model_dirs, tmp_path_factory):
 def queue_run(pool, tmp_path, dataset):
     from dtgen.runner.packs import local_sampler
     from dtgen.runner.progress import Progress
-    from dtgen.runner.ray_queue import RayQueueRun
-    from dtgen.runner.scheduler import RunSettings
+    from dtgen.runner.ray.queue import RayQueueRun
+    from dtgen.runner.run import RunSettings
     from dtgen.runner.workflow import Workflow
 
     wf = Workflow.load(small_workflow(tmp_path / "wf.json"))

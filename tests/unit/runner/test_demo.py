@@ -14,7 +14,9 @@ import pytest
 from dtgen.nodes.fewshot.imageset import FewShotError, scan
 from dtgen.nodes.synthesis.backgrounds import load_backgrounds
 from dtgen.nodes.synthesis.cutouts import load_cutouts
-from dtgen.runner import demo, demo_cutouts, demo_photos
+from dtgen.runner.demo import command as demo
+from dtgen.runner.demo import cutouts as demo_cutouts
+from dtgen.runner.demo import photos as demo_photos
 from dtgen.runner.local_server import (
     LocalServer,
     LocalServerError,
@@ -146,7 +148,7 @@ def test_demo_with_real_weights_reuses_the_running_comfyui(tmp_path, comfyui_tre
 def test_the_tiny_models_stay_in_the_workspace_unless_told_otherwise(tmp_path):
     import argparse
 
-    from dtgen.runner.demo import add_demo_args, models_cache
+    from dtgen.runner.demo.command import add_demo_args, models_cache
 
     parser = argparse.ArgumentParser()
     add_demo_args(parser)

@@ -1,6 +1,6 @@
 """The pieces of ``--ray`` that need neither Ray nor ComfyUI: moving stored items between datasets
 as encoded bytes (nodes/store/ingest.py: ScratchReader -> DatasetIngest), a Ray worker's block
-against a stand-in ComfyUI (runner/ray_worker.py used as a plain object), and the command line
+against a stand-in ComfyUI (runner/ray/worker.py used as a plain object), and the command line
 (refusals before Ray starts; the single-server path never imports ray)."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dtgen.nodes.store.ingest import DatasetIngest, ScratchReader
 from dtgen.nodes.store.reconcile import reconcile
 from dtgen.nodes.store.writer import DatasetWriter
 from dtgen.runner.cli import main
-from dtgen.runner.ray_worker import SCRATCH, ComfyWorker, WorkerSpec
+from dtgen.runner.ray.worker import SCRATCH, ComfyWorker, WorkerSpec
 from dtgen.runner.workflow import Workflow
 from PIL import Image
 from support.datasets import check_consistent, make_items
@@ -258,7 +258,7 @@ def test_ray_options_parse_into_settings():
 @pytest.fixture(scope="module")
 def cluster():
     pytest.importorskip("ray", reason="ray is not installed (pip install 'ray==2.60.0')")
-    from dtgen.runner.ray_cluster import Cluster
+    from dtgen.runner.ray.cluster import Cluster
 
     with Cluster(num_cpus=2) as c:
         yield c
@@ -268,8 +268,8 @@ def ray_run(cluster, rs, dataset, output_dir, shared=False):
     """A RayQueueRun of quota 4 per class on a new pool: (records, result, log)."""
     from dtgen.runner.packs import local_sampler
     from dtgen.runner.progress import Progress
-    from dtgen.runner.ray_queue import RayQueueRun, WorkerPool
-    from dtgen.runner.scheduler import RunSettings
+    from dtgen.runner.ray.queue import RayQueueRun, WorkerPool
+    from dtgen.runner.run import RunSettings
 
     wf = small_wf()
     wf.set_dataset(dataset)
@@ -299,7 +299,7 @@ def test_the_driver_fills_quotas_from_two_ray_workers(cluster, fakes, tmp_path):
     """A real local Ray, two workers on stand-in servers: exact quotas, each index stored once,
     both workers used; first with the servers' outputs apart from the central dataset (the items
     travel through Ray), then with a shared output folder (the servers write the dataset)."""
-    from dtgen.runner.ray_queue import RaySettings
+    from dtgen.runner.ray.queue import RaySettings
 
     servers = [fakes(reject=lambda i: i % 5 == 4, delay=0.05) for _ in range(2)]
     rs = RaySettings(servers=[s.url for s in servers])
@@ -316,7 +316,7 @@ def test_the_driver_fills_quotas_from_two_ray_workers(cluster, fakes, tmp_path):
 def test_a_worker_out_of_restarts_leaves_the_run_to_the_others(cluster, fakes, tmp_path):
     """Its server vanishes: the worker exits, Ray has no restart left (--ray-max-restarts 0), the
     driver plans its blocks again on the other worker."""
-    from dtgen.runner.ray_queue import RaySettings
+    from dtgen.runner.ray.queue import RaySettings
 
     doomed, steady = fakes(delay=0.3), fakes(delay=0.05)
     rs = RaySettings(servers=[doomed.url, steady.url], max_restarts=0, max_task_retries=0, unreachable_after=1.0)

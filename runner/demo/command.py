@@ -27,8 +27,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .api import ComfyAPI, ComfyError
-from .local_server import (
+from ..api import ComfyAPI, ComfyError
+from ..local_server import (
     ROOT,
     LocalServer,
     LocalServerError,
@@ -37,7 +37,7 @@ from .local_server import (
     free_port,
     port_in_use,
 )
-from .workflow import Workflow
+from ..workflow import Workflow
 
 WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
 TRAIN_WORKFLOW = ROOT / "example_workflows" / "api" / "dtgen_sd35_train_generate.json"
@@ -112,7 +112,7 @@ def choose_workflow(tiny: bool, real_images) -> Path:
 def prepare_photos(workspace: Path, real_images, labels, say) -> Path:
     """The photo set the few-shot node trains on, in ``<workspace>/fewshot``: a copy of ``real_images``,
     else drawn placeholders for ``labels``."""
-    from .demo_photos import PER_CLASS, copy_photo_set, placeholder_set
+    from .photos import PER_CLASS, copy_photo_set, placeholder_set
 
     if real_images:
         dest = workspace / PHOTO_SETS / REAL_SET
@@ -128,7 +128,7 @@ def prepare_photos(workspace: Path, real_images, labels, say) -> Path:
 
 def build_tiny_models(comfyui: Path, python: str, cache: Path, say) -> dict[str, list[Path]]:
     """Tiny SD3 + LoRA + random ViT-B-32 in ``cache`` (built once, about 10 s)."""
-    script = str(Path(__file__).with_name("demo_models.py"))
+    script = str(Path(__file__).parents[1] / "demo_models.py")   # runner/demo_models.py: run by path
     dirs = {folder: cache / folder for folder in TINY}
     if not all((dirs[f] / name).is_file() for f, name in TINY.items()):
         say("building the embedded demo models (tiny SD3 + LoRA, random ViT-B-32) in "
@@ -185,7 +185,8 @@ def pick_port(port: int, tiny: bool, say) -> tuple[int, bool]:
 
 
 def cmd_demo(args) -> int:
-    from .scheduler import QueueRun, RunSettings
+    from ..run import RunSettings, max_items_budget
+    from ..scheduler import QueueRun
 
     t0 = time.monotonic()
 
@@ -228,7 +229,7 @@ def cmd_demo(args) -> int:
     classes = args.classes if args.classes is not None else (TINY_CLASSES if tiny else "")
     wf.set_input(wf.sampler_id, "classes", classes)
     wf.set_dataset(DATASET)
-    from .packs import local_sampler
+    from ..packs import local_sampler
 
     sampler = local_sampler(wf.sampler_inputs())
     photos = None
@@ -239,7 +240,7 @@ def cmd_demo(args) -> int:
         wf.apply_set(f"{FEWSHOT}.folder={photos.name}")
     sets = None
     if copy_paste:
-        from .demo_cutouts import BACKGROUND_FOLDER, CUTOUT_FOLDER, prepare_sets
+        from .cutouts import BACKGROUND_FOLDER, CUTOUT_FOLDER, prepare_sets
 
         photo_labels = sorted(p.name for p in photos.iterdir() if p.is_dir()) if photos else sampler.labels
         sets = prepare_sets(workspace, args.cutouts, args.backgrounds, photo_labels, say)
@@ -254,13 +255,13 @@ def cmd_demo(args) -> int:
         output_dir = server.output_dir
         say("ComfyUI is ready")
     try:
-        from .progress import Progress
+        from ..progress import Progress
 
         targets = {label: args.quota for label in sampler.labels}
         wf.set_writer_quota(args.quota)
         say(f"queueing {args.quota} accepted image(s) for each of {len(targets)} classes ...")
         settings = RunSettings(server=url, targets=targets, output_dir=output_dir,
-                               max_items=20 * sum(targets.values()) + 20)
+                               max_items=max_items_budget(targets.values()))
         result = QueueRun(wf, sampler, settings, Progress(every=2.0)).run()
         cp_dataset = run_copy_paste_step(url, wf, sets, args.quota, tiny, output_dir, say) if sets else None
     finally:
@@ -295,8 +296,8 @@ def cmd_demo(args) -> int:
 
 def finalize_demo(dataset_dir: Path):
     """Report images (contact sheets, score histograms) and report.json; decisions are kept."""
-    from ..nodes.curation.finalize import finalize
-    from ..nodes.curation.redecide import histogram_image
+    from ...nodes.curation.finalize import finalize
+    from ...nodes.curation.redecide import histogram_image
 
     return finalize(dataset_dir, plot_fn=histogram_image, echo=False)
 
@@ -304,7 +305,7 @@ def finalize_demo(dataset_dir: Path):
 def run_copy_paste_step(url: str, wf: Workflow, sets, quota: int, tiny: bool, output_dir, say) -> Path:
     """The copy-paste template on the demo's server into its own dataset, ``quota`` accepted images per
     class of the cutout set, with the main workflow's CLIP model; returns the dataset folder."""
-    from .demo_cutouts import (
+    from .cutouts import (
         DATASET,
         TINY_SIZE,
         clip_inputs,

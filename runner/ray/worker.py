@@ -29,11 +29,19 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..nodes.store import manifest
-from ..nodes.store.ingest import ScratchReader
-from .api import ComfyAPI, ComfyError, GraphRejected, ServerUnreachable, execution_error, writer_dataset_path
-from .local_server import LocalServer, LocalServerError, find_comfyui, free_port
-from .workflow import SAMPLER, Workflow
+from ...nodes.store import manifest
+from ...nodes.store.ingest import ScratchReader
+from ..api import (
+    ComfyAPI,
+    ComfyError,
+    GraphRejected,
+    ServerUnreachable,
+    execution_error,
+    writer_dataset_path,
+)
+from ..local_server import LocalServer, LocalServerError, find_comfyui, free_port
+from ..run import lost_when_unseen
+from ..workflow import SAMPLER, Workflow
 
 SCRATCH = "dtgen_ray_scratch"   # folder of the scratch datasets, in the server's output folder
 MARK = "dtgen_ray"              # key in a prompt's extra_data
@@ -222,7 +230,7 @@ class ComfyWorker:
     def _wait(self, pid: str) -> dict:
         """The prompt's history entry once it finished; the worker exits if its server dies, or
         if the server forgot the prompt (restarted) or stopped answering."""
-        t0, polls, missing, silent_since = time.monotonic(), 0, 0, None
+        t0, polls, polls_unseen, silent_since = time.monotonic(), 0, 0, None
         while True:
             if self.server is not None and self.server.proc.poll() is not None:
                 self._server_gone(f"its ComfyUI server exited (code {self.server.proc.returncode}); see "
@@ -233,12 +241,12 @@ class ComfyWorker:
                     return entry
                 polls += 1
                 if polls % 20 == 0:
-                    running, pending = self.api.queue()
-                    if pid in {e[1] for e in running + pending}:
-                        missing = 0
+                    running, waiting = self.api.queue()
+                    if pid in {e[1] for e in running + waiting}:
+                        polls_unseen = 0
                     elif self.api.history(pid) is None:
-                        missing += 1
-                        if missing >= 2:
+                        polls_unseen += 1
+                        if lost_when_unseen(polls_unseen):
                             self._server_gone(f"ComfyUI at {self.api.url} no longer knows prompt {pid} (restarted?)")
                 silent_since = None
             except ServerUnreachable as e:

@@ -1,10 +1,10 @@
 """``python -m runner queue ... --ray [ADDRESS]``: the prompt sampler's items on Ray workers.
 
 One Ray actor per GPU (``num_gpus=1``; on a CPU-only cluster ``num_cpus=1``, ``--ray-workers N``)
-owns a ComfyUI on its node (runner/ray_worker.py) and runs blocks of item indices (the sampler is
-stateless: any block is independent). The driver plans from the central dataset exactly as the
-single-server client does (planner.py, dataset_view.py: quotas, what is stored, what is in
-flight) and stores each block's returned items into it (nodes/store/ingest.py: one writer, one
+owns a ComfyUI on its node (runner/ray/worker.py) and runs blocks of item indices (the sampler is
+stateless: any block is independent). The driver runs the same loop as the single-server client
+(runner/loop.py: quotas, what is stored, what is in flight) over ``RayExecutor``, which stores each
+block's returned items into the central dataset (nodes/store/ingest.py: one writer, one
 lock, one manifest; the encoded bytes as they are). No shared file system is needed; with
 ``--ray-shared-output`` the workers' servers write into the central dataset themselves.
 
@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..nodes.store.ingest import DatasetIngest
-from .dataset_view import DatasetView
-from .planner import Job, Planner
-from .progress import Progress, status_line
-from .ray_worker import ComfyWorker, WorkerSpec
-from .scheduler import MAX_ERRORS_IN_A_ROW, SD, SOURCE, RunError, RunResult, RunSettings, why_short
-from .workflow import Workflow
+from ...nodes.store.ingest import DatasetIngest
+from ..loop import Outcome, RunLoop
+from ..planner import Job
+from ..progress import Progress
+from ..run import RunError, RunResult, RunSettings, pack_mismatch
+from ..workflow import Workflow
+from .worker import ComfyWorker, WorkerSpec
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
@@ -82,7 +82,9 @@ class WorkerPool:
                 opts = dict(base, num_cpus=0)
                 host = urlparse(url if "://" in url else "http://" + url).hostname
                 if host in LOOPBACK and driver_node:   # the server is on this node: so is its worker
-                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+                    from ray.util.scheduling_strategies import (
+                        NodeAffinitySchedulingStrategy,
+                    )
 
                     opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node, soft=False)
                 self.actors.append(remote.options(**opts).remote(asdict(spec) | {"url": url}, slot))
@@ -150,216 +152,168 @@ def _one_line(e: BaseException) -> str:
     return (useful or lines or [type(e).__name__])[-1][:400]
 
 
-class RayQueueRun:
-    def __init__(self, workflow: Workflow, sampler, settings: RunSettings, pool: WorkerPool,
-                 progress: Progress | None = None, shared_output: bool = False):
-        check_workflow(workflow, settings)
-        self.wf, self.sampler, self.cfg, self.pool = workflow, sampler, settings, pool
-        self.progress = progress or Progress()
-        self.ray = pool.ray
-        self.dataset = workflow.dataset_name
-        self.shared = shared_output
-        if settings.output_dir is None:
-            raise RunError("--ray needs --output-dir: the folder of the central dataset")
-        self.dataset_dir = Path(settings.output_dir).absolute() / self.dataset
-        self.pack_hash, self.stream = sampler.pack.pack_hash, sampler.stream
-        limit = sampler.total if sampler.mode == "exhaustive" else None
-        self.planner = Planner(sampler.label_of, targets=settings.targets, items=settings.items, start=settings.start,
-                               per_prompt=settings.per_prompt, limit=limit, retries=settings.retries,
-                               max_queued=settings.max_items)
-        self.view = DatasetView(self.dataset_dir, self.pack_hash, sampler.stream_key)
-        self.ingest = None if shared_output else DatasetIngest(self.dataset_dir, quotas=settings.targets)
+class RayExecutor:
+    """The run's Ray workers (``WorkerPool``): blocks of item indices, ``pending`` per worker. The
+    blocks' items come back as bytes and are stored into the central dataset here (one ingest: one
+    writer, one lock, one manifest), or the workers' servers write it themselves (``shared``)."""
+
+    def __init__(self, pool: WorkerPool, pending: int, dataset_dir: Path, quotas, shared: bool):
+        self.pool, self.ray, self.pending = pool, pool.ray, pending
+        self.shared_dataset = shared
+        self.servers = list(pool.labels)
+        self.ingest = None if shared else DatasetIngest(dataset_dir, quotas=quotas)
         self.token = uuid.uuid4().hex[:8]
-        self.in_flight: dict = {}          # ObjectRef -> (job, worker slot)
-        self.finished = [0] * len(pool.actors)
-        self.items_done = 0
-        self.errors_in_a_row = 0
+        self.blocks: dict = {}             # ObjectRef -> (job, worker slot)
         self._errors_seen = len(pool.errors)
-        self.t0 = time.monotonic()
+        self.run: RunLoop | None = None
 
-    # ------------------------------------------------------------------------------------ loop
-    def run(self) -> RunResult:
-        try:
-            if self.ingest is not None:
-                self.ingest.__enter__()
-            self._loop()
-        except KeyboardInterrupt:
-            self._cancel()
-            self.progress.message("stopped; run the same command again to resume")
-            raise
-        except BaseException:
-            self._cancel()
-            raise
-        finally:
-            self.progress.show(self._status(), force=True)
-            self.progress.close()
-        return self._result()
+    def start(self, run: RunLoop) -> None:
+        self.run = run
+        if self.ingest is not None:
+            self.ingest.__enter__()
 
-    def _loop(self) -> None:
-        while True:
-            self.view.refresh()
-            accepted, done = self._accepted(), self.view.done_indices()
-            if self.planner.complete(accepted, done):
-                self._cancel()
-                return
-            for slot in self.pool.poll():
-                self.progress.message(f"Ray {self.pool.labels[slot]} is up ({self.pool.infos[slot]['url']})")
-            for error in self.pool.errors[self._errors_seen:]:
-                self.progress.message(error)
-            self._errors_seen = len(self.pool.errors)
-            self._fill(accepted, done)
-            if not self.in_flight:
-                if not any(self.pool.alive):
-                    raise RunError("every Ray worker has died and used up its restarts (--ray-max-restarts); see the "
-                                   "messages above, then run the same command again to resume")
-                if not any(self.pool.up):   # none placed yet (not enough GPUs free?): wait for one
-                    self.pool.poll(timeout=self.cfg.poll)
-                    continue
-                raise RunError(why_short(self.cfg, self.planner, self.sampler, accepted))
-            self._collect()
-            self.progress.show(self._status())
-
-    def _fill(self, accepted, done) -> None:
+    def slots(self):
+        """The workers that are up, least loaded first, each up to ``pending`` blocks."""
         load = [0] * len(self.pool.actors)
-        for job, slot in self.in_flight.values():
+        for _, slot in self.blocks.values():
             load[slot] += 1
         for slot in sorted(range(len(load)), key=lambda s: load[s]):
-            while self.pool.alive[slot] and self.pool.up[slot] and load[slot] < self.cfg.pending:
-                job = self.planner.next_job(done, accepted, self._in_flight_labels(done))
-                if job is None:
-                    return
-                self._submit(job, slot)
+            while self.pool.alive[slot] and self.pool.up[slot] and load[slot] < self.pending:
+                yield slot
                 load[slot] += 1
 
-    def _submit(self, job: Job, slot: int) -> None:
-        quota = None
-        if self.shared and self.cfg.targets:
-            quota = max(self.cfg.targets.values())   # the writer's safety net, as the HTTP client sets it
-        graph = self.wf.item_graph(job.indices[0], len(job.indices), copy_paste=False,
-                                   writer_quota=quota if self.shared else 0)
-        block = {"run": self.token, "graph": graph, "indices": list(job.indices), "writer": self.wf.writer_id,
-                 "dataset": self.dataset, "stream": self.stream}
+    def submit(self, job: Job, graph: dict, slot: int) -> bool:
+        run = self.run
+        block = {"run": self.token, "graph": graph, "indices": list(job.indices), "writer": run.wf.writer_id,
+                 "dataset": run.dataset, "stream": run.stream}
         ref = self.pool.actors[slot].run_block.remote(block)
         job.server = self.pool.labels[slot]
-        self.in_flight[ref] = (job, slot)
+        self.blocks[ref] = (job, slot)
+        return True
 
-    def _collect(self) -> None:
-        """Wait for finished blocks (up to the poll interval), store all of them in one batch."""
-        refs = list(self.in_flight)
-        ready, rest = self.ray.wait(refs, num_returns=1, timeout=self.cfg.poll)
-        if not ready:
-            return
-        if rest:
-            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
-            ready += more
-        good = []
+    def poll(self) -> list[Outcome]:
+        """Workers that came up (or failed to start), then the blocks that ended, stored in one batch."""
+        progress = self.run.progress
+        for slot in self.pool.poll():
+            progress.message(f"Ray {self.pool.labels[slot]} is up ({self.pool.infos[slot]['url']})")
+        for error in self.pool.errors[self._errors_seen:]:
+            progress.message(error)
+        self._errors_seen = len(self.pool.errors)
+        if not self.blocks:
+            return []
+        ready, _ = self.ray.wait(list(self.blocks), num_returns=len(self.blocks), timeout=0)
+        out, good = [], []
+        errors = self.ray.exceptions
         for ref in ready:
-            job, slot = self.in_flight.pop(ref)
-            errors = self.ray.exceptions
+            job, slot = self.blocks.pop(ref)
+            where, label = f"Ray {self.pool.labels[slot]}", self.pool.labels[slot]
             try:
-                out = self.ray.get(ref)
+                result = self.ray.get(ref)
             except errors.ActorUnavailableError:       # restarting: Ray did not retry this one
-                self.planner.lost(job)
+                out.append(Outcome(job, where, label, lost=True))
                 continue
             except errors.RayActorError as e:          # out of restarts (or its node is gone for good)
                 self.pool.alive[slot] = False
-                self.planner.lost(job)
-                self.progress.message(f"Ray {self.pool.labels[slot]} is gone ({_one_line(e)}); its items are planned "
-                                      "again on the other workers")
+                progress.message(f"Ray {label} is gone ({_one_line(e)}); its items are planned again on the other "
+                                 "workers")
+                out.append(Outcome(job, where, label, lost=True))
                 continue
             except errors.RayTaskError as e:           # an exception in the worker's code: say it, stop
-                raise RunError(f"Ray {self.pool.labels[slot]}: {_one_line(e)}") from None
+                raise RunError(f"Ray {label}: {_one_line(e)}") from None
             except errors.RayError as e:               # the result is lost (object store, owner): plan again
-                self.planner.lost(job)
-                self.progress.message(f"a block of Ray {self.pool.labels[slot]} was lost ({_one_line(e)}); its items "
-                                      "are planned again")
+                progress.message(f"a block of Ray {label} was lost ({_one_line(e)}); its items are planned again")
+                out.append(Outcome(job, where, label, lost=True))
                 continue
-            if out.get("rejected"):
-                raise RunError(out["rejected"])
-            if out.get("error"):
-                self._errored(job, slot, out["error"])
+            if result.get("rejected"):
+                raise RunError(result["rejected"])
+            if result.get("error"):
+                out.append(Outcome(job, where, label, error=result["error"]))
                 continue
-            self.errors_in_a_row = 0
-            good.append((job, slot, out))
+            outcome = Outcome(job, where, label)
+            out.append(outcome)
+            good.append((outcome, result))
         if good:
             self._store(good)
-
-    def _errored(self, job: Job, slot: int, error: str) -> None:
-        retried = self.planner.errored(job)
-        self.errors_in_a_row += 1
-        self.progress.message(f"item {_items(job)} failed on Ray {self.pool.labels[slot]}: {error}"
-                              + (" (will retry)" if retried else f" (gave up after {job.errors} tries)"))
-        if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-            raise RunError(f"{self.errors_in_a_row} prompts in a row failed; last error: {error}; fix it and run the "
-                           "same command again to resume")
+        return out
 
     def _store(self, good) -> None:
-        items = [it for _, _, out in good for it in out.get("items") or []]
-        foreign = {it.record.get("pack_hash") for it in items} - {self.pack_hash}
+        """The items of the blocks that ended well into the central dataset; a damaged one sends its
+        block back to the plan."""
+        run = self.run
+        items = [it for _, result in good for it in result.get("items") or []]
+        foreign = {it.record.get("pack_hash") for it in items} - {run.pack_hash}
         if foreign:
-            raise RunError(f"the Ray workers' prompt pack {self.sampler.pack.name!r} differs from the local copy "
-                           f"({self.sampler.pack.source}); give them the same pack (or pass --pack-dir with theirs)")
-        refused = set()
-        if items and self.ingest is not None:
-            result = self.ingest.store(items)
-            for rid, why in result.refused:
-                self.progress.message(f"item {rid} arrived damaged ({why}); its block runs again")
-            refused = {rid for rid, _ in result.refused}
-        for job, slot, out in good:
-            ids = {it.record["id"] for it in out.get("items") or []}
-            if ids & refused:
-                self.planner.lost(job)
-                continue
-            self.planner.finished(job)
-            self.items_done += len(job.indices)
-            self.finished[slot] += len(job.indices)
+            raise pack_mismatch(run.sampler.pack, "the Ray workers'",
+                                "give them the same pack (or pass --pack-dir with theirs)")
+        if not items or self.ingest is None:
+            return
+        stored = self.ingest.store(items)
+        for rid, why in stored.refused:
+            run.progress.message(f"item {rid} arrived damaged ({why}); its block runs again")
+        refused = {rid for rid, _ in stored.refused}
+        for outcome, result in good:
+            if {it.record["id"] for it in result.get("items") or []} & refused:
+                outcome.lost = True
 
-    def _cancel(self) -> None:
+    def wait(self, seconds: float) -> None:
+        if self.blocks:
+            self.ray.wait(list(self.blocks), num_returns=1, timeout=seconds)
+        else:
+            time.sleep(seconds)
+
+    def in_flight(self) -> list[Job]:
+        return [job for job, _ in self.blocks.values()]
+
+    def stalled(self) -> bool:
+        if not any(self.pool.alive):
+            raise RunError("every Ray worker has died and used up its restarts (--ray-max-restarts); see the "
+                           "messages above, then run the same command again to resume")
+        if not any(self.pool.up):   # none placed yet (not enough GPUs free?): wait for one
+            self.pool.poll(timeout=self.run.cfg.poll)
+            return False
+        return True
+
+    def status(self) -> tuple[int, str]:
+        alive = sum(self.pool.alive)
+        return (sum(len(job.indices) for job, _ in self.blocks.values()),
+                f"{alive} Ray worker" + ("s" if alive != 1 else ""))
+
+    def cancel(self) -> int:
         """Blocks still queued on the workers are not needed (or the run stops): cancel them."""
-        for ref in list(self.in_flight):
+        n = len(self.blocks)
+        for ref in list(self.blocks):
             try:
                 self.ray.cancel(ref)
             except Exception:   # noqa: BLE001 - already finished or its worker is gone
                 pass
-        self.in_flight.clear()
+        self.blocks.clear()
+        return n
 
-    # --------------------------------------------------------------------------------- views
-    def _accepted(self) -> dict[str, int]:
-        return {label: c["accepted"] for label, c in self.view.counts(SOURCE[SD]).items()}
 
-    def _in_flight_labels(self, done: set[int]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for job, _ in self.in_flight.values():
-            for i in job.indices:
-                if i not in done:
-                    label = self.sampler.label_of(i)
-                    out[label] = out.get(label, 0) + 1
-        return out
+class RayQueueRun(RunLoop):
+    """The run loop on Ray workers, into the central dataset ``<output_dir>/<dataset>``."""
 
-    def _status(self) -> str:
-        alive = sum(self.pool.alive)
-        workers = f"{alive} Ray worker" + ("s" if alive != 1 else "")
-        in_flight = sum(len(job.indices) for job, _ in self.in_flight.values())
-        return status_line(self.view.refresh().counts(SOURCE[SD]), self.cfg.targets, self.cfg.items, in_flight,
-                           workers, time.monotonic() - self.t0, self.items_done)
+    def __init__(self, workflow: Workflow, sampler, settings: RunSettings, pool: WorkerPool,
+                 progress: Progress | None = None, shared_output: bool = False):
+        check_workflow(workflow, settings)
+        if settings.output_dir is None:
+            raise RunError("--ray needs --output-dir: the folder of the central dataset")
+        self.dataset_dir = Path(settings.output_dir).absolute() / workflow.dataset_name
+        self.pool = pool
+        executor = RayExecutor(pool, settings.pending, self.dataset_dir, settings.targets, shared_output)
+        super().__init__(workflow, sampler, settings, executor, progress, self.dataset_dir)
 
     def _result(self) -> RunResult:
-        self.view.refresh()
+        result = super()._result()
         exists = (self.dataset_dir / "manifest.jsonl").is_file()
-        return RunResult(dataset_dir=self.dataset_dir if exists else None, counts=self.view.counts(),
-                         queued=self.planner.n_queued, items_done=self.items_done, failed=sorted(self.planner.failed),
-                         elapsed=time.monotonic() - self.t0,
-                         servers=dict(zip(self.pool.labels, self.finished)))
-
-
-def _items(job: Job) -> str:
-    i = job.indices
-    return str(i[0]) if len(i) == 1 else f"{i[0]}..{i[-1]}"
+        result.dataset_dir = self.dataset_dir if exists else None
+        result.by_source, result.items_by_source = {}, {}
+        return result
 
 
 def run_ray(wf: Workflow, sampler, settings: RunSettings, rs: RaySettings, progress: Progress | None = None) -> RunResult:
     """The whole ``--ray`` command: join or start Ray, start the workers, run, clean up."""
-    from .ray_cluster import Cluster
+    from .cluster import Cluster
 
     check_workflow(wf, settings)
     progress = progress or Progress()

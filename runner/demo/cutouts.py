@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .api import ComfyAPI, execution_error
-from .demo_photos import (
+from ..api import ComfyAPI, execution_error
+from ..local_server import ROOT, LocalServerError
+from .photos import (
     MAX_BYTES,
     MAX_FILES,
     PER_CLASS,
@@ -29,7 +30,6 @@ from .demo_photos import (
     check_budget,
     draw_cutout,
 )
-from .local_server import ROOT, LocalServerError
 
 TEMPLATE = ROOT / "example_workflows" / "api" / "dtgen_copy_paste.json"
 DATASET = "dtgen_demo_copy_paste"
@@ -126,8 +126,8 @@ def copy_cutout_set(src, dest, max_files: int = MAX_FILES, max_bytes: int = MAX_
     """Copy the cutout set ``src`` to ``dest`` (replaced) once ``load_cutouts`` accepts it; returns
     ``{label: cutouts}``. Refused with one line naming ``--cutouts``: over the budget, or a set the
     copy-paste node would refuse (no transparency and no mask, empty mask, symlink, ...)."""
-    from ..nodes.fewshot.imageset import FewShotError
-    from ..nodes.synthesis.cutouts import load_cutouts
+    from ...nodes.fewshot.imageset import FewShotError
+    from ...nodes.synthesis.cutouts import load_cutouts
 
     src = Path(src).expanduser()
     check_budget(src, "--cutouts", CUTOUTS_LAYOUT, max_files, max_bytes, "a few cutouts per class are enough")
@@ -148,8 +148,8 @@ def copy_cutout_set(src, dest, max_files: int = MAX_FILES, max_bytes: int = MAX_
 def copy_background_set(src, dest, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES) -> int:
     """Copy the images of the flat folder ``src`` to ``dest`` (replaced) once ``load_backgrounds``
     accepts it; returns how many. Refused with one line naming ``--backgrounds``."""
-    from ..nodes.synthesis.backgrounds import load_backgrounds
-    from ..nodes.synthesis.errors import SynthesisError
+    from ...nodes.synthesis.backgrounds import load_backgrounds
+    from ...nodes.synthesis.errors import SynthesisError
 
     src = Path(src).expanduser()
     check_budget(src, "--backgrounds", BACKGROUNDS_LAYOUT, max_files, max_bytes, "a few photos are enough")
@@ -214,7 +214,7 @@ def clip_inputs(graph: dict) -> dict:
 
 def accepted_counts(dataset_dir: Path) -> dict[str, dict[str, int]]:
     """Copy-paste images per class ({label: {accepted, rejected}}) in the dataset, as the node counts."""
-    from ..nodes.store.reader import class_counts, live_state
+    from ...nodes.store.reader import class_counts, live_state
 
     records = [r for r in live_state(dataset_dir)[2].values() if r["decision"] in ("accepted", "rejected")]
     return class_counts(records, source="copy_paste")

@@ -5,7 +5,7 @@ address the driver starts a local Ray (``ray.init(num_cpus=..., include_dashboar
 watchdog process then outlives a killed driver (``kill -9``) long enough to stop what that Ray
 started (raylet, GCS, agents, workers and their ComfyUI servers: every process it saw below the
 driver's Ray processes, and every process carrying this run's ``DTGEN_RAY_RUN`` environment entry;
-Linux). With an address (``auto``, ``ray://...``,
+Linux; runner/ray/watchdog.py). With an address (``auto``, ``ray://...``,
 ``host:port``) the cluster is someone else's: its workers are the run's actors, which Ray ends with
 the driver (and each actor's ComfyUI dies with its actor).
 
@@ -24,91 +24,19 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .local_server import PACK_NAME, ROOT
+from ..local_server import PACK_NAME, ROOT
 
 MARK = "DTGEN_RAY_RUN"
 INSTALL_HINT = "pip install 'ray==2.60.0' (or pip install '.[ray]' in the checkout)"
 
-_WATCHDOG = r"""
-import os, select, signal, sys, time, shutil
-mark, driver, shim, package = sys.argv[1].encode(), int(sys.argv[2]), sys.argv[3], sys.argv[4].encode()
-me = os.getpid()
-
-def table():
-    # pid -> (ppid, start time, command line) of every process
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().rsplit(b")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        out[int(entry)] = (int(stat[1]), stat[19], cmd)
-    return out
-
-def ray_tree(procs):
-    # the driver's Ray children (raylet, GCS, ...) and everything below them
-    kids = {}
-    for pid, (ppid, _, _) in procs.items():
-        kids.setdefault(ppid, []).append(pid)
-    todo = [p for p in kids.get(driver, []) if package in procs[p][2]]
-    found = {}
-    while todo:
-        pid = todo.pop()
-        if pid in found or pid not in procs:
-            continue
-        found[pid] = procs[pid][1]
-        todo.extend(kids.get(pid, []))
-    return found
-
-known = {}   # pid -> start time: seen below the driver's Ray while the driver lived
-while True:  # until the driver exits or is killed (its end of the pipe closes)
-    ready, _, _ = select.select([sys.stdin], [], [], 1.0)
-    if ready and not os.read(sys.stdin.fileno(), 4096):
-        break
-    known.update(ray_tree(table()))
-
-def left():
-    procs, out = table(), []
-    for pid, (ppid, start, cmd) in procs.items():
-        if pid in (me, driver):
-            continue
-        if known.get(pid) == start:
-            out.append(pid)
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if mark in env:
-            out.append(pid)
-    return out
-
-deadline = time.monotonic() + 30
-while time.monotonic() < deadline:
-    pids = left()
-    if not pids:
-        break
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    time.sleep(0.3)
-shutil.rmtree(shim, ignore_errors=True)
-"""
+WATCHDOG = Path(__file__).with_name("watchdog.py")   # run by path, stdlib only
 
 
 def import_ray():
     try:
         import ray
     except ImportError:
-        from .scheduler import RunError
+        from ..run import RunError
 
         raise RunError(f"--ray needs Ray on this machine: {INSTALL_HINT}") from None
     return ray
@@ -165,7 +93,7 @@ class Cluster:
             return
         env = {k: v for k, v in os.environ.items() if k != MARK}
         self.watchdog = subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, f"{MARK}={self.token}", str(os.getpid()), str(self.shim),
+            [sys.executable, "-I", str(WATCHDOG), f"{MARK}={self.token}", str(os.getpid()), str(self.shim),
              os.path.dirname(self.ray.__file__)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
             start_new_session=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw
 
-from ..nodes.fewshot.imageset import scan
+from ...nodes.fewshot.imageset import scan
 
 PER_CLASS = 3
 SIZE = 128
