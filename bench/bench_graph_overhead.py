@@ -110,8 +110,8 @@ def client_rate(url: str, dataset: str, n: int, output_dir: Path) -> float:
 
 def ray_rate(urls: list[str], dataset: str, n: int, output_dir: Path) -> float:
     """``--ray`` with one worker per server (existing servers), into a dataset under ``output_dir``."""
-    from dtgen.runner.ray_cluster import Cluster
-    from dtgen.runner.ray_queue import RayQueueRun, RaySettings, WorkerPool
+    from dtgen.runner.ray.cluster import Cluster
+    from dtgen.runner.ray.queue import RayQueueRun, RaySettings, WorkerPool
 
     wf = tiny_workflow(dataset)
     sampler = local_sampler(wf.sampler_inputs())

@@ -85,8 +85,8 @@ def overhead(work: Path, n: int, comfyui_arg, reps: int = 3) -> dict:
     from dtgen.runner.local_server import LocalServer, comfy_python, find_comfyui, free_port
     from dtgen.runner.packs import local_sampler
     from dtgen.runner.progress import Progress
-    from dtgen.runner.ray_cluster import Cluster
-    from dtgen.runner.ray_queue import RayQueueRun, RaySettings, WorkerPool
+    from dtgen.runner.ray.cluster import Cluster
+    from dtgen.runner.ray.queue import RayQueueRun, RaySettings, WorkerPool
     from dtgen.runner.scheduler import QueueRun, RunSettings
     from dtgen.runner.workflow import Workflow
 

@@ -17,12 +17,10 @@ seconds); prompts lost with its restart are queued again.
 """
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from pathlib import Path
 
-from ..nodes.synthesis.copy_paste import DONE_TEXT, MADE_TEXT
 from .api import (
     ComfyAPI,
     ComfyError,
@@ -41,22 +39,16 @@ __all__ = ["HttpExecutor", "QueueRun", "RunError", "RunResult", "RunSettings", "
 
 MARK = "dtgen_queue"          # key in a prompt's extra_data: which run and items it belongs to
 HISTORY_LOOKBACK = 200        # recent history entries searched for an earlier run's dataset path
-CP_DONE = re.compile(re.escape(DONE_TEXT))            # the copy-paste node's text when it has nothing to do
-CP_MADE = re.compile(r"(\d+) " + re.escape(MADE_TEXT))  # ... and when it made items
 
 
 def copy_paste_report(entry: dict, node_id: str) -> tuple[int, bool]:
-    """(items made, "done": every class has its quota) from the copy-paste node's history output.
-    The node's output holds only its canvas text today, so the two facts are read from that text
-    (DONE_TEXT / MADE_TEXT, nodes/synthesis/copy_paste.py); a structured ``dtgen_copy_paste``
-    entry ``{"made": n, "done": bool}`` is read first once the node reports one."""
+    """(items made, "done": every class has its quota) from the copy-paste node's history output
+    ``dtgen_copy_paste`` (``nodes/adapters/copy_paste.py``); nothing reported counts as 0, not done."""
     output = (entry.get("outputs") or {}).get(str(node_id)) or {}
     report = output.get("dtgen_copy_paste")
     if isinstance(report, list) and report and isinstance(report[0], dict):
         return int(report[0].get("made") or 0), bool(report[0].get("done"))
-    text = "\n".join(map(str, output.get("text") or []))
-    made = CP_MADE.search(text)
-    return (int(made.group(1)) if made else 0), bool(CP_DONE.search(text))
+    return 0, False
 
 
 class HttpExecutor:

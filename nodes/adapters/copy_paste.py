@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from .comfy_paths import cached_build, dataset_dir, folder_sets, listing_fingerprint, register_folder, resolve_set
 from .comfy_types import dataset_input, dataset_name_of
@@ -214,8 +214,8 @@ class DTGenCopyPaste(io.ComfyNode):
 
                 from ..synthesis.copy_paste import DONE_TEXT
 
-                return io.NodeOutput(*[ExecutionBlocker(None)] * 7, ui=ui.PreviewText(
-                    f"every class of {name} has {quota_per_class} {DONE_TEXT}"))
+                return io.NodeOutput(*[ExecutionBlocker(None)] * 7, ui=_status(
+                    f"every class of {name} has {quota_per_class} {DONE_TEXT}", made=0, done=True))
         bar = ProgressBar(len(indices))
         items = []
         for i in indices:
@@ -236,7 +236,14 @@ class DTGenCopyPaste(io.ComfyNode):
         return io.NodeOutput(images, masks, unions, [it.label for it in items],
                              [default_class_text(it.label) for it in items],
                              [json.dumps(it.metadata, sort_keys=True) for it in items], boxes,
-                             ui=ui.PreviewText(note + summary(items)))
+                             ui=_status(note + summary(items), made=len(items), done=False))
+
+
+def _status(text: str, made: int, done: bool) -> dict:
+    """The canvas text, and the same facts for programs: ``/history`` then holds
+    ``outputs[<node>]["dtgen_copy_paste"] == [{"made": n, "done": bool}]`` (the queue client reads
+    it; ``done``: every class has its quota, nothing was made)."""
+    return {"text": (text,), "dtgen_copy_paste": [{"made": made, "done": done}]}
 
 
 NODES = [DTGenCopyPaste]

@@ -44,7 +44,7 @@ from .errors import SynthesisError
 from .patches import Patch, Planes, jitter, paste, target_size, transform
 
 SOURCE = "copy_paste"
-# The node's text says these; the queue client reads them (runner/scheduler.py): change both together.
+# Words of the node's canvas text (programs read its structured output, adapters/copy_paste._status).
 DONE_TEXT = "copy-paste images: done"     # every class has its quota: nothing was made
 MADE_TEXT = "copy-paste item(s)"          # "<n> copy-paste item(s): ..."
 FORMAT = "copy_paste/1"        # part of the stream: bump when the same inputs would give other pixels

@@ -89,3 +89,14 @@ def test_the_import_rule_lists_the_stages_the_layer_test_enforces():
     line = next(l for l in DOC.splitlines() if l.startswith("common  <-"))
     named = set(re.findall(r"[a-z_]+", line.replace(".py", "")))
     assert named == set(RANK), (named ^ set(RANK))
+
+
+def test_the_runner_entry_names_every_runner_module():
+    block = DOC.split("## Layout", 1)[1].split("```", 2)[1]
+    entry = block.split("runner/", 1)[1].split("\ntools/", 1)[0]
+    words = set(re.findall(r"[a-z_]+", entry))
+    runner = ROOT / "runner"
+    modules = {p.stem for p in runner.glob("*.py") if not p.stem.startswith("__")}
+    packages = {p.name for p in runner.iterdir() if (p / "__init__.py").is_file()}
+    inner = {p.stem for pkg in packages for p in (runner / pkg).glob("*.py") if not p.stem.startswith("__")}
+    assert modules | packages | inner <= words, sorted((modules | packages | inner) - words)

@@ -12,7 +12,8 @@ ComfyUI (the prompt it was running is lost).
 A ``DTGenCopyPaste`` node is run like the real one in resume mode (dataset_name and
 quota_per_class set): it claims the next missing items with the real ``claims`` module (counting
 copy-paste images only; each fake server is its own claim owner), stores them through the writer
-it feeds, and reports ``...copy-paste images: done`` when every class has its quota. Its classes
+it feeds, and reports ``{"made": 0, "done": true}`` (as the real node's ``dtgen_copy_paste`` output)
+when every class has its quota. Its classes
 are the node's ``classes`` or ``cutout_classes``; class of item i: ``classes[i % n]``;
 ``reject_cp(i)`` rejects copy-paste item i. ``graphs`` holds the node ids of every queued prompt.
 """
@@ -155,7 +156,8 @@ class FakeComfy:
                 finally:
                     claims._OWNER = mine
             if not picked:
-                outputs[cp_id] = {"text": [f"every class of {name} has {quota} copy-paste images: done"]}
+                outputs[cp_id] = {"text": [f"every class of {name} has {quota} copy-paste images: done"],
+                                  "dtgen_copy_paste": [{"made": 0, "done": True}]}
                 return
         else:
             picked = list(range(inputs["start_index"], inputs["start_index"] + inputs["count"]))
@@ -165,7 +167,8 @@ class FakeComfy:
                              accepted=not self.reject_cp(i),
                              metadata={"source": "copy_paste", "stream": stream, "index": i,
                                        "item_id": f"copy_paste:{stream}:{i}"}) for i in picked]
-        outputs[cp_id] = {"text": [f"{len(picked)} copy-paste item(s): {len(picked)} object(s) placed"]}
+        outputs[cp_id] = {"text": [f"{len(picked)} copy-paste item(s): {len(picked)} object(s) placed"],
+                          "dtgen_copy_paste": [{"made": len(picked), "done": False}]}
         writer_id, writer = _writer_of(graph, cp_id)
         outputs[writer_id] = {"text": [self._write(writer, scored)]}
 

@@ -17,11 +17,11 @@ def test_the_default_budget_is_20_times_the_quotas_plus_20():
 
 
 def test_copy_paste_progress_from_the_nodes_output():
-    text = {"outputs": {"9": {"text": ["3 copy-paste item(s): 5 object(s) placed of 6 requested, 5 visible"]}}}
-    assert copy_paste_report(text, "9") == (3, False)
-    done = {"outputs": {"9": {"text": ["every class of ds has 2 copy-paste images: done"]}}}
-    assert copy_paste_report(done, 9) == (0, True)
-    assert copy_paste_report({"outputs": {"9": {"dtgen_copy_paste": [{"made": 0, "done": True}]}}}, "9") == (0, True)
+    made = {"outputs": {"9": {"text": ["3 copy-paste item(s): ..."], "dtgen_copy_paste": [{"made": 3, "done": False}]}}}
+    assert copy_paste_report(made, "9") == (3, False)
+    assert copy_paste_report({"outputs": {"9": {"dtgen_copy_paste": [{"made": 0, "done": True}]}}}, 9) == (0, True)
+    # the canvas text alone is not read any more: only the structured output counts
+    assert copy_paste_report({"outputs": {"9": {"text": ["every class of ds has 2 copy-paste images: done"]}}}, "9") == (0, False)
     assert copy_paste_report({}, "9") == (0, False)
 
 
