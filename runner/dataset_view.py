@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..nodes.common.identity import StreamKey, in_stream
-from ..nodes.store.reader import class_counts, in_quota, live_state, source_of
+from ..nodes.common.identity import StreamKey
+from ..nodes.store.reader import class_counts, in_quota, live_state, source_of, stored_indices
 
 
 class DatasetView:
@@ -52,7 +52,7 @@ class DatasetView:
 
     def done_indices(self) -> set[int]:
         """Indices stored (accepted or rejected) for this client's pack and sampler stream."""
-        return {int(r["index"]) for r in self._records if in_stream(r, self.pack_hash, self.stream_key)}
+        return stored_indices(self._records, self.pack_hash, self.stream_key)
 
     def foreign_pack_hashes(self) -> set[str]:
         return {r["pack_hash"] for r in self._records if r.get("pack_hash") and r["pack_hash"] != self.pack_hash}

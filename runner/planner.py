@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..nodes.common.quota import still_needed
+
 
 @dataclass(eq=False)
 class Job:
@@ -69,7 +71,7 @@ class Planner:
 
     # -- planning ---------------------------------------------------------------------------------
     def need(self, accepted: dict[str, int], in_flight: dict[str, int]) -> dict[str, int]:
-        return {label: t - accepted.get(label, 0) - in_flight.get(label, 0) for label, t in self.targets.items()}
+        return {label: still_needed(t, accepted.get(label, 0), in_flight.get(label, 0)) for label, t in self.targets.items()}
 
     def complete(self, accepted: dict[str, int], done: set[int]) -> bool:
         if self.targets is not None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import islice
 
-from ..common.identity import StreamKey, in_stream
+from ..common.identity import StreamKey
 from ..common.quota import still_needed
-from ..store.reader import class_counts, live_records
+from ..store.reader import class_counts, live_records, stored_indices
 
 
 def counts(dataset_dir, source: str | None = None, with_handed_over: bool = False) -> dict[str, dict[str, int]]:
@@ -26,7 +26,7 @@ def done_indices(dataset_dir, pack_hash: str | None = None, stream_key: StreamKe
                  with_handed_over: bool = False) -> set[int]:
     """Sampler indices already stored (accepted or rejected), optionally of one prompt pack and
     one sampler stream only (``with_handed_over``: and those this process is storing)."""
-    return {int(r["index"]) for r in live_records(dataset_dir, with_handed_over=with_handed_over) if in_stream(r, pack_hash, stream_key)}
+    return stored_indices(live_records(dataset_dir, with_handed_over=with_handed_over), pack_hash, stream_key)
 
 
 def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int, n: int,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.identity import in_stream
 from ..common.records import GENERATED
 from . import embeddings, handover, manifest
 from .fsio import open_nofollow
@@ -141,6 +142,13 @@ def load_history_embeddings(dataset_dir, which: str = "accepted") -> dict[str, n
         dim = max(set(dims), key=dims.count)
         out[label] = np.stack([v for v in vecs if v.shape[0] == dim]).astype(np.float32)
     return out
+
+
+def stored_indices(records, pack_hash: str | None = None, stream_key=None) -> set[int]:
+    """Sampler indices of stored (accepted or rejected) records, optionally of one prompt pack and
+    one sampler stream only (``common.identity.in_stream``)."""
+    return {int(r["index"]) for r in records
+            if r.get("decision") in ("accepted", "rejected") and in_stream(r, pack_hash, stream_key)}
 
 
 def history_fingerprint(dataset_dir) -> str:

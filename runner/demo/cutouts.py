@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...nodes.common.quota import still_needed
 from ..api import ComfyAPI, execution_error
 from ..local_server import ROOT, LocalServerError
 from .photos import (
@@ -239,7 +240,7 @@ def run_copy_paste(url: str, graph: dict, dataset_dir: Path, labels, quota: int,
     node_id = next(k for k, n in graph.items() if n["class_type"] == "DTGenCopyPaste")
     counts, runs = accepted_counts(dataset_dir), 0
     while runs < max_rounds:
-        missing = sum(max(0, quota - counts.get(label, {}).get("accepted", 0)) for label in labels)
+        missing = sum(still_needed(quota, counts.get(label, {}).get("accepted", 0)) for label in labels)
         if not missing:
             break
         run = copy.deepcopy(graph)
