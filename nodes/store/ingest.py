@@ -151,7 +151,7 @@ class DatasetIngest:
         self.writer.__exit__(*exc)   # every store is durable when it returns
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {label: dict(c) for label, c in self.writer._counts.items()}
+        return self.writer.class_counts()
 
     def stored(self, rid: str) -> bool:
         return self.writer.stored(rid)
@@ -166,7 +166,7 @@ class DatasetIngest:
             elif it.record["id"] in batch:
                 result.skipped_duplicate[it.record["decision"]] += 1
             else:
-                self.writer._folder(it.record["label"])   # label problems refuse the batch before any write
+                self.writer.label_folder(it.record["label"])   # label problems refuse the batch before any write
                 batch.add(it.record["id"])
                 good.append(it)
         planned = [Planned(self._rebased(it), _Vector(it.embedding), None, n, image_data=it.image, mask_data=it.mask)
@@ -184,7 +184,7 @@ class DatasetIngest:
         """The record as the writer would have written it here: the same fields, paths in this
         dataset's class folder (the file name, ``<index>_<id>.<ext>``, is kept)."""
         rec = dict(it.record)
-        folder = self.writer._folder(rec["label"])
+        folder = self.writer.label_folder(rec["label"])
         name = Path(rec["file"]).name
         tree = IMAGES if rec["decision"] == "accepted" else REJECTED
         rec["file"], rec["label_dir"] = f"{tree}/{folder}/{name}", folder

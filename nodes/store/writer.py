@@ -197,7 +197,9 @@ class DatasetWriter:
         if rec.get("index") is not None and not rec.get("stream"):
             self._legacy[rec["id"]] = legacy_key(rec.get("metadata") or {})
 
-    def _folder(self, label: str) -> str:
+    def label_folder(self, label: str) -> str:
+        """The folder name of ``label`` in this dataset (its first spelling owns it); a label whose
+        folder collides with another's on a case-insensitive file system is refused."""
         folder = safe_label(label)
         owner = self._folders.setdefault(folder.lower(), label)
         if owner != label:
@@ -209,6 +211,10 @@ class DatasetWriter:
         return folder
 
     # -- public API ------------------------------------------------------------------------
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """{label: {accepted, rejected, ...}} as of the last read of the manifest (a copy)."""
+        return {label: dict(c) for label, c in self._counts.items()}
+
     def status(self, handed_over=()) -> dict[str, dict]:
         """{label: {accepted, rejected, target, missing}} (target/missing None without a quota).
         ``handed_over``: records handed to a background writer, counted as stored (take the snapshot
@@ -267,7 +273,7 @@ class DatasetWriter:
         builds each stored item's record. The caller refreshes the state first."""
         result = result if result is not None else WriteResult()
         for item in items:  # label problems are refused before anything is written
-            self._folder(item.label)
+            self.label_folder(item.label)
         # so are mask problems (shape, ids, labels): (uint8 mask or None, instances) per item
         prepared = [masks.prepare(item, _where(n, item)) for n, item in enumerate(items)]
         for n, item in enumerate(items if check_images else ()):   # and images that cannot be stored
@@ -374,7 +380,7 @@ class DatasetWriter:
         return have >= target
 
     def _record(self, item: ScoredItem, rid: str, decision: str, models, sampler_settings, instances) -> dict:
-        folder = self._folder(item.label)
+        folder = self.label_folder(item.label)
         meta = item.metadata or {}
         source = meta.get("source") or GENERATED
         if item.index is not None:

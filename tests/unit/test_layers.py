@@ -172,3 +172,45 @@ def test_the_cycle_check_catches_a_cycle_inside_one_stage(tmp_path):
     path.write_text(path.read_text() + "\n\ndef _late():\n    from .writer import DatasetWriter  # a lazy import closing a cycle\n")
     found = cycles(tmp_path)
     assert any({"nodes.store.manifest", "nodes.store.writer"} <= set(group) for group in found), found
+
+
+def private_reaches(root: Path) -> list[str]:
+    """``obj._name`` in a module that does not define ``_name`` itself: a private member reached
+    across modules (``self``/``cls`` and dunders are fine; so is a module's own class or object)."""
+    found = []
+    for path in sorted((root / "nodes").rglob("*.py")) + sorted((root / "runner").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        own = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+            elif isinstance(node, ast.arg):
+                own.add(node.arg)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                    and node.attr not in own):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: .{node.attr}")
+    return found
+
+
+ALLOWED_PRIVATE = {
+    "._exit",         # os._exit: leave at once in a forked child (the standard library's own name)
+}
+
+
+def test_no_private_member_is_reached_across_modules():
+    found = [f for f in private_reaches(ROOT) if not any(f.endswith(a) for a in ALLOWED_PRIVATE)]
+    assert found == []
+
+
+def test_the_private_check_catches_one(tmp_path):
+    for folder in ("nodes", "runner"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    path = tmp_path / "nodes" / "store" / "ingest.py"
+    path.write_text(path.read_text() + "\n\ndef _peek(writer):\n    return writer._ids\n")
+    assert any(f.startswith("nodes/store/ingest.py:") and f.endswith("._ids") for f in private_reaches(tmp_path))
