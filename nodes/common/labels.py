@@ -22,24 +22,36 @@ def normalise_label(label: str) -> str:
     return re.sub(r"\s+", "_", unicodedata.normalize("NFKC", label).strip())
 
 
+def folder_name_problem(name: str, what: str, letter_first: bool = False) -> str | None:
+    """Why ``name`` cannot be one folder's name on Linux, macOS and Windows alike, or None: the rule
+    labels and each part of a dataset name share (``what`` starts the message: "label", "name part");
+    ``letter_first``: it must also start with a letter or digit (labels)."""
+    if len(name) > MAX_LABEL_LENGTH:
+        return f"{what} {name!r} is longer than {MAX_LABEL_LENGTH} characters"
+    if not _LABEL_CHARS.match(name):
+        bad = sorted({ch for ch in name if not re.match(r"[A-Za-z0-9_.-]", ch)})
+        return (f"{what} {name!r} contains {', '.join(repr(ch) for ch in bad)}; {what}s are folder names and "
+                "may use only ASCII letters, digits, '_', '-' and '.'")
+    if letter_first and not name[0].isalnum():
+        return f"{what} {name!r} must start with a letter or digit"
+    if name.endswith("."):
+        return f"{what} {name!r} must not end with '.' (Windows drops it)"
+    if name.split(".")[0].upper() in WINDOWS_RESERVED:
+        return (f"{what} {name!r} is a reserved Windows device name (CON, PRN, AUX, NUL, COM1-9 and LPT1-9: "
+                "each a reserved device name on Windows)")
+    return None
+
+
 def label_problem(label: str) -> str | None:
-    """Why ``label`` is not a safe folder name, or None."""
+    """Why ``label`` is not a safe folder name, or None: the folder-name rule, and a label must also
+    start with a letter or digit, hold no '..' and not take a name the dataset layout uses."""
     if not label:
         return "label is empty"
-    if len(label) > MAX_LABEL_LENGTH:
-        return f"label {label!r} is longer than {MAX_LABEL_LENGTH} characters"
-    if not _LABEL_CHARS.match(label):
-        bad = sorted({ch for ch in label if not re.match(r"[A-Za-z0-9_.-]", ch)})
-        return (f"label {label!r} contains {', '.join(repr(ch) for ch in bad)}; labels are folder "
-                "names and may use only ASCII letters, digits, '_', '-' and '.'")
-    if not label[0].isalnum():
-        return f"label {label!r} must start with a letter or digit"
-    if label.endswith("."):
-        return f"label {label!r} must not end with '.'"
+    problem = folder_name_problem(label, "label", letter_first=True)
+    if problem:
+        return problem
     if ".." in label:
         return f"label {label!r} must not contain '..'"
-    if label.split(".")[0].upper() in WINDOWS_RESERVED:
-        return f"label {label!r} is a reserved device name on Windows"
     if label.casefold() in RESERVED_LABELS:
         return f"label {label!r} is a file name the dataset layout uses; choose another label"
     return None

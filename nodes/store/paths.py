@@ -6,15 +6,12 @@ A name is NFKC-normalised (so full-width look-alikes become ASCII), then must be
 """
 from __future__ import annotations
 
-import re
 import unicodedata
 from pathlib import Path
 
-from ..common.labels import WINDOWS_RESERVED, label_problem, normalise_label
+from ..common.labels import folder_name_problem, label_problem, normalise_label
 from ..common.naming import public_error
 
-_ALLOWED = re.compile(r"^[A-Za-z0-9._-]+$")
-MAX_PART = 100
 MAX_DATASET_NAME = 200   # the whole name, sub-folders included
 PATH_MAX = 4096          # Linux; the longest path DTGen makes inside a dataset must fit
 INNER_RESERVE = 256      # longest path below the dataset folder: orphans/damaged/<tree>/<label>/<file>.tmp-...
@@ -30,21 +27,17 @@ class DatasetPathError(ValueError):
 
 
 def _check_part(part: str, field: str, original) -> str:
+    """One path segment of a dataset name: not empty, not '.'/'..', not hidden, then the folder-name
+    rule labels use too (``common.labels.folder_name_problem``)."""
     if not part:
         raise DatasetPathError(field, original, "empty name (or empty path segment)")
     if part in (".", ".."):
         raise DatasetPathError(field, original, "'.' and '..' are not allowed")
     if part.startswith("."):
         raise DatasetPathError(field, original, "must not start with '.' (hidden / reserved for DTGen files)")
-    if part.endswith("."):
-        raise DatasetPathError(field, original, "must not end with '.' (Windows drops it)")
-    if not _ALLOWED.match(part):
-        bad = sorted({c for c in part if not re.match(r"[A-Za-z0-9._-]", c)})
-        raise DatasetPathError(field, original, f"only ASCII letters, digits, '.', '_' and '-' are allowed; found {bad}")
-    if part.split(".")[0].upper() in WINDOWS_RESERVED:
-        raise DatasetPathError(field, original, "is a reserved Windows device name")
-    if len(part) > MAX_PART:
-        raise DatasetPathError(field, original, f"longer than {MAX_PART} characters")
+    problem = folder_name_problem(part, "name part")
+    if problem:
+        raise DatasetPathError(field, original, problem)
     return part
 
 
