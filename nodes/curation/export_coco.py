@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.files import open_regular
 from ..common.naming import public_error
 from ..store import masks
 from ..store.fsio import fsync_dir, is_temp, write_atomic
@@ -92,7 +93,7 @@ def image_size(dataset_dir: Path, rec: dict) -> tuple[int, int]:
 
     path = dataset_dir / rec["file"]
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             return img.width, img.height
     except Exception as exc:   # PIL raises many types for broken files
         raise ExportError(path, f"record {rec['id']!r}: image does not open ({type(exc).__name__}: {exc}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..common.files import open_regular
 from ..store import reader
 from ..store.fsio import write_atomic, write_bytes_atomic
 
@@ -62,7 +63,7 @@ def contact_sheet(dataset_dir, label: str, records, out_path: Path, max_per_side
         draw.text((4, y + 3), f"{label}: {decision} ({total}, showing {len(chosen)})", fill="black")
         y += HEADER
         for k, rec in enumerate(chosen):
-            with Image.open(Path(dataset_dir) / rec["file"]) as im:
+            with open_regular(Path(dataset_dir) / rec["file"]) as f, Image.open(f) as im:
                 im = im.convert("RGB")
                 im.thumbnail((THUMB - 4, THUMB - 4))
                 sheet.paste(im, ((k % COLUMNS) * THUMB + 2, y + (k // COLUMNS) * THUMB + 2))

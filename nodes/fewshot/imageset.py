@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..common.errors import PathProblem
+from ..common.files import read_regular
 from ..common.labels import label_problem
 from ..common.naming import public_error
 
@@ -56,8 +57,7 @@ def _read_caption(path: str) -> str | None:
     try:
         if os.stat(path, follow_symlinks=False).st_size > _MAX_CAPTION_BYTES:
             raise FewShotError(path, f"caption is longer than {MAX_CAPTION_CHARS} characters")
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8").strip()
+        text = read_regular(path, _MAX_CAPTION_BYTES).decode("utf-8").strip()
     except UnicodeDecodeError as e:
         raise FewShotError(path, f"caption is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:

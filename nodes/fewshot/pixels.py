@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..common.files import NotReadable, open_regular
 from .imageset import FewShotError
 
 MIN_SIZE, MAX_SIZE = 64, 4096
@@ -28,6 +29,8 @@ def pillow_errors(path, error=FewShotError):
             yield
     except FewShotError:
         raise
+    except NotReadable as e:   # a FIFO, socket or device: never opened for a blocking read
+        raise error(path, e.strerror) from None
     except Image.UnidentifiedImageError:
         raise error(path, "is not an image file Pillow can read") from None
     except Image.DecompressionBombError as e:
@@ -53,7 +56,7 @@ def load_image(path, size: int, fit: str = "crop") -> np.ndarray:
         raise FewShotError(path, f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     if os.path.islink(path):
         raise FewShotError(path, "is a symlink; real images are read only from real files")
-    with pillow_errors(path), Image.open(path) as im:
+    with pillow_errors(path), open_regular(path) as f, Image.open(f) as im:
         w, h = im.size
         if w * h > MAX_PIXELS:
             raise FewShotError(path, f"image is {w} x {h} = {w * h / 1e6:.1f} megapixels; at most "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 
+from ..common.files import open_regular
 from .pack_checks import validate_pack
 from .pack_model import (
     FORMAT_VERSION, PACK_SUFFIXES, Entry, Pack, PackClass, PromptPackError, split_template,
@@ -57,7 +58,7 @@ def load_pack(path: str) -> Pack:
     if cached is not None:
         return cached
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, follow_symlinks=True) as handle:   # a FIFO never blocks validation
             raw = handle.read()
     except OSError as exc:
         raise PromptPackError(f"cannot read prompt pack: {exc.strerror}", file=path) from None

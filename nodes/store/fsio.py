@@ -5,10 +5,15 @@ them, and ``reconcile`` recognises leftovers by ``TMP_MARK``.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from ..common.files import NotReadable, kind_of
 
 TMP_MARK = ".tmp-"
 
@@ -67,10 +72,24 @@ NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def open_nofollow(path: Path, mode: str):
-    """``open(path, mode)`` ("rb", "ab", "r+b") that fails with ELOOP on a symlink."""
+    """``open(path, mode)`` ("rb", "ab", "r+b") of a dataset's own file: fails with ELOOP on a
+    symlink, never blocks on a FIFO (refused, like any file that is not regular: ``NotReadable``),
+    and a file opened to append or rewrite must have one link only (a hard link would make DTGen
+    write into a file outside the dataset)."""
     flags = {"rb": os.O_RDONLY, "ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT, "r+b": os.O_RDWR}[mode]
-    fd = os.open(path, flags | NOFOLLOW | getattr(os, "O_BINARY", 0), 0o644)
-    return os.fdopen(fd, mode)
+    fd = os.open(path, flags | os.O_NONBLOCK | NOFOLLOW | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotReadable(path, f"is {kind_of(st.st_mode)}, not a regular file")
+        if mode != "rb" and st.st_nlink > 1:
+            raise NotReadable(path, f"has {st.st_nlink} hard links; DTGen writes only files of its own (remove the "
+                                    "link, or copy the file in its place)", errno.EMLINK)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def append_durable(path: Path, data: bytes) -> int:

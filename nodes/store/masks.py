@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.files import open_regular
 from ..common.instances import InstanceError, instances_of
 from ..common.labels import label_problem, normalise_label
 from .layout import MASKS
@@ -67,7 +68,7 @@ def read(path: Path) -> np.ndarray:
     """The stored mask as an ``H x W`` uint8 array."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with open_regular(path) as f, Image.open(f) as img:
         if img.mode not in ("L", "P"):
             raise ValueError(f"{path}: mask PNG has mode {img.mode!r}, expected 8-bit 'L'")
         return np.asarray(img, dtype=np.uint8)

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.files import open_regular
 from . import embeddings, manifest, masks, metadata
 from .clean_marker import is_clean, mark_clean
 from .fsio import is_temp, move_unique
@@ -96,7 +97,7 @@ def damage(path: Path, rec: dict, verify: bool) -> str | None:
         from PIL import Image
 
         try:
-            with Image.open(path) as img:
+            with open_regular(path) as f, Image.open(f) as img:
                 img.load()
         except Exception as exc:   # PIL raises many types for broken files
             return f"does not decode ({type(exc).__name__}: {exc})"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..common.files import open_regular
 from ..fewshot.imageset import IMAGE_SUFFIXES
-from ..fewshot.pixels import MAX_PIXELS, MAX_SIZE, MIN_SIZE, load_image
+from ..fewshot.pixels import MAX_PIXELS, MAX_SIZE, MIN_SIZE, load_image, pillow_errors
 from ..fewshot.realset import file_digest
 from .errors import SynthesisError
 from .flat_folder import Wording, flat_files
@@ -116,15 +116,8 @@ def _scan(folder: Path, max_files: int) -> list[Background]:
 
 def _check_header(path: Path) -> None:
     """Refuse a non-image or an oversized image now, before any item is made (pixels decode later)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-    except Image.UnidentifiedImageError:
-        raise SynthesisError(path, "is not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise SynthesisError(path, f"image cannot be read (truncated or damaged?): {e}") from None
+    with pillow_errors(path, SynthesisError), open_regular(path) as f, Image.open(f) as im:
+        w, h = im.size
     if w * h > MAX_PIXELS:
         raise SynthesisError(path, f"image is {w} x {h} = {w * h / 1e6:.1f} megapixels; at most "
                              f"{MAX_PIXELS / 1e6:.1f} are read")

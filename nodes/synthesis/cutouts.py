@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..common.files import NotReadable, open_regular
 from ..fewshot.imageset import scan
 from ..fewshot.pixels import MAX_PIXELS, pillow_errors
 from ..fewshot.realset import MAX_FILE_BYTES
@@ -134,12 +136,14 @@ def _load_one(label: str, path: Path, mask_path: Path | None, max_pixels: int) -
 def _read(path: Path) -> bytes:
     """The file's bytes, never through a symlink, at most 256 MiB."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as e:
-        if os.path.islink(path):
+        f = open_regular(path)
+    except NotReadable as e:
+        if e.errno == errno.ELOOP:
             raise SynthesisError(path, "is a symlink; cutouts are read only from real files") from None
+        raise SynthesisError(path, e.strerror) from None
+    except OSError as e:
         raise SynthesisError(path, f"cannot be read ({e.strerror or e})") from None
-    with os.fdopen(fd, "rb") as f:
+    with f:
         size = os.fstat(f.fileno()).st_size
         if size > MAX_FILE_BYTES:
             raise SynthesisError(path, f"file is {size / 1024 ** 2:.0f} MiB; files above "

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..common.files import read_regular
 from ..common.identity import stream_id
 from ..common.morphology import dilate, disk_rows, erode
 from ..fewshot.pixels import MAX_SIZE, MIN_SIZE
@@ -133,7 +134,10 @@ def load_real_masks(folder, max_files: int = MAX_REAL_MASKS) -> list[RealMask]:
 def _read_mask(path: Path) -> RealMask:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise SynthesisError(path, f"is over {MAX_FILE_BYTES // 1024 ** 2} MiB; not read")
-    data = path.read_bytes()
+    try:
+        data = read_regular(path, MAX_FILE_BYTES)
+    except OSError as e:
+        raise SynthesisError(path, f"cannot be read ({e.strerror or e})") from None
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > MAX_MASK_PIXELS:

@@ -171,3 +171,27 @@ def test_two_servers_in_resume_mode_make_different_items(client, comfy_server, c
         assert "skipped" not in text, text                  # no image made twice
     records = manifest(comfy_server.output_dir / "two_servers")
     assert len(records) == 8 and len({r["index"] for r in records}) == 8
+
+
+def test_a_fifo_in_a_cutout_set_is_refused_at_queue_time_without_blocking_the_server(client, comfy_server):
+    """A FIFO named like a photo used to freeze ComfyUI's event loop: the queue-time check opened it
+    and waited for a writer. Now it is refused within a second, naming the file, and the server answers."""
+    import os
+
+    from PIL import Image
+
+    folder = comfy_server.base_dir / "input" / "fifo_cutouts" / "plate_clean"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "photo.jpg")
+    Image.new("L", (64, 64), 255).save(folder / "photo_mask.png")
+    graph = example_api("dtgen_copy_paste", dataset_name="fifo_refused", count=1)
+    node = next(k for k, v in graph.items() if v["class_type"] == "DTGenCopyPaste")
+    graph[node]["inputs"]["cutouts"] = "input/fifo_cutouts"
+    start = time.perf_counter()
+    answer = client.queue(graph)
+    elapsed = time.perf_counter() - start
+    text = json.dumps(answer.get("node_errors", {}).get(node, {}))
+    assert "photo.jpg: is a FIFO (named pipe), not a regular file" in text, answer
+    assert elapsed < 1.0, f"refusal took {elapsed:.2f} s"
+    with urllib.request.urlopen(comfy_server.url + "/system_stats", timeout=5) as r:
+        assert r.status == 200

@@ -222,6 +222,98 @@ CASES.update({f"weights/{n}": Case(_load_weights(n), e) for n, e in WEIGHTS.item
 CASES.update({f"runner/{k}": Case(_runner(a), e) for k, (a, e) in RUNNER_ARGS.items()})
 
 
+# ---- files that are not regular files: a FIFO named like an image, a caption, a pack, a manifest
+# (opening a FIFO blocks until a writer appears: this froze ComfyUI's event loop at queue time)
+def _photo(path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (80, 80), (200, 120, 40)).save(path)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def _fewshot_caption_fifo(tmp):
+    from dtgen.nodes.fewshot.imageset import scan
+
+    _photo(tmp / "set" / "plate" / "a.jpg")
+    _fifo(tmp / "set" / "plate" / "a.txt")
+    return scan(tmp / "set")
+
+
+def _fewshot_image_fifo(tmp):
+    from dtgen.nodes.fewshot.pixels import load_image
+
+    return load_image(_fifo(tmp / "photo.jpg"), 64)
+
+
+def _cutout_fifo(tmp):
+    from dtgen.nodes.synthesis.cutouts import load_cutouts
+
+    _fifo(tmp / "cut" / "plate" / "photo.jpg")
+    _photo(tmp / "cut" / "plate" / "photo_mask.png")
+    return load_cutouts(tmp / "cut")
+
+
+def _background_fifo(tmp):
+    from dtgen.nodes.synthesis.backgrounds import load_backgrounds
+
+    _photo(tmp / "bg" / "a.png")
+    _fifo(tmp / "bg" / "b.jpg")
+    return load_backgrounds(tmp / "bg")
+
+
+def _real_mask_fifo(tmp):
+    from dtgen.nodes.synthesis.defect_masks import load_real_masks
+
+    _fifo(tmp / "masks" / "m.png")
+    return load_real_masks(tmp / "masks")
+
+
+def _pack_fifo(tmp):
+    return load_pack(_fifo(tmp / "pack.yaml"))
+
+
+def _manifest_fifo(tmp):
+    from dtgen.nodes.store.reader import live_records
+
+    (tmp / "ds").mkdir()
+    (tmp / "ds" / ".dtgen_dataset").write_text("{}")
+    _fifo(tmp / "ds" / "manifest.jsonl")
+    return live_records(tmp / "ds")
+
+
+def _manifest_hard_link(tmp):
+    """A manifest hard-linked to a file outside the dataset: appending to it is refused, the outside
+    file unchanged."""
+    from dtgen.nodes.store import manifest
+
+    outside = tmp / "outside.txt"
+    outside.write_text("precious\n")
+    (tmp / "ds").mkdir()
+    os.link(outside, tmp / "ds" / "manifest.jsonl")
+    try:
+        manifest.append(tmp / "ds", [{"id": "x", "label": "a"}])
+    finally:
+        assert outside.read_text() == "precious\n", "appended to a file outside the dataset"
+
+
+FIFO = "FIFO (named pipe), not a regular file"
+CASES["files/fewshot_caption_fifo"] = _expect_raise(_fewshot_caption_fifo, Exception, FIFO)
+CASES["files/fewshot_image_fifo"] = _expect_raise(_fewshot_image_fifo, Exception, FIFO)
+CASES["files/cutout_fifo"] = _expect_raise(_cutout_fifo, Exception, FIFO)
+CASES["files/background_fifo"] = _expect_raise(_background_fifo, Exception, FIFO)
+CASES["files/real_mask_fifo"] = _expect_raise(_real_mask_fifo, Exception, FIFO)
+CASES["files/pack_fifo"] = _expect_raise(_pack_fifo, PromptPackError, FIFO)
+CASES["files/manifest_fifo"] = _expect_raise(_manifest_fifo, Exception, FIFO)
+CASES["files/manifest_hard_link"] = _expect_raise(_manifest_hard_link, Exception, "has 2 hard links")
+
+
 def _alarm(signum, frame):
     raise TimeoutError(f"no answer within {HANG_GUARD_S} s: a hang")
 
