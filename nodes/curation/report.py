@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 from ..common.files import open_regular
+from ..fewshot.pixels import MAX_PIXELS, pillow_errors
 from ..store import reader
 from ..store.fsio import write_atomic, write_bytes_atomic
+from ..store.layout import DatasetError
 
 THUMB = 96
 COLUMNS = 8
@@ -63,7 +65,11 @@ def contact_sheet(dataset_dir, label: str, records, out_path: Path, max_per_side
         draw.text((4, y + 3), f"{label}: {decision} ({total}, showing {len(chosen)})", fill="black")
         y += HEADER
         for k, rec in enumerate(chosen):
-            with open_regular(Path(dataset_dir) / rec["file"]) as f, Image.open(f) as im:
+            path = Path(dataset_dir) / rec["file"]
+            with pillow_errors(path, DatasetError), open_regular(path) as f, Image.open(f) as im:
+                if im.width * im.height > MAX_PIXELS:   # a stored image swapped for a huge one
+                    raise DatasetError(path, f"image is {im.width} x {im.height}; at most {MAX_PIXELS / 1e6:.0f} "
+                                             "megapixels are read (run reconcile --verify to find the odd files)")
                 im = im.convert("RGB")
                 im.thumbnail((THUMB - 4, THUMB - 4))
                 sheet.paste(im, ((k % COLUMNS) * THUMB + 2, y + (k // COLUMNS) * THUMB + 2))

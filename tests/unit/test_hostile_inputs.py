@@ -303,6 +303,48 @@ def _manifest_hard_link(tmp):
         assert outside.read_text() == "precious\n", "appended to a file outside the dataset"
 
 
+def _bomb_png(width: int, height: int) -> bytes:
+    """A PNG header that claims width x height pixels (no pixel data): Pillow refuses it on open."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _finalize_bomb(tmp):
+    """A stored image swapped for a decompression bomb: ``runner finalize`` says one line naming it."""
+    import contextlib
+    import io
+
+    import numpy as np
+
+    from dtgen.nodes.common.records import ScoredItem
+    from dtgen.nodes.store.writer import DatasetWriter
+    from dtgen.runner.cli import main
+
+    noise = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
+    with DatasetWriter(tmp / "ds") as w:
+        w.write([ScoredItem(noise, "a", "p", seed=1, index=0, accepted=True, reason="ok", score=0.3)])
+    stored = next((tmp / "ds" / "images" / "a").glob("*.png"))
+    bomb = _bomb_png(40_000, 40_000)
+    stored.write_bytes(bomb + b"\0" * (stored.stat().st_size - len(bomb)))   # padded to its recorded size
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(["finalize", str(tmp / "ds"), "--export", "none"])
+        except SystemExit as exc:
+            code = exc.code
+    text = err.getvalue()
+    assert code not in (0, None) and text.startswith("error: ") and "Traceback" not in text, (code, text)
+    assert text.count("\n") == 1 and stored.name in text, text
+    return text
+
+
+CASES["files/finalize_decompression_bomb"] = Case(_finalize_bomb, "image is too large to decode safely")
+
 FIFO = "FIFO (named pipe), not a regular file"
 CASES["files/fewshot_caption_fifo"] = _expect_raise(_fewshot_caption_fifo, Exception, FIFO)
 CASES["files/fewshot_image_fifo"] = _expect_raise(_fewshot_image_fifo, Exception, FIFO)
