@@ -67,7 +67,7 @@ class DTGenTrainCheckpointLoader(io.ComfyNode):
         if linked(ckpt_name):
             return True
         try:
-            checkpoint_format(checkpoint_path(ckpt_name))
+            checkpoint_format(checkpoint_path(ckpt_name), read=_header)
         except (HeaderError, ValueError) as exc:
             return f"DTGen Checkpoint Loader: {exc}"
         return True
@@ -79,7 +79,7 @@ class DTGenTrainCheckpointLoader(io.ComfyNode):
         from ..training.checkpoint_format import checkpoint_format
         from .trainable_model import scaled_layers, trainable_view
 
-        fmt = checkpoint_format(checkpoint_path(ckpt_name))   # refused files never load
+        fmt = checkpoint_format(checkpoint_path(ckpt_name), read=_header)   # refused files never load
         model, clip, vae = comfy_nodes.CheckpointLoaderSimple().load_checkpoint(ckpt_name)[:3]
         view = trainable_view(model)
         text = fmt.line()
@@ -92,7 +92,7 @@ NODES = [DTGenTrainCheckpointLoader]
 
 
 # ------------------------------------------------------------------ does each LoRA fit its base?
-_HEADERS: dict = {}   # (path, size, mtime_ns) -> header: a 10 GB checkpoint's header is read once
+_HEADERS: dict = {}   # (path, size, mtime_ns) -> header: read once for queue time, loading and the writer's check
 
 
 def _header(path: str):

@@ -99,10 +99,11 @@ def classify(name: str, tensors: dict[str, Tensor]) -> CheckpointFormat:
     return CheckpointFormat(name, storage, len(scales) if storage == "scaled fp8" else 0, base, depth, inside, has_vae)
 
 
-def checkpoint_format(path) -> CheckpointFormat:
-    """``classify`` of a file; only ``.safetensors`` headers can be read without loading weights."""
+def checkpoint_format(path, read=read_header) -> CheckpointFormat:
+    """``classify`` of a file; only ``.safetensors`` headers can be read without loading weights.
+    ``read(path)`` gives the header (a caller with a cache passes its own)."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         return CheckpointFormat(path.name, "unknown (not .safetensors: read only when loaded)", 0,
                                 "unknown", None, (), True)
-    return classify(path.name, read_header(path))
+    return classify(path.name, read(path))

@@ -1,18 +1,18 @@
 """The header of a ``.safetensors`` file (tensor names, dtypes, shapes) without reading any weight.
 
-Budgeted: only regular files are opened (a FIFO named ``x.safetensors`` would block the caller), and
-a header is refused above ``MAX_HEADER_BYTES`` (the safetensors library's own limit).
+Budgeted: files are opened with ``common.files.open_regular`` (a FIFO named ``x.safetensors`` would
+block the caller), and a header is refused above ``MAX_HEADER_BYTES`` (the safetensors library's own limit).
 """
 from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.errors import PathProblem
+from ..common.files import NotReadable, open_regular
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -34,20 +34,17 @@ def read_header(path) -> dict[str, Tensor]:
     """{name: Tensor} of a safetensors file; ``HeaderError`` naming the file when it is none."""
     path = Path(path)
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise HeaderError(path, f"cannot be read ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise HeaderError(path, "is not a regular file")
-    try:
-        with open(path, "rb") as fh:
+        with open_regular(path, follow_symlinks=True) as fh:   # model files are often symlinks; never a FIFO
+            length = os.fstat(fh.fileno()).st_size
             head = fh.read(8)
             if len(head) < 8:
-                raise HeaderError(path, f"is {st.st_size} bytes long: too short for a safetensors file")
+                raise HeaderError(path, f"is {length} bytes long: too short for a safetensors file")
             (size,) = struct.unpack("<Q", head)
-            if size > MAX_HEADER_BYTES or size > st.st_size - 8:
+            if size > MAX_HEADER_BYTES or size > length - 8:
                 raise HeaderError(path, f"is not a safetensors file (its header claims {size} bytes)")
             raw = fh.read(size)
+    except NotReadable as exc:
+        raise HeaderError(path, exc.strerror) from None
     except OSError as exc:
         raise HeaderError(path, f"cannot be read ({exc.strerror or exc})") from None
     try:

@@ -54,6 +54,25 @@ def start_server(comfyui_path, base_dir, model_dirs, **kw) -> ComfyServer:
     return server.start()
 
 
+def start_training_server(comfyui_path, base_dir, model_dirs, extra: dict | None = None) -> ComfyServer:
+    """A server whose LoraLoader also lists ComfyUI's ``output/loras`` (where Save LoRA writes, as
+    the README maps it) and, per model folder, the extra folders in ``extra``."""
+    (base_dir / "output" / "loras").mkdir(parents=True, exist_ok=True)
+    dirs = dict(model_dirs)
+    dirs["loras"] = [*dirs["loras"], base_dir / "output" / "loras"]
+    for folder, path in (extra or {}).items():
+        dirs[folder] = [*dirs.get(folder, []), path]
+    return start_server(comfyui_path, base_dir, dirs)
+
+
+@pytest.fixture
+def api(server):
+    """A client of the module's own ``server`` fixture."""
+    c = ComfyClient(server.url)
+    yield c
+    c.close()
+
+
 @pytest.fixture(scope="session")
 def comfy_server(comfyui_path, model_dirs, tmp_path_factory):
     server = start_server(comfyui_path, tmp_path_factory.mktemp("comfy"), model_dirs)

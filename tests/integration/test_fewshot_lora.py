@@ -19,7 +19,7 @@ from PIL import Image
 
 from support import fixtures
 from support.graphs import example_api, manifest, run_ok
-from .conftest import start_server
+from .conftest import start_training_server
 from support.comfy_server import ComfyClient
 
 TRAINED_PREFIX = "dtgen_tableware_lora"
@@ -27,21 +27,11 @@ TRAINED_PREFIX = "dtgen_tableware_lora"
 
 @pytest.fixture(scope="module")
 def server(comfyui_path, model_dirs, tmp_path_factory):
-    base = tmp_path_factory.mktemp("fewshot")
-    (base / "output" / "loras").mkdir(parents=True)
-    dirs = dict(model_dirs, loras=[*model_dirs["loras"], base / "output" / "loras"])
-    srv = start_server(comfyui_path, base, dirs)
+    srv = start_training_server(comfyui_path, tmp_path_factory.mktemp("fewshot"), model_dirs)
     try:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-def api(server):
-    c = ComfyClient(server.url)
-    yield c
-    c.close()
 
 
 def _train(api, server) -> str:

@@ -22,9 +22,8 @@ import pytest
 from PIL import Image
 
 from support import fixtures
-from support.comfy_server import ComfyClient
 from support.graphs import example_api, manifest, run_ok
-from .conftest import start_server
+from .conftest import start_training_server
 
 SEED, SIZE, STEPS = 11, 64, 4
 PROMPT = "dtgtableware, a white plate, top-down"
@@ -34,26 +33,16 @@ LEVEL = 1.0          # the acceptance bound: mean absolute difference in 8-bit l
 @pytest.fixture(scope="module")
 def server(comfyui_path, model_dirs, tmp_path_factory):
     base = tmp_path_factory.mktemp("train_formats")
-    extra = base / "extra_models"
-    (extra / "checkpoints").mkdir(parents=True)
-    (extra / "loras").mkdir()
-    _untrainable_files(extra / "checkpoints")
-    _lora_for_another_base(extra / "loras" / "depth3_lora.safetensors")
-    (base / "output" / "loras").mkdir(parents=True)
-    dirs = dict(model_dirs, checkpoints=[*model_dirs["checkpoints"], extra / "checkpoints"],
-                loras=[*model_dirs["loras"], base / "output" / "loras", extra / "loras"])
-    srv = start_server(comfyui_path, base, dirs)
+    extra = {"checkpoints": base / "extra_models" / "checkpoints", "loras": base / "extra_models" / "loras"}
+    for folder in extra.values():
+        folder.mkdir(parents=True)
+    _untrainable_files(extra["checkpoints"])
+    _lora_for_another_base(extra["loras"] / "depth3_lora.safetensors")
+    srv = start_training_server(comfyui_path, base, model_dirs, extra)
     try:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-def api(server):
-    c = ComfyClient(server.url)
-    yield c
-    c.close()
 
 
 def _untrainable_files(folder):

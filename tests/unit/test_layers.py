@@ -79,14 +79,19 @@ def violations(root: Path) -> list[str]:
     return found
 
 
+def _copy_tree(dest: Path) -> None:
+    """nodes/ and runner/ copied into ``dest``: where a test plants the violation its check must catch."""
+    for folder in ("nodes", "runner"):
+        shutil.copytree(ROOT / folder, dest / folder)
+
+
 def test_layers_import_downward_only():
     assert violations(ROOT) == []
 
 
 def test_the_check_catches_upward_sideways_and_comfyui_imports(tmp_path):
     """The rule test is not vacuous: plant one violation of each kind in a copy of the tree."""
-    for folder in ("nodes", "runner"):
-        shutil.copytree(ROOT / folder, tmp_path / folder)
+    _copy_tree(tmp_path)
     plants = {
         "nodes/store/writer.py": "from ..curation import quotas  # upward\n",
         "nodes/prompting/pack.py": "from ..store import paths  # sideways\n",
@@ -166,8 +171,7 @@ def test_no_import_cycle_even_inside_a_stage():
 
 
 def test_the_cycle_check_catches_a_cycle_inside_one_stage(tmp_path):
-    for folder in ("nodes", "runner"):
-        shutil.copytree(ROOT / folder, tmp_path / folder)
+    _copy_tree(tmp_path)
     path = tmp_path / "nodes" / "store" / "manifest.py"
     path.write_text(path.read_text() + "\n\ndef _late():\n    from .writer import DatasetWriter  # a lazy import closing a cycle\n")
     found = cycles(tmp_path)
@@ -209,8 +213,7 @@ def test_no_private_member_is_reached_across_modules():
 
 
 def test_the_private_check_catches_one(tmp_path):
-    for folder in ("nodes", "runner"):
-        shutil.copytree(ROOT / folder, tmp_path / folder)
+    _copy_tree(tmp_path)
     path = tmp_path / "nodes" / "store" / "ingest.py"
     path.write_text(path.read_text() + "\n\ndef _peek(writer):\n    return writer._ids\n")
     assert any(f.startswith("nodes/store/ingest.py:") and f.endswith("._ids") for f in private_reaches(tmp_path))
