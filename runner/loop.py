@@ -24,6 +24,7 @@ from .run import (
     FLAG_NAME,
     GENERATED,
     ErrorStreak,
+    QuotaNotReached,
     RunError,
     RunResult,
     RunSettings,
@@ -165,9 +166,9 @@ class RunLoop:
                     if not self.executor.stalled():
                         continue
                     if not sd_complete and self.planner.exhausted():
-                        raise RunError(self._why_short(accepted))
+                        raise QuotaNotReached(self._why_short(accepted))
                     if not cp_complete and not self._cp_budget_left():
-                        raise RunError(self._why_short_copy_paste())
+                        raise QuotaNotReached(self._why_short_copy_paste())
             self.progress.show(self._status())
             self.executor.wait(self.cfg.poll)
 

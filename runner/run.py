@@ -25,6 +25,11 @@ class RunError(RuntimeError):
     """The run stopped; the message is one line saying why and what to do."""
 
 
+class QuotaNotReached(RunError):
+    """Nothing left to try (the item range or --max-items is used up) and a class is below its quota;
+    what was made stays in the dataset."""
+
+
 @dataclass
 class RunSettings:
     server: str

@@ -304,14 +304,12 @@ def finalize_demo(dataset_dir: Path):
 
 def run_copy_paste_step(url: str, wf: Workflow, sets, quota: int, tiny: bool, output_dir, say) -> Path:
     """The copy-paste template on the demo's server into its own dataset, ``quota`` accepted images per
-    class of the cutout set, with the main workflow's CLIP model; returns the dataset folder."""
-    from .cutouts import (
-        DATASET,
-        TINY_SIZE,
-        clip_inputs,
-        copy_paste_graph,
-        run_copy_paste,
-    )
+    class of the cutout set, with the main workflow's CLIP model, through the queue client's run loop;
+    returns the dataset folder. A quota the filter keeps short is said; the dataset keeps what was made."""
+    from ..progress import Progress
+    from ..run import QuotaNotReached, RunSettings
+    from ..scheduler import QueueRun
+    from .cutouts import DATASET, TEMPLATE, TINY_SIZE, clip_inputs, copy_paste_graph
 
     cut, bg = sets
     labels = sorted(p.name for p in cut.iterdir() if p.is_dir())
@@ -319,9 +317,12 @@ def run_copy_paste_step(url: str, wf: Workflow, sets, quota: int, tiny: bool, ou
     size = next(n["inputs"]["size"] for n in graph.values() if n["class_type"] == "DTGenCopyPaste")
     say(f"copy-paste: {quota} accepted image(s) of {size}x{size} for each of {len(labels)} classes "
         f"({', '.join(labels)}) into {DATASET} ...")
-    dataset_dir = Path(output_dir) / DATASET
-    run_copy_paste(url, graph, dataset_dir, labels, quota, say)
-    return dataset_dir
+    settings = RunSettings(server=url, output_dir=output_dir, copy_paste_quota=quota)
+    try:
+        QueueRun(Workflow(graph, source=f"{TEMPLATE.name} (demo)"), None, settings, Progress(every=2.0)).run()
+    except QuotaNotReached as short:
+        say(f"{short}: the dataset keeps what was made")
+    return Path(output_dir) / DATASET
 
 
 def print_copy_paste(dataset_dir: Path, sets, report, args) -> None:

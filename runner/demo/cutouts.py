@@ -5,24 +5,20 @@ placeholders: the plates and bowls of the few-shot placeholders alone on transpa
 is the drawn disc, exact) and a few table textures (wood grain, linen, gingham; deterministic).
 
 Then the CPU-only template ``dtgen_copy_paste`` (DTGenCopyPaste -> CLIP filter -> Dataset Writer
-with the instance masks) is queued on the demo's server, straight through ComfyUI's HTTP API, in the
-node's resume mode until every class has its quota of accepted copy-paste images.
+with the instance masks) is queued on the demo's server by the queue client's run loop (the same one
+``python -m runner queue`` uses), in the node's resume mode until every class has its quota of
+accepted copy-paste images.
 """
 from __future__ import annotations
 
-import copy
 import json
 import shutil
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ...nodes.common.quota import still_needed
-from ..api import ComfyAPI, execution_error
-from ..local_server import ROOT, LocalServerError
+from ..local_server import ROOT
 from .photos import (
     MAX_BYTES,
     MAX_FILES,
@@ -41,8 +37,6 @@ CUTOUT_FOLDER, BACKGROUND_FOLDER = "dtgen_cutouts", "dtgen_backgrounds"   # regi
 CUTOUT_SIZE = 256        # drawn cutouts: the placeholder photos' objects, drawn sharper
 BACKGROUND_SIZE = 320
 TINY_SIZE = 256          # copy-paste output size with the tiny models (the template's 512 otherwise)
-MAX_COUNT = 4096         # the node's largest count (nodes/adapters/copy_paste.py needs ComfyUI to import)
-MAX_ROUNDS = 8           # queue runs before the demo gives up on a short quota (the filter rejects)
 CUTOUTS_LAYOUT = "<folder>/<label>/ with RGBA PNGs (alpha = object) or <name>.jpg + <name>_mask.png"
 BACKGROUNDS_LAYOUT = "a flat folder of photos (.jpg, .png, ...)"
 
@@ -211,51 +205,3 @@ def clip_inputs(graph: dict) -> dict:
         if node["class_type"] == "DTGenClipLoader":
             return {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
     return {}
-
-
-def accepted_counts(dataset_dir: Path) -> dict[str, dict[str, int]]:
-    """Copy-paste images per class ({label: {accepted, rejected}}) in the dataset, as the node counts."""
-    from ...nodes.store.reader import class_counts, live_state
-
-    records = [r for r in live_state(dataset_dir)[2].values() if r["decision"] in ("accepted", "rejected")]
-    return class_counts(records, source="copy_paste")
-
-
-def _wait(api: ComfyAPI, prompt_id: str, timeout: float, poll: float = 0.2) -> dict:
-    """The history entry of ``prompt_id`` once it finished (ComfyUI records it then)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = api.history(prompt_id)
-        if entry is not None:
-            return entry
-        time.sleep(poll)
-    raise LocalServerError(f"the copy-paste run did not finish within {timeout:.0f} s on {api.url}")
-
-
-def run_copy_paste(url: str, graph: dict, dataset_dir: Path, labels, quota: int, say,
-                   max_rounds: int = MAX_ROUNDS, timeout: float = 600.0) -> dict[str, dict[str, int]]:
-    """Queue ``graph`` (resume mode) until every label has ``quota`` accepted copy-paste images, a
-    run adds nothing, or ``max_rounds`` runs; returns the counts. A failed run raises one line."""
-    api, client = ComfyAPI(url), str(uuid.uuid4())
-    node_id = next(k for k, n in graph.items() if n["class_type"] == "DTGenCopyPaste")
-    counts, runs = accepted_counts(dataset_dir), 0
-    while runs < max_rounds:
-        missing = sum(still_needed(quota, counts.get(label, {}).get("accepted", 0)) for label in labels)
-        if not missing:
-            break
-        run = copy.deepcopy(graph)
-        run[node_id]["inputs"]["count"] = min(MAX_COUNT, missing)   # the node makes what each class lacks
-        entry = _wait(api, api.queue_prompt(run, client), timeout)
-        runs += 1
-        error = execution_error(entry)
-        if error is not None:
-            raise LocalServerError(f"the copy-paste run failed: {error}; see the server log")
-        before, counts = counts, accepted_counts(dataset_dir)
-        if counts == before:
-            break   # nothing new: another run holds the missing items, or the node found every class full
-    short = {label: f"{counts.get(label, {}).get('accepted', 0)}/{quota}" for label in labels
-             if counts.get(label, {}).get("accepted", 0) < quota}
-    if short:
-        say(f"copy-paste quota not reached for {short} after {runs} run(s) (the filter rejects many?): the "
-            "dataset keeps what was made")
-    return counts

@@ -146,6 +146,19 @@ def test_copy_paste_only_graph_fills_gaps_without_duplicates(capsys, fakes, tmp_
     assert "copy_paste:" in out and "copy_paste: plate_clean 3/3 plate_heavily_dirty 3/3" in err
 
 
+def test_a_copy_paste_quota_the_filter_keeps_short_ends_with_one_line(capsys, fakes, tmp_path):
+    """Every copy-paste image rejected: the run stops at --max-items with the quota short (exit 1,
+    one line; the demo says the same line and keeps the dataset: QuotaNotReached)."""
+    server = fakes(reject_cp=lambda i: True)
+    args = ["--quota", 2, "--per-prompt", 2, "--max-items", 4, "--dataset", "cp_short", "--server", server.url]
+    code, out, err = queue(capsys, COPY_PASTE, *args)
+    assert code == 1 and out == ""
+    assert ("copy-paste quota not reached for {'plate_clean': '0/2', 'plate_heavily_dirty': '0/2'}: 4 copy-paste "
+            "items asked for, --max-items 4 reached") in err
+    live = manifest.live(manifest.read(tmp_path / "out" / "cp_short").records).values()
+    assert live and all(r["decision"] == "rejected" for r in live)   # what was made stays
+
+
 def test_copy_paste_prompts_left_by_a_killed_client_are_adopted(fakes, tmp_path):
     fake = fakes(delay=0.3)
 
