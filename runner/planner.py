@@ -1,4 +1,6 @@
 """Which item indices to queue next: per-class quotas or a fixed range, each index at most once.
+The choice is the nodes' own rule (``nodes.common.quota.pick_blocks``); this module keeps the run's
+bookkeeping around it (what is queued, retried, failed).
 
 A *job* is one queue run: ``per_prompt`` consecutive indices (the sampler's start_index/count),
 possibly with the copy-paste branch of a hybrid graph riding along (planned by its node, not here).
@@ -13,7 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..nodes.common.quota import still_needed
+from ..nodes.common.quota import pick_blocks, still_needed
+
+SCAN = 100_000   # items past the cursor a plan looks at when the index range is endless (quota mode)
 
 
 @dataclass(eq=False)
@@ -47,6 +51,7 @@ class Planner:
         self.failed: set[int] = set()            # out of retries
         self.retry: deque[Job] = deque()
         self.n_queued = 0
+        self.dry = False                         # the last plan found nothing a class still needs
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def adopt(self, job: Job) -> None:
@@ -79,44 +84,61 @@ class Planner:
         return all(i in done or i in self.succeeded or i in self.failed for i in range(self.start, self.end))
 
     def next_job(self, done: set[int], accepted: dict[str, int], in_flight: dict[str, int]) -> Job | None:
+        """A job that goes back for another try, else the next block the quota still wants (the
+        nodes' rule, ``common.quota.pick_blocks``, one prompt's block at a time: index order)."""
         need = self.need(accepted, in_flight) if self.targets is not None else None
         while self.retry:
             job = self.retry.popleft()
-            if self._wanted(job.indices, done, need):
+            fresh = self._fresh(job.indices, done)
+            if fresh and pick_blocks([fresh], self.label_of, 1, need):
                 return job
+        self.dry = False
         if self.max_queued is not None and self.n_queued >= self.max_queued:
             return None
         if need is not None and not any(n > 0 for n in need.values()):
             return None
-        while self.end is None or self.cursor < self.end:
-            first = self.cursor
-            last = first + self.per_prompt if self.end is None else min(first + self.per_prompt, self.end)
-            self.cursor = last
-            block = tuple(range(first, last))
-            if any(i in self.queued for i in block):
-                continue
-            if self._wanted(block, done, need):
-                self.queued.update(block)
-                self.n_queued += len(block)
-                return Job(block)
-        return None
+        self._skip_used(done)
+        picked = pick_blocks(self._blocks(done), self.label_of, 1, need)
+        if not picked:
+            self.dry = True
+            return None
+        block = self._whole(picked[0][0])
+        self.queued.update(block)
+        self.n_queued += len(block)
+        return Job(block)
 
-    def _wanted(self, block, done: set[int], need: dict[str, int] | None) -> bool:
-        fresh = [i for i in block if i not in done]
-        if need is None:
-            return bool(fresh)
-        labels = [self.label_of(i) for i in fresh]
-        if not any(need.get(label, 0) > 0 for label in labels):
-            return False
-        for label in labels:              # reserve: these items are now in flight
-            if label in need:
-                need[label] -= 1
-        return True
+    def _whole(self, i: int) -> tuple[int, ...]:
+        """The block (one prompt's start_index .. + per_prompt) that item ``i`` belongs to."""
+        first = self.start + (i - self.start) // self.per_prompt * self.per_prompt
+        last = first + self.per_prompt if self.end is None else min(first + self.per_prompt, self.end)
+        return tuple(range(first, last))
+
+    def _fresh(self, block, done: set[int]) -> tuple[int, ...]:
+        return tuple(i for i in block if i not in done)
+
+    def _skip_used(self, done: set[int]) -> None:
+        """Move the cursor past the blocks already queued or stored (they are never planned again)."""
+        while self.end is None or self.cursor < self.end:
+            block = self._whole(self.cursor)
+            if not all(i in self.queued or i in done for i in block):
+                return
+            self.cursor = block[-1] + 1
+
+    def _blocks(self, done: set[int]):
+        """The fresh items of each block from the cursor on that has no item queued, to the end of the
+        range (or ``SCAN`` items past the cursor when the range is endless)."""
+        first, end = self.cursor, self.end if self.end is not None else self.cursor + SCAN
+        while first < end:
+            block = self._whole(first)
+            first = block[-1] + 1
+            if not any(i in self.queued for i in block) and (fresh := self._fresh(block, done)):
+                yield fresh
 
     def exhausted(self) -> bool:
-        """Nothing left to plan: the index range (or exhaustive space) or --max-items is used up."""
+        """Nothing left to plan: the index range (or exhaustive space) or --max-items is used up, or
+        the last plan found no item of a class that still needs images."""
         if self.retry:
             return False
         if self.max_queued is not None and self.n_queued >= self.max_queued:
             return True
-        return self.end is not None and self.cursor >= self.end
+        return self.dry or (self.end is not None and self.cursor >= self.end)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .planner import Job, Planner
+from .planner import SCAN, Job, Planner
 
 # The sources of a run. Records (and quotas) name them GENERATED / COPY_PASTE; --mix and the
 # summary call the prompt sampler's images "sd".
@@ -145,6 +145,9 @@ def why_short(cfg: RunSettings, planner: Planner, sampler, accepted, what: str =
         why = f"--max-items {planner.max_queued} reached (the filter rejects too much?)"
     elif sampler.mode == "exhaustive":
         why = "the exhaustive prompt space is used up"
+    elif planner.dry and not planner.failed:
+        why = (f"the sampler offers no item of {', '.join(sorted(k for k in short))} among its next {SCAN} items "
+               "(is the class sampled? check the pack's weights and --set ID.classes)")
     else:
         why = f"{len(planner.failed)} item(s) failed after retries"
     return f"{what} not reached for {short}: {why}; raise --max-items, loosen the filter or lower --quota"

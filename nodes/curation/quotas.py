@@ -1,11 +1,11 @@
-"""Per-class targets: what is missing, which item indices are done, which to generate next."""
+"""Per-class targets in a dataset: what is missing, which item indices are done, which to generate
+next (the choice itself is ``common.quota.pick_blocks``, shared with the queue client)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import islice
 
 from ..common.identity import StreamKey
-from ..common.quota import still_needed
+from ..common.quota import pick_blocks, still_needed
 from ..store.reader import class_counts, live_records, stored_indices
 
 
@@ -39,13 +39,13 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
 
     Each picked index counts as one future accepted image of its class, so a class with 3 missing
     gets at most 3 indices (ask again after filtering: rejected ones leave a gap). Labels absent from
-    ``targets`` have no limit. ``busy`` indices are skipped and ``in_flight`` images per label count
+    ``targets`` are not made. ``busy`` indices are skipped and ``in_flight`` images per label count
     as on their way (claims.py). Scans at most ``max_scan`` indices (default ``100 * n + 1000``).
     With ``source`` the targets count only that source's images (``store.reader.class_counts``).
     With ``with_handed_over`` the items this process handed over to its background writer count as stored.
 
     Without ``targets`` indices are taken in order; with targets, when every target class is full
-    nothing is returned (not even labels absent from ``targets``). With targets the fill is balanced across
+    nothing is returned. With targets the fill is balanced across
     streams: each pick goes to the class with the fewest stored, in-flight and picked items among
     those that still need images (ties: the earliest index). So a graph whose seed changes on every
     queue (a new stream each time, index 0 first) still fills the classes in turn instead of making
@@ -53,37 +53,13 @@ def next_missing_indices(dataset_dir, label_of: Callable[[int], str], start: int
     """
     done = done_indices(dataset_dir, pack_hash, stream_key, with_handed_over) | set(busy)
     limit = start + (max_scan if max_scan is not None else 100 * n + 1000)
+    items = ((i,) for i in range(start, limit) if i not in done)
     if not targets:
-        return list(islice(_undone(done, start, limit), n))
+        return [i for (i,) in pick_blocks(items, label_of, n)]
     have = counts(dataset_dir, source, with_handed_over)
     in_flight = in_flight or {}
     need = {label: still_needed(t, have.get(label, {}).get("accepted", 0), in_flight.get(label, 0))
             for label, t in targets.items()}
     tried = {label: sum(have.get(label, {}).get(k, 0) for k in ("accepted", "rejected")) + in_flight.get(label, 0)
              for label in need}
-    candidates: dict[str, list[int]] = {}
-    wanted = {label: min(n, left) for label, left in need.items() if left > 0}   # enough to choose from
-    if not wanted:
-        return []   # every target class is full: nothing to scan for (this runs under the dataset lock)
-    for i in _undone(done, start, limit):
-        label = label_of(i)
-        if need.get(label, n) > 0 and len(candidates.setdefault(label, [])) < n:
-            candidates[label].append(i)
-            if all(len(candidates.get(lab, ())) >= k for lab, k in wanted.items()) and all(
-                    len(c) >= n for lab, c in candidates.items() if lab not in need):
-                break
-    picked: list[int] = []
-    while len(picked) < n:
-        open_ = [lab for lab, c in candidates.items() if c and need.get(lab, n) > 0]
-        if not open_:
-            break
-        label = min(open_, key=lambda lab: (tried.get(lab, 0), candidates[lab][0]))
-        picked.append(candidates[label].pop(0))
-        tried[label] = tried.get(label, 0) + 1
-        if label in need:
-            need[label] -= 1
-    return sorted(picked)
-
-
-def _undone(done: set, start: int, limit: int):
-    return (i for i in range(start, limit) if i not in done)
+    return [i for (i,) in pick_blocks(items, label_of, n, need, tried)]

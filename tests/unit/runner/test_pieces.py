@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from dtgen.runner.cli import parse_quotas
 from dtgen.runner.dataset_view import DatasetView
 from dtgen.runner.packs import local_sampler
 from dtgen.runner.planner import Job, Planner
+from dtgen.runner.run import RunSettings, why_short
 from dtgen.runner.workflow import Workflow, WorkflowError
 from support.pkg import ROOT
 
@@ -147,6 +149,23 @@ def test_planner_skips_adopted_and_stops_at_the_exhaustive_end():
     assert p.next_job(set(), {}, {}) is None and p.exhausted()
     with pytest.raises(ValueError, match="either"):
         Planner(labels_mod(2), targets={"c0": 1}, items=3)
+
+
+def test_planner_fills_a_reopened_class_from_its_earliest_unused_item_and_says_when_none_is_left():
+    p = Planner(labels_mod(2), targets={"c0": 1, "c1": 2})
+    assert p.next_job(set(), {}, {}).indices == (0,)
+    assert p.next_job(set(), {}, {"c0": 1}).indices == (1,)
+    assert p.next_job(set(), {}, {"c0": 1, "c1": 1}).indices == (3,)     # 2 (c0) is not wanted now
+    # item 0 was rejected: c0 needs one again and its earliest unused item is 2, passed over before
+    assert p.next_job({0, 1, 3}, {"c1": 1}, {}).indices == (2,)
+    assert not p.exhausted()
+    lone = Planner(lambda i: "c0", targets={"c0": 1, "never_sampled": 1})
+    assert lone.next_job(set(), {}, {}).indices == (0,)
+    assert lone.next_job(set(), {}, {"c0": 1}) is None and lone.exhausted()   # no endless scan
+    cfg, sampler = RunSettings(server="", targets={"c0": 1, "never_sampled": 1}), types.SimpleNamespace(mode="balanced")
+    assert why_short(cfg, lone, sampler, {"c0": 1}).startswith(
+        "quota not reached for {'never_sampled': '0/1'}: the sampler offers no item of never_sampled among its next "
+        "100000 items")
 
 
 # ---------------------------------------------------------------------------------- dataset view
