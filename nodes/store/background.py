@@ -83,7 +83,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None   # first background error not raised yet
         self._lost = 0                             # items not stored since that error
         self.batches_handed_over = 0                       # batches handed over so far (a change marker)
-        self._planner: DatasetWriter | None = None     # the callers' writer (plan, status, sync writes)
+        self._writer: DatasetWriter | None = None     # the callers' writer (plan, status, sync writes)
         self._committer: DatasetWriter | None = None   # the worker's writer (durable steps)
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -98,14 +98,14 @@ class BackgroundWriter:
         background error not raised yet."""
         with self._session:
             self.raise_error()
-            if self._planner is None:
-                planner = DatasetWriter(self.dir, image_format, quality, quotas)
-                self._planner = planner.__enter__()
-                planner.share_handed_over(self._handed_over_copy)   # its synchronous writes see the queue too
+            if self._writer is None:
+                writer = DatasetWriter(self.dir, image_format, quality, quotas)
+                self._writer = writer.__enter__()
+                writer.share_handed_over(self._handed_over_copy)   # its synchronous writes see the queue too
             else:
-                self._planner.configure(image_format, quality, quotas)
-                self._planner.reopen()
-            yield self._planner
+                self._writer.configure(image_format, quality, quotas)
+                self._writer.reopen()
+            yield self._writer
 
     def submit(self, writer: DatasetWriter, items, models: dict | None = None, sampler_settings: dict | None = None,
                png_text: dict | None = None, interrupted: Callable[[], None] | None = None) -> WriteResult:
@@ -254,7 +254,7 @@ class BackgroundWriter:
             chunk = job.planned[start:start + CHUNK]
             for p in chunk:   # encoding: the CPU-heavy part, holding no lock
                 try:
-                    arr = to_uint8(p.item.image, f"item {p.n} (label {p.item.label!r}, index {p.item.index})")
+                    arr = to_uint8(p.item.image, f"item {p.position} (label {p.item.label!r}, index {p.item.index})")
                     if p.mask is not None:
                         p.mask_data = _encoded(lambda f, m=p.mask: masks.encode(m, f))
                     p.image_data = _encoded(lambda f, a=arr: self._encode(a, job.fmt, job.quality, job.png_text, f))

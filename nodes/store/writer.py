@@ -56,7 +56,7 @@ class Planned:
     rec: dict
     item: ScoredItem
     mask: np.ndarray | None
-    n: int
+    position: int   # in the caller's batch
     image_data: bytes | None = None
     mask_data: bytes | None = None
 
@@ -254,7 +254,7 @@ class DatasetWriter:
             try:
                 for p in planned:
                     self._current = p.rec
-                    self._place(p.item, p.rec, png_text, p.n, p.mask)
+                    self._place(p.item, p.rec, png_text, p.position, p.mask)
                     placed.append((p.rec, p.item))
             except OSError as e:
                 error = self._write_error(e, len(placed))
