@@ -15,10 +15,10 @@ from ..nodes.curation.finalize import finalize
 from ..nodes.curation.quotas import counts, missing
 from ..nodes.curation.redecide import decide_fn_for, histogram_image
 from ..nodes.curation.thresholds import method_from
-from ..nodes.store.clean_marker import mark_clean
-from ..nodes.store.layout import DatasetError, open_dataset
+from ..nodes.store.clean_marker import is_clean, mark_clean
+from ..nodes.store.layout import DatasetError, check_tree, open_dataset
 from ..nodes.store.lock import DatasetLock
-from ..nodes.store.reconcile import ensure_consistent, reconcile
+from ..nodes.store.reconcile import reconcile
 
 COMMANDS = ("status", "reconcile", "redecide", "finalize")
 SPLIT_FOLDERS_HELP = ("also (re)build <dataset>/splits/<split>/<label>/ (hard links, else copies, of the accepted "
@@ -81,8 +81,12 @@ def _existing_dataset(path: str) -> str:
 def run_dataset_command(args) -> int:
     try:
         dataset_dir = _existing_dataset(args.dataset_dir)
-        if args.command == "status":
-            ensure_consistent(dataset_dir)
+        if args.command == "status":   # read-only: never repairs (a torn tail stays for reconcile)
+            check_tree(dataset_dir)
+            if not is_clean(dataset_dir):
+                print(f"note: {dataset_dir} was not closed cleanly (a crash, or a writer still running): the counts "
+                      f"are of its complete records; `python -m runner reconcile {dataset_dir}` repairs it",
+                      file=sys.stderr)
             out = {"counts": counts(dataset_dir)}
             if args.target:
                 out["missing"] = missing(dataset_dir, _targets(args.target))

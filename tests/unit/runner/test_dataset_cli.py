@@ -29,6 +29,26 @@ def test_status_counts_and_missing(ds, capsys):
     assert out["missing"] == {"cat": 12 - n_cat}
 
 
+def test_status_is_read_only_even_on_a_torn_dataset(ds, capsys):
+    """A crash mid-append left torn tails: status counts the complete records, says the dataset needs
+    a reconcile, and changes no byte (the repair is reconcile's)."""
+    with open(ds / "manifest.jsonl", "ab") as f:
+        f.write(b'{"id": "torn')
+    (ds / ".clean").unlink(missing_ok=True)
+    bins = sorted((ds / "embeddings").glob("f32x*.bin"))
+    assert bins
+    with open(bins[0], "ab") as f:
+        f.write(b"\x01\x02\x03")
+    before = {p: p.read_bytes() for p in [ds / "manifest.jsonl", *bins]}
+    assert main(["status", str(ds)]) == 0
+    out, err = capsys.readouterr()
+    assert sum(c["accepted"] + c["rejected"] for c in json.loads(out)["counts"].values()) == 30
+    assert "was not closed cleanly" in err and f"python -m runner reconcile {ds}" in err
+    assert {p: p.read_bytes() for p in before} == before
+    assert main(["reconcile", str(ds)]) == 0   # the repair
+    assert (ds / "manifest.jsonl").read_bytes() == before[ds / "manifest.jsonl"][:-len(b'{"id": "torn')]
+
+
 def test_reconcile_moves_an_unrecorded_image_aside(ds, capsys):
     stray = ds / "images" / "cat" / "stray.png"
     Image.new("RGB", (4, 4)).save(stray)
