@@ -15,6 +15,7 @@ from comfy_execution.graph_utils import ExecutionBlocker
 
 from .comfy_types import DtgenClip, ScoredBatchType, dataset_input, dataset_name_of, threshold_inputs
 from .comfy_paths import dataset_dir
+from .off_loop import off_loop
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
@@ -120,20 +121,8 @@ class DTGenClipLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, arch, weights, pretrained_tag="openai", precision="auto") -> bool | str:
-        from ..common.validation import linked
-        from ..scoring.clip_model import ClipFilterError, check_arch
-
-        try:
-            if not linked(precision):
-                _precision(precision)
-            if linked(arch, weights, pretrained_tag):   # checked at execution
-                return True
-            path = resolve_weights(weights, arch, pretrained_tag)
-            check_arch(arch, path)   # a custom architecture is described by a config beside its weights
-        except ClipFilterError as exc:
-            return str(exc)
-        return True
+    async def validate_inputs(cls, arch, weights, pretrained_tag="openai", precision="auto") -> bool | str:
+        return await off_loop(_check_loader, arch, weights, pretrained_tag, precision)   # may read a config, import open_clip
 
     @classmethod
     def execute(cls, arch, weights, pretrained_tag="openai", precision="auto") -> io.NodeOutput:
@@ -313,6 +302,23 @@ class DTGenClipFilter(io.ComfyNode):
         rejected = [it for it in batch.items if not it.accepted]
         return io.NodeOutput(batch, stack_images(accepted), stack_images(rejected), plot,
                              ui=ui.PreviewText(filter_summary(batch)))
+
+
+
+def _check_loader(arch, weights, pretrained_tag="openai", precision="auto") -> bool | str:
+    from ..common.validation import linked
+    from ..scoring.clip_model import ClipFilterError, check_arch
+
+    try:
+        if not linked(precision):
+            _precision(precision)
+        if linked(arch, weights, pretrained_tag):   # checked at execution
+            return True
+        path = resolve_weights(weights, arch, pretrained_tag)
+        check_arch(arch, path)   # a custom architecture is described by a config beside its weights
+    except ClipFilterError as exc:
+        return str(exc)
+    return True
 
 
 NODES = [DTGenClipLoader, DTGenClipFilter]

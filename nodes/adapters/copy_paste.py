@@ -13,6 +13,7 @@ from comfy_api.latest import io
 
 from .comfy_paths import cached_build, dataset_dir, folder_sets, listing_fingerprint, register_folder, resolve_set
 from .comfy_types import dataset_input, dataset_name_of
+from .off_loop import off_loop
 from ..common.naming import category, node_id
 
 CUTOUT_FOLDER, BACKGROUND_FOLDER = "dtgen_cutouts", "dtgen_backgrounds"
@@ -155,24 +156,8 @@ class DTGenCopyPaste(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cutouts, backgrounds, classes="") -> bool | str:
-        # the sets (scanned and decoded once, then cached for the run) and the class subset
-        from ..common.validation import linked
-        from ..synthesis.errors import SynthesisError
-
-        if linked(cutouts, backgrounds, classes):
-            return True
-        try:
-            from ..synthesis.cutouts import load_cutouts
-
-            found = load_cutouts(cutout_folder(cutouts))
-            unknown = [c.strip() for c in (classes or "").split(",") if c.strip() and c.strip() not in found]
-            if unknown:
-                return f"classes: unknown class {unknown[0]!r}; the cutouts have {', '.join(sorted(found))}"
-            background_folder(backgrounds)
-        except SynthesisError as exc:   # FewShotError's subclass: file errors name the file
-            return str(exc)
-        return True
+    async def validate_inputs(cls, cutouts, backgrounds, classes="") -> bool | str:
+        return await off_loop(_check_sets, cutouts, backgrounds, classes)   # decodes the cutouts
 
     @classmethod
     def fingerprint_inputs(cls, cutouts, backgrounds, dataset_name="", quota_per_class=0, dataset=None, **_) -> str:
@@ -244,6 +229,26 @@ def _status(text: str, made: int, done: bool) -> dict:
     ``outputs[<node>]["dtgen_copy_paste"] == [{"made": n, "done": bool}]`` (the queue client reads
     it; ``done``: every class has its quota, nothing was made)."""
     return {"text": (text,), "dtgen_copy_paste": [{"made": made, "done": done}]}
+
+
+def _check_sets(cutouts, backgrounds, classes="") -> bool | str:
+    # the sets (scanned and decoded once, then cached for the run) and the class subset
+    from ..common.validation import linked
+    from ..synthesis.errors import SynthesisError
+
+    if linked(cutouts, backgrounds, classes):
+        return True
+    try:
+        from ..synthesis.cutouts import load_cutouts
+
+        found = load_cutouts(cutout_folder(cutouts))
+        unknown = [c.strip() for c in (classes or "").split(",") if c.strip() and c.strip() not in found]
+        if unknown:
+            return f"classes: unknown class {unknown[0]!r}; the cutouts have {', '.join(sorted(found))}"
+        background_folder(backgrounds)
+    except SynthesisError as exc:   # FewShotError's subclass: file errors name the file
+        return str(exc)
+    return True
 
 
 NODES = [DTGenCopyPaste]

@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 from .comfy_paths import dataset_dir, folder_sets, resolve_set
 from .comfy_types import DtgenClip, RealImagesType, dataset_input, dataset_name_of
 from .fewshot_images import FEWSHOT_FOLDER
+from .off_loop import off_loop
 from ..common.naming import category, node_id
 
 NO_FOLDER = "none (wire test_images)"
@@ -83,15 +84,8 @@ class DTGenEvaluate(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, test_folder) -> bool | str:
-        from ..evaluation.errors import EvaluationError
-
-        if test_folder is not None and test_folder != NO_FOLDER:
-            try:
-                _test_folder(test_folder)
-            except EvaluationError as exc:
-                return str(exc)
-        return True
+    async def validate_inputs(cls, test_folder) -> bool | str:
+        return await off_loop(_check_test_folder, test_folder)   # scans the test folder
 
     @classmethod
     def fingerprint_inputs(cls, **_) -> float:
@@ -126,6 +120,17 @@ class DTGenEvaluate(io.ComfyNode):
         image = torch.from_numpy(report.preview().astype("float32"))[None]
         return io.NodeOutput(report.table, image, json.dumps(best, sort_keys=True) if best else "",
                              ui=ui.PreviewText(text))
+
+
+def _check_test_folder(test_folder) -> bool | str:
+    from ..evaluation.errors import EvaluationError
+
+    if test_folder is not None and test_folder != NO_FOLDER:
+        try:
+            _test_folder(test_folder)
+        except EvaluationError as exc:
+            return str(exc)
+    return True
 
 
 NODES = [DTGenEvaluate]

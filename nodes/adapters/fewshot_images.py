@@ -11,6 +11,7 @@ from comfy_api.latest import io, ui
 
 from .comfy_paths import folder_sets, listing_fingerprint, register_folder, resolve_set
 from .comfy_types import RealImagesType
+from .off_loop import off_loop
 from ..common.naming import category, node_id
 
 FEWSHOT_FOLDER = "dtgen_fewshot"
@@ -109,22 +110,8 @@ class DTGenFewShotImages(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, folder, pack) -> bool | str:
-        # only the set and the pack are checked at queue time (scanned, labels against the pack)
-        from ..common.validation import linked
-        from ..fewshot.imageset import FewShotError, scan
-        from ..prompting.pack import PromptPackError
-
-        if linked(folder, pack):
-            return True
-        try:
-            root = set_folder(folder)
-            fallback = _caption_fallback(pack)
-            for label in sorted({im.label for im in scan(root) if not im.caption}):
-                fallback(label)
-        except (FewShotError, PromptPackError) as exc:
-            return str(exc)
-        return True
+    async def validate_inputs(cls, folder, pack) -> bool | str:
+        return await off_loop(_check_set, folder, pack)   # scans the set, reads captions
 
     @classmethod
     def fingerprint_inputs(cls, folder, **_) -> str:
@@ -160,6 +147,24 @@ class DTGenFewShotImages(io.ComfyNode):
         text = summary(realset, from_txt, "the prompt pack" if pack != NO_PACK else "'a photo of <label>'")
         return io.NodeOutput(pixels, conditioning, list(realset.captions), realset.labels, realset,
                              ui=ui.PreviewText(text))
+
+
+def _check_set(folder, pack) -> bool | str:
+    # only the set and the pack are checked at queue time (scanned, labels against the pack)
+    from ..common.validation import linked
+    from ..fewshot.imageset import FewShotError, scan
+    from ..prompting.pack import PromptPackError
+
+    if linked(folder, pack):
+        return True
+    try:
+        root = set_folder(folder)
+        fallback = _caption_fallback(pack)
+        for label in sorted({im.label for im in scan(root) if not im.caption}):
+            fallback(label)
+    except (FewShotError, PromptPackError) as exc:
+        return str(exc)
+    return True
 
 
 NODES = [DTGenFewShotImages]

@@ -9,6 +9,7 @@ from comfy_api.latest import io, ui
 
 from .comfy_paths import dataset_dir
 from .comfy_types import dataset_input, dataset_name_of
+from .off_loop import off_loop
 from ..common.records import GENERATED
 from ..common.naming import category, node_id
 from ..common.validation import linked
@@ -120,16 +121,11 @@ class DTGenPromptSampler(io.ComfyNode):
         return history_fingerprint(ds)
 
     @classmethod
-    def validate_inputs(cls, pack, classes="", inline_yaml="") -> bool | str:
+    async def validate_inputs(cls, pack, classes="", inline_yaml="") -> bool | str:
         # ComfyUI repeats a failure under every input named here (and skips its own checks for
         # them), so only the inputs of the one queue-time check are named: the pack and the class
         # subset. mode and dataset_name are checked when the sampler runs (it runs first).
-        try:
-            if not linked(pack, classes, inline_yaml):
-                build_sampler(pack, "balanced", 0, classes, inline_yaml)
-        except (PromptPackError, ValueError) as exc:
-            return str(exc)
-        return True
+        return await off_loop(_check_pack, pack, classes, inline_yaml)   # parses the pack
 
     @classmethod
     def execute(cls, pack, mode, seed, start_index, count, classes="", inline_yaml="", dataset_name="",
@@ -162,6 +158,15 @@ class DTGenPromptSampler(io.ComfyNode):
             sampler.total,
             ui=ui.PreviewText(summary(items, note=note)),
         )
+
+
+def _check_pack(pack, classes="", inline_yaml="") -> bool | str:
+    try:
+        if not linked(pack, classes, inline_yaml):
+            build_sampler(pack, "balanced", 0, classes, inline_yaml)
+    except (PromptPackError, ValueError) as exc:
+        return str(exc)
+    return True
 
 
 NODES = [DTGenPromptSampler]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
+from .off_loop import off_loop
 from ..common.naming import category, node_id
 from ..common.validation import linked
 
@@ -60,17 +61,8 @@ class DTGenTrainCheckpointLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name) -> bool | str:
-        from ..training.checkpoint_format import checkpoint_format
-        from ..training.safetensors_header import HeaderError
-
-        if linked(ckpt_name):
-            return True
-        try:
-            checkpoint_format(checkpoint_path(ckpt_name), read=_header)
-        except (HeaderError, ValueError) as exc:
-            return f"DTGen Checkpoint Loader: {exc}"
-        return True
+    async def validate_inputs(cls, ckpt_name) -> bool | str:
+        return await off_loop(_check_checkpoint, ckpt_name)   # reads the safetensors header
 
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
@@ -86,6 +78,19 @@ class DTGenTrainCheckpointLoader(io.ComfyNode):
         if fmt.needs_view != (view is not model):   # header and loaded model disagree: say what was done
             text += f"\nloaded: {len(scaled_layers(model))} scaled layers, trainable view {'on' if view is not model else 'off'}"
         return io.NodeOutput(model, clip, vae, view, ui=ui.PreviewText(text))
+
+
+def _check_checkpoint(ckpt_name) -> bool | str:
+    from ..training.checkpoint_format import checkpoint_format
+    from ..training.safetensors_header import HeaderError
+
+    if linked(ckpt_name):
+        return True
+    try:
+        checkpoint_format(checkpoint_path(ckpt_name), read=_header)
+    except (HeaderError, ValueError) as exc:
+        return f"DTGen Checkpoint Loader: {exc}"
+    return True
 
 
 NODES = [DTGenTrainCheckpointLoader]

@@ -1,7 +1,16 @@
-"""The one shape of the pack's file errors: the problem, prefixed by the file or folder it is about."""
+"""The one shape of the pack's file errors: the problem, prefixed by the file or folder it is about;
+and the one cap on how much of a user's value an error message repeats."""
 from __future__ import annotations
 
 from pathlib import Path
+
+SHOWN_CHARS = 120   # of a user's value repeated in a message (a 100 KB key is not echoed whole)
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said when longer."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class PathProblem(Exception):

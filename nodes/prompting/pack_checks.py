@@ -11,6 +11,7 @@ import math
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
+from ..common.errors import shown
 from ..common.labels import default_class_text, label_problem
 from .pack_model import (
     FORMAT_VERSION, SLOT_NAME, Entry, Pack, PackClass, PromptPackError, format_path, split_template,
@@ -82,10 +83,10 @@ class _Validator:
             raise self.error(path, f"must be a mapping, got {_describe(value)}")
         for key in value:
             if not isinstance(key, str):
-                raise self.error(path, f"key {key!r} must be text")
+                raise self.error(path, f"key {shown(key)} must be text")
             if key not in allowed:
                 hint = difflib.get_close_matches(key, allowed, n=1)
-                raise self.error(path + (key,), f"unknown key {key!r}"
+                raise self.error(path + (key,), f"unknown key {shown(key)}"
                                  + (f" (did you mean {hint[0]!r}?)" if hint else "")
                                  + f"; allowed: {', '.join(sorted(allowed))}")
         return value
@@ -128,7 +129,7 @@ class _Validator:
         out = {}
         for name, entries in value.items():
             if not isinstance(name, str) or not SLOT_NAME.match(name):
-                raise self.error(path + (str(name),), f"slot name {name!r} must use letters, digits "
+                raise self.error(path + (str(name),), f"slot name {shown(name)} must use letters, digits "
                                  "and '_', starting with a letter or '_'")
             out[name] = self.entries(entries, path + (name,), f"vocabulary {name!r}")
         return out
@@ -142,7 +143,7 @@ class _Validator:
             raise self.error((), f"missing 'version' (this DTGen reads version: {FORMAT_VERSION})")
         version = data["version"]
         if isinstance(version, bool) or version != FORMAT_VERSION:
-            raise self.error(("version",), f"unsupported format version {version!r}; "
+            raise self.error(("version",), f"unsupported format version {shown(version)}; "
                              f"this DTGen reads version: {FORMAT_VERSION}")
         if "name" not in data:
             raise self.error((), "missing 'name'")
@@ -210,7 +211,7 @@ class _Validator:
             raise self.error(path + ("metadata",), f"must be a mapping of numbers, got {_describe(metadata)}")
         for key, value in metadata.items():
             if not isinstance(key, str):
-                raise self.error(path + ("metadata",), f"key {key!r} must be text")
+                raise self.error(path + ("metadata",), f"key {shown(key)} must be text")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise self.error(path + ("metadata", key), f"must be a finite number, got {_describe(value)}")
 
@@ -236,7 +237,7 @@ class _Validator:
 
 
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if value is not None else "nothing"
+    return f"{type(value).__name__} {shown(value)}" if value is not None else "nothing"
 
 
 def _normal_entries(entries: tuple) -> list:

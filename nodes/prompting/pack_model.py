@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping, Optional
 
+from ..common.errors import SHOWN_CHARS, shown
 from ..common.naming import public_error
 
 FORMAT_VERSION = 1
 PACK_SUFFIXES = (".yaml", ".yml")
 SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_ERROR_CHARS = 800   # of a refusal's text
 
 
 @public_error
@@ -28,13 +30,19 @@ class PromptPackError(ValueError):
         self.message, self.file, self.path, self.line = message, file, path, line
         where = ":".join(str(p) for p in (file, line) if p is not None)
         prefix = ": ".join(p for p in (where, path) if p)
-        super().__init__(f"{prefix}: {message}" if prefix else message)
+        text = f"{prefix}: {message}" if prefix else message
+        if len(text) > MAX_ERROR_CHARS:   # a user's 100 KB key or value is named, not repeated
+            text = f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
+        super().__init__(text)
 
 
 def format_path(path: tuple) -> str:
-    """``("classes", 3, "templates", 0)`` -> ``classes[3].templates[0]``: a YAML path in errors."""
+    """``("classes", 3, "templates", 0)`` -> ``classes[3].templates[0]``: a YAML path in errors
+    (a long key cut, ``common.errors.shown``)."""
     out = ""
     for part in path:
+        if not isinstance(part, int) and len(str(part)) > SHOWN_CHARS:
+            part = shown(str(part))
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
@@ -97,18 +105,18 @@ def split_template(text: str) -> tuple:
         close_at = text.find("}", pos)
         if open_at < 0:
             if close_at >= 0:
-                raise ValueError(f"'}}' without '{{' at character {close_at + 1} of {text!r}")
+                raise ValueError(f"'}}' without '{{' at character {close_at + 1} of {shown(text)}")
             literals.append(text[pos:])
             return tuple(literals), tuple(refs)
         if 0 <= close_at < open_at:
-            raise ValueError(f"'}}' without '{{' at character {close_at + 1} of {text!r}")
+            raise ValueError(f"'}}' without '{{' at character {close_at + 1} of {shown(text)}")
         end = text.find("}", open_at)
         if end < 0:
-            raise ValueError(f"unclosed '{{' at character {open_at + 1} of {text!r}")
+            raise ValueError(f"unclosed '{{' at character {open_at + 1} of {shown(text)}")
         name = text[open_at + 1:end]
         if not SLOT_NAME.match(name):
             raise ValueError(f"{{{name}}} is not a slot reference (slot names use letters, digits "
-                             f"and '_', starting with a letter or '_') in {text!r}")
+                             f"and '_', starting with a letter or '_') in {shown(text)}")
         literals.append(text[pos:open_at])
         refs.append(name)
         pos = end + 1

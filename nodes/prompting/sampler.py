@@ -23,6 +23,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from itertools import chain
 
+from ..common.errors import shown
 from ..common.identity import StreamKey, stream_id
 from .pack_model import Pack, PromptPackError, split_template
 
@@ -285,9 +286,9 @@ class Sampler:
 
     def __init__(self, pack: Pack, mode: str = "balanced", seed: int = 0, classes=None):
         if mode not in MODES:
-            raise PromptPackError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+            raise PromptPackError(f"unknown mode {shown(mode)}; choose one of {', '.join(MODES)}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
-            raise PromptPackError(f"seed must be an integer in 0 .. 2**64-1, got {seed!r}")
+            raise PromptPackError(f"seed must be an integer in 0 .. 2**64-1, got {shown(seed)}")
         self.pack, self.mode, self.seed = pack, mode, seed
         compiled = _compiled(pack)
         self._prefix, self._suffix = compiled.prefix, compiled.suffix
@@ -295,7 +296,7 @@ class Sampler:
         wanted = [classes] if isinstance(classes, str) else list(classes or [])
         unknown = [label for label in wanted if label not in pack.labels]
         if unknown:
-            raise PromptPackError(f"unknown class {unknown[0]!r} in the class subset; pack "
+            raise PromptPackError(f"unknown class {shown(unknown[0])} in the class subset; pack "
                                   f"{pack.name!r} has {', '.join(pack.labels)}", file=pack.source)
         chosen = set(wanted)
         self._classes = tuple(c for c in compiled.classes if not chosen or c.cls.label in chosen)
@@ -324,10 +325,10 @@ class Sampler:
     def _check_index(self, i) -> int:
         if i.__class__ is not int:         # accept numpy integers, refuse bool / float / str
             if isinstance(i, bool) or not hasattr(i, "__index__"):
-                raise PromptPackError(f"item index must be an integer >= 0, got {i!r}")
+                raise PromptPackError(f"item index must be an integer >= 0, got {shown(i)}")
             i = i.__index__()
         if i < 0:
-            raise PromptPackError(f"item index must be an integer >= 0, got {i!r}")
+            raise PromptPackError(f"item index must be an integer >= 0, got {shown(i)}")
         if i >= self.total and self.mode == "exhaustive":
             raise PromptPackError(
                 f"item {i} is past the end of the exhaustive space: pack {self.pack.name!r} "

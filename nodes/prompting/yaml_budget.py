@@ -7,6 +7,7 @@ limit, the value and the YAML path. yaml is imported lazily so that listing pack
 """
 from __future__ import annotations
 
+from ..common.errors import shown
 from .pack_model import PromptPackError, format_path
 
 MAX_PACK_BYTES = 256 * 1024      # YAML text (UTF-8)
@@ -140,7 +141,7 @@ def _check_duplicate_keys(root, source: str) -> None:
             for key, value in node.value:
                 name = key.value if key.id == "scalar" else None
                 if name in seen:
-                    raise PromptPackError(f"key {name!r} appears twice", file=source,
+                    raise PromptPackError(f"key {shown(name)} appears twice", file=source,
                                           path=format_path(path) or None, line=key.start_mark.line + 1)
                 seen.add(name)
                 children.append((value, path + ((name,) if name is not None else ())))

@@ -67,6 +67,36 @@ def test_a_prompt_pack_bomb_is_refused_at_queue_time_and_the_server_keeps_answer
           f"slowest {max(latencies) * 1000:.0f} ms")
 
 
+def test_a_pack_at_the_size_budget_is_parsed_off_the_event_loop(client, comfy_server):
+    """A 120 KB flow list (60,000 nodes, inside every budget) takes seconds of pure-Python YAML; the
+    check runs in a worker thread (adapters/off_loop.py), so the server answers meanwhile."""
+    graph = example_api("dtgen_sd35_lora", dataset_name="big_pack")
+    graph[SAMPLER]["inputs"]["inline_yaml"] = "[" + "1," * 60_000 + "1]\n"
+    latencies, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            start = time.perf_counter()
+            with urllib.request.urlopen(comfy_server.url + "/system_stats", timeout=10) as r:
+                assert r.status == 200
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    start = time.perf_counter()
+    answer = client.queue(graph)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    poller.join(15)
+    errors = json.dumps(answer.get("node_errors", {}).get(SAMPLER, {}))
+    assert "<inline_yaml>" in errors and "mapping" in errors, answer
+    during = len(latencies)
+    assert during >= 3 and max(latencies) < 1.0, (elapsed, latencies)
+    print(f"a {len(graph[SAMPLER]['inputs']['inline_yaml'])}-byte pack refused in {elapsed:.2f} s; /system_stats "
+          f"answered {during} times meanwhile, slowest {max(latencies) * 1000:.0f} ms")
+
+
 def test_a_label_the_layout_uses_is_refused_at_queue_time(client):
     graph = example_api("dtgen_sd35_lora", dataset_name="reserved")
     graph[SAMPLER]["inputs"]["inline_yaml"] = ("version: 1\nname: t\nclasses:\n  - label: metadata.jsonl\n"

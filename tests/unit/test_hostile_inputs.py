@@ -22,6 +22,7 @@ from dtgen.nodes.store.paths import DatasetPathError, safe_dataset_dir, safe_lab
 from dtgen.nodes.prompting.pack import MAX_PACK_BYTES, PromptPackError, load_pack, parse_pack
 from support.pkg import ROOT
 
+MAX_MESSAGE = 1000         # characters: a refusal repeats at most a short part of what it was sent
 HANG_GUARD_S = 20          # far above any real refusal (they take milliseconds); a hang fails the case
 EXAMPLE = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
 
@@ -78,6 +79,9 @@ PACKS = {
     "label_too_long": (_label("x" * 101), "longer than 100"),
     "not_a_mapping": ("- 1\n- 2\n", "must be a mapping"),
     "unclosed_flow": ("a: [1, 2\n", "malformed YAML"),
+    "explicit_key_of_100_kb": (HEAD + "? '" + "k" * 100_000 + "'\n: 1\n" + ONE_CLASS.replace("{s0}", "x"),
+                      "... (100002 characters)"),
+    "flow_list_of_60k_items": ("[" + "1," * 60_000 + "1]\n", "must be a mapping, got list [1, 1,"),
 }
 
 DATASET_NAMES = {
@@ -372,5 +376,6 @@ def test_hostile_input_is_refused_quickly_with_a_message_naming_it(name, tmp_pat
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     elapsed = time.perf_counter() - start
-    assert case.expect in message, message
+    assert case.expect in message, message[:2000]
+    assert len(message) <= MAX_MESSAGE, f"{len(message)} characters: {message[:300]}"
     print(f"{name}: refused in {elapsed * 1000:.0f} ms: {message[:160]}")
