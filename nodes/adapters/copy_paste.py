@@ -156,8 +156,9 @@ class DTGenCopyPaste(io.ComfyNode):
         )
 
     @classmethod
-    async def validate_inputs(cls, cutouts, backgrounds, classes="") -> bool | str:
-        return await off_loop(_check_sets, cutouts, backgrounds, classes)   # decodes the cutouts
+    async def validate_inputs(cls, cutouts, backgrounds, classes="", size=512, count=8, objects_max=1) -> bool | str:
+        # size, count and objects_max are named for the memory estimate, so their ranges are checked here too
+        return await off_loop(_check_sets, cutouts, backgrounds, classes, size, count, objects_max)   # decodes the cutouts
 
     @classmethod
     def fingerprint_inputs(cls, cutouts, backgrounds, dataset_name="", quota_per_class=0, dataset=None, **_) -> str:
@@ -231,11 +232,24 @@ def _status(text: str, made: int, done: bool) -> dict:
     return {"text": (text,), "dtgen_copy_paste": [{"made": made, "done": done}]}
 
 
-def _check_sets(cutouts, backgrounds, classes="") -> bool | str:
-    # the sets (scanned and decoded once, then cached for the run) and the class subset
-    from ..common.validation import linked
+def _check_sets(cutouts, backgrounds, classes="", size=512, count=8, objects_max=1) -> bool | str:
+    # the outputs' memory, the sets (scanned and decoded once, then cached for the run) and the class subset
+    from ..common.memory import check_output_memory
+    from ..common.validation import check_int, linked
+    from ..synthesis.copy_paste import MAX_OBJECTS
     from ..synthesis.errors import SynthesisError
 
+    try:
+        sized = [(n, v, lo, hi) for n, v, lo, hi in (("size", size, 64, 4096), ("count", count, 1, MAX_COUNT),
+                                                      ("objects_max", objects_max, 1, MAX_OBJECTS)) if not linked(v)]
+        for name, value, lo, hi in sized:
+            check_int(name, value, lo, hi)
+        if len(sized) == 3:   # image (3) + union mask (1) + one mask per object
+            check_output_memory("DTGen Copy-Paste", count, size, 4 + objects_max,
+                                "lower count (queue several prompts: the resume mode and the queue client "
+                                "do) or size")
+    except ValueError as exc:   # common.memory.MemoryBudgetError is one
+        return str(exc)
     if linked(cutouts, backgrounds, classes):
         return True
     try:

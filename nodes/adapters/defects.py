@@ -135,15 +135,22 @@ class DTGenMaskSampler(io.ComfyNode):
     def execute(cls, label, metadata, surfaces, size, seed, min_width, scale_min, scale_max, shapes=None,
                 real_masks=None) -> io.NodeOutput:
         import torch
+        from comfy.model_management import throw_exception_if_processing_interrupted
 
-        sampler, backgrounds = build(first(surfaces), first(size), first(seed), first(min_width), first(scale_min),
-                                     first(scale_max), first(shapes, "") or "", first(real_masks, NO_REAL_MASKS))
+        from ..common.memory import check_output_memory
+
         labels, metas = as_list(label), as_list(metadata)
         if len(metas) not in (1, len(labels)):
             raise ValueError(f"DTGen Mask Sampler: {len(metas)} metadata values for {len(labels)} labels; wire both "
                              "from the same DTGen Prompt Sampler")
+        # before anything is made: a surface image (3 planes) and a mask (1) per item
+        check_output_memory("DTGen Mask Sampler", len(labels), first(size), 4,
+                            "lower the prompt sampler's count or this node's size")
+        sampler, backgrounds = build(first(surfaces), first(size), first(seed), first(min_width), first(scale_min),
+                                     first(scale_max), first(shapes, "") or "", first(real_masks, NO_REAL_MASKS))
         out_images, out_masks, out_meta, shown = [], [], [], []
         for n, lab in enumerate(labels):
+            throw_exception_if_processing_interrupted()   # /interrupt works between items
             meta = json.loads(metas[n if len(metas) > 1 else 0] or "{}")
             index = _index_of(meta, n)
             mask, facts = sampler.mask(index, lab)
@@ -229,6 +236,7 @@ class DTGenMaskIoUFilter(io.ComfyNode):
                 predicted_masks=None, threshold=None, per_class=None, min_count=None, change_threshold=None,
                 change_blur=None, change_min_area=None, change_opening=None) -> io.NodeOutput:
         import torch
+        from comfy.model_management import throw_exception_if_processing_interrupted
 
         from ..curation.mask_iou import decide_iou, parse_per_class, predicted_from_change
 
@@ -249,6 +257,7 @@ class DTGenMaskIoUFilter(io.ComfyNode):
                   "min_area": first(change_min_area, 32), "opening": first(change_opening, 1)}
         entries, shown = [], []
         for n, (item, cond) in enumerate(zip(items, conditions)):
+            throw_exception_if_processing_interrupted()   # /interrupt works between items
             if predicted:
                 pred, predictor = predicted[n if len(predicted) > 1 else 0], {"predictor": "predicted_masks input"}
             elif sources:

@@ -110,3 +110,21 @@ def test_bad_per_class_thresholds_are_refused_at_queue_time(client, comfy_server
         assert time.time() < deadline, "the previews did not finish"
         time.sleep(0.3)
     assert not (comfy_server.output_dir / "iou_refused" / "manifest.jsonl").exists()
+
+
+def test_the_mask_sampler_refuses_more_than_memory_holds_before_making_anything(client):
+    """Thousands of items of 4096² surfaces + masks (hundreds of GB): one line with the estimate, in
+    seconds, not a server that grows until it is killed."""
+    import time
+
+    graph = example_api("dtgen_sd35_defect_inpaint", dataset_name="mask_too_big", count=4096)
+    node = next(k for k, v in graph.items() if v["class_type"] == "DTGenMaskSampler")
+    graph[node]["inputs"]["size"] = 4096
+    start = time.perf_counter()
+    result = client.run(graph)
+    elapsed = time.perf_counter() - start
+    message = (result.error or {}).get("exception_message", "")
+    n = len(result.error["current_inputs"]["label"])   # what the prompt sampler made (its pack caps the count)
+    assert message.startswith(f"DTGen Mask Sampler: {n} item(s) of 4096x4096 need about {n / 4:.1f} GB of memory "
+                              "for their outputs"), str(result.error)[:800]
+    assert n >= 1000 and elapsed < 120, (n, elapsed)

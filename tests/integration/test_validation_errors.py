@@ -92,3 +92,15 @@ def test_bad_combo_values_of_dtgen_nodes_are_refused_at_queue_time(client):
     """ComfyUI 0.3.64 does not check V3 combo values itself; the nodes do."""
     graph = example_api("dtgen_sd35_lora", image_format="tiff")
     assert "image_format 'tiff'" in messages(node_errors(client, graph), "11")
+
+
+def test_copy_paste_at_the_schema_maxima_is_refused_with_its_memory_estimate(client):
+    """size 4096, count 4096, 50 objects: about 14 TB (13,824 GiB) of float32 outputs; refused when queued, with the
+    estimate and the limit (common/memory.py), before any cutout is read."""
+    graph = example_api("dtgen_copy_paste", dataset_name="too_big", size=4096, count=4096, objects_max=50)
+    node = next(k for k, v in graph.items() if v["class_type"] == "DTGenCopyPaste")
+    text = messages(node_errors(client, graph), node)
+    assert "DTGen Copy-Paste: 4096 item(s) of 4096x4096 need about 13824.0 GB" in text, text
+    assert "the limit is 8 GB (MAX_OUTPUT_BYTES); lower count" in text, text
+    graph[node]["inputs"]["count"] = 0   # the inputs named for the estimate keep their range checks
+    assert "count=0 must be an integer 1 .. 4096" in messages(node_errors(client, graph), node)
