@@ -19,6 +19,7 @@ from dtgen.nodes.store.reader import live_records
 from evalkit import (
     CLASSES,
     COLOURS,
+    DIM,
     SIZE,
     image_folder,
     synthetic_item,
@@ -76,7 +77,7 @@ def test_arms_from_the_dataset_and_its_real_images(ds, test_root, encoder):
     # having none, and the test images encoded
     assert rep.features["stored"] == 24 and rep.features["checked"] == 8
     assert rep.features["encoded_records"] == 6 and rep.features["encoded_files"] == 12
-    assert encoder.images == 8 + 6 + 12 and rep.features["dim"] == 4
+    assert encoder.images == 8 + 6 + 12 and rep.features["dim"] == DIM
     assert rep.sweep is None and rep.best is None
 
 
@@ -252,11 +253,11 @@ def test_feature_source_caches_and_batches(ds, test_root, encoder):
     recs = [r for r in live_records(ds) if r["decision"] == "accepted"]
     a = src.for_records(recs)
     b = src.for_records(recs[::-1])
-    assert a.shape == (30, 4) and np.array_equal(a[::-1], b)
+    assert a.shape == (30, DIM) and np.array_equal(a[::-1], b)
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0)
     assert encoder.images == 30 and encoder.calls == 6
     paths = [im.path for im in scan(test_root)]
-    assert src.for_files(paths + paths[:2]).shape == (14, 4) and encoder.images == 42
+    assert src.for_files(paths + paths[:2]).shape == (14, DIM) and encoder.images == 42
 
 
 # -- nothing but report/ ----------------------------------------------------------------------------------
