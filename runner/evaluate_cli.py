@@ -37,7 +37,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation-percent", type=float, default=50.0, metavar="P",
                    help="with --sweep: the share of each class's test photos the setting is chosen on (default 50)")
     p.add_argument("--leak-cosine", type=float, default=0.99, metavar="C",
-                   help="refuse a test photo whose embedding has this cosine or more with a few-shot image "
+                   help="refuse a test photo whose embedding has this cosine or more with a few-shot image's, "
+                   "both centred on their common mean "
                    "(default 0.99; above 1: that rule off; same decoded pixels are always refused)")
     p.add_argument("--sweep-with-fewshot", action="store_true", help="train the sweep's probes on synthetic + few-shot")
     p.add_argument("--finetune", action="store_true", help="also fine-tune a ResNet18 per arm (lr 1e-4, one-cycle, "

@@ -78,8 +78,8 @@ class DTGenEvaluate(io.ComfyNode):
                                        "chosen on; the rest (held out from the choice) report it."),
                 io.Float.Input("leak_cosine", default=0.99, min=0.5, max=1.01, step=0.001, optional=True,
                                tooltip="A test photo whose CLIP embedding has at least this cosine with a few-shot "
-                                       "image is refused as a near-duplicate (same decoded pixels always are); "
-                                       "above 1 turns the embedding rule off."),
+                                       "image's (both centred on their common mean) is refused as a near-duplicate "
+                                       "(same decoded pixels always are); above 1 turns the embedding rule off."),
             ],
             outputs=[
                 io.String.Output("table", display_name="table",

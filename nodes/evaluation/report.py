@@ -117,8 +117,6 @@ class EvaluationReport:
                 b = sw.best
                 lines.append(f"best on validation: {b.setting.name} (val. macro-F1 {b.validation.macro_f1:.3f}, "
                              f"{b.changes} decisions changed); held-out accuracy {100 * b.metrics.accuracy:.1f} %")
-                if sw.interval is not None:
-                    lines.append(f"held-out accuracy, best minus as stored: {sw.interval.text()}")
                 lines.append(("apply_best would re-decide the dataset: " if sw.apply else
                               "apply_best would change nothing: ") + sw.apply_reason)
         f = self.features
@@ -254,7 +252,8 @@ def _check_leaks(dataset_dir: Path, test: TestSet, test_x: np.ndarray, few: FewS
     """Refuse a test photo that is a few-shot training image by content (``leakage``: the same
     decoded pixels, or embeddings with cosine >= ``min_cosine``), naming each and the rule; the
     check's description for the report when none is."""
-    rule = f"embedding cosine >= {min_cosine:g}" if min_cosine <= 1.0 else "no embedding rule (leak_cosine > 1)"
+    rule = (f"centred embedding cosine >= {min_cosine:g}" if min_cosine <= 1.0
+            else "no embedding rule (leak_cosine > 1)")
     out = {"test": len(test.images), "fewshot": 0 if few is None else len(few.labels), "rule_pixels":
            f"same decoded pixels at {leakage.KEY_SIZE} px", "rule_embedding": rule, "found": []}
     if few is None or not len(few.labels):

@@ -12,6 +12,7 @@ from dtgen.nodes.evaluation.leakage import (
     EMBEDDING,
     PIXELS,
     Leak,
+    centred,
     find_leaks,
     leak_message,
     near_duplicates,
@@ -182,13 +183,30 @@ TRAIN_X = np.array([[1.0, 0.1], [-1.0, 0.0]])
 
 
 def test_near_duplicates_by_hand():
-    # cosines: row 0 vs train 0 = 1 / sqrt(1.01) = 0.995037; row 1: 0.1 / sqrt(1.01) = 0.0995 and 0;
+    # raw cosines: row 0 vs train 0 = 1 / sqrt(1.01) = 0.995037; row 1: 0.1 / sqrt(1.01) = 0.0995 and 0;
     # row 2: 1.1 / (sqrt(2) sqrt(1.01)) = 0.773957 and -0.707107
-    found = near_duplicates(TEST_X, TRAIN_X, 0.99)
+    found = near_duplicates(TEST_X, TRAIN_X, 0.99, centre=False)
     assert [(i, j) for i, j, _ in found] == [(0, 0)] and found[0][2] == pytest.approx(0.995037, abs=1e-6)
-    assert [(i, j) for i, j, _ in near_duplicates(TEST_X, TRAIN_X, 0.995)] == [(0, 0)]
-    assert near_duplicates(TEST_X, TRAIN_X, 0.996) == []
-    assert [(i, j) for i, j, _ in near_duplicates(TEST_X, TRAIN_X, 0.7)] == [(0, 0), (2, 0)]
+    assert [(i, j) for i, j, _ in near_duplicates(TEST_X, TRAIN_X, 0.995, centre=False)] == [(0, 0)]
+    assert near_duplicates(TEST_X, TRAIN_X, 0.996, centre=False) == []
+    assert [(i, j) for i, j, _ in near_duplicates(TEST_X, TRAIN_X, 0.7, centre=False)] == [(0, 0), (2, 0)]
+
+
+def test_centring_by_hand():
+    # rows [1, 0] | [1, 0], [0, 1]: mean [2/3, 1/3]; centred [1/3, -1/3] | [1/3, -1/3], [-2/3, 2/3]
+    a, b = centred([[1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]])
+    s = np.sqrt(0.5)
+    assert np.allclose(a, [[s, -s]]) and np.allclose(b, [[s, -s], [-s, s]])
+    found = near_duplicates([[1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]], 0.99)
+    assert [(i, j) for i, j, _ in found] == [(0, 0)] and found[0][2] == pytest.approx(1.0)
+    # three images in a narrow cone: raw cosines 0.995 (a near-duplicate by the raw rule); centred
+    # on their mean [0.99669, 0] they are [-0.00165, 0.0995], [-0.00165, -0.0995], [0.00331, 0]:
+    # cosines -0.9994 and -0.0166, so none is
+    x, y = [[1.0, 0.1]], [[1.0, -0.1], [1.0, 0.0]]
+    assert [(i, j) for i, j, _ in near_duplicates(x, y, 0.99, centre=False)] == [(0, 1)]
+    assert near_duplicates(x, y, 0.99) == []
+    ca, cb = centred(x, y)
+    assert float(ca[0] @ cb[0]) == pytest.approx(-0.99945, abs=1e-4) and float(ca[0] @ cb[1]) == pytest.approx(-0.0166, abs=1e-3)
     assert near_duplicates(TEST_X, np.zeros((0, 2)), 0.5) == []
     with pytest.raises(ValueError, match="2-d and training features 3-d"):
         near_duplicates(TEST_X, np.ones((1, 3)))
@@ -197,12 +215,13 @@ def test_near_duplicates_by_hand():
 def test_find_leaks_reports_each_test_photo_once_pixels_first():
     names, train = ["t0", "t1", "t2"], ["f0", "f1"]
     # t0: same pixels as f1 and a near-duplicate of f0 -> pixels; t1: nothing; t2: embedding only at 0.7
-    leaks = find_leaks(names, train, ["k0", "k1", "k2"], ["kx", "k0"], TEST_X, TRAIN_X, 0.7)
+    leaks = find_leaks(names, train, ["k0", "k1", "k2"], ["kx", "k0"], TEST_X, TRAIN_X, 0.7, centre=False)
     assert [(x.test, x.train, x.rule) for x in leaks] == [("t0", "f1", PIXELS), ("t2", "f0", EMBEDDING)]
     assert leaks[0].cosine == pytest.approx(-1.0) and leaks[1].cosine == pytest.approx(0.773957, abs=1e-6)
-    assert find_leaks(names, train, ["k0", "k1", "k2"], ["kx", "ky"], TEST_X, TRAIN_X, 0.99)[0].rule == EMBEDDING
+    assert find_leaks(names, train, ["k0", "k1", "k2"], ["kx", "ky"], TEST_X, TRAIN_X, 0.99,
+                      centre=False)[0].rule == EMBEDDING
     msg = leak_message(leaks)
     assert msg.startswith("2 test photo(s) are also few-shot training images (by pixels 1, by embedding 1): "
-                          "t0 = f1 (same decoded pixels); t2 = f0 (near-duplicate embedding, cosine 0.7740)")
+                          "t0 = f1 (same decoded pixels); t2 = f0 (near-duplicate embedding, centred cosine 0.7740)")
     many = [Leak(f"t{i}", "f", PIXELS, 1.0) for i in range(7)]
     assert leak_message(many, limit=2).count(" = ") == 2 and "; ...;" in leak_message(many, limit=2)
