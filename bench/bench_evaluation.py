@@ -28,6 +28,13 @@ synthetic images come from):
 Synthetic images go through a PNG file, as in a dataset. Mean +- sample sd (ddof 1) over the
 repeats. Run from the checkout (installs: tests/requirements.txt):
 ``python bench/bench_evaluation.py [--k 5] [--train 200] [--test 150] [--synthetic 100] [--repeats 3] [--seed 0]``
+
+``--sweep`` (after the above) or ``--sweep-only``: Evaluate's threshold sweep and ``apply_best``
+on textile datasets scored by the pack's CLIP filter with the fixture-trained textile CLIP
+(``sweep_bench``): validation / held-out sizes, the chosen setting, its held-out gain over as
+stored with the bootstrap interval, what apply_best does, and what the sweep did before issue #27;
+then the leakage rule's cosine calibration.
+``python bench/bench_evaluation.py --sweep-only [--sweep-per-class 100] [--noise 0.2] [--sweep-seeds 0,1,2,3,4]``
 """
 from __future__ import annotations
 
@@ -139,7 +146,19 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--c", type=float, default=1.0, help="the probe's inverse L2 strength")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--sweep", action="store_true", help="also run the threshold-sweep bench (issue #27)")
+    ap.add_argument("--sweep-only", action="store_true", help="only the threshold-sweep bench")
+    ap.add_argument("--sweep-per-class", type=int, default=100, help="sweep bench: dataset images per class")
+    ap.add_argument("--noise", type=float, default=0.2, help="sweep bench: share of wrong-class images (noisy set)")
+    ap.add_argument("--sweep-seeds", default="0,1,2,3,4", help="sweep bench: seeds of the split and bootstrap")
     args = ap.parse_args()
+    args.sweep_seeds = [int(v) for v in args.sweep_seeds.split(",")]
+    if args.sweep_only:
+        print("command: " + shlex.join(["python", "bench/bench_evaluation.py", *sys.argv[1:]]))
+        print(cpu_line())
+        print("versions: " + versions())
+        sweep_bench(args)
+        return
     if not 1 <= args.k <= args.train:
         ap.error("need 1 <= k <= train")
     t_start = time.perf_counter()
@@ -266,6 +285,182 @@ def main() -> None:
     wall = time.perf_counter() - t_start
     print(f"\ntimes: real features {t_real:.0f} s, synthesis {t_synth:.0f} s, synthetic features {t_syn_enc:.0f} s; "
           f"wall time {wall:.0f} s ({wall / 60:.1f} min)")
+    if args.sweep:
+        sweep_bench(args)
+
+
+# ------------------------------------------------------------------ the threshold sweep (issue #27, item 6)
+
+def sweep_bench(args) -> None:
+    """What Evaluate's sweep and ``apply_best`` do on textile datasets scored by the pack's CLIP
+    filter with the fixture-trained textile CLIP (tests/support/tiny_clip.py): a *clean* dataset
+    (every image of its class) and a *noisy* one (``--noise`` of each class's images taken from the
+    other classes), ``--sweep-per-class`` images per class drawn from the CLIP's training split,
+    scored against the class texts and decided by the filter (mean_std k = 1.5). Test photos: the
+    CLIP's held-out split (100 per class). For each seed: the split sizes, the setting chosen on
+    the validation photos, its held-out gain over as stored with the bootstrap interval, and what
+    apply_best does (on a copy of the dataset); beside it what the sweep did before (best chosen and
+    reported on all test photos) and how many correct images that apply_best would have moved.
+    Then the leakage rule's calibration: raw and centred cosines of distinct photos vs re-saved
+    JPEG copies."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "tests"))      # the ``support`` package
+    from dtgen.nodes.common.records import ScoredItem
+    from dtgen.nodes.curation.filtering import filter_run
+    from dtgen.nodes.curation.thresholds import get_method
+    from dtgen.nodes.evaluation import evaluate
+    from dtgen.nodes.evaluation.features import clip_encoder
+    from dtgen.nodes.evaluation.leakage import centred
+    from dtgen.nodes.evaluation.sweep import apply_best
+    from dtgen.nodes.scoring.clip_model import load_clip
+    from dtgen.nodes.store.reader import live_records
+    from dtgen.nodes.store.writer import DatasetWriter
+    from support.tiny_clip import TEXTILE, data_missing, load_image, split, summary, tiny_clip
+
+    missing = data_missing()
+    if missing:
+        print(f"\nsweep bench SKIPPED: needs {missing}")
+        return
+    t0 = time.perf_counter()
+    folder, arch, weights, info = tiny_clip(quiet=True)
+    bundle = load_clip(arch, str(folder / weights))
+    encode = clip_encoder(bundle, args.batch)
+    classes = list(TEXTILE)
+    print(f"\n== threshold sweep and apply_best (issue #27, item 6) ==\n{summary(info)}")
+    print(f"sweep datasets: {args.sweep_per_class} images per class from the CLIP's training split, scored by the "
+          f"CLIP filter (class text, mean_std k = 1.5, min_count 8); noisy: {100 * args.noise:g} % of each class from "
+          f"the other classes; test photos: the CLIP's held-out split; seeds {args.sweep_seeds}")
+    rng = np.random.default_rng(args.seed)
+    train = {c: split(c)[0] for c in classes}
+    with tempfile.TemporaryDirectory(prefix="dtgen-bench-sweep-") as tmp:
+        tmp = Path(tmp)
+        test_root = tmp / "test"
+        for c in classes:                           # copies: real files, as a user's test folder
+            (test_root / c).mkdir(parents=True)
+            for p in split(c)[1]:
+                shutil.copyfile(p, test_root / c / p.name)
+        datasets = {}
+        for kind, noise in (("clean", 0.0), ("noisy", args.noise)):
+            items, wrong = [], []
+            for c in classes:
+                n_wrong = round(noise * args.sweep_per_class)
+                own = [train[c][i] for i in rng.choice(len(train[c]), args.sweep_per_class - n_wrong, replace=False)]
+                others = [p for o in classes if o != c for p in train[o]]
+                planted = [others[i] for i in rng.choice(len(others), n_wrong, replace=False)]
+                for p in own + planted:
+                    items.append(ScoredItem(image=load_image(p), label=c, prompt=TEXTILE[c], index=len(items),
+                                            metadata={"pack": "textile", "pack_hash": "bench", "clip_text": TEXTILE[c],
+                                                      "source_file": p.name}))
+                    wrong.append(p in planted)
+            batch, _ = filter_run(bundle, items, get_method("mean_std", k=1.5), text_side="class_text", min_count=8)
+            ds = tmp / kind
+            with DatasetWriter(ds) as w:
+                w.write(batch.items)
+            wrong_files = {it.metadata["source_file"] for it, bad in zip(batch.items, wrong) if bad}
+            datasets[kind] = (ds, wrong_files)
+            acc = sum(it.accepted for it in batch.items)
+            print(f"{kind}: {len(items)} images, {acc} accepted by the filter, "
+                  f"{sum(it.accepted for it, bad in zip(batch.items, wrong) if bad)} of {sum(wrong)} wrong-class accepted")
+
+        for kind, (ds, wrong_files) in datasets.items():
+            records = [r for r in live_records(ds) if r.get("score") is not None]
+            is_wrong = {r["id"]: (r.get("metadata") or {}).get("source_file") in wrong_files for r in records}
+            for seed in args.sweep_seeds:
+                rep = evaluate(ds, test_root, encode, sweep=True, seed=seed, write_report=False,
+                               batch_size=args.batch)
+                sw = rep.sweep
+                if seed == args.sweep_seeds[0]:
+                    print(f"\n{kind} dataset, seed {seed}: photos {sw.split_text()}")
+                    print(sw.table())
+                # before: the best by macro-F1 on all test photos, reported on them
+                by_all = _old_sweep(rep, ds, records, test_root, encode, args.batch)
+                old_best, old_gain, old_moved = by_all
+                old_moved_right = sum(1 for rid in old_moved if not is_wrong[rid])
+                copy = tmp / f"{kind}_apply_{seed}"
+                shutil.copytree(ds, copy)
+                result, line = apply_best(copy, rep.best)
+                moved = {} if result is None else dict(result.moved)
+                moved_right = 0
+                if result is not None:
+                    before = {r["id"]: r["decision"] for r in records}
+                    moved_right = sum(1 for r in live_records(copy) if r["id"] in before and before[r["id"]] == "accepted"
+                                      and r["decision"] == "rejected" and not is_wrong[r["id"]])
+                iv = sw.interval
+                print(f"{kind} seed {seed}: validation {sum(sw.split['validation'].values())} / held-out "
+                      f"{sum(sw.split['held_out'].values())} photos; best on validation: {sw.best.setting.name}; "
+                      f"held-out accuracy {100 * sw.best.metrics.accuracy:.1f} % vs as stored "
+                      f"{100 * sw.baseline.metrics.accuracy:.1f} %: "
+                      + (iv.text() if iv is not None else "no interval")
+                      + f"; apply_best: {'re-decided, moved ' + str(moved) if result is not None else 'nothing'}"
+                      + (f" ({moved_right} correct images to rejected)" if result is not None else ""))
+                print(f"    before (chosen and reported on all {sum(rep.test['counts'].values())} photos): best "
+                      f"{old_best}, claimed gain {100 * old_gain:+.1f} points over as stored; its apply_best would "
+                      f"move {len(old_moved)} accepted images to rejected ({old_moved_right} of them correct)")
+        _leakage_calibration(encode, train, test_root, classes, tmp, args.batch, centred)
+    print(f"\nsweep bench wall time {time.perf_counter() - t0:.0f} s")
+
+
+def _old_sweep(rep, ds, records, test_root, encode, batch):
+    """The sweep as it was before issue #27: every setting measured on all test photos, the best by
+    macro-F1 (then accuracy, then fewer changes); (name, accuracy gain over as stored, ids of
+    accepted records it would reject)."""
+    from dtgen.nodes.curation.redecide import decide_fn_for
+    from dtgen.nodes.evaluation import metrics as M
+    from dtgen.nodes.evaluation.features import FeatureSource
+    from dtgen.nodes.evaluation.probe import LinearProbe
+    from dtgen.nodes.evaluation.sweep import default_grid
+    from dtgen.nodes.fewshot.imageset import scan
+
+    classes = rep.classes
+    images = scan(test_root)
+    test_y = np.array([classes.index(im.label) for im in images])
+    src = FeatureSource(ds, encode, image_size=encode.image_size, batch_size=batch)
+    test_x = src.for_files([im.path for im in images])
+    x_all = src.for_records(records)
+    y_all = np.array([classes.index(r["label"]) for r in records])
+    stored = np.array([r["decision"] == "accepted" for r in records])
+    rows = []
+    for s in default_grid():
+        keep = stored if s.method is None else np.array([d[0] for d in decide_fn_for(s.method, 8)(list(records))])
+        m = M.compute(test_y, LinearProbe().fit(x_all[keep], y_all[keep]).predict(test_x), classes)
+        rows.append((s.name, m, int((keep != stored).sum()), keep))
+    best = max(rows, key=lambda r: (round(r[1].macro_f1, 12), round(r[1].accuracy, 12), -r[2]))
+    moved = [records[i]["id"] for i in np.flatnonzero(stored & ~best[3])]
+    return best[0], best[1].accuracy - rows[0][1].accuracy, moved
+
+
+def _leakage_calibration(encode, train, test_root, classes, tmp, batch, centred) -> None:
+    """Raw and centred cosines: each held-out photo's nearest of 100 training photos per class
+    (distinct photos), and each of 30 held-out photos with its re-saved JPEG q75 copy."""
+    from dtgen.nodes.evaluation.features import FeatureSource
+    from PIL import Image
+
+    src = FeatureSource(None, encode, image_size=encode.image_size, batch_size=batch)
+    held = sorted(p for c in classes for p in (test_root / c).iterdir())
+    others = [p for c in classes for p in train[c][:100]]
+    copies = []
+    for i, p in enumerate(held[::10]):
+        q = tmp / "copies" / f"{i}.jpg"
+        q.parent.mkdir(exist_ok=True)
+        with Image.open(p) as im:
+            im.convert("RGB").save(q, quality=75)
+        copies.append(q)
+    xh, xo = src.for_files(held), src.for_files(others)
+    xs, xc = src.for_files(held[::10]), src.for_files(copies)
+    print(f"\nleakage rule calibration ({len(held)} held-out photos vs {len(others)} distinct training photos; "
+          f"{len(copies)} re-saved JPEG q75 copies):")
+    for name, (a, b, s, c) in (("raw", (_unit_rows(xh), _unit_rows(xo), _unit_rows(xs), _unit_rows(xc))),
+                               ("centred", (*centred(xh, xo), *centred(xs, xc)))):
+        nearest = (a @ b.T).max(axis=1)
+        pair = (s * c).sum(axis=1)
+        print(f"  {name:8s} distinct: nearest cosine median {np.median(nearest):.4f}, max {nearest.max():.4f}, "
+              f">= 0.99: {100 * (nearest >= 0.99).mean():.1f} %; copies: min {pair.min():.4f}")
+
+
+def _unit_rows(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 if __name__ == "__main__":

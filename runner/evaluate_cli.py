@@ -1,7 +1,7 @@
 """``python -m runner evaluate <dataset_dir> --test DIR [--fewshot DIR] [--clip-arch ViT-B-32 --clip-weights FILE]
-[--sweep] [--seed N] [--finetune [--finetune-weights FILE]]``: train a linear probe on the CLIP features
-of each arm (few-shot real, synthetic, both, per source) and print the table DTGen Evaluate shows
-(``nodes.evaluation.evaluate``).
+[--sweep [--validation-percent P]] [--leak-cosine C] [--seed N] [--finetune [--finetune-weights FILE]]``:
+train a linear probe on the CLIP features of each arm (few-shot real, synthetic, both, per source) and
+print the table DTGen Evaluate shows (``nodes.evaluation.evaluate``).
 
 Writes ``<dataset>/report/evaluation.json`` and ``report/confusion_<arm>.png``, nothing else. Bad
 input (no such folder, not a dataset, no class in common, a corrupt test image, a missing weights
@@ -32,13 +32,21 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device for CLIP (default cpu)")
     p.add_argument("--batch-size", type=int, default=32, help="images per CLIP forward pass (default 32)")
     p.add_argument("--sweep", action="store_true", help="also re-decide the stored scores under a grid of threshold "
-                   "settings (in memory) and report the best for the classifier")
+                   "settings (in memory): the best for the classifier is chosen on a validation part of the test "
+                   "photos and reported on the held-out rest, with a bootstrap interval of its gain over as stored")
+    p.add_argument("--validation-percent", type=float, default=50.0, metavar="P",
+                   help="with --sweep: the share of each class's test photos the setting is chosen on (default 50)")
+    p.add_argument("--leak-cosine", type=float, default=0.99, metavar="C",
+                   help="refuse a test photo whose embedding has this cosine or more with a few-shot image's, "
+                   "both centred on their common mean "
+                   "(default 0.99; above 1: that rule off; same decoded pixels are always refused)")
     p.add_argument("--sweep-with-fewshot", action="store_true", help="train the sweep's probes on synthetic + few-shot")
     p.add_argument("--finetune", action="store_true", help="also fine-tune a ResNet18 per arm (lr 1e-4, one-cycle, "
                    "rotation/blur/flip, best of 5 and 10 epochs; slow without a GPU)")
     p.add_argument("--finetune-weights", metavar="FILE", help="local torchvision ResNet18 weights for --finetune "
                    "(default: random init, said in the report)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the fine-tune; recorded (the probe is deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sweep's split and bootstrap and the fine-tune; "
+                   "recorded (the probe is deterministic)")
 
 
 def cmd_evaluate(args, out=None) -> int:
@@ -55,7 +63,8 @@ def cmd_evaluate(args, out=None) -> int:
         bundle = load_clip(args.clip_arch, args.clip_weights, device=args.device)
         report = evaluate(args.dataset_dir, args.test, clip_encoder(bundle, args.batch_size),
                           fewshot=args.fewshot, sweep=args.sweep, seed=args.seed, batch_size=args.batch_size,
-                          sweep_with_fewshot=args.sweep_with_fewshot, finetune=tune)
+                          sweep_with_fewshot=args.sweep_with_fewshot, finetune=tune,
+                          validation_fraction=args.validation_percent / 100.0, leak_cosine=args.leak_cosine)
     except KeyboardInterrupt:
         return 130
     except (EvaluationError, DatasetError, ValueError, OSError) as e:  # ClipFilterError, FewShotError: ValueErrors

@@ -23,16 +23,11 @@ def _test_folder(name: str) -> str:
 
 
 def apply_best_setting(path, best: dict, min_count: int = 8):
-    """Re-decide the dataset with the sweep's best setting (as Finalize would); None when the
-    best is the stored decisions."""
-    if not best or best.get("method") is None:
-        return None
-    from ..curation.finalize import finalize
-    from ..curation.redecide import decide_fn_for, histogram_image
-    from ..curation.thresholds import get_method
+    """Re-decide the dataset with the sweep's best setting when the sweep allows it
+    (``evaluation.sweep.apply_best``): (Finalize's report or None, the line saying what was done)."""
+    from ..evaluation.sweep import apply_best
 
-    method = get_method(best["method"], **(best.get("params") or {}))
-    return finalize(path, decide_fn=decide_fn_for(method, min_count=min_count), plot_fn=histogram_image, echo=False)
+    return apply_best(path, best, min_count=min_count)
 
 
 class DTGenEvaluate(io.ComfyNode):
@@ -48,7 +43,10 @@ class DTGenEvaluate(io.ComfyNode):
                 "real only, synthetic only, synthetic + few-shot, and per source (SD, copy-paste) where the dataset "
                 "has several - and tests it on real images: accuracy, macro-F1, per-class recall and a confusion "
                 "matrix per arm. With sweep, re-decides the stored scores under several threshold settings and "
-                "reports which gives the best classifier. Writes only <dataset>/report/evaluation.json."),
+                "reports which gives the best classifier: chosen on a validation part of the test photos, reported "
+                "on the held-out rest with a bootstrap interval of its gain over the stored decisions. A test photo "
+                "that is also a few-shot image (same pixels or near-duplicate embedding) is refused. Writes only "
+                "<dataset>/report/evaluation.json and confusion plots."),
             is_output_node=True,
             inputs=[
                 io.String.Input("dataset_name", default="dtgen_dataset",
@@ -60,11 +58,15 @@ class DTGenEvaluate(io.ComfyNode):
                                        "models/dtgen_fewshot or input/<name>. Or wire test_images."),
                 io.Boolean.Input("sweep", default=False,
                                  tooltip="Also evaluate threshold settings (mean_std k 0.5-2, median_mad, percentile) "
-                                         "on the stored scores and report the best."),
+                                         "on the stored scores: the best is chosen on a validation part of the test "
+                                         "photos and reported on the held-out rest."),
                 io.Boolean.Input("apply_best", default=False,
                                  tooltip="With sweep: re-decide the dataset with the best setting (moves files "
-                                         "between images/ and rejected/, like Finalize)."),
-                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1, tooltip="Recorded with the report."),
+                                         "between images/ and rejected/, like Finalize), only when its held-out "
+                                         "accuracy gain over the stored decisions is above its 95 % bootstrap "
+                                         "interval's uncertainty (lower bound > 0); else the text says why not."),
+                io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1,
+                             tooltip="Seeds the sweep's validation / held-out split and its bootstrap; recorded."),
                 RealImagesType.Input("test_images", optional=True,
                                      tooltip="Real test images from DTGen Few-Shot Images (part held_out): replaces "
                                              "test_folder."),
@@ -72,6 +74,13 @@ class DTGenEvaluate(io.ComfyNode):
                                      tooltip="The real training images (DTGen Few-Shot Images, part train). "
                                              "Default: the dataset's own real images (source: real)."),
                 dataset_input(),
+                io.Float.Input("validation_percent", default=50.0, min=10.0, max=90.0, step=5.0, optional=True,
+                               tooltip="With sweep: the share of each class's test photos the best setting is "
+                                       "chosen on; the rest (held out from the choice) report it."),
+                io.Float.Input("leak_cosine", default=0.99, min=0.5, max=1.01, step=0.001, optional=True,
+                               tooltip="A test photo whose CLIP embedding has at least this cosine with a few-shot "
+                                       "image's (both centred on their common mean) is refused as a near-duplicate "
+                                       "(same decoded pixels always are); above 1 turns the embedding rule off."),
             ],
             outputs=[
                 io.String.Output("table", display_name="table",
@@ -79,7 +88,8 @@ class DTGenEvaluate(io.ComfyNode):
                 io.Image.Output("confusion", display_name="confusion",
                                 tooltip="Every arm's confusion matrix, for a Preview Image."),
                 io.String.Output("best", display_name="best",
-                                 tooltip="The sweep's best setting as JSON (method, params, numbers); empty without a sweep."),
+                                 tooltip="The sweep's best setting as JSON (method, params, held-out numbers, split, "
+                                         "interval, apply and why); empty without a sweep."),
             ],
         )
 
@@ -93,7 +103,7 @@ class DTGenEvaluate(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset_name, clip, test_folder, sweep, apply_best, seed, test_images=None, fewshot_images=None,
-                dataset=None) -> io.NodeOutput:
+                dataset=None, validation_percent=50.0, leak_cosine=0.99) -> io.NodeOutput:
         import torch
         from comfy.model_management import throw_exception_if_processing_interrupted
         from comfy.utils import ProgressBar
@@ -109,14 +119,13 @@ class DTGenEvaluate(io.ComfyNode):
         bar = ProgressBar(100)
         report = evaluate(path, test_images if test_images is not None else _test_folder(test_folder),
                           clip_encoder(clip.ready()), fewshot=fewshot_images, sweep=bool(sweep), seed=int(seed),
+                          validation_fraction=float(validation_percent) / 100.0, leak_cosine=float(leak_cosine),
                           check_interrupt=throw_exception_if_processing_interrupted,
                           progress=lambda done, total: bar.update_absolute(done, max(total, 1)))
         text = report.text()
         best = report.best
         if best and apply_best:
-            applied = apply_best_setting(path, best)
-            if applied is not None:
-                text += f"\napplied the best setting ({best['name']}): {applied.moved}"
+            text += "\n" + apply_best_setting(path, best)[1]
         image = torch.from_numpy(report.preview().astype("float32"))[None]
         return io.NodeOutput(report.table, image, json.dumps(best, sort_keys=True) if best else "",
                              ui=ui.PreviewText(text))

@@ -61,8 +61,15 @@ class FewShot:
     records: list
     files: list
     labels: np.ndarray               # records first, then files
-    digests: dict                    # {sha256: what} for the leakage check
     where: str
+
+    def names(self) -> list[str]:
+        """What each image is, for the leakage report: records first, then files."""
+        return [f"dataset image {r['file']}" for r in self.records] + [f"few-shot image {p}" for p in self.files]
+
+    def paths(self, dataset_dir) -> list[Path]:
+        """The image files, records first (in ``dataset_dir``), then files."""
+        return [Path(dataset_dir) / r["file"] for r in self.records] + [Path(p) for p in self.files]
 
 
 @dataclass
@@ -162,10 +169,8 @@ def _fewshot(dataset_dir, mapped, classes, record_class, spec, notes) -> FewShot
         if not reals:
             notes.append("no real images in the dataset and none given: no few-shot arms")
             return None
-        digests = {(r.get("metadata") or {}).get("sha256"): f"dataset image {r['file']}" for r in reals}
-        digests.pop(None, None)
         labels = np.array([classes.index(record_class[r["id"]]) for r in reals], dtype=np.int64)
-        return FewShot(reals, [], labels, digests, f"{len(reals)} real images in the dataset")
+        return FewShot(reals, [], labels, f"{len(reals)} real images in the dataset")
     images, where, _ = real_images(spec, "few-shot images")
     reals = sum(1 for r in mapped if source_of(r) == REAL)
     if reals:
@@ -177,25 +182,5 @@ def _fewshot(dataset_dir, mapped, classes, record_class, spec, notes) -> FewShot
     if not images:
         notes.append(f"no few-shot image of a test class in {where}: no few-shot arms")
         return None
-    from ..fewshot.realset import file_digest
-    try:
-        digests = {file_digest(im.path): f"few-shot image {im.path}" for im in images}
-    except ValueError as e:
-        raise EvaluationError(None, f"few-shot images: {e}") from None
     labels = np.array([classes.index(im.label) for im in images], dtype=np.int64)
-    return FewShot([], [Path(im.path) for im in images], labels, digests, where)
-
-
-def check_no_leak(few: FewShot | None, test: TestSet) -> None:
-    """Refuse a test image that is also a few-shot training image (same file content)."""
-    if few is None or not few.digests:
-        return
-    try:
-        test_digests = test.digests()
-    except ValueError as e:
-        raise EvaluationError(None, f"test set: {e}") from None
-    shared = [(test_digests[d], few.digests[d]) for d in test_digests if d in few.digests]
-    if shared:
-        path, other = shared[0]
-        raise EvaluationError(path, f"test image is also a training image ({other}); {len(shared)} test image(s) "
-                              "are: the test set must be held out from the few-shot images")
+    return FewShot([], [Path(im.path) for im in images], labels, where)

@@ -3,9 +3,11 @@
 Does a dataset make a better classifier than the few real images alone? For each arm (``arms``),
 a linear probe (``probe``) is trained on the CLIP image features of its images and measured on a
 labelled test set; optionally the threshold sweep (``sweep``) re-decides the stored scores under a
-grid of settings and finds the best. The dataset is only read, except for ``report/evaluation.json``
-and ``report/confusion_<arm>.png``, written atomically once everything is computed (an error
-writes nothing).
+grid of settings, chooses the best on a validation part of the test photos and reports it on the
+held-out rest (``validation``). A test photo that is also a few-shot training image (same decoded
+pixels, or a near-duplicate embedding: ``leakage``) is refused, naming it and the rule. The dataset
+is only read, except for ``report/evaluation.json`` and ``report/confusion_<arm>.png``, written
+atomically once everything is computed (an error writes nothing).
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from ..store import background
 from ..store.fsio import write_bytes_atomic
 from ..store.layout import REPORT, now_iso, open_dataset
 from ..store.reader import live_records
+from . import leakage
 from . import metrics as M
-from .arms import build_arms, check_no_leak
+from .arms import FewShot, build_arms
 from .errors import EvaluationError
 from .features import Encode, FeatureSource
 from .finetune import FinetuneOptions, FinetuneResult
@@ -30,7 +33,7 @@ from .finetune import finetune as run_finetune
 from .plots import confusion_image, save_png, side_by_side
 from .probe import LinearProbe
 from .sweep import Setting, SweepResult, check_sweep, default_grid, run_sweep
-from .testset import load_test_set
+from .testset import TestSet, load_test_set
 
 REPORT_JSON = "evaluation.json"
 FORMAT = "dtgen-evaluation"
@@ -69,6 +72,7 @@ class EvaluationReport:
     seconds: float = 0.0
     report_json: Path | None = None    # None when not written
     plot_files: dict = field(default_factory=dict)
+    leakage: dict = field(default_factory=dict)   # the content check of test vs few-shot images
 
     @property
     def metrics(self) -> dict:
@@ -77,10 +81,12 @@ class EvaluationReport:
 
     @property
     def best(self) -> dict | None:
-        """The sweep's best setting with its numbers, or None without a sweep."""
+        """The sweep's best setting (chosen on the validation photos) with its held-out numbers, the
+        split and the held-out comparison with as stored (``apply``: may apply_best act, and why
+        (not)); None without a sweep."""
         if self.sweep is None or self.sweep.best is None:
             return None
-        return self.sweep.best.as_dict()
+        return {**self.sweep.best.as_dict(), "split": dict(self.sweep.split), **self.sweep.comparison()}
 
     def preview(self) -> np.ndarray:
         """Every arm's confusion matrix in one image (H x W x 3 float32), for a preview."""
@@ -103,16 +109,24 @@ class EvaluationReport:
             runs = "/".join(str(e) for e in first.runs)
             lines += ["", f"fine-tuned ResNet18 ({first.init}, best of {runs} epochs on {first.device}):", ft]
         if self.sweep is not None:
-            lines += ["", "threshold sweep (synthetic" + (" + few-shot" if self.sweep.with_fewshot else "")
-                      + ", linear probe; * = best):", self.sweep.table()]
-            if self.sweep.best is not None:
-                b = self.sweep.best
-                lines.append(f"best: {b.setting.name} (macro-F1 {b.metrics.macro_f1:.3f}, accuracy "
-                             f"{100 * b.metrics.accuracy:.1f} %, {b.changes} decisions changed)")
+            sw = self.sweep
+            lines += ["", "threshold sweep (synthetic" + (" + few-shot" if sw.with_fewshot else "")
+                      + ", linear probe): chosen on the validation photos (* = best, val. macro-F1), reported on "
+                      "the held-out photos (accuracy, macro-F1, recall)", f"photos: {sw.split_text()}", sw.table()]
+            if sw.best is not None:
+                b = sw.best
+                lines.append(f"best on validation: {b.setting.name} (val. macro-F1 {b.validation.macro_f1:.3f}, "
+                             f"{b.changes} decisions changed); held-out accuracy {100 * b.metrics.accuracy:.1f} %")
+                lines.append(("apply_best would re-decide the dataset: " if sw.apply else
+                              "apply_best would change nothing: ") + sw.apply_reason)
         f = self.features
         lines += ["", (f"features: {f.get('dim')}-d image embeddings; {f.get('stored', 0)} stored, "
                        f"{f.get('encoded_records', 0)} dataset images and {f.get('encoded_files', 0)} other images "
                        "encoded")]
+        if self.leakage:
+            lk = self.leakage
+            lines.append(f"leakage check: {lk['test']} test photos vs {lk['fewshot']} few-shot images by decoded "
+                         f"pixels and {lk['rule_embedding']}: none found")
         lines += [f"note: {n}" for n in self.notes]
         if self.report_json is not None:
             lines.append(f"report: {self.report_json}")
@@ -125,7 +139,7 @@ class EvaluationReport:
                                                      "features, L-BFGS)", **self.probe_settings},
                 "arms": {a.name: a.as_dict() for a in self.arms},
                 "table": self.table, "sweep": None if self.sweep is None else self.sweep.as_dict(),
-                "best": self.best, "notes": list(self.notes), "seconds": self.seconds,
+                "best": self.best, "leakage": dict(self.leakage), "notes": list(self.notes), "seconds": self.seconds,
                 "confusion_plots": {k: str(v) for k, v in self.plot_files.items()}}
 
 
@@ -133,7 +147,8 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
              classes: Sequence[str] | None = None, image_size: int | None = None, batch_size: int = 32,
              use_stored: bool = True, grid: Sequence[Setting] | None = None, sweep_with_fewshot: bool = False,
              probe_c: float = 1.0, probe_max_seconds: float = 120.0, finetune: FinetuneOptions | None = None,
-             write_report: bool = True,
+             write_report: bool = True, validation_fraction: float = 0.5, n_boot: int = 2000,
+             leak_cosine: float = leakage.NEAR_DUPLICATE_COSINE,
              check_interrupt: Callable[[], None] = lambda: None,
              progress: Callable[[int, int], None] | None = None) -> EvaluationReport:
     """Train a linear probe per arm and measure it on ``test_set``.
@@ -147,8 +162,13 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
     fewshot: the real training images: None (the dataset's ``source: real`` records), a folder, a
         ``RealSet`` or a list of ``RealImage``.
     sweep: also run the threshold sweep over ``grid`` (default ``sweep.default_grid()``), trained on
-        the synthetic images (+ the few-shot ones with ``sweep_with_fewshot``).
-    seed: recorded; the probe is deterministic (convex, zero start); seeds the fine-tune.
+        the synthetic images (+ the few-shot ones with ``sweep_with_fewshot``); the best setting is
+        chosen on ``validation_fraction`` of the test photos (per class, seeded) and reported on the
+        rest, with a bootstrap interval (``n_boot`` resamples) of its accuracy difference to as stored.
+    seed: the probe is deterministic (convex, zero start); seeds the sweep's split and bootstrap and
+        the fine-tune.
+    leak_cosine: a test photo whose embedding has at least this cosine with a few-shot image's is
+        refused as a near-duplicate (above 1: that rule off; same decoded pixels are always refused).
     finetune: also fine-tune a ResNet18 per arm (``finetune.FinetuneOptions``; slow without a GPU).
     Raises ``EvaluationError`` (a ValueError) on bad input, ``DatasetError`` for a folder that is not
     a dataset.
@@ -163,11 +183,14 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
     open_dataset(dataset_dir, create=False)              # a DTGen dataset, no symlinks where we write
     if finetune is not None and finetune.weights and not Path(finetune.weights).expanduser().is_file():
         raise EvaluationError(finetune.weights, "ResNet18 weights file does not exist")
+    if isinstance(leak_cosine, bool) or not isinstance(leak_cosine, (int, float)) or not 0.5 <= leak_cosine <= 1.01:
+        raise EvaluationError(None, f"leak_cosine must be a number in 0.5..1.01 (above 1: the embedding rule off), "
+                              f"got {leak_cosine!r}")
     test = load_test_set(test_set, classes)
     data = build_arms(dataset_dir, test, live_records(dataset_dir), fewshot)
-    check_no_leak(data.fewshot, test)
     if sweep:                                            # refused now, not after the arms' work
-        check_sweep(data.synthetic, test.classes, grid, data.fewshot, sweep_with_fewshot)
+        check_sweep(data.synthetic, test.classes, grid, data.fewshot, sweep_with_fewshot, test.labels(),
+                    validation_fraction)
     notes = list(test.notes) + data.notes
     if image_size is None:
         image_size = int(getattr(encode, "image_size", 224))
@@ -183,6 +206,7 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
             progress(done, total)
 
     test_x, test_y = source.for_files(test.paths), test.labels()
+    leak_report = _check_leaks(dataset_dir, test, test_x, data.fewshot, source, float(leak_cosine))
     step()
     make_probe = lambda: LinearProbe(c=probe_c, max_seconds=probe_max_seconds, seed=seed)
     results, plots = [], {}
@@ -206,7 +230,8 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
     if sweep:
         sweep_result = run_sweep(data.synthetic, test.classes, source, test_x, test_y, grid=grid,
                                  fewshot=data.fewshot, with_fewshot=sweep_with_fewshot, probe=make_probe,
-                                 check_interrupt=check_interrupt, progress=step)
+                                 check_interrupt=check_interrupt, progress=step,
+                                 validation_fraction=validation_fraction, seed=seed, n_boot=n_boot)
     notes += source.notes
     if finetune is not None and not finetune.weights:
         notes.append("fine-tune from a random init (no ResNet18 weights file given): far below a pretrained start")
@@ -215,11 +240,41 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
     table = M.format_table([(r.title, r.n_train, r.metrics) for r in results])
     report = EvaluationReport(dataset_dir, test.classes, {"where": test.where, "counts": test.counts()}, results,
                               table, plots, sweep_result, notes, source.describe(), data.overlap, seed,
-                              {"c": probe_c, "max_seconds": probe_max_seconds})
+                              {"c": probe_c, "max_seconds": probe_max_seconds}, leakage=leak_report)
     report.seconds = round(time.perf_counter() - start, 3)
     if write_report:
         _write(report)
     return report
+
+
+def _check_leaks(dataset_dir: Path, test: TestSet, test_x: np.ndarray, few: FewShot | None, source: FeatureSource,
+                 min_cosine: float) -> dict:
+    """Refuse a test photo that is a few-shot training image by content (``leakage``: the same
+    decoded pixels, or embeddings with cosine >= ``min_cosine``), naming each and the rule; the
+    check's description for the report when none is."""
+    rule = (f"centred embedding cosine >= {min_cosine:g}" if min_cosine <= 1.0
+            else "no embedding rule (leak_cosine > 1)")
+    out = {"test": len(test.images), "fewshot": 0 if few is None else len(few.labels), "rule_pixels":
+           f"same decoded pixels at {leakage.KEY_SIZE} px", "rule_embedding": rule, "found": []}
+    if few is None or not len(few.labels):
+        return out
+    paths = few.paths(dataset_dir)
+    keys = {}
+    for what, files in (("test set", test.paths), ("few-shot images", paths)):
+        for p in files:
+            try:
+                keys[p] = leakage.pixel_key(p)
+            except ValueError as e:             # FewShotError: names the file
+                raise EvaluationError(p, f"{what}: image cannot be used: {str(e).removeprefix(f'{p}: ')}") from None
+    parts = [source.for_records(few.records)] if few.records else []
+    if few.files:
+        parts.append(source.for_files(few.files))
+    few_x = np.concatenate(parts)
+    found = leakage.find_leaks([str(p) for p in test.paths], few.names(), [keys[p] for p in test.paths],
+                               [keys[p] for p in paths], test_x, few_x, min_cosine if min_cosine <= 1.0 else 2.0)
+    if found:
+        raise EvaluationError(Path(found[0].test), leakage.leak_message(found))
+    return out
 
 
 def _write(report: EvaluationReport) -> None:

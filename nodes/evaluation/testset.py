@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fewshot.imageset import FewShotError, RealImage, scan
-from ..fewshot.realset import RealSet, file_digest
+from ..fewshot.realset import RealSet
 from .errors import EvaluationError
 
 MAX_FILES = 100_000
@@ -42,10 +42,6 @@ class TestSet:
     def counts(self) -> dict[str, int]:
         found = Counter(im.label for im in self.images)
         return {c: found[c] for c in self.classes}
-
-    def digests(self) -> dict[str, Path]:
-        """{sha256: file} of the test images (to refuse training on one of them)."""
-        return {file_digest(im.path): im.path for im in self.images}
 
 
 def real_images(spec, what: str = "images") -> tuple[list[RealImage], str, list[str]]:

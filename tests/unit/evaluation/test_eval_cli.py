@@ -25,11 +25,17 @@ def setup(tmp_path):
 
 def test_cli_prints_the_table_and_writes_the_report(setup, vitb32_path, capsys):
     ds, test = setup
-    rc = cmd_evaluate(parse([str(ds), "--test", str(test), "--clip-weights", str(vitb32_path), "--seed", "3"]))
+    # flat colours with faint noise: to a (random-init) ViT-B-32 the test and real images of a class
+    # are near-duplicates (centred cosine > 0.999), refused by default, naming them and the rule
+    rc = cmd_evaluate(parse([str(ds), "--test", str(test), "--clip-weights", str(vitb32_path)]))
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "(by pixels 0, by embedding 6)" in err and "centred cosine 0.99" in err
+    rc = cmd_evaluate(parse([str(ds), "--test", str(test), "--clip-weights", str(vitb32_path), "--seed", "3",
+                             "--leak-cosine", "1.01"]))
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "| arm " in out and "| few-shot real " in out and "| synthetic + few-shot " in out
-    assert "features: 512-d image embeddings" in out and "stored embeddings have size 4" in out
+    assert "features: 512-d image embeddings" in out and "stored embeddings have size 8" in out
     assert (ds / "report" / "evaluation.json").is_file() and (ds / "report" / "confusion_synthetic.png").is_file()
 
 

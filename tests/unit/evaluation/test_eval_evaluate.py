@@ -5,6 +5,7 @@ test or dataset image, a test image that is also a training image), and nothing 
 written into the dataset."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from dtgen.nodes.fewshot.imageset import scan
 from dtgen.nodes.fewshot.realset import make_set
 from dtgen.nodes.store.layout import DatasetFormatError
 from dtgen.nodes.store.reader import live_records
+from PIL import Image
 from evalkit import (
     CLASSES,
     COLOURS,
+    DIM,
     SIZE,
     image_folder,
     synthetic_item,
@@ -76,7 +79,7 @@ def test_arms_from_the_dataset_and_its_real_images(ds, test_root, encoder):
     # having none, and the test images encoded
     assert rep.features["stored"] == 24 and rep.features["checked"] == 8
     assert rep.features["encoded_records"] == 6 and rep.features["encoded_files"] == 12
-    assert encoder.images == 8 + 6 + 12 and rep.features["dim"] == 4
+    assert encoder.images == 8 + 6 + 12 and rep.features["dim"] == DIM
     assert rep.sweep is None and rep.best is None
 
 
@@ -209,10 +212,51 @@ def test_a_corrupt_dataset_image_is_named(tmp_path, test_root, encoder):
 
 
 def test_a_test_image_that_is_also_a_training_image_is_refused(ds, real_root, test_root, encoder):
-    with pytest.raises(EvaluationError, match=r"test image is also a training image \(dataset image images/"):
+    with pytest.raises(EvaluationError, match=r"6 test photo\(s\) are also few-shot training images \(by pixels 6, "
+                                              r"by embedding 0\): .*blue_0.png = dataset image images/blue/"):
         run(ds, real_root, encoder)              # the dataset's real images are the test set
-    with pytest.raises(EvaluationError, match="test image is also a training image .few-shot image"):
+    with pytest.raises(EvaluationError, match=r"12 test photo\(s\) .* = few-shot image .*same decoded pixels"):
         run(ds, test_root, encoder, fewshot=test_root)
+    assert not (ds / "report").exists()
+
+
+def test_a_test_photo_saved_again_as_png_is_found_by_its_pixels(ds, tmp_path, test_root, encoder):
+    """The case the file-bytes check missed (issue #27): a real test photo (a JPEG) decoded and saved
+    again as PNG, identical pixels, other bytes, among the few-shot images."""
+    from skimage import data
+    jpg = test_root / "red" / "coffee.jpg"
+    Image.fromarray(data.coffee()).resize((96, 64)).save(jpg, quality=90)
+    few = image_folder(tmp_path / "few", {c: 2 for c in CLASSES}, seed=9)
+    with Image.open(jpg) as im:
+        im.convert("RGB").save(few / "red" / "copy.png")
+    assert hashlib.sha256(jpg.read_bytes()).digest() != hashlib.sha256((few / "red" / "copy.png").read_bytes()).digest()
+    with pytest.raises(EvaluationError) as e:
+        run(ds, test_root, encoder, fewshot=few)
+    assert e.value.path == jpg
+    assert str(e.value) == (f"{jpg}: 1 test photo(s) are also few-shot training images (by pixels 1, by embedding 0): "
+                            f"{jpg} = few-shot image {few / 'red' / 'copy.png'} (same decoded pixels); the test set must "
+                            "be held out from the few-shot images")
+    assert not (ds / "report").exists()
+    # re-compressed (other pixels): a near-duplicate embedding; with that rule off it runs
+    (few / "red" / "copy.png").unlink()
+    with Image.open(jpg) as im:
+        im.convert("RGB").save(few / "red" / "copy.jpg", quality=80)
+    with pytest.raises(EvaluationError, match=r"\(by pixels 0, by embedding 1\): .*coffee.jpg = few-shot image "
+                                              r".*copy.jpg \(near-duplicate embedding, centred cosine 0\.99"):
+        run(ds, test_root, encoder, fewshot=few)
+    rep = run(ds, test_root, encoder, fewshot=few, leak_cosine=1.01)
+    assert rep.leakage["rule_embedding"] == "no embedding rule (leak_cosine > 1)"
+    with pytest.raises(EvaluationError, match="leak_cosine must be a number in 0.5..1.01"):
+        run(ds, test_root, encoder, fewshot=few, leak_cosine=2)
+
+
+def test_the_leakage_check_is_reported(ds, test_root, encoder):
+    rep = run(ds, test_root, encoder)
+    assert rep.leakage == {"test": 12, "fewshot": 6, "rule_pixels": "same decoded pixels at 64 px",
+                           "rule_embedding": "centred embedding cosine >= 0.99", "found": []}
+    assert ("leakage check: 12 test photos vs 6 few-shot images by decoded pixels and centred embedding cosine >= 0.99: "
+            "none found") in rep.text()
+    assert json.loads((ds / "report" / "evaluation.json").read_text())["leakage"]["fewshot"] == 6
 
 
 def test_not_a_dataset_and_bad_arguments(tmp_path, test_root, encoder):
@@ -252,11 +296,11 @@ def test_feature_source_caches_and_batches(ds, test_root, encoder):
     recs = [r for r in live_records(ds) if r["decision"] == "accepted"]
     a = src.for_records(recs)
     b = src.for_records(recs[::-1])
-    assert a.shape == (30, 4) and np.array_equal(a[::-1], b)
+    assert a.shape == (30, DIM) and np.array_equal(a[::-1], b)
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0)
     assert encoder.images == 30 and encoder.calls == 6
     paths = [im.path for im in scan(test_root)]
-    assert src.for_files(paths + paths[:2]).shape == (14, 4) and encoder.images == 42
+    assert src.for_files(paths + paths[:2]).shape == (14, DIM) and encoder.images == 42
 
 
 # -- nothing but report/ ----------------------------------------------------------------------------------
