@@ -60,7 +60,7 @@ def test_a_run_with_real_photos_scores_each_image_against_them(tmp_path, bundle,
     for im in realset.images:
         by_label.setdefault(im.label, []).append(real[file_digest(im.path)])
     own = np.mean(np.stack(by_label["plate"]) @ emb[0])                 # k = 2 = both plate photos
-    other = float(np.stack(by_label["bowl"]) @ emb[0])
+    other = float((np.stack(by_label["bowl"]) @ emb[0])[0])
     assert plate["real_score"] == pytest.approx(own, abs=1e-5)
     assert plate["real_margin"] == pytest.approx(own - other, abs=1e-5)
 
