@@ -20,7 +20,7 @@ Per class and repeat (seeded):
 
 Each candidate is scored as the CLIP filter scores it (``filtering.filter_run``: text score on the
 class text, real-anchored score = mean top-k cosine to the class's anchors, k = ``--top-k``) and
-decided per class with ``mean_std`` (k = ``--k``) over the candidates of the class, on text, real
+decided per class with ``--method`` (default ``mean_std``, k = ``--k``) over the candidates of the class, on text, real
 and both. Reported per basis: precision / recall of the rejections (planted = positive), and, the
 target, the precision of the rejections the real-anchored check adds over the text check (images
 text keeps and real rejects); then the accuracy of the pack's linear probe (Evaluate's
@@ -28,7 +28,8 @@ text keeps and real rejects); then the accuracy of the pack's linear probe (Eval
 anchors, as Evaluate's "both" arm would) and tested on the test set. Mean ± sd over repeats.
 
 Run from the checkout (installs: tests/requirements.txt):
-``python bench/bench_real_anchored.py [--anchors 10] [--in-domain 40] [--off 16] [--test 40] [--repeats 3] [--seed 0]``
+``python bench/bench_real_anchored.py [--method mean_std] [--k 1.5] [--anchors 10] [--in-domain 40] [--off 16]
+[--test 40] [--repeats 3] [--seed 0]``
 """
 from __future__ import annotations
 
@@ -97,6 +98,15 @@ def rejection_pr(rejected: np.ndarray, planted: np.ndarray) -> tuple[float, floa
     return precision, tp / planted.sum() if planted.sum() else float("nan")
 
 
+def auroc(scores: np.ndarray, planted: np.ndarray) -> float:
+    """How well a low score singles out the planted images: P(score of a planted < score of an
+    in-domain one), ties half (Mann-Whitney)."""
+    off, ok = scores[planted], scores[~planted]
+    if not len(off) or not len(ok):
+        return float("nan")
+    return float(((off[:, None] < ok[None, :]).sum() + 0.5 * (off[:, None] == ok[None, :]).sum()) / (len(off) * len(ok)))
+
+
 def mean_sd(values) -> str:
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
     if v.size == 0:
@@ -111,7 +121,8 @@ def main() -> None:
     ap.add_argument("--off", type=int, default=16, help="planted off-domain candidates per class (4 kinds)")
     ap.add_argument("--test", type=int, default=40, help="held-out test images per class for the probe")
     ap.add_argument("--top-k", type=int, default=3, help="k of the real-anchored score")
-    ap.add_argument("--k", type=float, default=1.5, help="k of mean_std (the filter's default)")
+    ap.add_argument("--method", default="mean_std", help="threshold method (mean_std | median_mad | percentile | gmm)")
+    ap.add_argument("--k", type=float, default=1.5, help="k of mean_std / median_mad (the filter's default 1.5)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -135,8 +146,8 @@ def main() -> None:
     print(summary(info))
     bundle = load_clip(arch, str(folder / weights))
     classes = list(TEXTILE)
-    method = method_from("mean_std", k=args.k)
-    print(f"decisions: mean_std k={args.k} per class over the class's candidates; real-anchored top-k = {args.top_k}; "
+    method = method_from(args.method, k=args.k)
+    print(f"decisions: {method!r} per class over the class's candidates; real-anchored top-k = {args.top_k}; "
           f"per class {args.anchors} real anchors, {args.in_domain} in-domain + {args.off} planted off-domain "
           f"candidates ({', '.join(KINDS)}), {args.test} test images")
 
@@ -144,6 +155,7 @@ def main() -> None:
 
     rows = {b: {"precision": [], "recall": [], "acc": [], "kept_off": [], "kept": []} for b in BASES}
     added = {"precision": [], "count": [], "recall_of_text_kept": []}
+    separation = {"text": [], "real": [], "real_margin": []}
     per_kind = {b: {k: [] for k in KINDS} for b in BASES}
     for r in range(args.repeats):
         rng = np.random.default_rng([args.seed, r])
@@ -196,7 +208,7 @@ def main() -> None:
             keep = ~rejected
             probe = LinearProbe(c=1.0, seed=r).fit(np.concatenate([emb[keep], anchor_emb]),
                                                     np.concatenate([y[keep], anchor_y]))
-            acc = M.compute(y_test, probe.predict(x_test), classes)["accuracy"]
+            acc = M.compute(y_test, probe.predict(x_test), classes).accuracy
             rows[basis]["precision"].append(p)
             rows[basis]["recall"].append(rc)
             rows[basis]["acc"].append(acc)
@@ -210,6 +222,15 @@ def main() -> None:
                 kind_text.append(f"{kind} {share:.0%}")
             print(f"  {basis:<6} {int(rejected.sum()):>8} {p:>15.3f} {rc:>12.3f} {int((keep & planted).sum()):>13} "
                   f"{acc:>11.3f}   {', '.join(kind_text)}")
+        its = decided["both"]
+        labels = np.array([it.label for it in its])
+        for name, values in (("text", [it.score for it in its]), ("real", [it.extra["real_score"] for it in its]),
+                             ("real_margin", [it.extra["real_margin"] for it in its])):
+            values = np.asarray(values, dtype=np.float64)
+            per_class = [auroc(values[labels == c], planted[labels == c]) for c in classes]
+            separation[name].append(float(np.mean(per_class)))
+        print("  separation of planted from in-domain within a class (AUROC, mean over classes): "
+              + ", ".join(f"{k} score {v[-1]:.3f}" for k, v in separation.items()))
         extra = kept_masks["text"] & ~kept_masks["real"]
         p_add = float(planted[extra].mean()) if extra.any() else float("nan")
         text_kept_off = kept_masks["text"] & planted
@@ -233,6 +254,9 @@ def main() -> None:
     print("|---|" + "---|" * len(KINDS))
     for basis in BASES:
         print(f"| {basis} | " + " | ".join(f"{np.mean(per_kind[basis][k]):.0%}" for k in KINDS) + " |")
+    print("\nseparation of planted from in-domain within a class, whatever the threshold (AUROC: 1 = every planted "
+          "image scores below every in-domain one, 0.5 = chance): "
+          + ", ".join(f"{k} score {mean_sd(v)}" for k, v in separation.items()))
     p_add = [x for x in added["precision"] if np.isfinite(x)]
     print(f"\ntarget 1: precision of the rejections real adds over text (text keeps, real rejects): {mean_sd(p_add)} "
           f"(per repeat {', '.join(f'{x:.3f}' for x in added['precision'])}; {sum(added['count'])} images in all) "
