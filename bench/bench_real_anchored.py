@@ -243,7 +243,7 @@ def main() -> None:
 
     print(f"\nsummary: mean ± sd over {args.repeats} repeats (seed {args.seed}); per repeat "
           f"{len(classes) * (args.in_domain + args.off)} candidates, {len(classes) * args.off} planted")
-    print(f"| basis | rejection precision | rejection recall | planted kept | kept | probe accuracy |")
+    print("| basis | rejection precision | rejection recall | planted kept | kept | probe accuracy |")
     print("|---|---|---|---|---|---|")
     for basis in BASES:
         s = rows[basis]

@@ -47,7 +47,7 @@ def real_bank_for(bundle, realset=None, dataset_dir=None, batch_size: int = 32) 
         for label, key, vec, made_by in stored:
             by_model.setdefault(made_by, []).append((label, key, vec))
         for made_by, rows in by_model.items():
-            bank.add(rows, made_by, f"the dataset's real records")
+            bank.add(rows, made_by, "the dataset's real records")
     if realset is not None and len(realset.images):
         rows = _encode_realset(bundle, realset, model, batch_size)
         bank.add(rows, model, "DTGen Few-Shot Images")
@@ -68,6 +68,8 @@ def _encode_realset(bundle, realset, model: str, batch_size: int) -> list[tuple[
         raise ClipFilterError(f"{len(realset.images)} real photos; at most {MAX_REAL_PHOTOS} are encoded for the "
                               "real-anchored score (use part 'train' with a holdout, or fewer photos)", "real_images")
     digests = [file_digest(im.path) for im in realset.images]
+    if len(_REAL_CACHE) + len(digests) > 4 * MAX_REAL_PHOTOS:   # bounded: start afresh rather than grow
+        _REAL_CACHE.clear()
     todo = [i for i, d in enumerate(digests) if (model, d) not in _REAL_CACHE]
     side = int(max(bundle.image_size))
     for start in range(0, len(todo), batch_size):
