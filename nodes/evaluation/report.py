@@ -22,7 +22,7 @@ from ..store.fsio import write_bytes_atomic
 from ..store.layout import REPORT, now_iso, open_dataset
 from ..store.reader import live_records
 from . import metrics as M
-from .arms import build_arms, check_no_leak
+from .arms import SYNTHETIC, build_arms, check_no_leak
 from .errors import EvaluationError
 from .features import Encode, FeatureSource
 from .finetune import FinetuneOptions, FinetuneResult
@@ -69,6 +69,7 @@ class EvaluationReport:
     seconds: float = 0.0
     report_json: Path | None = None    # None when not written
     plot_files: dict = field(default_factory=dict)
+    fidelity: dict = field(default_factory=dict)   # per class: curation.fidelity.class_fidelity (synthetic vs few-shot)
 
     @property
     def metrics(self) -> dict:
@@ -113,6 +114,12 @@ class EvaluationReport:
         lines += ["", (f"features: {f.get('dim')}-d image embeddings; {f.get('stored', 0)} stored, "
                        f"{f.get('encoded_records', 0)} dataset images and {f.get('encoded_files', 0)} other images "
                        "encoded")]
+        if self.fidelity:
+            from ..curation.fidelity import fidelity_line
+
+            lines += ["", "synthetic vs few-shot real images per class (CLIP space, k-NN precision/recall, "
+                          "density/coverage, Vendi):"]
+            lines += [fidelity_line(c, fig) for c, fig in self.fidelity.items()]
         lines += [f"note: {n}" for n in self.notes]
         if self.report_json is not None:
             lines.append(f"report: {self.report_json}")
@@ -125,7 +132,7 @@ class EvaluationReport:
                                                      "features, L-BFGS)", **self.probe_settings},
                 "arms": {a.name: a.as_dict() for a in self.arms},
                 "table": self.table, "sweep": None if self.sweep is None else self.sweep.as_dict(),
-                "best": self.best, "notes": list(self.notes), "seconds": self.seconds,
+                "best": self.best, "notes": list(self.notes), "seconds": self.seconds, "fidelity": self.fidelity,
                 "confusion_plots": {k: str(v) for k, v in self.plot_files.items()}}
 
 
@@ -216,10 +223,25 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
     report = EvaluationReport(dataset_dir, test.classes, {"where": test.where, "counts": test.counts()}, results,
                               table, plots, sweep_result, notes, source.describe(), data.overlap, seed,
                               {"c": probe_c, "max_seconds": probe_max_seconds})
+    report.fidelity = _fidelity(data, source, test.classes)
     report.seconds = round(time.perf_counter() - start, 3)
     if write_report:
         _write(report)
     return report
+
+
+def _fidelity(data, source: FeatureSource, classes) -> dict:
+    """Per class, the synthetic arm's images against the few-shot real images (features already
+    computed for the arms: nothing is encoded again); {} without one of the two."""
+    from ..curation.fidelity import class_fidelity
+
+    synthetic = next((a for a in data.arms if a.name == SYNTHETIC), None)
+    if synthetic is None or not synthetic.n or data.fewshot is None:
+        return {}
+    few = data.fewshot
+    parts = ([source.for_records(few.records)] if few.records else []) + ([source.for_files(few.files)] if few.files else [])
+    real_x, syn_x = np.concatenate(parts), synthetic.features(source)
+    return {c: class_fidelity(real_x[few.labels == i], syn_x[synthetic.labels == i]) for i, c in enumerate(classes)}
 
 
 def _write(report: EvaluationReport) -> None:
