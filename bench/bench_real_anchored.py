@@ -259,8 +259,10 @@ def main() -> None:
           + ", ".join(f"{k} score {mean_sd(v)}" for k, v in separation.items()))
     p_add = [x for x in added["precision"] if np.isfinite(x)]
     print(f"\ntarget 1: precision of the rejections real adds over text (text keeps, real rejects): {mean_sd(p_add)} "
-          f"(per repeat {', '.join(f'{x:.3f}' for x in added['precision'])}; {sum(added['count'])} images in all) "
-          f"-> {'met' if p_add and min(p_add) >= 0.8 else 'NOT met'} (>= 0.8 in every repeat)")
+          f"(per repeat {', '.join(f'{x:.3f}' for x in added['precision'])}, nan = none added; "
+          f"{sum(added['count'])} images in all) -> "
+          f"{'met' if p_add and min(p_add) >= 0.8 else 'NOT met'} (>= 0.8 in every repeat that adds any)"
+          + (" - on fewer than 10 images: too few to conclude" if sum(added["count"]) < 10 else ""))
     worse = [(b, r) for b in ("real", "both") for r in range(args.repeats)
              if rows[b]["acc"][r] < rows["text"]["acc"][r]]
     print("target 2: the kept set never trains a worse probe than text-only: "

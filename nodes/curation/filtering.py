@@ -120,6 +120,9 @@ def filter_run(bundle, items: list[ScoredItem], method, *, text_side: str, min_c
         real_history = load_history(dataset_dir, key="real_score") if basis != "text" else None
     bank, why = real_bank_for(bundle, realset, dataset_dir, batch_size)
     anchor_items(items, bank, model, real_top_k)
+    if bank is None:   # said in the manifest too: this image was checked against text only
+        for item in items:
+            item.extra["real_skipped"] = why
     batch = decide(items, method, history=history, min_count=min_count, margin=margin, near_dup=near_dup,
                    history_embeddings=history_emb, basis=basis, real_history=real_history)
     batch.config["real_anchor"] = bank_summary(bank, [it.label for it in items], why)

@@ -60,5 +60,6 @@ def test_without_real_photos_the_filter_decides_on_text_and_says_why(client, com
     result = run_ok(client, _graph("no_real", False))
     lines = manifest(comfy_server.output_dir / "no_real")
     assert lines and all("real_score" not in r["extra"] for r in lines)
+    assert all(r["extra"]["real_skipped"].startswith("no real photos") for r in lines)
     assert {r["extra"]["decided_on"] for r in lines} == {"text"}
     assert "real-anchored check skipped: no real photos" in _text(result, "10")

@@ -72,6 +72,7 @@ def test_without_real_photos_the_run_is_decided_as_before_and_says_why(bundle):
                            text_side="prompt", min_count=1)
     assert [it.accepted for it in batch.items] == [it.accepted for it in before.items]
     assert batch.config["real_anchor"][0].startswith("real-anchored check skipped: no real photos")
+    assert all(it.extra["real_skipped"].startswith("no real photos: connect real_images") for it in batch.items)
     assert "real-anchored check skipped" in filter_summary(before)
 
 
