@@ -67,7 +67,7 @@ def _encode_realset(bundle, realset, model: str, batch_size: int) -> list[tuple[
     if len(realset.images) > MAX_REAL_PHOTOS:
         raise ClipFilterError(f"{len(realset.images)} real photos; at most {MAX_REAL_PHOTOS} are encoded for the "
                               "real-anchored score (use part 'train' with a holdout, or fewer photos)", "real_images")
-    digests = [file_digest(im.path) for im in realset.images]
+    digests = [_digest(im.path, file_digest) for im in realset.images]
     if len(_REAL_CACHE) + len(digests) > 4 * MAX_REAL_PHOTOS:   # bounded: start afresh rather than grow
         _REAL_CACHE.clear()
     todo = [i for i, d in enumerate(digests) if (model, d) not in _REAL_CACHE]
@@ -78,6 +78,24 @@ def _encode_realset(bundle, realset, model: str, batch_size: int) -> list[tuple[
         for i, vec in zip(chunk, feats):
             _REAL_CACHE[(model, digests[i])] = np.asarray(vec, dtype=np.float32)
     return [(im.label, d, _REAL_CACHE[(model, d)]) for im, d in zip(realset.images, digests)]
+
+
+_DIGESTS: dict[tuple, str] = {}    # (path, size, mtime_ns) -> sha256: a photo is hashed once while unchanged
+
+
+def _digest(path, file_digest) -> str:
+    import os
+
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return file_digest(path)   # its one-line error names the file
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        if len(_DIGESTS) > 4 * MAX_REAL_PHOTOS:
+            _DIGESTS.clear()
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
 
 
 def anchor_items(items: list[ScoredItem], bank: RealBank | None, model: str | None, top_k: int) -> None:

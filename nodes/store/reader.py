@@ -151,9 +151,23 @@ def load_real_embeddings(dataset_dir) -> list[tuple[str, str, np.ndarray, str | 
     """``(label, file sha256, embedding, CLIP that made it)`` of the live ``source: real`` records
     stored with an embedding (the filter's real-anchored score reads them; nothing is re-encoded)."""
     recs = [r for r in live_records(dataset_dir, "all") if is_real(r) and r.get("embedding_dim")]
-    vectors = embeddings.load(dataset_dir, {r["id"] for r in recs}) if recs else {}
-    return [(r["label"], (r.get("metadata") or {}).get("sha256") or r["id"], vectors[r["id"]],
+    if not recs:
+        return []
+    key, ids = str(Path(dataset_dir).resolve()), tuple(r["id"] for r in recs)
+    cached = _REAL_EMB.get(key)
+    if cached is not None and cached[0] == ids:   # a real photo's id is its file hash: same ids, same rows
+        return cached[1]
+    vectors = embeddings.load(dataset_dir, set(ids))
+    rows = [(r["label"], (r.get("metadata") or {}).get("sha256") or r["id"], vectors[r["id"]],
              (r.get("extra") or {}).get("clip_model")) for r in recs if r["id"] in vectors]
+    with _VIEWS_LOCK:
+        _REAL_EMB[key] = (ids, rows)
+    return rows
+
+
+# per dataset: (real record ids, rows) of the last read, so a queue run does not scan the
+# embedding store again while the real photos are unchanged (generated images never enter it)
+_REAL_EMB: dict[str, tuple[tuple, list]] = {}
 
 
 def stored_indices(records, pack_hash: str | None = None, stream_key=None) -> set[int]:

@@ -174,3 +174,13 @@ def test_redecide_command_decides_on_real(tmp_path, capsys):
     assert sum(r["decision"] == "rejected" for r in live_records(ds)) == 4
     assert main(["redecide", str(ds), "--decide-on", "real", "--real-top-k", "0"]) == 2
     assert "real_top_k=0" in capsys.readouterr().err
+
+
+def test_a_real_photo_gone_since_the_set_was_made_is_one_line_naming_it(bundle, realset):
+    from dtgen.nodes.fewshot.imageset import FewShotError
+
+    gone = realset.images[0].path
+    gone.unlink()
+    with pytest.raises(FewShotError, match=gone.name):
+        filter_run(bundle, generated(["plate"]), method_from("mean_std"), text_side="prompt", min_count=1,
+                   realset=realset)
