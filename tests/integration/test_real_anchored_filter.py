@@ -5,6 +5,8 @@ their embeddings (the same CLIP), and a second run reads them from the dataset. 
 the node says the check was skipped."""
 from __future__ import annotations
 
+import json
+
 from support import fixtures
 from support.graphs import example_api, manifest, run_ok
 
@@ -63,3 +65,27 @@ def test_without_real_photos_the_filter_decides_on_text_and_says_why(client, com
     assert all(r["extra"]["real_skipped"].startswith("no real photos") for r in lines)
     assert {r["extra"]["decided_on"] for r in lines} == {"text"}
     assert "real-anchored check skipped: no real photos" in _text(result, "10")
+
+
+def test_finalize_node_decides_on_the_real_score_and_reports_fidelity(client, comfy_server):
+    run_ok(client, _graph("real_finalize", True, count=6))
+    ds = comfy_server.output_dir / "real_finalize"
+    finalize = {"1": {"class_type": "DTGenDatasetFinalize", "inputs": {
+        "dataset_name": "real_finalize", "redecide": True, "method": "percentile", "k": 1.5, "keep_percent": 50.0,
+        "fixed_threshold": 0.25, "min_count": 1, "decide_on": "real", "real_top_k": 1}}}
+    result = run_ok(client, finalize)
+    from dtgen.nodes.store.reader import live_records
+
+    records = live_records(ds)
+    with_photos = [r for r in records if r["source"] != "real" and "real_score" in r["extra"]]
+    assert with_photos and {r["extra"]["decided_on"] for r in with_photos} == {"real"}
+    report = json.loads((ds / "report" / "report.json").read_text())
+    label = with_photos[0]["label"]
+    assert report["fidelity"][label]["n_real"] >= 1 and (ds / "report" / report["fidelity_plots"][label]).is_file()
+    text = "\n".join(result.outputs("1").get("text", []))
+    assert f"{label}: precision" in text, text
+    # a bad choice is refused at queue time, naming the input
+    bad = json.loads(json.dumps(finalize))
+    bad["1"]["inputs"]["decide_on"] = "vibes"
+    answer = client.queue(bad)
+    assert answer["_status"] == 400 and "decide_on 'vibes'" in json.dumps(answer), answer
