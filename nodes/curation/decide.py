@@ -157,7 +157,7 @@ def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, hist
     accepted = scores >= thr_per_row
     reasons = np.where(accepted, "ok", "below_threshold").astype(object)
     per_item_real, real_config = _real_decisions(rows, by_label, method, min_count, basis, real_history,
-                                                 accepted, reasons, provisional)
+                                                 accepted, reasons)
     for i, kept in enumerate(kept_rejections or ()):
         if kept and accepted[i]:
             accepted[i], reasons[i] = False, kept
@@ -179,8 +179,8 @@ def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, hist
     return _Outcome(per_item, {k: float(v) for k, v in thresholds.items()}, config, per_item_real)
 
 
-def _real_decisions(rows, by_label, method, min_count, basis, real_history, accepted, reasons,
-                    provisional) -> tuple[list[dict], dict]:
+def _real_decisions(rows, by_label, method, min_count, basis, real_history, accepted,
+                    reasons) -> tuple[list[dict], dict]:
     """Apply the real-anchored threshold (``basis`` real / both) in place of, or beside, the text
     threshold. Returns per row {decided_on, real_threshold} ({} with basis text) and config facts."""
     if basis == "text":
