@@ -47,6 +47,10 @@ def add_dataset_commands(sub) -> None:
                    help="re-run the class-margin check with this margin (default: keep the filter's verdicts)")
     p.add_argument("--near-duplicate", type=float, default=None,
                    help="re-run the near-duplicate check at this cosine (default: keep the filter's verdicts)")
+    p.add_argument("--decide-on", default="text", choices=("text", "real", "both"),
+                   help="threshold the text score (default, as before), the real-anchored score (recomputed from the "
+                        "stored embeddings against the dataset's real photos) or both; classes without real photos: text")
+    p.add_argument("--real-top-k", type=int, default=3, help="k of the real-anchored score (mean of the top-k cosines)")
     p.add_argument("--split", help="train,val,test fractions, e.g. 0.8,0.1,0.1")
     p.add_argument("--split-folders", action="store_true", help=SPLIT_FOLDERS_HELP)
     p = sub.add_parser("finalize", help="split and write report/ (report.json, histograms, contact sheets), "
@@ -100,7 +104,8 @@ def run_dataset_command(args) -> int:
             decide_fn = None
             if args.command == "redecide":
                 method = method_from(args.method, args.k, args.keep_percent, args.fixed_threshold)
-                decide_fn = decide_fn_for(method, args.min_count, args.class_margin, args.near_duplicate)
+                decide_fn = decide_fn_for(method, args.min_count, args.class_margin, args.near_duplicate,
+                                          basis=args.decide_on, real_top_k=args.real_top_k)
             rep = finalize(dataset_dir, decide_fn=decide_fn, split=args.split or None, plot_fn=histogram_image,
                            contact_sheet_max=getattr(args, "contact_sheet_max", 24), split_folders=args.split_folders,
                            export=getattr(args, "export", None))

@@ -383,7 +383,9 @@ TRAIN_GENERATE_NOTE = """## One queue run: train, then generate
 the dataset as in the generation templates: the sampler draws prompts from `{pack}`, the CLIP
 filter scores each image, the writer stores accepted / rejected images in `output/{dataset}/`.
 The writer's `real_images` input adds your photos as accepted images marked `source: real`
-(stored once, never filtered, not counted in the quota).
+(stored once, never filtered, not counted in the quota). The filter's `real_images` input gives
+each image a real-anchored score beside its text score (how close it is to your photos of its
+class); set the filter's `decide_on` to `real` or `both` to filter on it (default `text`).
 
 Queue again and again: while ComfyUI runs, the trained LoRA is cached (its inputs are unchanged),
 so only the next items are generated; after a restart the LoRA is trained again. For long runs,

@@ -13,13 +13,14 @@ import folder_paths
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from .comfy_types import DtgenClip, ScoredBatchType, dataset_input, dataset_name_of, threshold_inputs
+from .comfy_types import DtgenClip, RealImagesType, ScoredBatchType, dataset_input, dataset_name_of, threshold_inputs
 from .comfy_paths import dataset_dir
 from .off_loop import off_loop
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
 from ..common.records import ScoredItem
+from ..curation.real_anchor import BASES, DEFAULT_TOP_K
 from ..scoring.precision import PRECISIONS
 from ..scoring.similarity import TEXT_SIDES
 
@@ -231,6 +232,18 @@ class DTGenClipFilter(io.ComfyNode):
                 io.Int.Input("batch_size", default=32, min=1, max=1024, optional=True,
                              tooltip="Images per CLIP forward pass."),
                 dataset_input(),
+                RealImagesType.Input("real_images", optional=True,
+                                     tooltip="Optional: your real photos from DTGen Few-Shot Images. Each image gets a "
+                                             "real-anchored score (mean of its top-k CLIP cosines to the real photos of "
+                                             "its class) and a margin against the other classes' photos, stored beside "
+                                             "the text score. The dataset's stored real photos count too."),
+                io.Combo.Input("decide_on", options=list(BASES), default="text", optional=True,
+                               tooltip="What the per-class threshold is applied to: text (the image-text score, as "
+                                       "before), real (the real-anchored score) or both (each its own threshold, both "
+                                       "must pass). A class without real photos is decided on text; the node says so."),
+                io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
+                             tooltip="k of the real-anchored score: the mean of the k highest cosines to the class's "
+                                     "real photos (fewer photos: all of them)."),
             ],
             outputs=[
                 ScoredBatchType.Output("scored", display_name="scored",
@@ -248,7 +261,8 @@ class DTGenClipFilter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_side, method, k, keep_percent, fixed_threshold, dataset_name=None) -> bool | str:
+    def validate_inputs(cls, text_side, method, k, keep_percent, fixed_threshold, dataset_name=None,
+                        decide_on=None) -> bool | str:
         # an input-list node gets every widget value as a one-element list; only the inputs named
         # here lose ComfyUI's own checks, and method_from checks each of them
         from ..common.validation import check_choice, linked
@@ -258,6 +272,8 @@ class DTGenClipFilter(io.ComfyNode):
         try:
             if not linked(first(text_side)):
                 check_choice("text_side", first(text_side), TEXT_SIDES)
+            if decide_on is not None and not linked(first(decide_on)):
+                check_choice("decide_on", first(decide_on), BASES)
             if not linked(*values):
                 method_from(*values)
             dataset_dir(first(dataset_name, "") or "")
@@ -276,7 +292,8 @@ class DTGenClipFilter(io.ComfyNode):
     @classmethod
     def execute(cls, clip, images, positive, label, text_side, method, k, keep_percent, fixed_threshold,
                 min_count, dataset_name=None, metadata=None, negative=None, seed=None, class_margin=None,
-                near_duplicate=None, batch_size=None, dataset=None) -> io.NodeOutput:
+                near_duplicate=None, batch_size=None, dataset=None, real_images=None, decide_on=None,
+                real_top_k=None) -> io.NodeOutput:
         import comfy.utils
         import torch
 
@@ -294,7 +311,9 @@ class DTGenClipFilter(io.ComfyNode):
             text_side=first(text_side), min_count=first(min_count), margin=margin, near_dup=near,
             dataset_dir=dataset_dir(dataset_name_of(first(dataset), first(dataset_name, ""))),
             batch_size=first(batch_size, 32),
-            progress=lambda done, total: bar.update_absolute(done, total))
+            progress=lambda done, total: bar.update_absolute(done, total),
+            basis=first(decide_on, "text") or "text", realset=first(real_images, None),
+            real_top_k=int(first(real_top_k, DEFAULT_TOP_K)))
         batch.config.update(text_side=first(text_side), clip=ready.describe(),
                             dataset=dataset_name_of(first(dataset), first(dataset_name, "")) or None)
         plot = torch.from_numpy(run_plot(batch, history).astype("float32") / 255.0)[None]

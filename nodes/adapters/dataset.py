@@ -22,6 +22,7 @@ from ..common.items import items_from_lists
 from ..common.lists import as_list, first
 from ..common.naming import category, node_id
 from ..common.records import ScoredBatch
+from ..curation.real_anchor import BASES, DEFAULT_TOP_K
 
 FORMATS = ("png", "jpeg", "webp")
 EXPORT_CHOICES = ("auto", "none", "coco", "yolo", "coco,yolo")
@@ -153,9 +154,12 @@ class DTGenDatasetWriter(io.ComfyNode):
         from ..store.writer import png_text, quotas_for, summary
         from .train_checkpoint import lora_misfits
 
-        items = []
+        items, real_emb, real_model = [], {}, None
         for batch in as_list(scored):
             items.extend(batch.items if isinstance(batch, ScoredBatch) else [])
+            if isinstance(batch, ScoredBatch) and batch.config.get("real_embeddings"):   # the filter's real photos
+                real_emb.update(batch.config["real_embeddings"])
+                real_model = batch.config.get("real_model")
         if as_list(images):
             items.extend(items_from_lists(as_list(images), as_list(positive), as_list(label),
                                           as_list(metadata), as_list(negative), as_list(seed)))
@@ -180,8 +184,8 @@ class DTGenDatasetWriter(io.ComfyNode):
                                sampler_settings=sampler_settings(prompt),
                                png_text=png_text(prompt, cls.hidden.extra_pnginfo),
                                interrupted=throw_exception_if_processing_interrupted) if items else None
-            real = [import_real(writer, r, bool(first(real_in_quota, False)), throw_exception_if_processing_interrupted)
-                    for r in real_sets]
+            real = [import_real(writer, r, bool(first(real_in_quota, False)), throw_exception_if_processing_interrupted,
+                                embeddings=real_emb, clip_model=real_model) for r in real_sets]
             if not _another_prompt_queued():
                 bg.flush(throw_exception_if_processing_interrupted)
             status = bg.status(writer)
@@ -229,6 +233,13 @@ class DTGenDatasetFinalize(io.ComfyNode):
                                tooltip="Labels for detection / segmentation from the stored instance masks: COCO "
                                        "annotations/instances[_<split>].json and/or YOLO labels/ + data.yaml. auto: "
                                        "both when any image has masks."),
+                io.Combo.Input("decide_on", options=list(BASES), default="text", optional=True,
+                               tooltip="What the re-decision thresholds: text (the stored image-text score, as before), "
+                                       "real (the real-anchored score, recomputed from the stored embeddings against "
+                                       "the dataset's real photos) or both. Classes without real photos: text."),
+                io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
+                             tooltip="k of the real-anchored score: mean of the k highest cosines to the class's "
+                                     "real photos."),
             ],
             outputs=[
                 io.String.Output("report", display_name="report",
@@ -242,9 +253,9 @@ class DTGenDatasetFinalize(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, dataset_name, method, k, keep_percent, fixed_threshold, split="",
-                        input_types=None) -> bool | str:
+                        input_types=None, decide_on=None) -> bool | str:
         # only the inputs named here lose ComfyUI's own checks; each is checked below
-        from ..common.validation import linked
+        from ..common.validation import check_choice, linked
         from ..curation.thresholds import method_from
         from ..curation.finalize import parse_split
         from ..store.paths import DatasetPathError
@@ -254,6 +265,8 @@ class DTGenDatasetFinalize(io.ComfyNode):
                 method_from(method, k, keep_percent, fixed_threshold)
             if not linked(split) and split.strip():
                 parse_split(split)
+            if decide_on is not None and not linked(decide_on):
+                check_choice("decide_on", decide_on, BASES)
             if linked(dataset_name) or "dataset" in (input_types or {}):
                 return True   # a wired handle names the dataset (it may not exist before the writer runs)
             path = dataset_dir(dataset_name)
@@ -276,7 +289,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
     @classmethod
     def execute(cls, dataset_name, redecide, method, k, keep_percent, fixed_threshold, min_count,
                 split="", class_margin=-1.0, near_duplicate=0.0, split_folders=False, dataset=None,
-                export="auto") -> io.NodeOutput:
+                export="auto", decide_on="text", real_top_k=DEFAULT_TOP_K) -> io.NodeOutput:
         import torch
 
         from ..curation.filtering import checks_from_widgets
@@ -287,7 +300,8 @@ class DTGenDatasetFinalize(io.ComfyNode):
         decide_fn = None
         if redecide:
             margin, near = checks_from_widgets(class_margin, near_duplicate)
-            decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin, near)
+            decide_fn = decide_fn_for(method_from(method, k, keep_percent, fixed_threshold), min_count, margin, near,
+                                      basis=decide_on or "text", real_top_k=int(real_top_k or DEFAULT_TOP_K))
         name = dataset_name_of(dataset, dataset_name)
         report = finalize(dataset_dir(name), decide_fn=decide_fn, split=split.strip() or None,
                           plot_fn=histogram_image, echo=False, split_folders=bool(split_folders),

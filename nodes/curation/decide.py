@@ -3,7 +3,14 @@
 One decision routine (``_decide``) serves both a live run (``decide`` on ``ScoredItem``s) and
 stored records (``refilter`` on dicts, no re-encoding), so the dataset's finalize step and an
 offline refilter reproduce exactly what the node did. Checks run in this order and the first
-failure is the reason: ``below_threshold`` -> ``class_margin`` -> ``near_duplicate``.
+failure is the reason: ``below_threshold`` -> ``below_real_threshold`` -> ``class_margin`` ->
+``near_duplicate``.
+
+``basis`` says what the threshold is applied to: ``text`` (the image-text score, the default and
+the only one before real-anchored scores), ``real`` (the real-anchored score, ``real_anchor.py``)
+or ``both`` (each through its own per-class threshold of the same method; both must pass). An image
+whose class has no real-anchored score is decided on its text score, and its ``decided_on`` says so.
+With ``basis="text"`` nothing about real scores is added to an item or record.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import numpy as np
 
 from ..common.records import ScoredBatch, ScoredItem
 from ..scoring.errors import ClipFilterError
+from .real_anchor import check_basis
 from .thresholds import ThresholdMethod, get_method
 
 
@@ -28,7 +36,7 @@ class RefilterResult:
 def decide(items: list[ScoredItem], method, history: dict | None = None, min_count: int = 8,
            margin: float | None = None, near_dup: float | None = None,
            history_embeddings: dict | None = None,
-           class_orders: dict | None = None) -> ScoredBatch:
+           class_orders: dict | None = None, basis: str = "text", real_history: dict | None = None) -> ScoredBatch:
     """Decide every item in place and return them as a ``ScoredBatch``.
 
     method: a ``ThresholdMethod`` or a name from ``METHODS``.
@@ -41,20 +49,26 @@ def decide(items: list[ScoredItem], method, history: dict | None = None, min_cou
         not compared: adjacent grades legitimately look alike.
     near_dup: if set, reject an item whose image embedding has cosine >= near_dup with an item of
         the same class accepted earlier in this run or with ``history_embeddings[label]``.
+    basis: ``text`` | ``real`` | ``both`` (module doc); the real score is ``item.extra["real_score"]``,
+        ``real_history`` {label: earlier real scores} joins its population; ``item.extra`` gets
+        ``decided_on`` and ``real_threshold``.
     """
     rows = [_row_from_item(item, pos) for pos, item in enumerate(items)]
     out = _decide(rows, method, history, min_count, margin, near_dup, history_embeddings,
-                  class_orders)
-    for item, (accepted, reason, thr, prov) in zip(items, out.per_item):
+                  class_orders, basis=basis, real_history=real_history)
+    for item, (accepted, reason, thr, prov), facts in zip(items, out.per_item, out.per_item_real):
         item.accepted, item.reason, item.threshold, item.provisional = accepted, reason, thr, prov
         item.method = out.config["method"]
+        if facts:
+            item.extra = {**(item.extra or {}), **facts}
     return ScoredBatch(items=list(items), thresholds=out.thresholds, config=out.config)
 
 
 def refilter(records: Sequence[dict], method, history: dict | None = None, min_count: int = 8,
              margin: float | None = None, near_dup: float | None = None,
              history_embeddings: dict | None = None,
-             class_orders: dict | None = None, kept_rejections: Sequence[str | None] | None = None) -> RefilterResult:
+             class_orders: dict | None = None, kept_rejections: Sequence[str | None] | None = None,
+             basis: str = "text", real_history: dict | None = None) -> RefilterResult:
     """Re-apply ``decide``'s rules to stored records without re-encoding anything.
 
     A record is a dict with ``label`` and ``score`` and optionally ``class_scores``
@@ -63,13 +77,16 @@ def refilter(records: Sequence[dict], method, history: dict | None = None, min_c
     ``provisional`` set, plus the per-class thresholds.
     ``kept_rejections``: per record, a reason that keeps it rejected whatever the threshold says
     (a check that is not re-run), or None; such records never count as near-duplicate originals.
+    ``basis``: as in ``decide``; the real score is ``real_score`` (or ``extra["real_score"]``), and
+    ``decided_on`` / ``real_threshold`` go into the copy's ``extra``.
     """
     rows = [_row_from_record(rec, pos) for pos, rec in enumerate(records)]
     out = _decide(rows, method, history, min_count, margin, near_dup, history_embeddings,
-                  class_orders, kept_rejections)
+                  class_orders, kept_rejections, basis=basis, real_history=real_history)
     name = out.config["method"]
-    updated = [dict(rec, accepted=a, reason=r, threshold=t, provisional=p, method=name)
-               for rec, (a, r, t, p) in zip(records, out.per_item)]
+    updated = [dict(rec, accepted=a, reason=r, threshold=t, provisional=p, method=name,
+                    **({"extra": {**(rec.get("extra") or {}), **facts}} if facts else {}))
+               for rec, (a, r, t, p), facts in zip(records, out.per_item, out.per_item_real)]
     return RefilterResult(records=updated, thresholds=out.thresholds, config=out.config)
 
 
@@ -81,6 +98,7 @@ class _Row:
     class_scores: dict | None
     order: Any
     embedding: Any
+    real_score: Any = None
 
 
 @dataclass
@@ -88,12 +106,13 @@ class _Outcome:
     per_item: list[tuple[bool, str, float, bool]]
     thresholds: dict[str, float]
     config: dict[str, Any]
+    per_item_real: list[dict] = field(default_factory=list)   # decided_on, real_threshold (basis != text)
 
 
 def _row_from_item(item: ScoredItem, pos: int) -> _Row:
     where = f"item {pos}" + (f" (sampler index {item.index})" if item.index is not None else "")
     return _Row(where, item.label, item.score, (item.extra or {}).get("class_scores"),
-                (item.metadata or {}).get("order"), item.embedding)
+                (item.metadata or {}).get("order"), item.embedding, (item.extra or {}).get("real_score"))
 
 
 def _row_from_record(rec: dict, pos: int) -> _Row:
@@ -103,13 +122,15 @@ def _row_from_record(rec: dict, pos: int) -> _Row:
     # the dataset writer stores the filter's per-class scores under "extra"
     class_scores = rec.get("class_scores") or (rec.get("extra") or {}).get("class_scores")
     where = f"record {pos}" + (f" (id {rec['id']}, {rec.get('file')})" if rec.get("id") else "")
-    return _Row(where, rec.get("label"), rec.get("score"), class_scores, order, rec.get("embedding"))
+    real = rec.get("real_score", (rec.get("extra") or {}).get("real_score"))
+    return _Row(where, rec.get("label"), rec.get("score"), class_scores, order, rec.get("embedding"), real)
 
 
 def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, history_embeddings,
-            class_orders, kept_rejections=None) -> _Outcome:
+            class_orders, kept_rejections=None, basis: str = "text", real_history=None) -> _Outcome:
     if not rows:
         raise ClipFilterError("nothing to decide (empty list)", "items")
+    check_basis(basis)
     method = method if isinstance(method, ThresholdMethod) else get_method(method)
     _check_option("min_count", min_count, lo=0)
     if margin is not None:
@@ -135,6 +156,8 @@ def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, hist
     thr_per_row = np.array([thresholds[label] for label in labels])
     accepted = scores >= thr_per_row
     reasons = np.where(accepted, "ok", "below_threshold").astype(object)
+    per_item_real, real_config = _real_decisions(rows, by_label, method, min_count, basis, real_history,
+                                                 accepted, reasons)
     for i, kept in enumerate(kept_rejections or ()):
         if kept and accepted[i]:
             accepted[i], reasons[i] = False, kept
@@ -146,13 +169,55 @@ def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, hist
     if near_dup is not None:
         _near_duplicates(rows, by_label, accepted, reasons, float(near_dup), history_embeddings)
 
-    per_item = [(bool(accepted[i]), str(reasons[i]), float(thr_per_row[i]), provisional[labels[i]])
+    per_item = [(bool(accepted[i]), str(reasons[i]), float(thr_per_row[i]),
+                 provisional[labels[i]] or bool(per_item_real[i].pop("_real_provisional", False)))
                 for i in range(len(rows))]
     config = {"method": method.name, "params": dict(method.params), "min_count": int(min_count),
               "margin": margin, "near_dup": near_dup, "population": population,
               "provisional_labels": sorted(k for k, v in provisional.items() if v),
-              "notes": notes}
-    return _Outcome(per_item, {k: float(v) for k, v in thresholds.items()}, config)
+              "notes": notes, **real_config}
+    return _Outcome(per_item, {k: float(v) for k, v in thresholds.items()}, config, per_item_real)
+
+
+def _real_decisions(rows, by_label, method, min_count, basis, real_history, accepted,
+                    reasons) -> tuple[list[dict], dict]:
+    """Apply the real-anchored threshold (``basis`` real / both) in place of, or beside, the text
+    threshold. Returns per row {decided_on, real_threshold} ({} with basis text) and config facts."""
+    if basis == "text":
+        return [{} for _ in rows], {}
+    text_ok = accepted.copy()
+    facts: list[dict] = [{"decided_on": "text"} for _ in rows]
+    real_thresholds, skipped = {}, {}
+    for label, idx in by_label.items():
+        have = [i for i in idx if rows[i].real_score is not None]
+        if not have:
+            skipped[label] = f"no real-anchored score for class {label!r} (no real photos of it)"
+            continue
+        real = np.array([_check_real(rows[i]) for i in have], dtype=np.float64)
+        pop = np.concatenate([_history_scores(real_history, label), real])
+        thr, _ = method.threshold_with_note(pop)
+        real_thresholds[label] = float(thr)
+        small = pop.size < min_count
+        for i, value in zip(have, real):
+            real_ok = value >= thr
+            if basis == "real":
+                accepted[i] = real_ok
+                reasons[i] = "ok" if real_ok else "below_real_threshold"
+            else:   # both: the text check's reason first
+                accepted[i] = text_ok[i] and real_ok
+                reasons[i] = "ok" if accepted[i] else ("below_threshold" if not text_ok[i] else "below_real_threshold")
+            facts[i] = {"decided_on": basis, "real_threshold": float(thr), "_real_provisional": small}
+    return facts, {"decide_on": basis, "real_thresholds": real_thresholds, "real_skipped": skipped}
+
+
+def _check_real(row: _Row) -> float:
+    try:
+        value = float(row.real_score)
+    except (TypeError, ValueError) as exc:
+        raise ClipFilterError(f"real_score {row.real_score!r} is not a number", row.where) from exc
+    if not np.isfinite(value):
+        raise ClipFilterError(f"real_score is {value}", row.where)
+    return value
 
 
 def _check_option(name, value, lo=None, hi=None):

@@ -40,6 +40,8 @@ class Report:
     split: dict[str, int] = field(default_factory=dict)
     report_json: Path | None = None
     contact_sheets: dict[str, Path] = field(default_factory=dict)
+    fidelity: dict = field(default_factory=dict)       # per class: fidelity.class_fidelity, or {"note": why not}
+    fidelity_plots: dict[str, Path] = field(default_factory=dict)   # per class: real vs synthetic, PCA
     plot: Path | None = None
     plot_image: object = None      # what plot_fn returned (the histogram as an array)
     data: dict = field(default_factory=dict)   # what report.json holds
@@ -143,10 +145,12 @@ def _redecide(dataset_dir: Path, records: list[dict], decide_fn: DecideFn, resul
     method = getattr(decide_fn, "method", None)
     out, updated_in_place = [], []
     for rec, decision in zip(records, decisions):
-        accepted, threshold, reason, provisional = decision
+        accepted, threshold, reason, provisional = decision[:4]
         new = dict(rec, decision="accepted" if accepted else "rejected", reason=str(reason),
                    threshold=None if threshold is None else float(threshold), provisional=bool(provisional),
                    event="redecide", time=now_iso())
+        if len(decision) > 4 and decision[4] is not None:   # the real-anchored facts (basis real / both)
+            new["extra"] = dict(decision[4])
         if method is not None:  # the decide_fn may say which threshold method it applied
             new["method"] = method
         if new["decision"] != rec["decision"]:
@@ -157,8 +161,8 @@ def _redecide(dataset_dir: Path, records: list[dict], decide_fn: DecideFn, resul
                                    "run finalize again to complete it") from e
             manifest.append(dataset_dir, [new])  # one durable line per move
             result.moved["to_accepted" if accepted else "to_rejected"] += 1
-        elif (new["reason"], new["threshold"], new["provisional"], new.get("method")) != (
-                rec.get("reason"), rec.get("threshold"), rec.get("provisional"), rec.get("method")):
+        elif (new["reason"], new["threshold"], new["provisional"], new.get("method"), new.get("extra")) != (
+                rec.get("reason"), rec.get("threshold"), rec.get("provisional"), rec.get("method"), rec.get("extra")):
             updated_in_place.append(new)
         else:
             new = rec
@@ -224,6 +228,7 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
         folder = next(r["label_dir"] for r in records if r["label"] == label)
         result.contact_sheets[label] = report.contact_sheet(
             dataset_dir, label, records, out / f"contact_{folder}.png", contact_sheet_max)
+    result.fidelity, result.fidelity_plots = fidelity_report(dataset_dir, records, out)
     if plot_fn is not None:
         result.plot = out / "histogram.png"
         result.plot_image = plot_fn(records, result.plot)
@@ -233,6 +238,8 @@ def finalize(dataset_dir, decide_fn: DecideFn | None = None, split=None, plot_fn
         "moved": result.moved, "split": {"fractions": fractions, "accepted_counts": result.split},
         "redecided": decide_fn is not None,
         "contact_sheets": {k: v.name for k, v in result.contact_sheets.items()},
+        "fidelity": result.fidelity, "fidelity_plots": {k: v.name for k, v in result.fidelity_plots.items()},
+        **({"real_anchor": decide_fn.real_note} if getattr(decide_fn, "real_note", None) else {}),
         "plot": result.plot.name if result.plot else None,
         "split_folders": result.split_folders.as_dict() if result.split_folders else None,
         "exports": result.exports or None,
@@ -253,7 +260,68 @@ def finalize_summary(result: Report) -> str:
                            "to rejected"]
     if result.split:
         lines.append("split (accepted): " + ", ".join(f"{k} {v}" for k, v in sorted(result.split.items())))
-    return "\n".join(lines + export_lines(result))
+    if result.data.get("real_anchor"):
+        lines.append(f"real-anchored check skipped: {result.data['real_anchor']}")
+    return "\n".join(lines + fidelity_lines(result.fidelity) + export_lines(result))
+
+
+FIDELITY_MAX = 2000     # synthetic images per class the fidelity figures compare (k-NN: n x n distances)
+
+
+def fidelity_report(dataset_dir: Path, records: list[dict], out: Path) -> tuple[dict, dict]:
+    """Per class, the accepted synthetic images against the real photos in CLIP space (their stored
+    embeddings, nothing encoded): ``fidelity.class_fidelity`` and a PCA picture ``fidelity_<folder>.png``.
+    A class without real photos with embeddings gets ``{"note": why}`` and no picture."""
+    import numpy as np
+    from PIL import Image
+
+    from .fidelity import class_fidelity, pca_2d
+    from .plots import embedding_scatter
+
+    real = [r for r in records if r.get("source") == "real" and r.get("embedding_dim")]
+    if not real:
+        return {}, {}
+    synth = {}
+    for r in sorted((r for r in records if r.get("source") != "real" and r["decision"] == "accepted"
+                     and r.get("embedding_dim")), key=lambda r: r["id"]):
+        bucket = synth.setdefault(r["label"], [])
+        if len(bucket) < FIDELITY_MAX:
+            bucket.append(r)
+    vectors = embeddings.load(dataset_dir, {r["id"] for r in real} | {r["id"] for v in synth.values() for r in v})
+    figures, plots = {}, {}
+    for label in sorted({r["label"] for r in records}):
+        mine = [r for r in real if r["label"] == label and r["id"] in vectors]
+        fake = [r for r in synth.get(label, []) if r["id"] in vectors]
+        if not mine:
+            figures[label] = {"note": "no real photos with stored embeddings"}
+            continue
+        models = {(r.get("extra") or {}).get("clip_model") for r in mine}
+        fake_models = {(r.get("extra") or {}).get("clip_model") for r in fake} - {None}
+        if fake_models and not fake_models <= models:
+            figures[label] = {"note": f"not compared: real embeddings made by {', '.join(sorted(map(str, models)))}, "
+                                      f"synthetic by {', '.join(sorted(fake_models))}"}
+            continue
+        r_emb = np.stack([vectors[r["id"]] for r in mine]).astype(np.float64)
+        f_emb = np.stack([vectors[r["id"]] for r in fake]).astype(np.float64) if fake else np.zeros((0, r_emb.shape[1]))
+        if f_emb.shape[1] != r_emb.shape[1]:
+            figures[label] = {"note": f"not compared: real embeddings have {r_emb.shape[1]} dimensions, synthetic "
+                                      f"{f_emb.shape[1]}"}
+            continue
+        figures[label] = class_fidelity(r_emb, f_emb)
+        if fake:
+            real_xy, fake_xy = pca_2d(r_emb, f_emb)
+            path = out / f"fidelity_{mine[0]['label_dir']}.png"
+            Image.fromarray(embedding_scatter(real_xy, fake_xy, f"{label}: real vs synthetic (PCA)")).save(path)
+            plots[label] = path
+    return figures, plots
+
+
+def fidelity_lines(figures: dict) -> list[str]:
+    """One canvas line per class; none for a dataset without real photos with embeddings (as before)."""
+    from .fidelity import fidelity_line
+
+    return [fidelity_line(label, fig) if "n_real" in fig else f"{label}: fidelity skipped ({fig['note']})"
+            for label, fig in figures.items()]
 
 
 def export_lines(result: Report) -> list[str]:

@@ -136,3 +136,35 @@ def axis_labels(lo: float, hi: float) -> tuple[str, str | None]:
         if start != end:
             return start, end
     return start, None
+
+
+REAL_DOT, SYNTH_DOT = (40, 90, 200), (220, 120, 30)
+SCATTER_SIDE = 320
+
+
+def embedding_scatter(real_xy: np.ndarray, synth_xy: np.ndarray, title: str) -> np.ndarray:
+    """A 2-D picture of a class's real (blue) and synthetic (orange) embeddings, e.g. their first two
+    principal axes (``fidelity.pca_2d``) -> H x W x 3 uint8. Both sets share one scale."""
+    font = _font()
+    img = Image.new("RGB", (SCATTER_SIDE, SCATTER_SIDE + HEADER), BG)
+    draw = ImageDraw.Draw(img)
+    draw.text((PAD, 3), title if len(title) <= 48 else title[:47] + "…", fill=TEXT, font=font)
+    draw.text((PAD, 16), f"real {len(real_xy)} (blue)  synthetic {len(synth_xy)} (orange)", fill=AXIS, font=font)
+    left, top, right, bottom = PAD, HEADER + PAD, SCATTER_SIDE - PAD, SCATTER_SIDE + HEADER - PAD
+    draw.rectangle([left, top, right, bottom], outline=(220, 220, 220))
+    both = np.concatenate([np.asarray(real_xy, float).reshape(-1, 2), np.asarray(synth_xy, float).reshape(-1, 2)])
+    if len(both) == 0:
+        return np.asarray(img, dtype=np.uint8)
+    lo, hi = both.min(axis=0), both.max(axis=0)
+    span = np.maximum(hi - lo, 1e-9)
+
+    def dot(xy, colour, r):
+        x = left + 6 + (xy[0] - lo[0]) / span[0] * (right - left - 12)
+        y = bottom - 6 - (xy[1] - lo[1]) / span[1] * (bottom - top - 12)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+
+    for xy in np.asarray(synth_xy, float).reshape(-1, 2):
+        dot(xy, SYNTH_DOT, 2)
+    for xy in np.asarray(real_xy, float).reshape(-1, 2):   # on top: few and the reference
+        dot(xy, REAL_DOT, 3)
+    return np.asarray(img, dtype=np.uint8)

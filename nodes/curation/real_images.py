@@ -28,8 +28,13 @@ class ImportResult:
 
 
 def import_real(writer, realset: RealSet, counts_toward_quota: bool = False,
-                check_interrupt: Callable[[], None] = lambda: None) -> ImportResult:
-    """Store the set's images that ``writer`` (an open ``DatasetWriter``) does not hold yet."""
+                check_interrupt: Callable[[], None] = lambda: None, embeddings: dict | None = None,
+                clip_model: str | None = None) -> ImportResult:
+    """Store the set's images that ``writer`` (an open ``DatasetWriter``) does not hold yet.
+
+    ``embeddings`` ({file sha256: vector}, the CLIP filter's encoding of these photos in the same
+    queue run) and ``clip_model`` (the CLIP that made them): stored with each newly imported photo,
+    so Finalize and later filter runs use them without encoding again."""
     result = ImportResult()
     batch = []
     for i in range(len(realset.images)):
@@ -38,7 +43,11 @@ def import_real(writer, realset: RealSet, counts_toward_quota: bool = False,
         if writer.stored(item_id(real_item(realset, i, digest, counts_toward_quota, load=False))):
             result.already += 1
             continue
-        batch.append(real_item(realset, i, digest, counts_toward_quota))
+        item = real_item(realset, i, digest, counts_toward_quota)
+        if embeddings and digest in embeddings:
+            item.embedding = embeddings[digest]
+            item.extra = {**item.extra, "clip_model": clip_model}
+        batch.append(item)
         if len(batch) >= BATCH:
             _flush(writer, batch, result)
     _flush(writer, batch, result)

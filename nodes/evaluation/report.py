@@ -25,7 +25,7 @@ from ..store.layout import REPORT, now_iso, open_dataset
 from ..store.reader import live_records
 from . import leakage
 from . import metrics as M
-from .arms import FewShot, build_arms
+from .arms import SYNTHETIC, FewShot, build_arms
 from .errors import EvaluationError
 from .features import Encode, FeatureSource
 from .finetune import FinetuneOptions, FinetuneResult
@@ -73,6 +73,7 @@ class EvaluationReport:
     report_json: Path | None = None    # None when not written
     plot_files: dict = field(default_factory=dict)
     leakage: dict = field(default_factory=dict)   # the content check of test vs few-shot images
+    fidelity: dict = field(default_factory=dict)   # per class: curation.fidelity.class_fidelity (synthetic vs few-shot)
 
     @property
     def metrics(self) -> dict:
@@ -127,6 +128,12 @@ class EvaluationReport:
             lk = self.leakage
             lines.append(f"leakage check: {lk['test']} test photos vs {lk['fewshot']} few-shot images by decoded "
                          f"pixels and {lk['rule_embedding']}: none found")
+        if self.fidelity:
+            from ..curation.fidelity import fidelity_line
+
+            lines += ["", "synthetic vs few-shot real images per class (CLIP space, k-NN precision/recall, "
+                          "density/coverage, Vendi):"]
+            lines += [fidelity_line(c, fig) for c, fig in self.fidelity.items()]
         lines += [f"note: {n}" for n in self.notes]
         if self.report_json is not None:
             lines.append(f"report: {self.report_json}")
@@ -140,6 +147,7 @@ class EvaluationReport:
                 "arms": {a.name: a.as_dict() for a in self.arms},
                 "table": self.table, "sweep": None if self.sweep is None else self.sweep.as_dict(),
                 "best": self.best, "leakage": dict(self.leakage), "notes": list(self.notes), "seconds": self.seconds,
+                "fidelity": self.fidelity,
                 "confusion_plots": {k: str(v) for k, v in self.plot_files.items()}}
 
 
@@ -241,6 +249,7 @@ def evaluate(dataset_dir, test_set, encode: Encode, fewshot=None, sweep: bool = 
     report = EvaluationReport(dataset_dir, test.classes, {"where": test.where, "counts": test.counts()}, results,
                               table, plots, sweep_result, notes, source.describe(), data.overlap, seed,
                               {"c": probe_c, "max_seconds": probe_max_seconds}, leakage=leak_report)
+    report.fidelity = _fidelity(data, source, test.classes)
     report.seconds = round(time.perf_counter() - start, 3)
     if write_report:
         _write(report)
@@ -275,6 +284,20 @@ def _check_leaks(dataset_dir: Path, test: TestSet, test_x: np.ndarray, few: FewS
     if found:
         raise EvaluationError(Path(found[0].test), leakage.leak_message(found))
     return out
+
+
+def _fidelity(data, source: FeatureSource, classes) -> dict:
+    """Per class, the synthetic arm's images against the few-shot real images (features already
+    computed for the arms: nothing is encoded again); {} without one of the two."""
+    from ..curation.fidelity import class_fidelity
+
+    synthetic = next((a for a in data.arms if a.name == SYNTHETIC), None)
+    if synthetic is None or not synthetic.n or data.fewshot is None:
+        return {}
+    few = data.fewshot
+    parts = ([source.for_records(few.records)] if few.records else []) + ([source.for_files(few.files)] if few.files else [])
+    real_x, syn_x = np.concatenate(parts), synthetic.features(source)
+    return {c: class_fidelity(real_x[few.labels == i], syn_x[synthetic.labels == i]) for i, c in enumerate(classes)}
 
 
 def _write(report: EvaluationReport) -> None:

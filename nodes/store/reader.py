@@ -115,12 +115,14 @@ def live_state(dataset_dir) -> tuple[int | None, int, dict[str, dict]]:
         return st.st_ino, read.end, view
 
 
-def load_history(dataset_dir, which: str = "all") -> dict[str, np.ndarray]:
-    """{label: float32 array of scores} of stored items (unscored items are left out)."""
+def load_history(dataset_dir, which: str = "all", key: str = "score") -> dict[str, np.ndarray]:
+    """{label: float32 array of scores} of stored items (unscored items are left out); ``key``
+    ``real_score``: the real-anchored scores (stored under the record's ``extra``) instead."""
     out: dict[str, list] = {}
     for rec in live_records(dataset_dir, which):
-        if rec.get("score") is not None:
-            out.setdefault(rec["label"], []).append(rec["score"])
+        value = rec.get("score") if key == "score" else (rec.get("extra") or {}).get(key)
+        if value is not None:
+            out.setdefault(rec["label"], []).append(value)
     return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -129,8 +131,9 @@ def load_history_embeddings(dataset_dir, which: str = "accepted") -> dict[str, n
 
     Default ``accepted``: what a near-duplicate check compares new images against. Items stored
     with different embedding sizes (model changed) are grouped by the most common size per label.
+    Real photos are left out (``load_real_embeddings``).
     """
-    recs = [r for r in live_records(dataset_dir, which) if r.get("embedding_dim")]
+    recs = [r for r in live_records(dataset_dir, which) if r.get("embedding_dim") and not is_real(r)]
     vectors = embeddings.load(dataset_dir, {r["id"] for r in recs})
     grouped: dict[str, list] = {}
     for rec in recs:
@@ -142,6 +145,29 @@ def load_history_embeddings(dataset_dir, which: str = "accepted") -> dict[str, n
         dim = max(set(dims), key=dims.count)
         out[label] = np.stack([v for v in vecs if v.shape[0] == dim]).astype(np.float32)
     return out
+
+
+def load_real_embeddings(dataset_dir) -> list[tuple[str, str, np.ndarray, str | None]]:
+    """``(label, file sha256, embedding, CLIP that made it)`` of the live ``source: real`` records
+    stored with an embedding (the filter's real-anchored score reads them; nothing is re-encoded)."""
+    recs = [r for r in live_records(dataset_dir, "all") if is_real(r) and r.get("embedding_dim")]
+    if not recs:
+        return []
+    key, ids = str(Path(dataset_dir).resolve()), tuple(r["id"] for r in recs)
+    cached = _REAL_EMB.get(key)
+    if cached is not None and cached[0] == ids:   # a real photo's id is its file hash: same ids, same rows
+        return cached[1]
+    vectors = embeddings.load(dataset_dir, set(ids))
+    rows = [(r["label"], (r.get("metadata") or {}).get("sha256") or r["id"], vectors[r["id"]],
+             (r.get("extra") or {}).get("clip_model")) for r in recs if r["id"] in vectors]
+    with _VIEWS_LOCK:
+        _REAL_EMB[key] = (ids, rows)
+    return rows
+
+
+# per dataset: (real record ids, rows) of the last read, so a queue run does not scan the
+# embedding store again while the real photos are unchanged (generated images never enter it)
+_REAL_EMB: dict[str, tuple[tuple, list]] = {}
 
 
 def stored_indices(records, pack_hash: str | None = None, stream_key=None) -> set[int]:

@@ -93,6 +93,10 @@ def test_train_then_generate_in_one_queue_run_adds_the_real_photos_once(api, ser
     generated = [r for r in records if r["source"] == "generated"]
     assert len(real) == 4 and len(generated) == 2, [(r["source"], r["label"]) for r in records]
     assert all(r["decision"] == "accepted" and r["reason"] == "real" and r["score"] is None for r in real)
+    # the template wires the photos into the filter too: stored with the filter's embedding and its CLIP,
+    # and every generated image carries its real-anchored score (or why not)
+    assert all(r["embedding_dim"] and r["extra"]["clip_model"] == generated[0]["extra"]["clip_model"] for r in real)
+    assert all("real_score" in r["extra"] or "real_skipped" in r["extra"] for r in generated)
     assert {r["label"] for r in real} == set(fixtures.REAL_LABELS)
     assert any(r["prompt"] == "dtgtableware, a white plate, top-down" for r in real) or \
         all(r["prompt"].startswith("dtgtableware, ") for r in real)

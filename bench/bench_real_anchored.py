@@ -1,0 +1,275 @@
+"""Real-anchored curation on the textile set (issue #27, item 4): does comparing each image with the
+few real photos of its class catch images that match their class text but not the real domain,
+where the text check keeps them?
+
+Data: ``conformal-clip-data`` (MIT) simulated textiles, three classes (``nominal``, ``local`` = one
+small mark, ``global`` = finer weave), 250 x 250. CLIP: the small open_clip model trained at fixture
+time on these images (tests/support/tiny_clip.py; built into the fixture cache on first use, a few
+minutes): its held-out images (the last 100 per class by name, never trained on) give the real
+photos and the test set.
+
+Per class and repeat (seeded):
+- real anchors: ``--anchors`` held-out images (the user's few real photos);
+- test set: ``--test`` other held-out images (the probe's test; disjoint from everything else);
+- candidates (what a generator produced): ``--in-domain`` real images of the class from the CLIP's
+  training files (stand-ins for good generated images), plus ``--off`` planted off-domain images
+  of the right class made from other training files, in equal parts: ``blur`` (Gaussian, radius 2),
+  ``colour`` (a warm tint on the gray fabric), ``rescale`` (the centre half upscaled 2x: the weave
+  twice as coarse), ``other_source`` (another texture source: a procedural woven grating at the
+  data's 60-degree orientation, with the class's mark or fine weave painted the same way).
+
+Each candidate is scored as the CLIP filter scores it (``filtering.filter_run``: text score on the
+class text, real-anchored score = mean top-k cosine to the class's anchors, k = ``--top-k``) and
+decided per class with ``--method`` (default ``mean_std``, k = ``--k``) over the candidates of the class, on text, real
+and both. Reported per basis: precision / recall of the rejections (planted = positive), and, the
+target, the precision of the rejections the real-anchored check adds over the text check (images
+text keeps and real rejects); then the accuracy of the pack's linear probe (Evaluate's
+``LinearProbe`` on the tiny CLIP's image embeddings) trained on the kept candidates (plus the
+anchors, as Evaluate's "both" arm would) and tested on the test set. Mean ± sd over repeats.
+
+Run from the checkout (installs: tests/requirements.txt):
+``python bench/bench_real_anchored.py [--method mean_std] [--k 1.5] [--anchors 10] [--in-domain 40] [--off 16]
+[--test 40] [--repeats 3] [--seed 0]``
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pkg import load_package  # noqa: E402
+
+load_package()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # the ``support`` package
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageFilter  # noqa: E402
+
+KINDS = ("blur", "colour", "rescale", "other_source")
+BASES = ("text", "real", "both")
+
+
+def to_pil(img: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def from_pil(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def other_source(label: str, rng: np.random.Generator, size: int = 250) -> np.ndarray:
+    """A woven texture from another source: two crossed gratings (one along the data's 60-degree
+    weave direction), its gray level and contrast drawn near the data's; ``global``: a finer weave;
+    ``local``: one dark-and-light speckle mark of about 13 x 21 px."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    period = rng.uniform(5.0, 7.0) * (0.6 if label == "global" else 1.0)
+    a = np.deg2rad(60.0)
+    u = x * np.cos(a) + y * np.sin(a)
+    v = -x * np.sin(a) + y * np.cos(a)
+    g = 0.5 + 0.18 * np.sin(2 * np.pi * u / period) * np.sin(2 * np.pi * v / (period * 1.3))
+    g += rng.normal(0, 0.03, g.shape)
+    if label == "local":
+        cy, cx = rng.integers(30, size - 30, 2)
+        patch = rng.random((13, 21)) > 0.5
+        g[cy:cy + 13, cx:cx + 21] = np.where(patch, 0.05, 0.95)
+    g = np.clip(g * rng.uniform(0.9, 1.1), 0, 1)
+    return np.repeat(g[:, :, None], 3, axis=2).astype(np.float32)
+
+
+def off_domain(kind: str, img: np.ndarray, label: str, rng: np.random.Generator) -> np.ndarray:
+    if kind == "blur":
+        return from_pil(to_pil(img).filter(ImageFilter.GaussianBlur(2.0)))
+    if kind == "colour":
+        tint = np.array([1.25, 0.95, 0.65], np.float32) * rng.uniform(0.95, 1.05)
+        return np.clip(img * tint + np.array([0.05, 0.0, -0.05], np.float32), 0, 1)
+    if kind == "rescale":
+        h, w = img.shape[:2]
+        crop = to_pil(img).crop((w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2))
+        return from_pil(crop.resize((w, h), Image.BICUBIC))
+    return other_source(label, rng, img.shape[0])
+
+
+def rejection_pr(rejected: np.ndarray, planted: np.ndarray) -> tuple[float, float]:
+    tp = int((rejected & planted).sum())
+    precision = tp / rejected.sum() if rejected.sum() else float("nan")
+    return precision, tp / planted.sum() if planted.sum() else float("nan")
+
+
+def auroc(scores: np.ndarray, planted: np.ndarray) -> float:
+    """How well a low score singles out the planted images: P(score of a planted < score of an
+    in-domain one), ties half (Mann-Whitney)."""
+    off, ok = scores[planted], scores[~planted]
+    if not len(off) or not len(ok):
+        return float("nan")
+    return float(((off[:, None] < ok[None, :]).sum() + 0.5 * (off[:, None] == ok[None, :]).sum()) / (len(off) * len(ok)))
+
+
+def mean_sd(values) -> str:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return "n/a"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v.mean():.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--anchors", type=int, default=10, help="real photos per class (held-out images)")
+    ap.add_argument("--in-domain", type=int, default=40, help="in-domain candidates per class")
+    ap.add_argument("--off", type=int, default=16, help="planted off-domain candidates per class (4 kinds)")
+    ap.add_argument("--test", type=int, default=40, help="held-out test images per class for the probe")
+    ap.add_argument("--top-k", type=int, default=3, help="k of the real-anchored score")
+    ap.add_argument("--method", default="mean_std", help="threshold method (mean_std | median_mad | percentile | gmm)")
+    ap.add_argument("--k", type=float, default=1.5, help="k of mean_std / median_mad (the filter's default 1.5)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.anchors + args.test > 100:
+        sys.exit("anchors + test must fit the 100 held-out images per class")
+    t_start = time.perf_counter()
+    print("command: " + shlex.join(["python", "bench/bench_real_anchored.py", *sys.argv[1:]]))
+
+    from dtgen.nodes.common.records import ScoredItem
+    from dtgen.nodes.curation.filtering import filter_run
+    from dtgen.nodes.curation.thresholds import method_from
+    from dtgen.nodes.evaluation import metrics as M
+    from dtgen.nodes.evaluation.probe import LinearProbe
+    from dtgen.nodes.fewshot.realset import make_set
+    from dtgen.nodes.fewshot.imageset import scan
+    from dtgen.nodes.scoring.clip_model import load_clip
+    from dtgen.nodes.scoring.similarity import encode_images
+    from support.tiny_clip import TEXTILE, load_image, split, summary, tiny_clip
+
+    folder, arch, weights, info = tiny_clip()
+    print(summary(info))
+    bundle = load_clip(arch, str(folder / weights))
+    classes = list(TEXTILE)
+    method = method_from(args.method, k=args.k)
+    print(f"decisions: {method!r} per class over the class's candidates; real-anchored top-k = {args.top_k}; "
+          f"per class {args.anchors} real anchors, {args.in_domain} in-domain + {args.off} planted off-domain "
+          f"candidates ({', '.join(KINDS)}), {args.test} test images")
+
+    import tempfile
+
+    rows = {b: {"precision": [], "recall": [], "acc": [], "kept_off": [], "kept": []} for b in BASES}
+    added = {"precision": [], "count": [], "recall_of_text_kept": []}
+    separation = {"text": [], "real": [], "real_margin": []}
+    per_kind = {b: {k: [] for k in KINDS} for b in BASES}
+    for r in range(args.repeats):
+        rng = np.random.default_rng([args.seed, r])
+        anchors, test, items, planted, kinds = {}, {}, [], [], []
+        for c in classes:
+            train_files, held = split(c)
+            order = rng.permutation(len(held))
+            anchors[c] = [held[i] for i in order[:args.anchors]]
+            test[c] = [held[i] for i in order[args.anchors:args.anchors + args.test]]
+            pick = rng.choice(len(train_files), args.in_domain + args.off, replace=False)
+            for j, i in enumerate(pick):
+                img = load_image(train_files[i])
+                kind = None
+                if j >= args.in_domain:
+                    kind = KINDS[(j - args.in_domain) % len(KINDS)]
+                    img = off_domain(kind, img, c, rng)
+                items.append(ScoredItem(image=img, label=c, prompt=TEXTILE[c], metadata={"clip_text": TEXTILE[c]}))
+                planted.append(kind is not None)
+                kinds.append(kind)
+        planted = np.array(planted)
+        with tempfile.TemporaryDirectory(prefix="dtgen-bench-real-") as tmp:
+            root = Path(tmp) / "real"
+            for c in classes:
+                (root / c).mkdir(parents=True)
+                for p in anchors[c]:
+                    (root / c / p.name).write_bytes(p.read_bytes())
+            realset = make_set(root, scan(root), lambda label: TEXTILE[label], size=250, part="all")
+            decided = {}
+            for basis in BASES:
+                fresh = [ScoredItem(image=it.image, label=it.label, prompt=it.prompt, metadata=dict(it.metadata))
+                         for it in items]
+                batch, _ = filter_run(bundle, fresh, method, text_side="class_text", min_count=1, basis=basis,
+                                      realset=realset, real_top_k=args.top_k)
+                decided[basis] = batch.items
+        x_test = np.concatenate([encode_images(bundle, [load_image(p) for p in test[c]]) for c in classes])
+        y_test = np.concatenate([[i] * len(test[c]) for i, c in enumerate(classes)])
+        anchor_emb = np.concatenate([encode_images(bundle, [load_image(p) for p in anchors[c]]) for c in classes])
+        anchor_y = np.concatenate([[i] * len(anchors[c]) for i, c in enumerate(classes)])
+        print(f"\nrepeat {r}:")
+        print(f"  {'basis':<6} {'rejected':>8} {'rej. precision':>15} {'rej. recall':>12} {'planted kept':>13} "
+              f"{'probe acc.':>11}   planted rejected per kind")
+        kept_masks = {}
+        for basis in BASES:
+            its = decided[basis]
+            rejected = np.array([not it.accepted for it in its])
+            kept_masks[basis] = ~rejected
+            p, rc = rejection_pr(rejected, planted)
+            emb = np.stack([it.embedding for it in its])
+            y = np.array([classes.index(it.label) for it in its])
+            keep = ~rejected
+            probe = LinearProbe(c=1.0, seed=r).fit(np.concatenate([emb[keep], anchor_emb]),
+                                                    np.concatenate([y[keep], anchor_y]))
+            acc = M.compute(y_test, probe.predict(x_test), classes).accuracy
+            rows[basis]["precision"].append(p)
+            rows[basis]["recall"].append(rc)
+            rows[basis]["acc"].append(acc)
+            rows[basis]["kept_off"].append(int((keep & planted).sum()))
+            rows[basis]["kept"].append(int(keep.sum()))
+            kind_text = []
+            for kind in KINDS:
+                mask = np.array([k == kind for k in kinds])
+                share = float(rejected[mask].mean())
+                per_kind[basis][kind].append(share)
+                kind_text.append(f"{kind} {share:.0%}")
+            print(f"  {basis:<6} {int(rejected.sum()):>8} {p:>15.3f} {rc:>12.3f} {int((keep & planted).sum()):>13} "
+                  f"{acc:>11.3f}   {', '.join(kind_text)}")
+        its = decided["both"]
+        labels = np.array([it.label for it in its])
+        for name, values in (("text", [it.score for it in its]), ("real", [it.extra["real_score"] for it in its]),
+                             ("real_margin", [it.extra["real_margin"] for it in its])):
+            values = np.asarray(values, dtype=np.float64)
+            per_class = [auroc(values[labels == c], planted[labels == c]) for c in classes]
+            separation[name].append(float(np.mean(per_class)))
+        print("  separation of planted from in-domain within a class (AUROC, mean over classes): "
+              + ", ".join(f"{k} score {v[-1]:.3f}" for k, v in separation.items()))
+        extra = kept_masks["text"] & ~kept_masks["real"]
+        p_add = float(planted[extra].mean()) if extra.any() else float("nan")
+        text_kept_off = kept_masks["text"] & planted
+        r_add = float((extra & planted).sum() / text_kept_off.sum()) if text_kept_off.any() else float("nan")
+        added["precision"].append(p_add)
+        added["count"].append(int(extra.sum()))
+        added["recall_of_text_kept"].append(r_add)
+        print(f"  rejected by real, kept by text: {int(extra.sum())} images, {int((extra & planted).sum())} of them planted "
+              f"(precision {p_add:.3f}); of the planted images text kept, real rejected {r_add:.1%}")
+
+    print(f"\nsummary: mean ± sd over {args.repeats} repeats (seed {args.seed}); per repeat "
+          f"{len(classes) * (args.in_domain + args.off)} candidates, {len(classes) * args.off} planted")
+    print("| basis | rejection precision | rejection recall | planted kept | kept | probe accuracy |")
+    print("|---|---|---|---|---|---|")
+    for basis in BASES:
+        s = rows[basis]
+        print(f"| {basis} | {mean_sd(s['precision'])} | {mean_sd(s['recall'])} | {np.mean(s['kept_off']):.1f} | "
+              f"{np.mean(s['kept']):.1f} | {mean_sd(s['acc'])} |")
+    print("\nplanted images rejected, per kind (mean over repeats):")
+    print("| basis | " + " | ".join(KINDS) + " |")
+    print("|---|" + "---|" * len(KINDS))
+    for basis in BASES:
+        print(f"| {basis} | " + " | ".join(f"{np.mean(per_kind[basis][k]):.0%}" for k in KINDS) + " |")
+    print("\nseparation of planted from in-domain within a class, whatever the threshold (AUROC: 1 = every planted "
+          "image scores below every in-domain one, 0.5 = chance): "
+          + ", ".join(f"{k} score {mean_sd(v)}" for k, v in separation.items()))
+    p_add = [x for x in added["precision"] if np.isfinite(x)]
+    print(f"\ntarget 1: precision of the rejections real adds over text (text keeps, real rejects): {mean_sd(p_add)} "
+          f"(per repeat {', '.join(f'{x:.3f}' for x in added['precision'])}, nan = none added; "
+          f"{sum(added['count'])} images in all) -> "
+          f"{'met' if p_add and min(p_add) >= 0.8 else 'NOT met'} (>= 0.8 in every repeat that adds any)"
+          + (" - on fewer than 10 images: too few to conclude" if sum(added["count"]) < 10 else ""))
+    worse = [(b, r) for b in ("real", "both") for r in range(args.repeats)
+             if rows[b]["acc"][r] < rows["text"]["acc"][r]]
+    print("target 2: the kept set never trains a worse probe than text-only: "
+          + ("met" if not worse else "NOT met in " + ", ".join(f"{b} repeat {r} ({rows[b]['acc'][r]:.3f} < "
+                                                                   f"{rows['text']['acc'][r]:.3f})" for b, r in worse)))
+    print(f"wall time {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The real-anchored score: how much an image's CLIP embedding looks like the real photos of its
+class (plain numpy; the node and Finalize only pass embeddings in).
+
+``real_score`` = mean of the top-k cosines between the image and its class's real embeddings
+(k = min(``top_k``, number of real photos)); ``real_margin`` = real_score minus the best real_score
+the image reaches against another class's real photos (None with one class). A class with no real
+photo gets no real score: it is decided on its text score and ``real_skipped`` says why. A class
+with one real photo is scored (``real_weak``: one photo is a thin anchor).
+
+Real embeddings must come from the same CLIP as the images' embeddings: ``RealBank.model`` and the
+images' model are compared by ``clip_identity`` (architecture, weights file, weights sha256) and a
+mismatch is refused naming both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..scoring.errors import ClipFilterError
+
+DEFAULT_TOP_K = 3
+BASES = ("text", "real", "both")     # what an image is decided on
+
+
+def clip_identity(describe: dict | None) -> str | None:
+    """A short name of the CLIP that made embeddings, from ``ClipBundle.describe()``."""
+    if not describe:
+        return None
+    sha = describe.get("sha256") or ""
+    return f"{describe.get('arch')} ({describe.get('weights')}, sha256 {sha[:12] or '?'})"
+
+
+def _unit(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float32)
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.where(norms > 0, norms, 1.0)
+
+
+@dataclass
+class RealBank:
+    """The real photos' embeddings per class, and which CLIP made them."""
+
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)   # label -> [n, D] unit rows
+    model: str | None = None
+    sources: list[str] = field(default_factory=list)               # where they came from, for the node's text
+    encoded: dict = field(default_factory=dict)                    # file sha256 -> vector encoded in this run
+    keys: set = field(default_factory=set, repr=False)             # rows already added (one photo counts once)
+
+    @classmethod
+    def build(cls, rows, model: str | None, source: str) -> RealBank:
+        """From ``(label, key, vector)`` rows; the same key twice counts once."""
+        bank = cls(model=model)
+        bank.add(rows, model, source)
+        return bank
+
+    def add(self, rows, model: str | None, source: str) -> None:
+        """Add ``(label, key, vector)`` rows made by ``model`` (refused when it is not the bank's)."""
+        rows = list(rows)
+        if not rows:
+            return
+        if self.model is not None and model is not None and model != self.model:
+            raise ClipFilterError(f"real embeddings from {source} were made by {model}, earlier ones by "
+                                  f"{self.model}: one CLIP for all real photos", "real_images")
+        self.model = self.model or model
+        seen = self.keys
+        grouped: dict[str, list] = {}
+        for label, key, vec in rows:
+            if key in seen:
+                continue
+            seen.add(key)
+            grouped.setdefault(label, []).append(np.asarray(vec, dtype=np.float32).reshape(-1))
+        for label, vecs in grouped.items():
+            new = _unit(np.stack(vecs))
+            old = self.vectors.get(label)
+            if old is not None and old.shape[1] != new.shape[1]:
+                raise ClipFilterError(f"real embeddings of class {label!r} have {new.shape[1]} and {old.shape[1]} "
+                                      "dimensions: made by two CLIP models", source)
+            self.vectors[label] = new if old is None else np.concatenate([old, new])
+        self.sources.append(f"{sum(len(v) for v in grouped.values())} from {source}")
+
+    def counts(self) -> dict[str, int]:
+        return {label: int(len(v)) for label, v in sorted(self.vectors.items())}
+
+    def __bool__(self) -> bool:
+        return any(len(v) for v in self.vectors.values())
+
+
+def check_same_model(bank: RealBank, image_model: str | None, image_dim: int | None = None) -> None:
+    """Refuse real embeddings from another CLIP than the images' (both named)."""
+    if bank.model is not None and image_model is not None and bank.model != image_model:
+        raise ClipFilterError(f"the real photos' embeddings were made by {bank.model}, the images' by {image_model}; "
+                              "a real-anchored score compares embeddings of one CLIP only (re-run the filter with "
+                              "that CLIP, or import the real photos again through it)", "real_images")
+    dims = {v.shape[1] for v in bank.vectors.values() if len(v)}
+    if image_dim is not None and dims and dims != {image_dim}:
+        raise ClipFilterError(f"the real photos' embeddings have {sorted(dims)} dimensions, the images' {image_dim} "
+                              f"(real: {bank.model or 'model not recorded'}, images: {image_model or 'model not recorded'}): "
+                              "made by two different CLIP models", "real_images")
+
+
+def top_k_mean(cosines: np.ndarray, k: int) -> np.ndarray:
+    """Row-wise mean of the ``k`` largest values of ``cosines`` [n, m] (k clipped to m)."""
+    k = max(1, min(int(k), cosines.shape[1]))
+    part = np.partition(cosines, cosines.shape[1] - k, axis=1)[:, cosines.shape[1] - k:]
+    return part.mean(axis=1)
+
+
+def real_scores(embeddings, labels, bank: RealBank, top_k: int = DEFAULT_TOP_K) -> list[dict]:
+    """Per image: ``{"real_score", "real_margin", "real_n", "real_k", "real_weak"}``, or
+    ``{"real_skipped": why}`` when its class has no real photo."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ClipFilterError(f"real_top_k={top_k!r} must be an integer >= 1", "real_top_k")
+    emb = _unit(np.asarray(embeddings, dtype=np.float32).reshape(len(labels), -1)) if len(labels) else None
+    per_class = {}
+    for label, vecs in bank.vectors.items():
+        if len(vecs):
+            per_class[label] = top_k_mean(emb @ vecs.T, top_k) if emb is not None else None
+    out = []
+    for i, label in enumerate(labels):
+        if label not in per_class:
+            out.append({"real_skipped": f"no real photos of class {label!r}"})
+            continue
+        own = float(per_class[label][i])
+        others = [float(v[i]) for other, v in per_class.items() if other != label]
+        n = int(len(bank.vectors[label]))
+        out.append({"real_score": own, "real_margin": own - max(others) if others else None, "real_n": n,
+                    "real_k": min(int(top_k), n), "real_weak": n == 1})
+    return out
+
+
+def check_basis(basis: str) -> str:
+    if basis not in BASES:
+        raise ClipFilterError(f"decide_on={basis!r}: choose one of {', '.join(BASES)}", "decide_on")
+    return basis
+
+
+def bank_summary(bank: RealBank | None, labels, why_none: str | None = None) -> list[str]:
+    """The node's lines about the real-anchored check: skipped (and why), else per class how many
+    real photos anchor it, weak ones flagged, classes without any named."""
+    if bank is None or not bank:
+        return [f"real-anchored check skipped: {why_none or 'no real photos'}"]
+    counts = bank.counts()
+    lines = [f"real-anchored: {sum(counts.values())} real photos ({'; '.join(bank.sources)}), CLIP {bank.model or '?'}"]
+    for label in sorted(set(labels)):
+        n = counts.get(label, 0)
+        if n == 0:
+            lines.append(f"{label}: no real photos, decided on the text score only")
+        elif n == 1:
+            lines.append(f"{label}: 1 real photo (weak anchor)")
+    return lines

@@ -1,0 +1,102 @@
+"""The real-anchored score and the decisions on it, against values computed by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dtgen.nodes.common.records import ScoredItem
+from dtgen.nodes.curation.decide import decide, refilter
+from dtgen.nodes.curation.real_anchor import RealBank, bank_summary, check_same_model, real_scores, top_k_mean
+from dtgen.nodes.scoring.errors import ClipFilterError
+
+BANK = RealBank.build([("a", "a1", [1, 0, 0]), ("a", "a2", [0.8, 0.6, 0]), ("b", "b1", [0, 0, 2])], "clip-A", "test")
+
+
+def test_top_k_mean():
+    assert top_k_mean(np.array([[0.1, 0.9, 0.5]]), 2) == pytest.approx([0.7])
+    assert top_k_mean(np.array([[0.1, 0.9, 0.5]]), 9) == pytest.approx([0.5])
+
+
+def test_scores_and_margins_by_hand():
+    out = real_scores([[1, 0, 0], [0.6, 0.8, 0], [0, 0, 1], [1, 0, 0]], ["a", "a", "b", "c"], BANK, top_k=2)
+    assert out[0]["real_score"] == pytest.approx(0.9) and out[0]["real_margin"] == pytest.approx(0.9)
+    assert out[1]["real_score"] == pytest.approx((0.6 + 0.96) / 2)     # cosines 0.6 and 0.48 + 0.48
+    assert out[0]["real_k"] == 2 and out[0]["real_n"] == 2 and not out[0]["real_weak"]
+    assert out[2]["real_score"] == pytest.approx(1.0) and out[2]["real_margin"] == pytest.approx(1.0 - 0.0)
+    assert out[2]["real_weak"] and out[2]["real_k"] == 1                 # one photo: allowed, flagged
+    assert out[3] == {"real_skipped": "no real photos of class 'c'"}
+    top1 = real_scores([[0.6, 0.8, 0]], ["a"], BANK, top_k=1)[0]
+    assert top1["real_score"] == pytest.approx(0.96)
+
+
+def test_one_photo_counts_once_whatever_its_source():
+    bank = RealBank.build([("a", "same", [1, 0]), ("a", "same", [1, 0])], "m", "x")
+    bank.add([("a", "same", [1, 0]), ("a", "other", [0, 1])], "m", "y")
+    assert bank.counts() == {"a": 2}
+
+
+def test_another_clip_is_refused_naming_both():
+    with pytest.raises(ClipFilterError, match="clip-A.*clip-B"):
+        check_same_model(BANK, "clip-B")
+    with pytest.raises(ClipFilterError, match=r"\[3\] dimensions, the images' 512"):
+        check_same_model(BANK, None, 512)
+    with pytest.raises(ClipFilterError, match="clip-B.*clip-A"):
+        BANK.add([("a", "z", [1, 0, 0])], "clip-B", "the dataset")
+    check_same_model(BANK, "clip-A", 3)   # the same model passes
+
+
+def test_bad_top_k_is_one_line():
+    with pytest.raises(ClipFilterError, match="real_top_k=0"):
+        real_scores([[1, 0, 0]], ["a"], BANK, top_k=0)
+
+
+def test_summary_says_skipped_and_why_or_flags_weak_and_missing_classes():
+    assert bank_summary(None, ["a"], "no real photos: connect real_images") == [
+        "real-anchored check skipped: no real photos: connect real_images"]
+    lines = bank_summary(BANK, ["a", "b", "c"])
+    assert "b: 1 real photo (weak anchor)" in lines and "c: no real photos, decided on the text score only" in lines
+
+
+def items(real):
+    out = []
+    for i, (text, r) in enumerate(zip([0.3, 0.3, 0.3, 0.1], real)):
+        extra = {} if r is None else {"real_score": r}
+        out.append(ScoredItem(image=np.zeros((2, 2, 3)), label="a", prompt="p", score=text, extra=extra))
+    return out
+
+
+@pytest.mark.parametrize("basis, accepted, reasons", [
+    ("text", [True, True, True, False], ["ok", "ok", "ok", "below_threshold"]),
+    ("real", [True, True, False, True], ["ok", "ok", "below_real_threshold", "ok"]),
+    ("both", [True, True, False, False], ["ok", "ok", "below_real_threshold", "below_threshold"]),
+])
+def test_decide_on_text_real_or_both(basis, accepted, reasons):
+    batch = decide(items([0.9, 0.9, 0.2, 0.9]), "fixed", min_count=1, basis=basis)   # both thresholds 0.25
+    assert [it.accepted for it in batch.items] == accepted and [it.reason for it in batch.items] == reasons
+    if basis == "text":
+        assert all("decided_on" not in it.extra for it in batch.items)      # exactly as before
+    else:
+        assert {it.extra["decided_on"] for it in batch.items} == {basis}
+        assert batch.config["real_thresholds"] == {"a": 0.25}
+
+
+def test_a_class_without_real_scores_is_decided_on_text_and_says_so():
+    batch = decide(items([None] * 4), "fixed", min_count=1, basis="real")
+    assert [it.accepted for it in batch.items] == [True, True, True, False]
+    assert {it.extra["decided_on"] for it in batch.items} == {"text"}
+    assert "no real photos" in batch.config["real_skipped"]["a"]
+
+
+def test_the_real_threshold_uses_the_method_over_history_and_run():
+    batch = decide(items([0.5, 0.6, 0.7, 0.8]), "mean_std", min_count=1, basis="real",
+                   real_history={"a": [0.1, 0.2]})
+    pop = np.array([0.1, 0.2, 0.5, 0.6, 0.7, 0.8])
+    assert batch.config["real_thresholds"]["a"] == pytest.approx(pop.mean() - 1.5 * pop.std())
+
+
+def test_refilter_reads_stored_real_scores_and_records_the_basis():
+    recs = [{"label": "a", "score": 0.3, "extra": {"real_score": 0.1}}, {"label": "a", "score": 0.3, "real_score": 0.9}]
+    out = refilter(recs, "fixed", min_count=1, basis="both").records
+    assert [r["accepted"] for r in out] == [False, True]
+    assert out[0]["reason"] == "below_real_threshold" and out[0]["extra"]["decided_on"] == "both"
+    with pytest.raises(ClipFilterError, match="decide_on='sometimes'"):
+        refilter(recs, "fixed", basis="sometimes")
