@@ -149,7 +149,7 @@ class WorkerPool:
             self.restarts[slot] += 1
             n, delay = self.restarts[slot], backoff(self.restarts[slot])
             self.due[slot] = time.monotonic() + delay
-            self.used.append(f"{label}: restart {n} after {why}")
+            self.used.append(f"{label}: restart {n} after {why.split(' (log: ')[0]}")
             self.events.append(f"Ray {label}: {why}; restart {n} of {most} in {delay:.0f} s")
             return True
         self.alive[slot] = False
@@ -327,6 +327,9 @@ class RayExecutor:
             job, slot, gen = self.blocks.pop(ref)
             where, label = f"Ray {self.pool.labels[slot]}", self.pool.labels[slot]
             lost = Outcome(job, where, label, lost=True)
+            if gen != self.pool.gen[slot]:             # a block of a worker already ended: planned again
+                out.append(lost)
+                continue
             try:
                 result = self.ray.get(ref)
             except errors.RayActorError as e:          # its process or node died (or the driver ended it)

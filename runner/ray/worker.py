@@ -77,6 +77,11 @@ def _gpu_ids() -> list:
         return []
 
 
+def _with_log(reason: str, log) -> str:
+    """The reason, and the log to read unless a signal killed it (the log says nothing then)."""
+    return reason if reason.startswith("killed by ") else f"{reason} (log: {log})"
+
+
 class _Gone(Exception):
     """Its ComfyUI died or stopped answering: the block answers ``{"gone": why}``."""
 
@@ -112,12 +117,14 @@ class ComfyWorker:
                 return {"error": f"ComfyUI at {self.api.url} has no DTGen nodes: install this pack in its "
                                  "custom_nodes folder and restart it", "permanent": True, "started": True}
         except ServerExited as e:   # killed by a signal: may well start next time; an exit of its own: not
-            return {"error": f"its ComfyUI exited during start-up: {e.reason}; see {e.log}",
+            return {"error": f"its ComfyUI exited during start-up: {_with_log(e.reason, e.log)}",
                     "permanent": e.code >= 0, "started": True}
         except LocalServerError as e:
             return {"error": str(e), "permanent": self.server is None, "started": self.server is not None}
         except ComfyError as e:
-            return {"error": str(e), "permanent": False, "started": self.server is not None}
+            if self.server is not None:   # its own ComfyUI: why it stopped, not a hint for a server the user runs
+                return {"error": self._own_server_gone(" during start-up"), "permanent": False, "started": True}
+            return {"error": str(e), "permanent": False, "started": False}
         except Exception as e:   # noqa: BLE001 - anything else: one line for the driver, not a dead actor
             return {"error": f"{type(e).__name__}: {e}"[:400], "permanent": True, "started": self.server is not None}
         return self.info()
@@ -156,19 +163,17 @@ class ComfyWorker:
 
     def _server_gone(self, why: str) -> None:
         """The block ends with ``{"gone": why}``: the driver replaces this worker and plans its items again."""
-        if self.closing:
-            raise WorkerError(f"Ray worker {self.slot} is closing")
-        raise _Gone(why)
+        raise _Gone(f"Ray worker {self.slot} is closing" if self.closing else why)
 
-    def _own_server_gone(self) -> str:
+    def _own_server_gone(self, when: str = "") -> str:
         """Why its own ComfyUI no longer answers: the way it exited, or that it stopped answering."""
         proc = self.server.proc
         if proc.poll() is None:
             try:
                 proc.wait(timeout=1.0)   # a dying server: wait for its exit status
             except Exception:   # noqa: BLE001 - still running
-                return f"its ComfyUI stopped answering HTTP; see {self.server.log_path}"
-        return f"its ComfyUI exited ({self.server.exit_reason()}); see {self.server.log_path}"
+                return f"its ComfyUI stopped answering HTTP{when} (log: {self.server.log_path})"
+        return f"its ComfyUI exited{when}: {_with_log(self.server.exit_reason(), self.server.log_path)}"
 
     def info(self) -> dict:
         try:
