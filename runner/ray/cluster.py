@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -44,6 +45,7 @@ MARK = "DTGEN_RAY_RUN"
 INSTALL_HINT = "pip install 'ray==2.60.0' (or pip install '.[ray]' in the checkout)"
 
 WATCHDOG = Path(__file__).with_name("watchdog.py")   # run by path, stdlib only
+SHUTDOWN_WAIT = 10.0    # seconds ray.shutdown() may take after its raylet or GCS died (it stops Ray's threads)
 REACH_TIMEOUT = 5.0     # seconds to open a TCP connection to --ray host:port
 OWNER = ".dtgen-owner"  # in a run's workspace folder: {"host", "pid", "start"} of its driver
 CORE = {"raylet": "raylet", "gcs_server": "GCS"}   # a local Ray's core processes (program name -> what we call it)
@@ -84,11 +86,15 @@ def check_reachable(address: str) -> None:
 
 
 def _start_time(pid: int) -> str | None:
+    """The start time of a running process (None: no such process, or a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
 
 
 def _alive(pid: int, start: str | None) -> bool:
@@ -214,7 +220,8 @@ class Cluster:
     def __enter__(self) -> Cluster:
         (self.shim / PACK_NAME).symlink_to(ROOT, target_is_directory=True)
         runtime_env = {"env_vars": {"PYTHONPATH": f"{self.shim}{os.pathsep}${{PYTHONPATH}}"}}
-        kw = dict(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env)
+        # log_to_driver=False: the workers' and the raylet's output stays in Ray's session logs (not on stdout)
+        kw = dict(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env, log_to_driver=False)
         try:
             if self.local:
                 self._start_watchdog()
@@ -266,10 +273,13 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         try:
-            if self.lost():   # ray.shutdown() would wait on the dead process: the watchdog ends the rest
-                self.core = {}
-            elif self.ray.is_initialized():
-                self.ray.shutdown()
+            if self.ray.is_initialized():
+                if self.lost():   # it may wait on the dead process: at most SHUTDOWN_WAIT s, the watchdog ends the rest
+                    done = threading.Thread(target=self.ray.shutdown, daemon=True)
+                    done.start()
+                    done.join(SHUTDOWN_WAIT)
+                else:
+                    self.ray.shutdown()
         finally:
             for key, value in self._saved_env.items():
                 if value is None:

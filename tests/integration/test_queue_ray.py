@@ -241,6 +241,53 @@ def test_a_replacement_comfyui_killed_while_starting_is_restarted_again(comfyui_
     assert list(scratch.iterdir()) == []     # every workspace the run made, the killed servers' too
 
 
+@pytest.mark.parametrize("fault", ["ctrl-c", "raylet", "gcs_server"])
+def test_a_run_ended_by_ctrl_c_or_by_rays_death_leaves_nothing(comfyui_path, model_dirs, tmp_path, fault):
+    """Once items are stored: SIGINT to the driver (exit 130), or SIGKILL to its Ray's raylet or GCS
+    (exit 1 within seconds, one line: run the same command again). No workspace, no Ray or ComfyUI
+    process is left; stdout is empty (no summary, none of Ray's dumps)."""
+    scratch, central = tmp_path / "scratch", tmp_path / "central"
+    args = [small_workflow(tmp_path / "wf.json"), "--quota", QUOTA, "--dataset", "rq_end", "--ray", "--ray-workers", 1,
+            "--comfyui", comfyui_path, "--python", sys.executable, "--output-dir", central, "--ray-scratch", scratch,
+            *model_args(model_dirs)]
+    tag = uuid.uuid4().hex
+    ds = central / "rq_end"
+    out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
+    run = subprocess.Popen([*RUNNER, *map(str, args)], stdout=out, stderr=err, cwd=tmp_path,
+                           env=dict(os.environ, DTGEN_TEST_TAG=tag))
+    try:
+        wait_for(lambda: (ds / "manifest.jsonl").is_file() and lines(ds) or run.poll() is not None, 300,
+                 "a first stored item")
+        assert run.poll() is None, (tmp_path / "err").read_text()
+        if fault == "ctrl-c":
+            run.send_signal(signal.SIGINT)
+        else:
+            kids = subprocess.run(["pgrep", "-P", str(run.pid), "-a"], capture_output=True, text=True).stdout
+            core = [int(ln.split()[0]) for ln in kids.splitlines() if Path(ln.split()[1]).name == fault]
+            assert len(core) == 1, kids
+            os.kill(core[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        rc = run.wait(timeout=120)
+        seconds = time.monotonic() - t0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert stdout == "" and "Traceback" not in stderr and "used up" not in stderr, (stdout, stderr)
+    if fault == "ctrl-c":
+        assert rc == 130 and "run the same command again to resume" in stderr, stderr
+    else:
+        what = {"raylet": "raylet", "gcs_server": "GCS"}[fault]
+        assert rc == 1 and stderr.splitlines()[-1].startswith(f"error: Ray lost its {what} ("), stderr
+        assert stderr.splitlines()[-1].endswith("): run the same command again to resume"), stderr
+        assert seconds < 30, seconds
+    wait_for(lambda: not tagged("DTGEN_TEST_TAG", tag), 40, "the run's Ray to end", lambda: left("DTGEN_TEST_TAG", tag))
+    assert servers_under(scratch) == [] and pgrep(str(scratch)) == []
+    assert list(scratch.iterdir()) == []
+    check_consistent(ds)
+
+
 # ---------------------------------------------------------------------- one Ray, two workers, reused
 @pytest.fixture(scope="module")
 def pool(comfyui_path, model_dirs, tmp_path_factory):
