@@ -448,20 +448,24 @@ def run_ray(wf: Workflow, sampler, settings: RunSettings, rs: RaySettings, progr
         if progress is None:
             progress = Progress(log.stream)
             progress.message(f"Ray's own messages go to {log.path}")
-        with cluster:
-            shared = str(Path(settings.output_dir).resolve()) if rs.shared_output else None
-            pool = WorkerPool(cluster.ray, rs, settings.pending, gpus=0 if rs.cpu else cluster.gpus,
-                              driver_node=cluster.node_id(), shared_output=shared, lost_cluster=cluster.lost)
-            try:
-                what = ("existing ComfyUI servers" if rs.servers else "a ComfyUI on 1 GPU each" if pool.gpu
-                        else "a ComfyUI on CPU each")
-                progress.message(f"Ray: {len(pool.actors)} worker(s), {what}")
-                pool.ready(rs.start_timeout + 60, every=False)   # the others join the run when they are up
-                run = RayQueueRun(wf, sampler, settings, pool, progress, shared_output=rs.shared_output)
-                result = run.run()
-                if pool.used:
-                    progress.message(f"Ray restarts used: {'; '.join(pool.used)}")
-                return result
-            finally:
-                pool.close()
-
+        pool = None
+        try:
+            with cluster:
+                shared = str(Path(settings.output_dir).resolve()) if rs.shared_output else None
+                pool = WorkerPool(cluster.ray, rs, settings.pending, gpus=0 if rs.cpu else cluster.gpus,
+                                  driver_node=cluster.node_id(), shared_output=shared, lost_cluster=cluster.lost)
+                try:
+                    what = ("existing ComfyUI servers" if rs.servers else "a ComfyUI on 1 GPU each" if pool.gpu
+                            else "a ComfyUI on CPU each")
+                    progress.message(f"Ray: {len(pool.actors)} worker(s), {what}")
+                    pool.ready(rs.start_timeout + 60, every=False)   # the others join the run when they are up
+                    run = RayQueueRun(wf, sampler, settings, pool, progress, shared_output=rs.shared_output)
+                    result = run.run()
+                    if pool.used:
+                        progress.message(f"Ray restarts used: {'; '.join(pool.used)}")
+                    return result
+                finally:
+                    pool.close()
+        finally:   # once the local Ray and its servers are stopped (after a lost raylet or GCS, only now)
+            if pool is not None and pool.workspaces is not None:
+                shutil.rmtree(pool.workspaces, ignore_errors=True)
