@@ -4,6 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+MAX_SHOWN = 300   # characters of a user's value echoed in an error (a 100 KB key is not repeated back)
+
+
+def clip(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class PathProblem(Exception):
     """Mixed into each stage's error (``class FewShotError(PathProblem, ValueError)``): ``path`` names
     the file or folder at fault, or is None for a parameter, whose name then starts ``problem``.

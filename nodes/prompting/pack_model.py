@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping, Optional
 
+from ..common.errors import clip
 from ..common.naming import public_error
 
 FORMAT_VERSION = 1
@@ -25,6 +26,8 @@ class PromptPackError(ValueError):
 
     def __init__(self, message: str, *, file: Optional[str] = None, path: Optional[str] = None,
                  line: Optional[int] = None):
+        # a value echoed back (an unknown key, a label) is capped: a 100 KB key is not repeated
+        message, path = clip(message, 400), clip(path, 150) if path else path
         self.message, self.file, self.path, self.line = message, file, path, line
         where = ":".join(str(p) for p in (file, line) if p is not None)
         prefix = ": ".join(p for p in (where, path) if p)

@@ -102,6 +102,7 @@ LABELS = {
     "device": ("LPT1", "reserved device name on Windows"),
     "empty": ("   ", "label is empty"),
     "non_ascii": ("caf\u00e9", "labels are folder names"),
+    "lookalike_cyrillic_a": ("pl\u0430te", "contains '\u0430' (U+0430 CYRILLIC SMALL LETTER A)"),
     "too_long": ("x" * 101, "longer than 100"),
 }
 
@@ -354,6 +355,86 @@ CASES["files/real_mask_fifo"] = _expect_raise(_real_mask_fifo, Exception, FIFO)
 CASES["files/pack_fifo"] = _expect_raise(_pack_fifo, PromptPackError, FIFO)
 CASES["files/manifest_fifo"] = _expect_raise(_manifest_fifo, Exception, FIFO)
 CASES["files/manifest_hard_link"] = _expect_raise(_manifest_hard_link, Exception, "has 2 hard links")
+
+
+def _manifest_folder(tmp):
+    """manifest.jsonl is a folder: the message names the file (not "[Errno 21] Is a directory: 4")."""
+    from dtgen.nodes.store.reader import live_records
+
+    (tmp / "ds" / "manifest.jsonl").mkdir(parents=True)
+    (tmp / "ds" / ".dtgen_dataset").write_text("{}")
+    with pytest.raises(OSError) as info:
+        live_records(tmp / "ds")
+    assert str(tmp / "ds" / "manifest.jsonl") in str(info.value), info.value
+    return str(info.value)
+
+
+CASES["files/manifest_is_a_folder"] = Case(_manifest_folder, "is a folder, not a regular file")
+
+
+# ---- the queue client's workflow file and what ComfyUI answers
+def _runner_workflow(make):
+    """``runner queue FILE --quota 1`` on the file ``make(tmp)`` writes: one line."""
+    def attempt(tmp):
+        import contextlib
+        import io
+
+        from dtgen.runner.cli import main
+
+        path = make(tmp)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["queue", str(path), "--quota", "1"])
+        text = err.getvalue()
+        assert code == 1 and text.startswith("error: ") and text.count("\n") == 1 and str(path) in text, text
+        return text
+    return attempt
+
+
+def _nested_workflow(tmp):
+    path = tmp / "nested.json"
+    path.write_text("[" * 200_000)
+    return path
+
+
+def _big_workflow(tmp):
+    path = tmp / "big.json"
+    path.write_text('{"1": {"class_type": "' + "x" * (17 * 1024 ** 2) + '"}}')
+    return path
+
+
+CASES["runner/workflow_nested_200k"] = Case(_runner_workflow(_nested_workflow), "its JSON is nested too deeply")
+CASES["runner/workflow_fifo"] = Case(_runner_workflow(lambda tmp: _fifo(tmp / "wf.json")), FIFO)
+CASES["runner/workflow_17_mib"] = Case(_runner_workflow(_big_workflow), "at most 16 MiB are read")
+
+
+def _refusal(answer):
+    def attempt(tmp):
+        from dtgen.runner.api import GraphRejected
+
+        text = str(GraphRejected("http://127.0.0.1:8188", answer))
+        assert len(text) < 1300, len(text)
+        return text
+    return attempt
+
+
+CASES["runner/refusal_600k_chars"] = Case(_refusal({"error": {"message": "x" * 600_000}}),
+                                          "... (599000 more characters)")
+CASES["runner/outputs_partly_refused"] = Case(_refusal({"prompt_id": "p1", "number": 0, "node_errors": {
+    "9": {"class_type": "SaveImage", "errors": [{"message": "Required input is missing", "details": "images"}]}}}),
+    "queued the workflow as prompt p1 but left out the outputs of the nodes it refused (the rest runs): node 9")
+
+
+def _explicit_key(tmp):
+    """A 100 KB explicit key (``? kkk...``) is echoed capped, not 200 KB of message."""
+    text = HEAD + "classes:\n  - label: a\n    templates: [x]\n    ? " + "k" * 100_000 + "\n    : 1\n"
+    with pytest.raises(PromptPackError) as info:
+        parse_pack(text)
+    assert len(str(info.value)) < 700, len(str(info.value))
+    return str(info.value)
+
+
+CASES["pack/explicit_key_100kb"] = Case(_explicit_key, "more characters")
 
 
 def _alarm(signum, frame):
