@@ -360,6 +360,45 @@ def test_a_worker_whose_restart_fails_to_start_is_restarted_again(cluster, fakes
     assert result.items_done == len(recs) and time.monotonic() - t0 > 3   # the back-off was waited
 
 
+def test_the_run_stops_only_when_no_worker_can_be_brought_back_and_names_the_restarts(cluster, fakes, tmp_path):
+    """The only worker's server vanishes for good: one restart (--ray-max-restarts 1) whose start
+    fails, then the run stops with one line naming the last event and the restart used."""
+    from dtgen.runner.packs import local_sampler
+    from dtgen.runner.progress import Progress
+    from dtgen.runner.ray.queue import RayQueueRun, RaySettings, WorkerPool
+    from dtgen.runner.run import RunError, RunSettings
+
+    doomed = fakes(delay=0.3)
+    rs = RaySettings(servers=[doomed.url], max_restarts=1, unreachable_after=0.5)
+
+    def stop_when_busy():
+        while doomed.running is None:
+            time.sleep(0.005)
+        doomed.stop()
+
+    threading.Thread(target=stop_when_busy, daemon=True).start()
+    wf = small_wf()
+    wf.set_dataset("doomed")
+    sampler = local_sampler(wf.sampler_inputs())
+    settings = RunSettings(server="", targets={label: 4 for label in sampler.labels}, output_dir=tmp_path / "c",
+                           poll=0.05, max_items=100)
+    log = io.StringIO()
+    pool = WorkerPool(cluster.ray, rs, pending=2, driver_node=cluster.node_id())
+    try:
+        pool.ready(60)
+        with pytest.raises(RunError) as e:
+            RayQueueRun(wf, sampler, settings, pool, Progress(log, every=0)).run()
+    finally:
+        pool.close()
+    label = f"worker 0 ({doomed.url})"
+    message = str(e.value)
+    assert message.startswith(f"no Ray worker is left. Ray {label} is gone: cannot reach ComfyUI at {doomed.url}")
+    assert "it has used its 1 restart(s) (--ray-max-restarts)" in message
+    assert f"Restarts used: {label}: restart 1 after cannot reach ComfyUI at {doomed.url}" in message
+    assert message.endswith("; run the same command again to resume") and "\n" not in message
+    assert log.getvalue().count("restart 1 of 1 in 1 s") == 1 and log.getvalue().count("is gone") == 1
+
+
 def test_the_back_off_doubles_up_to_half_a_minute():
     from dtgen.runner.ray.queue import backoff
 
