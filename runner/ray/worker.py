@@ -105,8 +105,8 @@ class ComfyWorker:
     # -- the server ------------------------------------------------------------------------
     def start(self) -> dict:
         """Start its ComfyUI (or reach the existing one) and check it has this pack. Returns
-        ``info()``, or ``{"error": one line, "permanent": bool, "started": bool}`` (permanent: a new
-        try would fail the same way; started: its ComfyUI process had started). Never raises."""
+        ``info()``, or ``{"error": one line, "permanent": bool}`` (permanent: a new try would fail
+        the same way, e.g. no ComfyUI there, or one that exits by itself). Never raises."""
         try:
             if self.spec.url:   # a server someone runs: it answers now, or soon after a restart of its own
                 self.api = ComfyAPI(self.spec.url)
@@ -115,18 +115,18 @@ class ComfyWorker:
                 self._start_server()
             if not self.api.has_node(SAMPLER):
                 return {"error": f"ComfyUI at {self.api.url} has no DTGen nodes: install this pack in its "
-                                 "custom_nodes folder and restart it", "permanent": True, "started": True}
+                                 "custom_nodes folder and restart it", "permanent": True}
         except ServerExited as e:   # killed by a signal: may well start next time; an exit of its own: not
             return {"error": f"its ComfyUI exited during start-up: {_with_log(e.reason, e.log)}",
-                    "permanent": e.code >= 0, "started": True}
+                    "permanent": e.code >= 0}
         except LocalServerError as e:
-            return {"error": str(e), "permanent": self.server is None, "started": self.server is not None}
+            return {"error": str(e), "permanent": self.server is None}   # no ComfyUI there: permanent
         except ComfyError as e:
             if self.server is not None:   # its own ComfyUI: why it stopped, not a hint for a server the user runs
-                return {"error": self._own_server_gone(" during start-up"), "permanent": False, "started": True}
-            return {"error": str(e), "permanent": False, "started": False}
+                return {"error": self._own_server_gone(" during start-up"), "permanent": False}
+            return {"error": str(e), "permanent": False}
         except Exception as e:   # noqa: BLE001 - anything else: one line for the driver, not a dead actor
-            return {"error": f"{type(e).__name__}: {e}"[:400], "permanent": True, "started": self.server is not None}
+            return {"error": f"{type(e).__name__}: {e}"[:400], "permanent": True}
         return self.info()
 
     def _start_server(self) -> None:

@@ -191,7 +191,7 @@ def test_a_replacement_comfyui_killed_while_starting_is_restarted_again(comfyui_
                                                                        workers, when):
     """The CLI, ``--ray-workers N``: once items are stored, kill -9 worker 0's ComfyUI; kill its
     replacement at once (0.5 s after it appears, or at its first HTTP answer). The worker is
-    started again (restart 2), the quotas are met, each event is one line on stderr naming its
+    started again (restart 2; it was gone for good before), the quotas are met, each event is one line on stderr naming its
     cause, stdout holds only the summary, no workspace and no process is left."""
     scratch, central = tmp_path / "scratch", tmp_path / "central"
     args = [small_workflow(tmp_path / "wf.json"), "--quota", QUOTA, "--dataset", "rq_twice", "--ray",
@@ -227,7 +227,8 @@ def test_a_replacement_comfyui_killed_while_starting_is_restarted_again(comfyui_
     assert "; restart 1 of 4 in 1 s" in stderr and "; restart 2 of 4 in 2 s" in stderr, stderr
     if when == "0.5 s":
         assert "Ray worker 0: its ComfyUI exited during start-up: killed by SIGKILL; restart 2 of 4 in 2 s" in stderr
-    assert "Ray worker 0 is up again (restart 2, http://127.0.0.1:" in stderr, stderr
+    if workers == 1:   # with 2, worker 1 may finish the run while worker 0 is still starting again
+        assert "Ray worker 0 is up again (restart 2, http://127.0.0.1:" in stderr, stderr
     assert "Ray restarts used: worker 0: restart 1 after its ComfyUI exited: killed by SIGKILL" in stderr
     assert "restart 3 of" not in stderr and "is gone" not in stderr and "used up" not in stderr
     assert "comfy launch" not in stderr and "Traceback" not in stderr, stderr
