@@ -447,10 +447,11 @@ def run_ray(wf: Workflow, sampler, settings: RunSettings, rs: RaySettings, progr
     with RayLog() if progress is None else nullcontext() as log:
         if progress is None:
             progress = Progress(log.stream)
-            progress.message(f"Ray's own messages go to {log.path}")
         pool = None
         try:
             with cluster:
+                if log is not None:   # once Ray runs (a refusal before leaves no log to name)
+                    progress.message(f"Ray's own messages go to {log.path}")
                 shared = str(Path(settings.output_dir).resolve()) if rs.shared_output else None
                 pool = WorkerPool(cluster.ray, rs, settings.pending, gpus=0 if rs.cpu else cluster.gpus,
                                   driver_node=cluster.node_id(), shared_output=shared, lost_cluster=cluster.lost)
