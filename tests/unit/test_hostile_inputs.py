@@ -346,6 +346,21 @@ def _finalize_bomb(tmp):
 
 CASES["files/finalize_decompression_bomb"] = Case(_finalize_bomb, "image is too large to decode safely")
 
+
+def _background_bomb(tmp):
+    """A bomb PNG in a background set: the message names the file, not only Pillow's words."""
+    from dtgen.nodes.synthesis.backgrounds import load_backgrounds
+
+    _photo(tmp / "bg" / "a.png")
+    (tmp / "bg" / "b.png").write_bytes(_bomb_png(40_000, 40_000))
+    with pytest.raises(Exception) as info:
+        load_backgrounds(tmp / "bg")
+    assert str(tmp / "bg" / "b.png") in str(info.value), info.value
+    return str(info.value)
+
+
+CASES["files/background_decompression_bomb"] = Case(_background_bomb, "image is too large to decode safely")
+
 FIFO = "FIFO (named pipe), not a regular file"
 CASES["files/fewshot_caption_fifo"] = _expect_raise(_fewshot_caption_fifo, Exception, FIFO)
 CASES["files/fewshot_image_fifo"] = _expect_raise(_fewshot_image_fifo, Exception, FIFO)
