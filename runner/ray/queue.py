@@ -196,7 +196,7 @@ class WorkerPool:
                 self.lost(slot, gen, f"its Ray process died while starting ({_ray_why(e)})")
                 continue
             if "error" in info:
-                # an error of its own at the first start (a wrong path, a missing pack): no restart
+                # no ComfyUI there, no DTGen nodes (at its first start): no restart would help
                 self.lost(slot, gen, info["error"], permanent=info["permanent"] and not self.was_up[slot])
                 continue
             self.infos[slot], self.up[slot], self.was_up[slot] = info, True, True

@@ -106,7 +106,7 @@ class ComfyWorker:
     def start(self) -> dict:
         """Start its ComfyUI (or reach the existing one) and check it has this pack. Returns
         ``info()``, or ``{"error": one line, "permanent": bool}`` (permanent: a new try would fail
-        the same way, e.g. no ComfyUI there, or one that exits by itself). Never raises."""
+        the same way: no ComfyUI there, no DTGen nodes in it). Never raises."""
         try:
             if self.spec.url:   # a server someone runs: it answers now, or soon after a restart of its own
                 self.api = ComfyAPI(self.spec.url)
@@ -116,9 +116,8 @@ class ComfyWorker:
             if not self.api.has_node(SAMPLER):
                 return {"error": f"ComfyUI at {self.api.url} has no DTGen nodes: install this pack in its "
                                  "custom_nodes folder and restart it", "permanent": True}
-        except ServerExited as e:   # killed by a signal: may well start next time; an exit of its own: not
-            return {"error": f"its ComfyUI exited during start-up: {_with_log(e.reason, e.log)}",
-                    "permanent": e.code >= 0}
+        except ServerExited as e:   # killed, or out of (GPU) memory while the last one let go: try again
+            return {"error": f"its ComfyUI exited during start-up: {_with_log(e.reason, e.log)}", "permanent": False}
         except LocalServerError as e:
             return {"error": str(e), "permanent": self.server is None}   # no ComfyUI there: permanent
         except ComfyError as e:

@@ -399,6 +399,33 @@ def test_the_run_stops_only_when_no_worker_can_be_brought_back_and_names_the_res
     assert log.getvalue().count("restart 1 of 1 in 1 s") == 1 and log.getvalue().count("is gone") == 1
 
 
+def test_a_comfyui_failing_at_start_up_is_restarted(cluster, tmp_path):
+    """A ComfyUI that exits with an error while starting is started again (it may be a GPU the last
+    one still held): each start one line with the exception line of its log (not "Setting ..."),
+    then the run's last line names the restart used; the pool's workspace folder is removed."""
+    from dtgen.runner.ray.queue import RaySettings, WorkerPool
+    from dtgen.runner.run import RunError
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "comfy").mkdir(parents=True)
+    (comfy / "main.py").write_text("print('Setting user directory to: x')\nraise RuntimeError('CUDA out of memory')\n")
+    rs = RaySettings(workers=1, comfyui=str(comfy), python=sys.executable, scratch_root=str(tmp_path / "s"),
+                     max_restarts=1, cpu=True)
+    pool = WorkerPool(cluster.ray, rs, pending=1)
+    try:
+        with pytest.raises(RunError) as e:
+            pool.ready(120)
+    finally:
+        pool.close()
+    text, events = str(e.value), pool.events
+    why = "its ComfyUI exited during start-up: RuntimeError: CUDA out of memory (log: "
+    assert events[0].startswith(f"Ray worker 0: {why}") and events[0].endswith("; restart 1 of 1 in 1 s"), events
+    assert text.startswith(f"no Ray worker is left. Ray worker 0 is gone: {why}") and "\n" not in text, text
+    assert "it has used its 1 restart(s)" in text and text.endswith(
+        "Restarts used: worker 0: restart 1 after its ComfyUI exited during start-up: RuntimeError: CUDA out of memory")
+    assert list((tmp_path / "s").iterdir()) == []
+
+
 def test_the_back_off_doubles_up_to_half_a_minute():
     from dtgen.runner.ray.queue import backoff
 
