@@ -1,4 +1,5 @@
-"""ComfyUI's HTTP API, stdlib only: queue a graph, read the queue and the history, explain refusals.
+"""ComfyUI's HTTP API, stdlib only (and the pack's ``errors.clip``): queue a graph, read the queue and
+the history, explain refusals.
 
 Every failure is an exception whose message is one line a user can act on.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+
+from ..nodes.common.errors import clip
 
 # Loader inputs that name a model file -> the models/ folder ComfyUI looks in.
 MODEL_INPUTS = {
@@ -29,7 +32,12 @@ class GraphRejected(ComfyError):
 
     def __init__(self, url: str, answer: dict):
         self.answer = answer
-        super().__init__(f"{url} rejected the workflow: " + describe_rejection(answer))
+        why = clip(describe_rejection(answer), 1000)   # a value echoed back can be megabytes
+        if answer.get("prompt_id"):   # ComfyUI queued the outputs it accepted: they run
+            super().__init__(f"{url} queued the workflow as prompt {answer['prompt_id']} but left out the outputs "
+                             f"of the nodes it refused (the rest runs): {why}")
+        else:
+            super().__init__(f"{url} rejected the workflow: {why}")
 
 
 def describe_rejection(answer: dict) -> str:

@@ -35,6 +35,18 @@ class LocalServerError(RuntimeError):
     """Finding or starting ComfyUI failed; the message is one line saying what to do."""
 
 
+class ServerExited(LocalServerError):
+    """ComfyUI exited during start-up: ``code`` its exit status (negative: the signal that killed
+    it), ``reason`` the log line that says why (``exit_reason``), ``log`` its log file."""
+
+    def __init__(self, code: int, reason: str, log: Path):
+        super().__init__(f"ComfyUI exited during start-up: {reason}; see {log}")
+        self.code, self.reason, self.log = code, reason, log
+
+    def __reduce__(self):
+        return type(self), (self.code, self.reason, self.log)
+
+
 def comfyui_candidates(explicit=None) -> list[Path]:
     paths = [Path(explicit).expanduser()] if explicit else []
     if os.environ.get("COMFYUI_PATH"):
@@ -165,7 +177,7 @@ class LocalServer:
         api, deadline = ComfyAPI(self.url, timeout=2), time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise LocalServerError(f"ComfyUI exited during start-up ({self.last_error()}); see {self.log_path}")
+                raise ServerExited(self.proc.returncode, self.exit_reason(), self.log_path)
             try:
                 api.system_stats()
                 return
@@ -173,13 +185,15 @@ class LocalServer:
                 time.sleep(0.3)
         raise LocalServerError(f"ComfyUI did not answer within {timeout:.0f} s; see {self.log_path}")
 
-    def last_error(self) -> str:
+    def exit_reason(self) -> str:
+        """Why the server exited: the signal that killed it, else the line of its log that says why."""
         try:
-            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
+                text = f.read().decode(errors="replace")
         except OSError:
-            return "no log"
-        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-        return (errors or lines or ["no output"])[-1].strip()[:200]
+            text = ""
+        return exit_reason(text, self.proc.returncode if self.proc is not None else None)
 
     def rss_mb(self) -> float | None:
         """Resident memory of the server process (Linux /proc), in MB."""
@@ -194,6 +208,46 @@ class LocalServer:
 
     def stop(self) -> None:
         stop_process_group(self.proc)
+
+
+LOG_TAIL = 256 * 1024      # the end of a server log read for the reason it exited
+HANDLED = ("Cannot import", "IMPORT FAILED")   # ComfyUI's lines after a traceback it caught (a node that
+                                               # did not load), e.g. "No module named 'torchaudio'"
+
+
+def exit_reason(log: str, code: int | None) -> str:
+    """One line saying why a ComfyUI exited, from its exit status and the end of its log: the
+    signal that killed it; else the exception line of the last traceback ComfyUI did not catch
+    (one followed by "Cannot import ..." was caught: a node that did not load); else the last line
+    naming an error; else the last line and the exit status."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    lines = [ln.rstrip() for ln in log.splitlines() if ln.strip()]
+    found, caught = None, set()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("Traceback (most recent call last)"):
+            j = i + 1
+            while j < len(lines) and lines[j][:1].isspace():
+                j += 1
+            if j < len(lines):
+                if j + 1 < len(lines) and lines[j + 1].lstrip().startswith(HANDLED):
+                    caught.update(range(i, j + 2))
+                else:
+                    found = lines[j]
+                i = j
+        i += 1
+    if found is None:
+        named = [ln for n, ln in enumerate(lines) if n not in caught and not ln[:1].isspace()
+                 and ("Error" in ln or "error" in ln or "Exception" in ln)]
+        found = named[-1] if named else None
+    status = f"exit status {code}" if code is not None else "no exit status"
+    if found is None:
+        return f"{status}, last log line: {lines[-1].strip()[:300]}" if lines else f"{status}, nothing in its log"
+    return found.strip()[:300]
 
 
 def stop_process_group(proc: subprocess.Popen | None, timeout: float = 15) -> None:

@@ -13,6 +13,9 @@ import json
 import math
 from pathlib import Path
 
+from ..nodes.common.files import read_regular
+
+MAX_WORKFLOW_BYTES = 16 * 1024 ** 2   # an API workflow is kilobytes; a bigger file is not one
 SAMPLER, WRITER, FILTER, CLIP_LOADER = "DTGenPromptSampler", "DTGenDatasetWriter", "DTGenClipFilter", "DTGenClipLoader"
 COPY_PASTE = "DTGenCopyPaste"
 SAMPLER_KEYS = ("pack", "mode", "seed", "classes", "inline_yaml")
@@ -79,11 +82,14 @@ class Workflow:
     def load(cls, path) -> Workflow:
         path = Path(path)
         try:
-            graph = json.loads(path.read_text(encoding="utf-8"))
+            text = read_regular(path, MAX_WORKFLOW_BYTES, follow_symlinks=True).decode("utf-8")
+            graph = json.loads(text)
         except FileNotFoundError:
             raise WorkflowError(f"{path}: workflow file not found") from None
+        except RecursionError:
+            raise WorkflowError(f"{path}: not a workflow: its JSON is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as e:
-            raise WorkflowError(f"{path}: not valid JSON ({e})") from None
+            raise WorkflowError(f"{path}: not valid JSON ({str(e)[:200]})") from None
         except OSError as e:
             raise WorkflowError(f"{path}: cannot read the workflow file ({e.strerror or e})") from None
         return cls(graph, str(path))

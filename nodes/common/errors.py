@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SHOWN_CHARS = 120   # of a user's value repeated in a message (a 100 KB key is not echoed whole)
+MAX_SHOWN = 300   # characters of a user's value echoed in an error (a 100 KB key is not repeated back)
 
 
-def shown(value, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)``, cut to ``limit`` characters with the full length said when longer."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+def clip(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def shown(value, limit: int = 120) -> str:
+    """A user's value as a message quotes it: ``repr(value)``, clipped."""
+    return clip(repr(value), limit)
 
 
 class PathProblem(Exception):

@@ -22,6 +22,13 @@ def normalise_label(label: str) -> str:
     return re.sub(r"\s+", "_", unicodedata.normalize("NFKC", label).strip())
 
 
+def _char(ch: str) -> str:
+    """A character and its code point (and name): a look-alike letter shows what it is,
+    e.g. 'а' (U+0430 CYRILLIC SMALL LETTER A)."""
+    name = unicodedata.name(ch, "")
+    return f"{ch!r} (U+{ord(ch):04X}{' ' + name if name else ''})"
+
+
 def folder_name_problem(name: str, what: str, letter_first: bool = False) -> str | None:
     """Why ``name`` cannot be one folder's name on Linux, macOS and Windows alike, or None: the rule
     labels and each part of a dataset name share (``what`` starts the message: "label", "name part");
@@ -30,7 +37,8 @@ def folder_name_problem(name: str, what: str, letter_first: bool = False) -> str
         return f"{what} {name!r} is longer than {MAX_LABEL_LENGTH} characters"
     if not _LABEL_CHARS.match(name):
         bad = sorted({ch for ch in name if not re.match(r"[A-Za-z0-9_.-]", ch)})
-        return (f"{what} {name!r} contains {', '.join(repr(ch) for ch in bad)}; {what}s are folder names and "
+        shown = ", ".join(_char(ch) for ch in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        return (f"{what} {name[:MAX_LABEL_LENGTH]!r} contains {shown}; {what}s are folder names and "
                 "may use only ASCII letters, digits, '_', '-' and '.'")
     if letter_first and not name[0].isalnum():
         return f"{what} {name!r} must start with a letter or digit"

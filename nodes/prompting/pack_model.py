@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping, Optional
 
-from ..common.errors import SHOWN_CHARS, shown
+from ..common.errors import clip, shown
 from ..common.naming import public_error
 
 FORMAT_VERSION = 1
 PACK_SUFFIXES = (".yaml", ".yml")
 SLOT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-MAX_ERROR_CHARS = 800   # of a refusal's text
 
 
 @public_error
@@ -27,22 +26,18 @@ class PromptPackError(ValueError):
 
     def __init__(self, message: str, *, file: Optional[str] = None, path: Optional[str] = None,
                  line: Optional[int] = None):
+        # a value echoed back (an unknown key, a label) is capped: a 100 KB key is not repeated
+        message, path = clip(message, 400), clip(path, 150) if path else path
         self.message, self.file, self.path, self.line = message, file, path, line
         where = ":".join(str(p) for p in (file, line) if p is not None)
         prefix = ": ".join(p for p in (where, path) if p)
-        text = f"{prefix}: {message}" if prefix else message
-        if len(text) > MAX_ERROR_CHARS:   # a user's 100 KB key or value is named, not repeated
-            text = f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
-        super().__init__(text)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
 def format_path(path: tuple) -> str:
-    """``("classes", 3, "templates", 0)`` -> ``classes[3].templates[0]``: a YAML path in errors
-    (a long key cut, ``common.errors.shown``)."""
+    """``("classes", 3, "templates", 0)`` -> ``classes[3].templates[0]``: a YAML path in errors."""
     out = ""
     for part in path:
-        if not isinstance(part, int) and len(str(part)) > SHOWN_CHARS:
-            part = shown(str(part))
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

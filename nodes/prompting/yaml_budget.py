@@ -32,6 +32,9 @@ def read_yaml(text: str, source: str) -> tuple:
             node = loader.get_single_node()
             if node is not None:
                 _check_expanded_size(node, source)
+                # as written: constructing merges "<<: *base" into the mapping, where a key that
+                # overrides a merged one (as YAML allows) would look written twice
+                _check_duplicate_keys(node, source)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -41,8 +44,6 @@ def read_yaml(text: str, source: str) -> tuple:
         context = getattr(exc, "context", None)
         message = f"malformed YAML: {problem}" + (f" ({context})" if context else "")
         raise PromptPackError(message, file=source, line=mark.line + 1 if mark else None) from None
-    if node is not None:
-        _check_duplicate_keys(node, source)
     return node, data
 
 

@@ -8,16 +8,22 @@ block's returned items into the central dataset (nodes/store/ingest.py: one writ
 lock, one manifest; the encoded bytes as they are). No shared file system is needed; with
 ``--ray-shared-output`` the workers' servers write into the central dataset themselves.
 
-Faults are Ray's: a dead worker (its process, its ComfyUI, its node) is restarted by Ray
-(``max_restarts``) and its unfinished blocks run again (``max_task_retries``); item ids are the
-dataset's dedup key. This module keeps only what Ray cannot know: which items the dataset still
-needs. A worker whose restarts are used up leaves the run; its blocks go back to the plan.
+Faults: the driver restarts the workers itself. A worker whose ComfyUI died, at start-up or in a
+block, or whose Ray process or node died, is ended and started again as a new actor, up to
+``--ray-max-restarts`` times each with back-off (1, 2, 4 ... 30 s); its unfinished blocks go back to
+the plan (item ids are the dataset's dedup key). Ray's own actor restarts are off: Ray does not
+restart an actor whose start failed, and the driver could not say why it restarted. A worker out of
+restarts leaves the run; the run stops only when no worker is left, naming the restarts and their
+causes. A local Ray that loses its raylet or GCS stops the run at once (run it again to resume).
 """
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -44,8 +50,8 @@ class RaySettings:
     scratch_root: str | None = None
     shared_output: bool = False
     cpu: bool | None = None
-    max_restarts: int = 4
-    max_task_retries: int = 4
+    max_restarts: int = 4                # per worker, counted by the driver
+    max_task_retries: int = 4            # kept for callers; a lost block is planned again by the driver
     num_cpus: int | None = None          # a local Ray's logical CPUs (default: max(workers, this machine's))
     start_timeout: float = 300.0
     unreachable_after: float = 30.0      # an existing server (--server) silent this long: its worker exits
@@ -62,21 +68,33 @@ def check_workflow(wf: Workflow, settings: RunSettings) -> None:
                        f"--set {wf.copy_paste_id}.quota_per_class=0) or queue it without --ray")
 
 
+def backoff(restart: int) -> float:
+    """Seconds before restart number ``restart`` (1, 2, 4 ... at most 30)."""
+    return float(min(30, 2 ** (restart - 1)))
+
+
 class WorkerPool:
-    """The run's Ray actors, each a ``ComfyWorker``."""
+    """The run's workers, each a ``ComfyWorker`` actor, restarted here when they die."""
 
     def __init__(self, ray, rs: RaySettings, pending: int = 2, gpus: int = 0, driver_node: str | None = None,
-                 shared_output: str | None = None):
-        self.ray = ray
+                 shared_output: str | None = None, lost_cluster=None):
+        """``lost_cluster()``: "raylet"/"GCS" once a local Ray lost one (``Cluster.lost``), else None."""
+        self.ray, self.rs = ray, rs
+        self.lost_cluster = lost_cluster or (lambda: None)
         self.pool_id = uuid.uuid4().hex[:8]
-        remote = ray.remote(ComfyWorker)
+        self.remote = ray.remote(ComfyWorker)
         # one thread per block kept in flight, one more for info() and close() meanwhile
-        base = dict(max_restarts=rs.max_restarts, max_task_retries=rs.max_task_retries, max_concurrency=pending + 1)
+        base = dict(max_restarts=0, max_task_retries=0, max_concurrency=pending + 1)
         spec = WorkerSpec(comfyui=rs.comfyui, python=rs.python, model_dirs=dict(rs.model_dirs),
                           scratch_root=rs.scratch_root, cpu=rs.cpu, start_timeout=rs.start_timeout, pool=self.pool_id,
                           shared_output=shared_output, unreachable_after=rs.unreachable_after)
         self.gpu = bool(gpus) and not rs.servers and rs.cpu is not True
-        self.actors, self.labels = [], []
+        self.workspaces: Path | None = None   # <scratch root>/dtgen-ray-<id> on this host: removed at the end
+        if not rs.servers:
+            from .cluster import claim_workspaces
+
+            self.workspaces = claim_workspaces(Path(rs.scratch_root or tempfile.gettempdir()), self.pool_id)
+        self.opts, self.specs, self.labels = [], [], []
         if rs.servers:
             for slot, url in enumerate(rs.servers):
                 opts = dict(base, num_cpus=0)
@@ -87,34 +105,104 @@ class WorkerPool:
                     )
 
                     opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node, soft=False)
-                self.actors.append(remote.options(**opts).remote(asdict(spec) | {"url": url}, slot))
+                self.opts.append(opts)
+                self.specs.append(asdict(spec) | {"url": url})
                 self.labels.append(f"worker {slot} ({url})")
         else:
             n = rs.workers or max(1, gpus)
-            opts = dict(base, num_gpus=1) if self.gpu else dict(base, num_cpus=1)
             for slot in range(n):
-                self.actors.append(remote.options(**opts).remote(asdict(spec), slot))
+                self.opts.append(dict(base, num_gpus=1) if self.gpu else dict(base, num_cpus=1))
+                self.specs.append(asdict(spec))
                 self.labels.append(f"worker {slot}")
-        self.alive = [True] * len(self.actors)     # False: out of restarts (or never started)
-        self.up = [False] * len(self.actors)       # its ComfyUI answered once: blocks may go to it
-        self.infos: list[dict | None] = [None] * len(self.actors)
-        self._starting = {a.info.remote(): slot for slot, a in enumerate(self.actors)}
-        self.errors: list[str] = []
+        n = len(self.specs)
+        self.actors: list = [None] * n
+        self.gen = [0] * n                          # +1 each time the slot's actor is ended
+        self.restarts = [0] * n                     # restarts used
+        self.due: list[float | None] = [None] * n   # when the slot's next actor starts (back-off)
+        self.alive = [True] * n                     # False: out of restarts (or cannot start at all)
+        self.up = [False] * n                       # its ComfyUI answers: blocks may go to it
+        self.was_up = [False] * n
+        self.infos: list[dict | None] = [None] * n
+        self.used: list[str] = []                   # "worker 0: restart 1 after ..." for the last word
+        self.events: list[str] = []                 # one line per event (down, restarting, up), for the run
+        self._starting: dict = {}                   # ObjectRef of start() -> (slot, generation)
+        for slot in range(n):
+            self._create(slot)
+
+    def _create(self, slot: int) -> None:
+        actor = self.remote.options(**self.opts[slot]).remote(self.specs[slot], slot)
+        self.actors[slot] = actor
+        self._starting[actor.start.remote()] = (slot, self.gen[slot])
+
+    def lost(self, slot: int, gen: int, why: str, permanent: bool = False) -> bool:
+        """Generation ``gen`` of worker ``slot`` is gone (``why``: one line). It is ended and, while
+        it has restarts left and ``permanent`` is False, started again after the back-off. Returns
+        False for news already taken (another block of the same actor)."""
+        if gen != self.gen[slot] or not self.alive[slot]:
+            return False
+        self.gen[slot] += 1
+        self.up[slot] = False
+        self._end(self.actors[slot])
+        self.actors[slot] = None
+        label, most = self.labels[slot], self.rs.max_restarts
+        if not permanent and self.restarts[slot] < most:
+            self.restarts[slot] += 1
+            n, delay = self.restarts[slot], backoff(self.restarts[slot])
+            self.due[slot] = time.monotonic() + delay
+            self.used.append(f"{label}: restart {n} after {why.split(' (log: ')[0]}")
+            self.events.append(f"Ray {label}: {why}; restart {n} of {most} in {delay:.0f} s")
+            return True
+        self.alive[slot] = False
+        reason = ("a new start would fail the same way" if permanent
+                  else f"it has used its {most} restart(s) (--ray-max-restarts)")
+        rest = "; its items are planned again on the other workers" if any(self.alive) else ""
+        self.events.append(f"Ray {label} is gone: {why}; {reason}{rest}")
+        return True
+
+    def _end(self, actor, timeout: float = 10.0) -> None:
+        """Stop its ComfyUI and remove its workspace (if its process still runs), then end it."""
+        if actor is None:
+            return
+        try:
+            self.ray.wait([actor.close.remote()], timeout=timeout)
+        except Exception:   # noqa: BLE001 - a process already gone has nothing to close
+            pass
+        try:
+            self.ray.kill(actor, no_restart=True)
+        except Exception:   # noqa: BLE001
+            pass
 
     def poll(self, timeout: float = 0) -> list[int]:
-        """Take in workers whose ComfyUI came up (or that failed to start); returns the new ones."""
+        """Start the workers whose back-off is over, take in those whose ComfyUI came up (or failed
+        to start); returns the slots that came up."""
+        now = time.monotonic()
+        for slot, due in enumerate(self.due):
+            if due is not None and now >= due and self.alive[slot]:
+                self.due[slot] = None
+                self._create(slot)
         if not self._starting:
+            waits = [d - now for d in self.due if d is not None]
+            time.sleep(max(0.0, min([timeout, *waits])))
             return []
         ready, _ = self.ray.wait(list(self._starting), num_returns=len(self._starting), timeout=timeout)
         new = []
         for ref in ready:
-            slot = self._starting.pop(ref)
+            slot, gen = self._starting.pop(ref)
+            if gen != self.gen[slot]:
+                continue
             try:
-                self.infos[slot], self.up[slot] = self.ray.get(ref), True
-                new.append(slot)
-            except self.ray.exceptions.RayError as e:   # creation failed, restarts used up
-                self.alive[slot] = False
-                self.errors.append(f"Ray {self.labels[slot]} could not start its ComfyUI: {_one_line(e)}")
+                info = self.ray.get(ref)
+            except self.ray.exceptions.RayError as e:   # its process (or node) died while starting
+                self.lost(slot, gen, f"its Ray process died while starting ({_ray_why(e)})")
+                continue
+            if "error" in info:
+                # no ComfyUI there, no DTGen nodes (at its first start): no restart would help
+                self.lost(slot, gen, info["error"], permanent=info["permanent"] and not self.was_up[slot])
+                continue
+            self.infos[slot], self.up[slot], self.was_up[slot] = info, True, True
+            again = f"up again (restart {self.restarts[slot]}, " if self.restarts[slot] else "up ("
+            self.events.append(f"Ray {self.labels[slot]} is {again}{info['url']})")
+            new.append(slot)
         return new
 
     def ready(self, timeout: float, every: bool = True) -> list[dict]:
@@ -122,9 +210,10 @@ class WorkerPool:
         join the run when they are placed and up). A worker that cannot start: one line."""
         deadline = time.monotonic() + timeout
         while True:
+            self.check_cluster()
             self.poll(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             if not any(self.alive):
-                raise RunError(self.errors[-1] if self.errors else "no Ray worker could start")
+                raise RunError(self.gone())
             if all(self.up[s] or not self.alive[s] for s in range(len(self.actors))) if every else any(self.up):
                 return [i for i in self.infos if i is not None]
             if time.monotonic() >= deadline:
@@ -132,24 +221,51 @@ class WorkerPool:
                 raise RunError(f"{waiting} Ray worker(s) did not start within {timeout:.0f} s (not enough free "
                                f"{'GPUs' if self.gpu else 'CPUs'} in the cluster, or ComfyUI slow to start)")
 
+    def check_cluster(self) -> None:
+        what = self.lost_cluster()
+        if what:
+            raise RunError(f"Ray lost its {what} (the Ray process that {'runs this node' if what == 'raylet' else 'keeps the cluster state'}"
+                           "): run the same command again to resume")
+
+    def gone(self) -> str:
+        """The run's last word when no worker is left: the last event and the restarts used."""
+        downs = [e for e in self.events if " is up" not in e]
+        last = downs[-1] if downs else "no Ray worker could start"
+        return f"no Ray worker is left. {last}" + (f". Restarts used: {'; '.join(self.used)}" if self.used else "")
+
     def close(self, timeout: float = 30.0) -> None:
-        """Stop every worker's ComfyUI and remove its scratch folders, then end the actors."""
-        try:
-            refs = [a.close.remote() for a, ok in zip(self.actors, self.alive) if ok]
-            self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        except Exception:   # noqa: BLE001 - a worker already gone has nothing to close
-            pass
-        for actor in self.actors:
+        """Stop every worker's ComfyUI and remove its workspace, end the actors, then remove what a
+        dead worker left in this run's workspace folder (on this host)."""
+        if not self.lost_cluster():
             try:
-                self.ray.kill(actor, no_restart=True)
-            except Exception:   # noqa: BLE001
+                refs = [a.close.remote() for a in self.actors if a is not None]
+                self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            except Exception:   # noqa: BLE001 - a worker already gone has nothing to close
                 pass
+            for actor in self.actors:
+                try:
+                    if actor is not None:
+                        self.ray.kill(actor, no_restart=True)
+                except Exception:   # noqa: BLE001
+                    pass
+        if self.workspaces is not None:
+            shutil.rmtree(self.workspaces, ignore_errors=True)
 
 
 def _one_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     useful = [ln for ln in lines if "Error" in ln and not ln.startswith(("File ", "Traceback"))]
     return (useful or lines or [type(e).__name__])[-1][:400]
+
+
+def _ray_why(e: BaseException) -> str:
+    """The line of a Ray actor error that says why its process died."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for key in ("exit detail", "dead because", "node", "Error"):
+        found = [ln for ln in lines if key in ln]
+        if found:
+            return found[-1][:300]
+    return (lines or [type(e).__name__])[-1][:300]
 
 
 class RayExecutor:
@@ -163,8 +279,8 @@ class RayExecutor:
         self.servers = list(pool.labels)
         self.ingest = None if shared else DatasetIngest(dataset_dir, quotas=quotas)
         self.token = uuid.uuid4().hex[:8]
-        self.blocks: dict = {}             # ObjectRef -> (job, worker slot)
-        self._errors_seen = len(pool.errors)
+        self.blocks: dict = {}             # ObjectRef -> (job, worker slot, the slot's generation)
+        self._events_seen = len(pool.events)
         self.run: RunLoop | None = None
 
     def start(self, run: RunLoop) -> None:
@@ -175,7 +291,7 @@ class RayExecutor:
     def slots(self):
         """The workers that are up, least loaded first, each up to ``pending`` blocks."""
         load = [0] * len(self.pool.actors)
-        for _, slot in self.blocks.values():
+        for _, slot, _ in self.blocks.values():
             load[slot] += 1
         for slot in sorted(range(len(load)), key=lambda s: load[s]):
             while self.pool.alive[slot] and self.pool.up[slot] and load[slot] < self.pending:
@@ -188,41 +304,49 @@ class RayExecutor:
                  "dataset": run.dataset, "stream": run.stream}
         ref = self.pool.actors[slot].run_block.remote(block)
         job.server = self.pool.labels[slot]
-        self.blocks[ref] = (job, slot)
+        self.blocks[ref] = (job, slot, self.pool.gen[slot])
         return True
+
+    def _messages(self) -> None:
+        for event in self.pool.events[self._events_seen:]:
+            self.run.progress.message(event)
+        self._events_seen = len(self.pool.events)
 
     def poll(self) -> list[Outcome]:
         """Workers that came up (or failed to start), then the blocks that ended, stored in one batch."""
         progress = self.run.progress
-        for slot in self.pool.poll():
-            progress.message(f"Ray {self.pool.labels[slot]} is up ({self.pool.infos[slot]['url']})")
-        for error in self.pool.errors[self._errors_seen:]:
-            progress.message(error)
-        self._errors_seen = len(self.pool.errors)
+        self.pool.check_cluster()
+        self.pool.poll()
+        self._messages()
         if not self.blocks:
             return []
         ready, _ = self.ray.wait(list(self.blocks), num_returns=len(self.blocks), timeout=0)
         out, good = [], []
         errors = self.ray.exceptions
         for ref in ready:
-            job, slot = self.blocks.pop(ref)
+            job, slot, gen = self.blocks.pop(ref)
             where, label = f"Ray {self.pool.labels[slot]}", self.pool.labels[slot]
+            lost = Outcome(job, where, label, lost=True)
+            if gen != self.pool.gen[slot]:             # a block of a worker already ended: planned again
+                out.append(lost)
+                continue
             try:
                 result = self.ray.get(ref)
-            except errors.ActorUnavailableError:       # restarting: Ray did not retry this one
-                out.append(Outcome(job, where, label, lost=True))
-                continue
-            except errors.RayActorError as e:          # out of restarts (or its node is gone for good)
-                self.pool.alive[slot] = False
-                progress.message(f"Ray {label} is gone ({_one_line(e)}); its items are planned again on the other "
-                                 "workers")
-                out.append(Outcome(job, where, label, lost=True))
+            except errors.RayActorError as e:          # its process or node died (or the driver ended it)
+                self.pool.check_cluster()
+                self.pool.lost(slot, gen, f"its Ray process died ({_ray_why(e)})")
+                out.append(lost)
                 continue
             except errors.RayTaskError as e:           # an exception in the worker's code: say it, stop
                 raise RunError(f"Ray {label}: {_one_line(e)}") from None
             except errors.RayError as e:               # the result is lost (object store, owner): plan again
+                self.pool.check_cluster()
                 progress.message(f"a block of Ray {label} was lost ({_one_line(e)}); its items are planned again")
-                out.append(Outcome(job, where, label, lost=True))
+                out.append(lost)
+                continue
+            if result.get("gone"):                     # its ComfyUI died: a new worker takes over
+                self.pool.lost(slot, gen, result["gone"])
+                out.append(lost)
                 continue
             if result.get("rejected"):
                 raise RunError(result["rejected"])
@@ -232,6 +356,7 @@ class RayExecutor:
             outcome = Outcome(job, where, label)
             out.append(outcome)
             good.append((outcome, result))
+        self._messages()
         if good:
             self._store(good)
         return out
@@ -262,20 +387,20 @@ class RayExecutor:
             time.sleep(seconds)
 
     def in_flight(self) -> list[Job]:
-        return [job for job, _ in self.blocks.values()]
+        return [job for job, _, _ in self.blocks.values()]
 
     def stalled(self) -> bool:
+        self.pool.check_cluster()
         if not any(self.pool.alive):
-            raise RunError("every Ray worker has died and used up its restarts (--ray-max-restarts); see the "
-                           "messages above, then run the same command again to resume")
-        if not any(self.pool.up):   # none placed yet (not enough GPUs free?): wait for one
+            raise RunError(self.pool.gone() + "; run the same command again to resume")
+        if not any(self.pool.up):   # none up (starting, restarting, not enough GPUs free?): wait for one
             self.pool.poll(timeout=self.run.cfg.poll)
             return False
         return True
 
     def status(self) -> tuple[int, str]:
         alive = sum(self.pool.alive)
-        return (sum(len(job.indices) for job, _ in self.blocks.values()),
+        return (sum(len(job.indices) for job, _, _ in self.blocks.values()),
                 f"{alive} Ray worker" + ("s" if alive != 1 else ""))
 
     def cancel(self) -> int:
@@ -312,21 +437,36 @@ class RayQueueRun(RunLoop):
 
 
 def run_ray(wf: Workflow, sampler, settings: RunSettings, rs: RaySettings, progress: Progress | None = None) -> RunResult:
-    """The whole ``--ray`` command: join or start Ray, start the workers, run, clean up."""
-    from .cluster import Cluster
+    """The whole ``--ray`` command: join or start Ray, start the workers, run, clean up. Without
+    ``progress`` (the command line) Ray's own output goes to a log file (``RayLog``), named once."""
+    from .cluster import Cluster, RayLog
 
     check_workflow(wf, settings)
-    progress = progress or Progress()
     num_cpus = rs.num_cpus or max(rs.workers or 1, len(rs.servers), os.cpu_count() or 1)
-    with Cluster(rs.address, num_cpus=num_cpus) as cluster:
-        shared = str(Path(settings.output_dir).resolve()) if rs.shared_output else None
-        pool = WorkerPool(cluster.ray, rs, settings.pending, gpus=0 if rs.cpu else cluster.gpus,
-                          driver_node=cluster.node_id(), shared_output=shared)
+    cluster = Cluster(rs.address, num_cpus=num_cpus)   # imports ray: its log handlers keep the stderr of now
+    with RayLog() if progress is None else nullcontext() as log:
+        if progress is None:
+            progress = Progress(log.stream)
+        pool = None
         try:
-            what = "existing ComfyUI servers" if rs.servers else "a ComfyUI on 1 GPU each" if pool.gpu else "a ComfyUI on CPU each"
-            progress.message(f"Ray: {len(pool.actors)} worker(s), {what}")
-            pool.ready(rs.start_timeout + 60, every=False)   # the others join the run when they are up
-            return RayQueueRun(wf, sampler, settings, pool, progress, shared_output=rs.shared_output).run()
-        finally:
-            pool.close()
-
+            with cluster:
+                if log is not None:   # once Ray runs (a refusal before leaves no log to name)
+                    progress.message(f"Ray's own messages go to {log.path}")
+                shared = str(Path(settings.output_dir).resolve()) if rs.shared_output else None
+                pool = WorkerPool(cluster.ray, rs, settings.pending, gpus=0 if rs.cpu else cluster.gpus,
+                                  driver_node=cluster.node_id(), shared_output=shared, lost_cluster=cluster.lost)
+                try:
+                    what = ("existing ComfyUI servers" if rs.servers else "a ComfyUI on 1 GPU each" if pool.gpu
+                            else "a ComfyUI on CPU each")
+                    progress.message(f"Ray: {len(pool.actors)} worker(s), {what}")
+                    pool.ready(rs.start_timeout + 60, every=False)   # the others join the run when they are up
+                    run = RayQueueRun(wf, sampler, settings, pool, progress, shared_output=rs.shared_output)
+                    result = run.run()
+                    if pool.used:
+                        progress.message(f"Ray restarts used: {'; '.join(pool.used)}")
+                    return result
+                finally:
+                    pool.close()
+        finally:   # once the local Ray and its servers are stopped (after a lost raylet or GCS, only now)
+            if pool is not None and pool.workspaces is not None:
+                shutil.rmtree(pool.workspaces, ignore_errors=True)

@@ -21,7 +21,7 @@ Table = dict[int, tuple[int, bytes, bytes]]
 
 
 def table() -> Table:
-    """pid -> (ppid, start time, command line) of every process."""
+    """pid -> (ppid, start time, command line) of every process still running (no zombies)."""
     out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -32,6 +32,8 @@ def table() -> Table:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read()
         except OSError:
+            continue
+        if stat[0] in (b"Z", b"X"):   # dead already (a zombie its parent has not reaped)
             continue
         out[int(entry)] = (int(stat[1]), stat[19], cmd)
     return out

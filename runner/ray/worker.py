@@ -12,16 +12,18 @@ dataset keeps its manifest and embeddings: the filter's history on this worker.
 With ``shared_output`` the server writes straight into the central dataset (a folder every node
 sees at the same path) and a block returns no items.
 
-Faults: when its ComfyUI dies (or an existing one stops answering), the worker process exits;
-Ray restarts the actor (``max_restarts``: a new server) and runs its unfinished blocks again
-(``max_task_retries``). The item ids are the dataset's dedup key, so a block run twice is stored once.
+Faults: nothing here raises out of the constructor or exits the process. ``start()`` starts (or
+reaches) the ComfyUI and answers its info or ``{"error": one line, "permanent": ...}``; a block
+whose ComfyUI died (or an existing one stopped answering) answers ``{"gone": one line}``. The
+driver (runner/ray/queue.py) then ends this actor and starts a new one, counting the restarts
+(``--ray-max-restarts``, with back-off), and plans the block's items again. The item ids are the
+dataset's dedup key, so a block run twice is stored once.
 """
 from __future__ import annotations
 
 import copy
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -39,7 +41,7 @@ from ..api import (
     execution_error,
     writer_dataset_path,
 )
-from ..local_server import LocalServer, LocalServerError, find_comfyui, free_port
+from ..local_server import LocalServer, LocalServerError, ServerExited, find_comfyui, free_port
 from ..run import lost_when_unseen
 from ..workflow import SAMPLER, Workflow
 
@@ -75,8 +77,19 @@ def _gpu_ids() -> list:
         return []
 
 
+def _with_log(reason: str, log) -> str:
+    """The reason, and the log to read unless a signal killed it (the log says nothing then)."""
+    return reason if reason.startswith("killed by ") else f"{reason} (log: {log})"
+
+
+class _Gone(Exception):
+    """Its ComfyUI died or stopped answering: the block answers ``{"gone": why}``."""
+
+
 class ComfyWorker:
     def __init__(self, spec: dict | WorkerSpec, slot: int = 0):
+        """Only remembers its settings: an exception here would end the actor for good (Ray does not
+        restart an actor whose constructor raised), so the ComfyUI starts in ``start()``."""
         self.spec = spec if isinstance(spec, WorkerSpec) else WorkerSpec(**spec)
         self.slot = slot
         self.lock = threading.Lock()
@@ -86,17 +99,35 @@ class ComfyWorker:
         self.names: dict[str, tuple[int, set]] = {}   # run -> (generation, indices seen in that scratch)
         self.workspace: Path | None = None
         self.server: LocalServer | None = None
+        self.api: ComfyAPI | None = None
         self.closing = False
-        if self.spec.url:   # a server someone runs: it answers now, or soon after a restart of its own
-            self.api = ComfyAPI(self.spec.url)
-            self._wait_up(self.spec.unreachable_after)
-        else:
-            self._start_server()
-        if not self.api.has_node(SAMPLER):
-            raise WorkerError(f"ComfyUI at {self.api.url} has no DTGen nodes: install this pack in its custom_nodes "
-                              "folder and restart it")
 
     # -- the server ------------------------------------------------------------------------
+    def start(self) -> dict:
+        """Start its ComfyUI (or reach the existing one) and check it has this pack. Returns
+        ``info()``, or ``{"error": one line, "permanent": bool}`` (permanent: a new try would fail
+        the same way: no ComfyUI there, no DTGen nodes in it). Never raises."""
+        try:
+            if self.spec.url:   # a server someone runs: it answers now, or soon after a restart of its own
+                self.api = ComfyAPI(self.spec.url)
+                self._wait_up(self.spec.unreachable_after)
+            else:
+                self._start_server()
+            if not self.api.has_node(SAMPLER):
+                return {"error": f"ComfyUI at {self.api.url} has no DTGen nodes: install this pack in its "
+                                 "custom_nodes folder and restart it", "permanent": True}
+        except ServerExited as e:   # killed, or out of (GPU) memory while the last one let go: try again
+            return {"error": f"its ComfyUI exited during start-up: {_with_log(e.reason, e.log)}", "permanent": False}
+        except LocalServerError as e:
+            return {"error": str(e), "permanent": self.server is None}   # no ComfyUI there: permanent
+        except ComfyError as e:
+            if self.server is not None:   # its own ComfyUI: why it stopped, not a hint for a server the user runs
+                return {"error": self._own_server_gone(" during start-up"), "permanent": False}
+            return {"error": str(e), "permanent": False}
+        except Exception as e:   # noqa: BLE001 - anything else: one line for the driver, not a dead actor
+            return {"error": f"{type(e).__name__}: {e}"[:400], "permanent": True}
+        return self.info()
+
     def _start_server(self) -> None:
         root = Path(self.spec.scratch_root or tempfile.gettempdir()) / f"dtgen-ray-{self.spec.pool}"
         self.workspace = root / f"w{self.slot}"
@@ -104,11 +135,19 @@ class ComfyWorker:
         cpu = self.spec.cpu if self.spec.cpu is not None else not _gpu_ids()
         output = Path(self.spec.shared_output) if self.spec.shared_output else self.workspace / "output"
         models = {k: [Path(p) for p in v] for k, v in (self.spec.model_dirs or {}).items()}
-        self.server = LocalServer(find_comfyui(self.spec.comfyui), self.workspace, free_port(), python=self.spec.python,
+        comfyui = find_comfyui(self.spec.comfyui)
+        self.server = LocalServer(comfyui, self.workspace, free_port(), python=self.spec.python,
                                   model_dirs=models, cpu=cpu, output_dir=output, log_name="server.log",
                                   die_with_parent=True)
         self.server.start(self.spec.start_timeout)
         self.api = ComfyAPI(self.server.url)
+
+    def _started(self) -> None:
+        """Used as a plain object (tests): start on the first block."""
+        if self.api is None:
+            out = self.start()
+            if "error" in out:
+                raise WorkerError(out["error"])
 
     def _wait_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -122,11 +161,18 @@ class ComfyWorker:
                 time.sleep(1.0)
 
     def _server_gone(self, why: str) -> None:
-        """Exit the worker process: Ray restarts the actor (a new server) and retries its blocks."""
-        if self.closing:
-            raise WorkerError(f"Ray worker {self.slot} is closing")
-        print(f"Ray worker {self.slot}: {why}; the worker exits so that Ray restarts it", file=sys.stderr, flush=True)
-        os._exit(1)
+        """The block ends with ``{"gone": why}``: the driver replaces this worker and plans its items again."""
+        raise _Gone(f"Ray worker {self.slot} is closing" if self.closing else why)
+
+    def _own_server_gone(self, when: str = "") -> str:
+        """Why its own ComfyUI no longer answers: the way it exited, or that it stopped answering."""
+        proc = self.server.proc
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=1.0)   # a dying server: wait for its exit status
+            except Exception:   # noqa: BLE001 - still running
+                return f"its ComfyUI stopped answering HTTP{when} (log: {self.server.log_path})"
+        return f"its ComfyUI exited{when}: {_with_log(self.server.exit_reason(), self.server.log_path)}"
 
     def info(self) -> dict:
         try:
@@ -135,7 +181,7 @@ class ComfyWorker:
             node = ray.util.get_node_ip_address() if ray.is_initialized() else None
         except ImportError:
             node = None
-        return {"slot": self.slot, "url": self.api.url, "pid": os.getpid(), "node": node, "gpus": _gpu_ids(),
+        return {"slot": self.slot, "url": self.api.url if self.api is not None else None, "pid": os.getpid(), "node": node, "gpus": _gpu_ids(),
                 "server_pid": self.server.proc.pid if self.server is not None else None,
                 "workspace": str(self.workspace) if self.workspace else None,
                 "log": str(self.server.log_path) if self.server is not None else None}
@@ -145,7 +191,15 @@ class ComfyWorker:
         """``block``: run (a token per driver run), graph (the API graph of these items),
         indices, writer (the writer node id), dataset (the central dataset's name), stream (the
         sampler's). Returns ``items`` (``EncodedItem``s), or ``error`` (the graph failed: the
-        driver retries it) or ``rejected`` (ComfyUI refused the graph: the run stops)."""
+        driver retries it) or ``rejected`` (ComfyUI refused the graph: the run stops) or ``gone``
+        (its ComfyUI died: the driver replaces this worker)."""
+        self._started()
+        try:
+            return self._run_block(block)
+        except _Gone as e:
+            return {"worker": self.slot, "gone": str(e)}
+
+    def _run_block(self, block: dict) -> dict:
         t0 = time.monotonic()
         indices = [int(i) for i in block["indices"]]
         name = block["dataset"] if self.spec.shared_output else self._scratch_name(block["run"], block["dataset"], indices)
@@ -233,8 +287,7 @@ class ComfyWorker:
         t0, polls, polls_unseen, silent_since = time.monotonic(), 0, 0, None
         while True:
             if self.server is not None and self.server.proc.poll() is not None:
-                self._server_gone(f"its ComfyUI server exited (code {self.server.proc.returncode}); see "
-                                  f"{self.server.log_path}")
+                self._server_gone(self._own_server_gone())
             try:
                 entry = self.api.history(pid)
                 if entry is not None:
@@ -261,7 +314,7 @@ class ComfyWorker:
         """An unreachable server: a started one is gone; an existing one gets ``unreachable_after``
         seconds (``wait``: waited for here) before the worker exits."""
         if self.server is not None:
-            self._server_gone(why)
+            self._server_gone(self._own_server_gone())
         deadline = since + self.spec.unreachable_after
         if not wait:
             if time.monotonic() >= deadline:

@@ -154,8 +154,139 @@ def test_a_killed_driver_resumes_when_run_again(comfyui_path, model_dirs, tmp_pa
     assert "worker 0: " in out and "worker 1: " in out and f"{2 * QUOTA}/{2 * QUOTA} accepted" in err
     wait_for(lambda: not tagged("DTGEN_TEST_TAG", tag), 40, "the driver's Ray to end", lambda: left("DTGEN_TEST_TAG", tag))
     assert servers_under(scratch) == [] and pgrep(str(scratch)) == []
-    # the finished run removed its workers' folders; the killed one's stay (nothing ran to remove them)
-    assert len(list(scratch.iterdir())) == 1
+    # the finished run removed its workers' folders, and the killed run's (its driver is gone)
+    assert list(scratch.iterdir()) == []
+
+
+# ---------------------------------------------------------------------- a worker's ComfyUI killed twice
+def comfyui_of(scratch: Path, slot: int, other_than=()) -> tuple[int, str] | None:
+    """(pid, command line) of worker ``slot``'s ComfyUI (``--base-directory`` ending in /w<slot>)."""
+    for pid, cmd in servers_under(scratch):
+        args = cmd.split()
+        if pid not in other_than and args[args.index("--base-directory") + 1].endswith(f"/w{slot}"):
+            return pid, cmd
+    return None
+
+
+def first_answer(cmd: str, timeout: float = 120) -> None:
+    """Until the ComfyUI of this command line answers HTTP (polled every 20 ms)."""
+    import urllib.request
+
+    args = cmd.split()
+    url = f"http://127.0.0.1:{args[args.index('--port') + 1]}/system_stats"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.mark.parametrize("workers, when", [(1, "0.5 s"), (1, "first answer"), (2, "0.5 s")])
+def test_a_replacement_comfyui_killed_while_starting_is_restarted_again(comfyui_path, model_dirs, tmp_path,
+                                                                       workers, when):
+    """The CLI, ``--ray-workers N``: once items are stored, kill -9 worker 0's ComfyUI; kill its
+    replacement at once (0.5 s after it appears, or at its first HTTP answer). The worker is
+    started again (restart 2; it was gone for good before), the quotas are met, each event is one line on stderr naming its
+    cause, stdout holds only the summary, no workspace and no process is left."""
+    scratch, central = tmp_path / "scratch", tmp_path / "central"
+    args = [small_workflow(tmp_path / "wf.json"), "--quota", QUOTA, "--dataset", "rq_twice", "--ray",
+            "--ray-workers", workers, "--comfyui", comfyui_path, "--python", sys.executable, "--output-dir", central,
+            "--ray-scratch", scratch, *model_args(model_dirs)]
+    tag = uuid.uuid4().hex
+    ds = central / "rq_twice"
+    out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
+    run = subprocess.Popen([*RUNNER, *map(str, args)], stdout=out, stderr=err, cwd=tmp_path,
+                           env=dict(os.environ, DTGEN_TEST_TAG=tag))
+    try:
+        wait_for(lambda: (ds / "manifest.jsonl").is_file() and lines(ds) or run.poll() is not None, 300,
+                 "a first stored item")
+        assert run.poll() is None, (tmp_path / "err").read_text()
+        first, _ = comfyui_of(scratch, 0)
+        os.kill(first, signal.SIGKILL)
+        second, cmd = wait_for(lambda: comfyui_of(scratch, 0, other_than={first}), 120, "the replacement ComfyUI")
+        if when == "0.5 s":
+            time.sleep(0.5)
+        else:
+            first_answer(cmd)
+        os.kill(second, signal.SIGKILL)
+        rc = run.wait(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert rc == 0, stderr
+    check_dataset(ds)
+    # one line per event, naming the cause; the restarts named at the end
+    assert "Ray worker 0: its ComfyUI exited: killed by SIGKILL; restart 1 of 4 in 1 s" in stderr, stderr
+    assert "; restart 1 of 4 in 1 s" in stderr and "; restart 2 of 4 in 2 s" in stderr, stderr
+    if when == "0.5 s":
+        assert "Ray worker 0: its ComfyUI exited during start-up: killed by SIGKILL; restart 2 of 4 in 2 s" in stderr
+    if workers == 1:   # with 2, worker 1 may finish the run while worker 0 is still starting again
+        assert "Ray worker 0 is up again (restart 2, http://127.0.0.1:" in stderr, stderr
+    assert "Ray restarts used: worker 0: restart 1 after its ComfyUI exited: killed by SIGKILL" in stderr
+    assert "restart 3 of" not in stderr and "is gone" not in stderr and "used up" not in stderr
+    assert "comfy launch" not in stderr and "Traceback" not in stderr, stderr
+    log = [ln for ln in stderr.splitlines() if ln.startswith("Ray's own messages go to ")]
+    assert len(log) == 1
+    # stdout: the summary only
+    assert stdout.splitlines()[0] == f"dataset: {ds}", stdout
+    assert all(ln.startswith(("dataset: ", "  ")) or " item(s) generated in " in ln for ln in stdout.splitlines()), stdout
+    wait_for(lambda: not tagged("DTGEN_TEST_TAG", tag), 40, "the run's Ray to end", lambda: left("DTGEN_TEST_TAG", tag))
+    assert servers_under(scratch) == [] and pgrep(str(scratch)) == []
+    assert list(scratch.iterdir()) == []     # every workspace the run made, the killed servers' too
+
+
+@pytest.mark.parametrize("fault", ["ctrl-c", "raylet", "gcs_server"])
+def test_a_run_ended_by_ctrl_c_or_by_rays_death_leaves_nothing(comfyui_path, model_dirs, tmp_path, fault):
+    """Once items are stored: SIGINT to the driver (exit 130), or SIGKILL to its Ray's raylet or GCS
+    (exit 1 within seconds, one line: run the same command again). No workspace, no Ray or ComfyUI
+    process is left; stdout is empty (no summary, none of Ray's dumps)."""
+    scratch, central = tmp_path / "scratch", tmp_path / "central"
+    args = [small_workflow(tmp_path / "wf.json"), "--quota", QUOTA, "--dataset", "rq_end", "--ray", "--ray-workers", 1,
+            "--comfyui", comfyui_path, "--python", sys.executable, "--output-dir", central, "--ray-scratch", scratch,
+            *model_args(model_dirs)]
+    tag = uuid.uuid4().hex
+    ds = central / "rq_end"
+    out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
+    run = subprocess.Popen([*RUNNER, *map(str, args)], stdout=out, stderr=err, cwd=tmp_path,
+                           env=dict(os.environ, DTGEN_TEST_TAG=tag))
+    try:
+        wait_for(lambda: (ds / "manifest.jsonl").is_file() and lines(ds) or run.poll() is not None, 300,
+                 "a first stored item")
+        assert run.poll() is None, (tmp_path / "err").read_text()
+        if fault == "ctrl-c":
+            run.send_signal(signal.SIGINT)
+        else:
+            kids = subprocess.run(["pgrep", "-P", str(run.pid), "-a"], capture_output=True, text=True).stdout
+            core = [int(ln.split()[0]) for ln in kids.splitlines() if Path(ln.split()[1]).name == fault]
+            assert len(core) == 1, kids
+            os.kill(core[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        rc = run.wait(timeout=120)
+        seconds = time.monotonic() - t0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert stdout == "" and "Traceback" not in stderr and "used up" not in stderr, (stdout, stderr)
+    if fault == "ctrl-c":
+        assert rc == 130 and "run the same command again to resume" in stderr, stderr
+    else:
+        what = {"raylet": "raylet", "gcs_server": "GCS"}[fault]
+        assert rc == 1 and stderr.splitlines()[-1].startswith(f"error: Ray lost its {what} ("), stderr
+        assert stderr.splitlines()[-1].endswith("): run the same command again to resume"), stderr
+        assert seconds < 30, seconds
+    wait_for(lambda: not tagged("DTGEN_TEST_TAG", tag), 40, "the run's Ray to end", lambda: left("DTGEN_TEST_TAG", tag))
+    assert servers_under(scratch) == [] and pgrep(str(scratch)) == []
+    assert list(scratch.iterdir()) == []
+    check_consistent(ds)
 
 
 # ---------------------------------------------------------------------- one Ray, two workers, reused
@@ -240,11 +371,12 @@ def run_with_fault(workers, tmp_path, dataset, fault):
     return check_dataset(ds), log.getvalue()
 
 
-def test_a_worker_killed_mid_run_is_restarted_by_ray(pool, tmp_path):
+def test_a_worker_killed_mid_run_is_restarted(pool, tmp_path):
     workers, _ = pool
     old = infos(workers)
     recs, log = run_with_fault(workers, tmp_path, "rq_actor_kill",
                                lambda: ray.kill(workers.actors[0], no_restart=False))
+    workers.ready(300)        # the run may have ended on worker 1 before worker 0 was back
     new = infos(workers)
     assert new[0]["pid"] != old[0]["pid"] and new[0]["server_pid"] != old[0]["server_pid"]   # restarted
     assert new[1]["pid"] == old[1]["pid"]
@@ -256,7 +388,8 @@ def test_a_workers_comfyui_killed_mid_run_is_replaced(pool, tmp_path):
     old = infos(workers)
     victim = old[1]["server_pid"]
     recs, log = run_with_fault(workers, tmp_path, "rq_server_kill", lambda: os.killpg(victim, signal.SIGKILL))
+    workers.ready(300)
     new = infos(workers)
-    assert new[1]["server_pid"] != victim and new[1]["pid"] != old[1]["pid"]   # Ray restarted the worker
+    assert new[1]["server_pid"] != victim and new[1]["pid"] != old[1]["pid"]   # a new worker, a new ComfyUI
     with pytest.raises(ProcessLookupError):
         os.kill(victim, 0)

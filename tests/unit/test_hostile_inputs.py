@@ -22,7 +22,7 @@ from dtgen.nodes.store.paths import DatasetPathError, safe_dataset_dir, safe_lab
 from dtgen.nodes.prompting.pack import MAX_PACK_BYTES, PromptPackError, load_pack, parse_pack
 from support.pkg import ROOT
 
-MAX_MESSAGE = 1000         # characters: a refusal repeats at most a short part of what it was sent
+MAX_MESSAGE = 1200         # characters: a refusal repeats at most a short part of what it was sent
 HANG_GUARD_S = 20          # far above any real refusal (they take milliseconds); a hang fails the case
 EXAMPLE = ROOT / "example_workflows" / "api" / "dtgen_sd35_lora.json"
 
@@ -79,8 +79,6 @@ PACKS = {
     "label_too_long": (_label("x" * 101), "longer than 100"),
     "not_a_mapping": ("- 1\n- 2\n", "must be a mapping"),
     "unclosed_flow": ("a: [1, 2\n", "malformed YAML"),
-    "explicit_key_of_100_kb": (HEAD + "? '" + "k" * 100_000 + "'\n: 1\n" + ONE_CLASS.replace("{s0}", "x"),
-                      "... (100002 characters)"),
     "flow_list_of_60k_items": ("[" + "1," * 60_000 + "1]\n", "must be a mapping, got list [1, 1,"),
 }
 
@@ -106,6 +104,7 @@ LABELS = {
     "device": ("LPT1", "reserved device name on Windows"),
     "empty": ("   ", "label is empty"),
     "non_ascii": ("caf\u00e9", "labels are folder names"),
+    "lookalike_cyrillic_a": ("pl\u0430te", "contains '\u0430' (U+0430 CYRILLIC SMALL LETTER A)"),
     "too_long": ("x" * 101, "longer than 100"),
 }
 
@@ -349,6 +348,21 @@ def _finalize_bomb(tmp):
 
 CASES["files/finalize_decompression_bomb"] = Case(_finalize_bomb, "image is too large to decode safely")
 
+
+def _background_bomb(tmp):
+    """A bomb PNG in a background set: the message names the file, not only Pillow's words."""
+    from dtgen.nodes.synthesis.backgrounds import load_backgrounds
+
+    _photo(tmp / "bg" / "a.png")
+    (tmp / "bg" / "b.png").write_bytes(_bomb_png(40_000, 40_000))
+    with pytest.raises(Exception) as info:
+        load_backgrounds(tmp / "bg")
+    assert str(tmp / "bg" / "b.png") in str(info.value), info.value
+    return str(info.value)
+
+
+CASES["files/background_decompression_bomb"] = Case(_background_bomb, "image is too large to decode safely")
+
 FIFO = "FIFO (named pipe), not a regular file"
 CASES["files/fewshot_caption_fifo"] = _expect_raise(_fewshot_caption_fifo, Exception, FIFO)
 CASES["files/fewshot_image_fifo"] = _expect_raise(_fewshot_image_fifo, Exception, FIFO)
@@ -358,6 +372,86 @@ CASES["files/real_mask_fifo"] = _expect_raise(_real_mask_fifo, Exception, FIFO)
 CASES["files/pack_fifo"] = _expect_raise(_pack_fifo, PromptPackError, FIFO)
 CASES["files/manifest_fifo"] = _expect_raise(_manifest_fifo, Exception, FIFO)
 CASES["files/manifest_hard_link"] = _expect_raise(_manifest_hard_link, Exception, "has 2 hard links")
+
+
+def _manifest_folder(tmp):
+    """manifest.jsonl is a folder: the message names the file (not "[Errno 21] Is a directory: 4")."""
+    from dtgen.nodes.store.reader import live_records
+
+    (tmp / "ds" / "manifest.jsonl").mkdir(parents=True)
+    (tmp / "ds" / ".dtgen_dataset").write_text("{}")
+    with pytest.raises(OSError) as info:
+        live_records(tmp / "ds")
+    assert str(tmp / "ds" / "manifest.jsonl") in str(info.value), info.value
+    return str(info.value)
+
+
+CASES["files/manifest_is_a_folder"] = Case(_manifest_folder, "is a folder, not a regular file")
+
+
+# ---- the queue client's workflow file and what ComfyUI answers
+def _runner_workflow(make):
+    """``runner queue FILE --quota 1`` on the file ``make(tmp)`` writes: one line."""
+    def attempt(tmp):
+        import contextlib
+        import io
+
+        from dtgen.runner.cli import main
+
+        path = make(tmp)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["queue", str(path), "--quota", "1"])
+        text = err.getvalue()
+        assert code == 1 and text.startswith("error: ") and text.count("\n") == 1 and str(path) in text, text
+        return text
+    return attempt
+
+
+def _nested_workflow(tmp):
+    path = tmp / "nested.json"
+    path.write_text("[" * 200_000)
+    return path
+
+
+def _big_workflow(tmp):
+    path = tmp / "big.json"
+    path.write_text('{"1": {"class_type": "' + "x" * (17 * 1024 ** 2) + '"}}')
+    return path
+
+
+CASES["runner/workflow_nested_200k"] = Case(_runner_workflow(_nested_workflow), "its JSON is nested too deeply")
+CASES["runner/workflow_fifo"] = Case(_runner_workflow(lambda tmp: _fifo(tmp / "wf.json")), FIFO)
+CASES["runner/workflow_17_mib"] = Case(_runner_workflow(_big_workflow), "at most 16 MiB are read")
+
+
+def _refusal(answer):
+    def attempt(tmp):
+        from dtgen.runner.api import GraphRejected
+
+        text = str(GraphRejected("http://127.0.0.1:8188", answer))
+        assert len(text) < 1300, len(text)
+        return text
+    return attempt
+
+
+CASES["runner/refusal_600k_chars"] = Case(_refusal({"error": {"message": "x" * 600_000}}),
+                                          "... (599000 more characters)")
+CASES["runner/outputs_partly_refused"] = Case(_refusal({"prompt_id": "p1", "number": 0, "node_errors": {
+    "9": {"class_type": "SaveImage", "errors": [{"message": "Required input is missing", "details": "images"}]}}}),
+    "queued the workflow as prompt p1 but left out the outputs of the nodes it refused (the rest runs): node 9")
+
+
+def _explicit_key(tmp):
+    """A 100 KB explicit key (``? kkk...``) is echoed capped, not 200 KB of message."""
+    text = HEAD + "classes:\n  - label: a\n    templates: [x]\n    ? " + "k" * 100_000 + "\n    : 1\n"
+    with pytest.raises(PromptPackError) as info:
+        parse_pack(text)
+    assert len(str(info.value)) < 700, len(str(info.value))
+    return str(info.value)
+
+
+CASES["pack/explicit_key_100kb"] = Case(_explicit_key, "more characters")
 
 
 def _alarm(signum, frame):

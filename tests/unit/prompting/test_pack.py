@@ -190,3 +190,14 @@ def test_load_pack_reports_file_and_caches_unchanged_files(tmp_path):
     with pytest.raises(PromptPackError) as info:
         load_pack(str(tmp_path / "missing.yaml"))
     assert "missing.yaml" in str(info.value)
+
+
+def test_a_merge_key_may_override_a_merged_key_but_a_key_written_twice_is_refused():
+    """``<<: *base`` then ``label: b``: YAML's merge, the written key wins (not "key 'label' appears
+    twice": it is written once); the same key written twice in one mapping is still refused."""
+    text = ("version: 1\nname: x\nclasses:\n  - &base {label: a, templates: [t], weight: 2}\n"
+            "  - <<: *base\n    label: b\n")
+    pack = parse_pack(text)
+    assert [(c.label, c.weight) for c in pack.classes] == [("a", 2.0), ("b", 2.0)]
+    with pytest.raises(PromptPackError, match=r"classes\[1\]: key 'label' appears twice"):
+        parse_pack(text + "    label: c\n")

@@ -65,7 +65,8 @@ class FakeComfy:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def restart(self, down: float = 0.5) -> None:
+    def restart(self, down: float = 0.5, until=None) -> None:
+        """Away for ``down`` seconds, and then until ``until()`` is true (if given)."""
         port = self.httpd.server_port
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -75,6 +76,8 @@ class FakeComfy:
             self.history.clear()
             self.running = None
         time.sleep(down)
+        while until is not None and not until():
+            time.sleep(0.05)
         self._serve(port)
 
     def stop(self) -> None:

@@ -144,3 +144,44 @@ def test_a_server_outlives_its_owner_only_when_not_tied(fake_comfyui, tmp_path, 
     finally:
         if running(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------- why a server exited, in one line
+CAUGHT = """Setting user directory to: /w0/user
+Traceback (most recent call last):
+  File "/ComfyUI/nodes.py", line 2131, in load_custom_node
+    import torchaudio
+ModuleNotFoundError: No module named 'torchaudio'
+
+Cannot import /ComfyUI/comfy_extras/nodes_audio.py module for custom nodes: No module named 'torchaudio'
+Starting server
+"""
+
+
+@pytest.mark.parametrize("log, code, reason", [
+    (CAUGHT, -9, "killed by SIGKILL"),
+    (CAUGHT + "Traceback (most recent call last):\n  File \"main.py\", line 9\n    start()\n"
+     "RuntimeError: CUDA error: out of memory\n", 1, "RuntimeError: CUDA error: out of memory"),
+    (CAUGHT + "usage: main.py [-h]\nmain.py: error: unrecognized arguments: --bogus\n", 2,
+     "main.py: error: unrecognized arguments: --bogus"),
+    (CAUGHT, 3, "exit status 3, last log line: Starting server"),
+    ("", 1, "exit status 1, nothing in its log"),
+])
+def test_the_reason_a_server_exited_is_the_line_that_says_why(log, code, reason):
+    """Not a line of a traceback ComfyUI caught (a node that did not load) nor "Setting ..." lines."""
+    from dtgen.runner.local_server import exit_reason
+
+    assert exit_reason(log, code) == reason
+
+
+def test_a_server_exiting_during_start_up_names_the_reason(tmp_path, tied):
+    """A ComfyUI whose main.py fails: ServerExited with the exception line and the log file."""
+    from dtgen.runner.local_server import ServerExited
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "comfy").mkdir(parents=True)
+    (comfy / "main.py").write_text("print('Setting user directory to: x')\nraise RuntimeError('bad --base-directory')\n")
+    with pytest.raises(ServerExited) as e:
+        server(comfy, tmp_path / "ws").start(timeout=60)
+    assert e.value.code == 1 and e.value.reason == "RuntimeError: bad --base-directory"
+    assert str(e.value) == f"ComfyUI exited during start-up: RuntimeError: bad --base-directory; see {e.value.log}"

@@ -264,7 +264,7 @@ def cluster():
         yield c
 
 
-def ray_run(cluster, rs, dataset, output_dir, shared=False):
+def ray_run(cluster, rs, dataset, output_dir, shared=False, log=None):
     """A RayQueueRun of quota 4 per class on a new pool: (records, result, log)."""
     from dtgen.runner.packs import local_sampler
     from dtgen.runner.progress import Progress
@@ -276,7 +276,7 @@ def ray_run(cluster, rs, dataset, output_dir, shared=False):
     sampler = local_sampler(wf.sampler_inputs())
     settings = RunSettings(server="", targets={label: 4 for label in sampler.labels}, output_dir=output_dir,
                            poll=0.05, max_items=100)
-    log = io.StringIO()
+    log = log or io.StringIO()
     pool = WorkerPool(cluster.ray, rs, pending=2, driver_node=cluster.node_id(),
                       shared_output=str(output_dir) if shared else None)
     try:
@@ -329,7 +329,144 @@ def test_a_worker_out_of_restarts_leaves_the_run_to_the_others(cluster, fakes, t
     threading.Thread(target=stop_when_busy, daemon=True).start()
     recs, result, log = ray_run(cluster, rs, "lost", tmp_path / "central")
     assert f"Ray worker 0 ({doomed.url}) is gone" in log and "planned again on the other workers" in log
+    assert log.count("is gone") == 1 and "used up" not in log, log   # one line per event, naming its cause
+    assert "has used its 0 restart(s)" in log and "comfy launch" not in log.split("is gone", 1)[0]
     assert result.servers[f"worker 1 ({steady.url})"] == len(recs)
+
+
+def test_a_worker_whose_restart_fails_to_start_is_restarted_again(cluster, fakes, tmp_path):
+    """The server of the only worker vanishes mid-run and stays away past the first restart: that
+    restart's start fails (a start-up failure, which Ray itself would not restart), the next one
+    comes up after the back-off, the quotas are met; each event one line, the restarts named."""
+    from dtgen.runner.ray.queue import RaySettings
+
+    flaky = fakes(delay=0.2)
+    rs = RaySettings(servers=[flaky.url], max_restarts=3, unreachable_after=0.5)
+    stream = io.StringIO()
+
+    def away_when_busy():
+        while flaky.running is None:
+            time.sleep(0.005)
+        # back on the same port (its queue and history lost) once the first restart failed to start
+        flaky.restart(down=0.5, until=lambda: "restart 2 of 3" in stream.getvalue())
+
+    threading.Thread(target=away_when_busy, daemon=True).start()
+    t0 = time.monotonic()
+    recs, result, log = ray_run(cluster, rs, "flaky", tmp_path / "central", log=stream)
+    label = f"worker 0 ({flaky.url})"
+    assert f"Ray {label}: cannot reach ComfyUI at {flaky.url}" in log and "restart 1 of 3 in 1 s" in log, log
+    assert "restart 2 of 3 in 2 s" in log and f"Ray {label} is up again (restart 2, {flaky.url})" in log, log
+    assert "restart 3 of 3" not in log and "is gone" not in log
+    assert result.items_done == len(recs) and time.monotonic() - t0 > 3   # the back-off was waited
+
+
+def test_the_run_stops_only_when_no_worker_can_be_brought_back_and_names_the_restarts(cluster, fakes, tmp_path):
+    """The only worker's server vanishes for good: one restart (--ray-max-restarts 1) whose start
+    fails, then the run stops with one line naming the last event and the restart used."""
+    from dtgen.runner.packs import local_sampler
+    from dtgen.runner.progress import Progress
+    from dtgen.runner.ray.queue import RayQueueRun, RaySettings, WorkerPool
+    from dtgen.runner.run import RunError, RunSettings
+
+    doomed = fakes(delay=0.3)
+    rs = RaySettings(servers=[doomed.url], max_restarts=1, unreachable_after=0.5)
+
+    def stop_when_busy():
+        while doomed.running is None:
+            time.sleep(0.005)
+        doomed.stop()
+
+    threading.Thread(target=stop_when_busy, daemon=True).start()
+    wf = small_wf()
+    wf.set_dataset("doomed")
+    sampler = local_sampler(wf.sampler_inputs())
+    settings = RunSettings(server="", targets={label: 4 for label in sampler.labels}, output_dir=tmp_path / "c",
+                           poll=0.05, max_items=100)
+    log = io.StringIO()
+    pool = WorkerPool(cluster.ray, rs, pending=2, driver_node=cluster.node_id())
+    try:
+        pool.ready(60)
+        with pytest.raises(RunError) as e:
+            RayQueueRun(wf, sampler, settings, pool, Progress(log, every=0)).run()
+    finally:
+        pool.close()
+    label = f"worker 0 ({doomed.url})"
+    message = str(e.value)
+    assert message.startswith(f"no Ray worker is left. Ray {label} is gone: cannot reach ComfyUI at {doomed.url}")
+    assert "it has used its 1 restart(s) (--ray-max-restarts)" in message
+    assert f"Restarts used: {label}: restart 1 after cannot reach ComfyUI at {doomed.url}" in message
+    assert message.endswith("; run the same command again to resume") and "\n" not in message
+    assert log.getvalue().count("restart 1 of 1 in 1 s") == 1 and log.getvalue().count("is gone") == 1
+
+
+def test_a_comfyui_failing_at_start_up_is_restarted(cluster, tmp_path):
+    """A ComfyUI that exits with an error while starting is started again (it may be a GPU the last
+    one still held): each start one line with the exception line of its log (not "Setting ..."),
+    then the run's last line names the restart used; the pool's workspace folder is removed."""
+    from dtgen.runner.ray.queue import RaySettings, WorkerPool
+    from dtgen.runner.run import RunError
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "comfy").mkdir(parents=True)
+    (comfy / "main.py").write_text("print('Setting user directory to: x')\nraise RuntimeError('CUDA out of memory')\n")
+    rs = RaySettings(workers=1, comfyui=str(comfy), python=sys.executable, scratch_root=str(tmp_path / "s"),
+                     max_restarts=1, cpu=True)
+    pool = WorkerPool(cluster.ray, rs, pending=1)
+    try:
+        with pytest.raises(RunError) as e:
+            pool.ready(120)
+    finally:
+        pool.close()
+    text, events = str(e.value), pool.events
+    why = "its ComfyUI exited during start-up: RuntimeError: CUDA out of memory (log: "
+    assert events[0].startswith(f"Ray worker 0: {why}") and events[0].endswith("; restart 1 of 1 in 1 s"), events
+    assert text.startswith(f"no Ray worker is left. Ray worker 0 is gone: {why}") and "\n" not in text, text
+    assert "it has used its 1 restart(s)" in text and text.endswith(
+        "Restarts used: worker 0: restart 1 after its ComfyUI exited during start-up: RuntimeError: CUDA out of memory")
+    assert list((tmp_path / "s").iterdir()) == []
+
+
+def test_the_back_off_doubles_up_to_half_a_minute():
+    from dtgen.runner.ray.queue import backoff
+
+    assert [backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_workspaces_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
+    """The owner file names the driver (host, pid, start time): a folder whose driver is gone is
+    removed by the next run; a live one's, and a folder without an owner file, stay."""
+    from dtgen.runner.ray.cluster import OWNER, claim_workspaces, remove_stale_workspaces
+
+    mine = claim_workspaces(tmp_path, "live")
+    (mine / "w0").mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "dtgen-ray-dead"
+    (stale / "w0" / "output").mkdir(parents=True)
+    owner = json.loads((mine / OWNER).read_text())
+    (stale / OWNER).write_text(json.dumps(dict(owner, pid=dead.pid)))
+    reused = tmp_path / "dtgen-ray-reused"      # the pid lives, but it is another process (start time)
+    reused.mkdir()
+    (reused / OWNER).write_text(json.dumps(dict(owner, start="1")))
+    foreign = tmp_path / "dtgen-ray-foreign"
+    foreign.mkdir()
+    assert sorted(p.name for p in remove_stale_workspaces(tmp_path)) == ["dtgen-ray-dead", "dtgen-ray-reused"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dtgen-ray-foreign", "dtgen-ray-live"]
+
+
+@pytest.mark.parametrize("address, why", [("127.0.0.1:1", "Connection refused"),
+                                          ("no-such-host.invalid:6379", "no such host")])
+def test_a_ray_address_where_nothing_answers_is_one_line_within_seconds(tmp_path, address, why):
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, str(ROOT / "runner"), "queue", str(WORKFLOW), "--quota", "1",
+                           "--ray", address, "--output-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    seconds = time.monotonic() - t0
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert last == (f"error: --ray {address}: no Ray cluster answers there ({why}); start one (`ray start --head` "
+                    "on that machine) or pass its address (host:6379, ray://host:10001, auto)"), done.stderr
+    assert "Traceback" not in done.stderr and seconds < 60, seconds
 
 
 def test_ray_is_an_optional_extra_never_a_requirement():
