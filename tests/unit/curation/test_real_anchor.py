@@ -126,8 +126,8 @@ def test_the_floor_is_min_minus_slack_times_the_spread_below_the_median():
 def test_real_scores_carry_the_class_floor_and_none_with_few_photos():
     bank = RealBank.build([("q", f"q{i}", v) for i, v in enumerate(FOUR)] + [("a", "a1", [1, 0]), ("a", "a2", [0, 1])],
                           "m", "test")
-    out = real_scores([[1, 0], [1, 0]], ["q", "a"], bank, top_k=2)
-    assert out[0]["real_floor"] == pytest.approx(0.61) and out[1]["real_floor"] is None
+    out = real_scores([[1, 0], [1, 0]], ["q", "a"], bank, top_k=2)     # default slack 2: 0.7 - 2 * 0.09
+    assert out[0]["real_floor"] == pytest.approx(0.52) and out[1]["real_floor"] is None
     assert real_scores([[1, 0]], ["q"], bank, top_k=2, floor_slack=0.0)[0]["real_floor"] == pytest.approx(0.7)
     with pytest.raises(ClipFilterError, match="real_floor_slack=-1"):
         real_scores([[1, 0]], ["q"], bank, floor_slack=-1)
