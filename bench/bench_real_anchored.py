@@ -21,15 +21,17 @@ Per class and repeat (seeded):
 Each candidate is scored as the CLIP filter scores it (``filtering.filter_run``: text score on the
 class text, real-anchored score = mean top-k cosine to the class's anchors, k = ``--top-k``) and
 decided per class with ``--method`` (default ``mean_std``, k = ``--k``) over the candidates of the class, on text, real
-and both. Reported per basis: precision / recall of the rejections (planted = positive), and, the
+and both; ``real_calibrated`` / ``both_calibrated`` take the real-anchored threshold from the anchors
+themselves instead (each anchor's leave-one-out real score against the other anchors of its class; floor =
+min - ``--slack`` * (median - min)). Reported per basis: precision / recall of the rejections (planted = positive), and, the
 target, the precision of the rejections the real-anchored check adds over the text check (images
 text keeps and real rejects); then the accuracy of the pack's linear probe (Evaluate's
 ``LinearProbe`` on the tiny CLIP's image embeddings) trained on the kept candidates (plus the
 anchors, as Evaluate's "both" arm would) and tested on the test set. Mean ± sd over repeats.
 
 Run from the checkout (installs: tests/requirements.txt):
-``python bench/bench_real_anchored.py [--method mean_std] [--k 1.5] [--anchors 10] [--in-domain 40] [--off 16]
-[--test 40] [--repeats 3] [--seed 0]``
+``python bench/bench_real_anchored.py [--method mean_std] [--k 1.5] [--slack 2.0] [--anchors 10] [--in-domain 40]
+[--off 16] [--test 40] [--repeats 3] [--seed 0]``
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 KINDS = ("blur", "colour", "rescale", "other_source")
-BASES = ("text", "real", "both")
+BASES = ("text", "real", "both", "real_calibrated", "both_calibrated")
 
 
 def to_pil(img: np.ndarray) -> Image.Image:
@@ -123,6 +125,9 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=3, help="k of the real-anchored score")
     ap.add_argument("--method", default="mean_std", help="threshold method (mean_std | median_mad | percentile | gmm)")
     ap.add_argument("--k", type=float, default=1.5, help="k of mean_std / median_mad (the filter's default 1.5)")
+    ap.add_argument("--slack", type=float, default=2.0,
+                    help="slack of the calibrated floor: min - slack * (median - min) of the anchors' leave-one-out "
+                         "scores (2 = the pack's default, real_anchor.DEFAULT_FLOOR_SLACK)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -153,8 +158,9 @@ def main() -> None:
 
     import tempfile
 
-    rows = {b: {"precision": [], "recall": [], "acc": [], "kept_off": [], "kept": []} for b in BASES}
-    added = {"precision": [], "count": [], "recall_of_text_kept": []}
+    rows = {b: {"precision": [], "recall": [], "acc": [], "kept_off": [], "kept": [], "in_rejected": []} for b in BASES}
+    added = {b: {"precision": [], "count": [], "planted": [], "recall_of_text_kept": []} for b in BASES[1:]}
+    margin_rule = {"precision": [], "recall": [], "count": []}
     separation = {"text": [], "real": [], "real_margin": []}
     per_kind = {b: {k: [] for k in KINDS} for b in BASES}
     for r in range(args.repeats):
@@ -188,15 +194,15 @@ def main() -> None:
                 fresh = [ScoredItem(image=it.image, label=it.label, prompt=it.prompt, metadata=dict(it.metadata))
                          for it in items]
                 batch, _ = filter_run(bundle, fresh, method, text_side="class_text", min_count=1, basis=basis,
-                                      realset=realset, real_top_k=args.top_k)
+                                      realset=realset, real_top_k=args.top_k, real_floor_slack=args.slack)
                 decided[basis] = batch.items
         x_test = np.concatenate([encode_images(bundle, [load_image(p) for p in test[c]]) for c in classes])
         y_test = np.concatenate([[i] * len(test[c]) for i, c in enumerate(classes)])
         anchor_emb = np.concatenate([encode_images(bundle, [load_image(p) for p in anchors[c]]) for c in classes])
         anchor_y = np.concatenate([[i] * len(anchors[c]) for i, c in enumerate(classes)])
         print(f"\nrepeat {r}:")
-        print(f"  {'basis':<6} {'rejected':>8} {'rej. precision':>15} {'rej. recall':>12} {'planted kept':>13} "
-              f"{'probe acc.':>11}   planted rejected per kind")
+        print(f"  {'basis':<15} {'rejected':>8} {'rej. precision':>15} {'rej. recall':>12} {'planted kept':>13} "
+              f"{'in-domain rej.':>15} {'probe acc.':>11}   planted rejected per kind")
         kept_masks = {}
         for basis in BASES:
             its = decided[basis]
@@ -214,14 +220,15 @@ def main() -> None:
             rows[basis]["acc"].append(acc)
             rows[basis]["kept_off"].append(int((keep & planted).sum()))
             rows[basis]["kept"].append(int(keep.sum()))
+            rows[basis]["in_rejected"].append(int((rejected & ~planted).sum()))
             kind_text = []
             for kind in KINDS:
                 mask = np.array([k == kind for k in kinds])
                 share = float(rejected[mask].mean())
                 per_kind[basis][kind].append(share)
                 kind_text.append(f"{kind} {share:.0%}")
-            print(f"  {basis:<6} {int(rejected.sum()):>8} {p:>15.3f} {rc:>12.3f} {int((keep & planted).sum()):>13} "
-                  f"{acc:>11.3f}   {', '.join(kind_text)}")
+            print(f"  {basis:<15} {int(rejected.sum()):>8} {p:>15.3f} {rc:>12.3f} {int((keep & planted).sum()):>13} "
+                  f"{int((rejected & ~planted).sum()):>15} {acc:>11.3f}   {', '.join(kind_text)}")
         its = decided["both"]
         labels = np.array([it.label for it in its])
         for name, values in (("text", [it.score for it in its]), ("real", [it.extra["real_score"] for it in its]),
@@ -231,24 +238,44 @@ def main() -> None:
             separation[name].append(float(np.mean(per_class)))
         print("  separation of planted from in-domain within a class (AUROC, mean over classes): "
               + ", ".join(f"{k} score {v[-1]:.3f}" for k, v in separation.items()))
-        extra = kept_masks["text"] & ~kept_masks["real"]
-        p_add = float(planted[extra].mean()) if extra.any() else float("nan")
+        floors = {c: next(it.extra.get("real_floor") for it in decided["real_calibrated"] if it.label == c)
+                  for c in classes}
+        print("  calibrated floor per class: " + ", ".join(f"{c} {v:.3f}" for c, v in floors.items()))
+        margins = np.array([it.extra["real_margin"] for it in its], dtype=np.float64)
+        neg = margins < 0
+        pm, rm = rejection_pr(neg, planted)
+        margin_rule["precision"].append(pm)
+        margin_rule["recall"].append(rm)
+        margin_rule["count"].append(int(neg.sum()))
+        print(f"  real_margin < 0 (closer to another class's photos) as a rejection rule: {int(neg.sum())} images, "
+              f"precision {pm:.3f}, recall {rm:.3f}")
         text_kept_off = kept_masks["text"] & planted
-        r_add = float((extra & planted).sum() / text_kept_off.sum()) if text_kept_off.any() else float("nan")
-        added["precision"].append(p_add)
-        added["count"].append(int(extra.sum()))
-        added["recall_of_text_kept"].append(r_add)
-        print(f"  rejected by real, kept by text: {int(extra.sum())} images, {int((extra & planted).sum())} of them planted "
-              f"(precision {p_add:.3f}); of the planted images text kept, real rejected {r_add:.1%}")
+        for basis in BASES[1:]:
+            extra = kept_masks["text"] & ~kept_masks[basis]
+            p_add = float(planted[extra].mean()) if extra.any() else float("nan")
+            r_add = float((extra & planted).sum() / text_kept_off.sum()) if text_kept_off.any() else float("nan")
+            added[basis]["precision"].append(p_add)
+            added[basis]["count"].append(int(extra.sum()))
+            added[basis]["planted"].append(int((extra & planted).sum()))
+            added[basis]["recall_of_text_kept"].append(r_add)
+            print(f"  rejected by {basis}, kept by text: {int(extra.sum())} images, {int((extra & planted).sum())} of "
+                  f"them planted (precision {p_add:.3f}); of the planted images text kept, {basis} rejected {r_add:.1%}")
 
     print(f"\nsummary: mean ± sd over {args.repeats} repeats (seed {args.seed}); per repeat "
           f"{len(classes) * (args.in_domain + args.off)} candidates, {len(classes) * args.off} planted")
-    print("| basis | rejection precision | rejection recall | planted kept | kept | probe accuracy |")
-    print("|---|---|---|---|---|---|")
+    print("| basis | rejection precision | rejection recall | planted kept | in-domain rejected | kept | probe accuracy | "
+          "rejected by it, kept by text: planted / images (precision) |")
+    print("|---|---|---|---|---|---|---|---|")
     for basis in BASES:
         s = rows[basis]
+        if basis == "text":
+            add = "-"
+        else:
+            a = added[basis]
+            n, tp = sum(a["count"]), sum(a["planted"])
+            add = f"{tp} / {n} ({tp / n:.3f})" if n else "0 / 0"
         print(f"| {basis} | {mean_sd(s['precision'])} | {mean_sd(s['recall'])} | {np.mean(s['kept_off']):.1f} | "
-              f"{np.mean(s['kept']):.1f} | {mean_sd(s['acc'])} |")
+              f"{np.mean(s['in_rejected']):.1f} | {np.mean(s['kept']):.1f} | {mean_sd(s['acc'])} | {add} |")
     print("\nplanted images rejected, per kind (mean over repeats):")
     print("| basis | " + " | ".join(KINDS) + " |")
     print("|---|" + "---|" * len(KINDS))
@@ -257,17 +284,23 @@ def main() -> None:
     print("\nseparation of planted from in-domain within a class, whatever the threshold (AUROC: 1 = every planted "
           "image scores below every in-domain one, 0.5 = chance): "
           + ", ".join(f"{k} score {mean_sd(v)}" for k, v in separation.items()))
-    p_add = [x for x in added["precision"] if np.isfinite(x)]
-    print(f"\ntarget 1: precision of the rejections real adds over text (text keeps, real rejects): {mean_sd(p_add)} "
-          f"(per repeat {', '.join(f'{x:.3f}' for x in added['precision'])}, nan = none added; "
-          f"{sum(added['count'])} images in all) -> "
-          f"{'met' if p_add and min(p_add) >= 0.8 else 'NOT met'} (>= 0.8 in every repeat that adds any)"
-          + (" - on fewer than 10 images: too few to conclude" if sum(added["count"]) < 10 else ""))
-    worse = [(b, r) for b in ("real", "both") for r in range(args.repeats)
-             if rows[b]["acc"][r] < rows["text"]["acc"][r]]
-    print("target 2: the kept set never trains a worse probe than text-only: "
-          + ("met" if not worse else "NOT met in " + ", ".join(f"{b} repeat {r} ({rows[b]['acc'][r]:.3f} < "
-                                                                   f"{rows['text']['acc'][r]:.3f})" for b, r in worse)))
+    print(f"real_margin < 0 as a rejection rule: {np.mean(margin_rule['count']):.1f} images per repeat, precision "
+          f"{mean_sd(margin_rule['precision'])}, recall {mean_sd(margin_rule['recall'])}")
+    for basis in BASES[1:]:
+        a = added[basis]
+        p_add = [x for x in a["precision"] if np.isfinite(x)]
+        print(f"\ntarget 1 ({basis}): precision of the rejections it adds over text (text keeps, {basis} rejects): "
+              f"{mean_sd(p_add)} (per repeat {', '.join(f'{x:.3f}' for x in a['precision'])}, nan = none added; "
+              f"{sum(a['planted'])} planted of {sum(a['count'])} images in all) -> "
+              f"{'met' if p_add and min(p_add) >= 0.8 else 'NOT met'} (>= 0.8 in every repeat that adds any)"
+              + (" - on fewer than 10 images: too few to conclude" if sum(a["count"]) < 10 else ""))
+        worse = [r for r in range(args.repeats) if rows[basis]["acc"][r] < rows["text"]["acc"][r]]
+        diff = 100 * (np.array(rows[basis]["acc"]) - np.array(rows["text"]["acc"]))
+        print(f"target 2 ({basis}): the kept set never trains a worse probe than text-only: "
+              + ("met" if not worse else "NOT met in " + ", ".join(f"repeat {r} ({rows[basis]['acc'][r]:.3f} < "
+                                                                   f"{rows['text']['acc'][r]:.3f})" for r in worse))
+              + f" (difference {diff.mean():+.2f} points on average, per repeat "
+              + ", ".join(f"{d:+.1f}" for d in diff) + f"; one test image = {100 / (len(classes) * args.test):.2f} points)")
     print(f"wall time {time.perf_counter() - t_start:.0f} s")
 
 

@@ -8,8 +8,13 @@ failure is the reason: ``below_threshold`` -> ``below_real_threshold`` -> ``clas
 
 ``basis`` says what the threshold is applied to: ``text`` (the image-text score, the default and
 the only one before real-anchored scores), ``real`` (the real-anchored score, ``real_anchor.py``)
-or ``both`` (each through its own per-class threshold of the same method; both must pass). An image
-whose class has no real-anchored score is decided on its text score, and its ``decided_on`` says so.
+or ``both`` (each through its own per-class threshold of the same method; both must pass);
+``real_calibrated`` / ``both_calibrated`` are ``real`` / ``both`` with the real-anchored threshold
+taken from the real photos themselves (``real_floor``, see ``real_anchor``) instead of from the
+generated images' real scores; a class whose floor is missing (fewer than 3 photos) falls back to
+the method's threshold (``decided_on`` real / both, ``config["real_calibration_skipped"]`` says why).
+An image whose class has no real-anchored score is decided on its text score, and its ``decided_on``
+says so.
 With ``basis="text"`` nothing about real scores is added to an item or record.
 """
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 
 from ..common.records import ScoredBatch, ScoredItem
 from ..scoring.errors import ClipFilterError
-from .real_anchor import check_basis
+from .real_anchor import CALIBRATED, MIN_CALIBRATION_PHOTOS, check_basis
 from .thresholds import ThresholdMethod, get_method
 
 
@@ -49,7 +54,8 @@ def decide(items: list[ScoredItem], method, history: dict | None = None, min_cou
         not compared: adjacent grades legitimately look alike.
     near_dup: if set, reject an item whose image embedding has cosine >= near_dup with an item of
         the same class accepted earlier in this run or with ``history_embeddings[label]``.
-    basis: ``text`` | ``real`` | ``both`` (module doc); the real score is ``item.extra["real_score"]``,
+    basis: ``text`` | ``real`` | ``both`` | ``real_calibrated`` | ``both_calibrated`` (module doc); the
+        real score is ``item.extra["real_score"]``, its class's floor ``item.extra["real_floor"]``,
         ``real_history`` {label: earlier real scores} joins its population; ``item.extra`` gets
         ``decided_on`` and ``real_threshold``.
     """
@@ -99,6 +105,7 @@ class _Row:
     order: Any
     embedding: Any
     real_score: Any = None
+    real_floor: Any = None
 
 
 @dataclass
@@ -112,7 +119,8 @@ class _Outcome:
 def _row_from_item(item: ScoredItem, pos: int) -> _Row:
     where = f"item {pos}" + (f" (sampler index {item.index})" if item.index is not None else "")
     return _Row(where, item.label, item.score, (item.extra or {}).get("class_scores"),
-                (item.metadata or {}).get("order"), item.embedding, (item.extra or {}).get("real_score"))
+                (item.metadata or {}).get("order"), item.embedding, (item.extra or {}).get("real_score"),
+                (item.extra or {}).get("real_floor"))
 
 
 def _row_from_record(rec: dict, pos: int) -> _Row:
@@ -123,7 +131,8 @@ def _row_from_record(rec: dict, pos: int) -> _Row:
     class_scores = rec.get("class_scores") or (rec.get("extra") or {}).get("class_scores")
     where = f"record {pos}" + (f" (id {rec['id']}, {rec.get('file')})" if rec.get("id") else "")
     real = rec.get("real_score", (rec.get("extra") or {}).get("real_score"))
-    return _Row(where, rec.get("label"), rec.get("score"), class_scores, order, rec.get("embedding"), real)
+    floor = rec.get("real_floor", (rec.get("extra") or {}).get("real_floor"))
+    return _Row(where, rec.get("label"), rec.get("score"), class_scores, order, rec.get("embedding"), real, floor)
 
 
 def _decide(rows: list[_Row], method, history, min_count, margin, near_dup, history_embeddings,
@@ -187,36 +196,50 @@ def _real_decisions(rows, by_label, method, min_count, basis, real_history, acce
         return [{} for _ in rows], {}
     text_ok = accepted.copy()
     facts: list[dict] = [{"decided_on": "text"} for _ in rows]
-    real_thresholds, skipped = {}, {}
+    real_thresholds, skipped, uncalibrated = {}, {}, {}
     for label, idx in by_label.items():
         have = [i for i in idx if rows[i].real_score is not None]
         if not have:
             skipped[label] = f"no real-anchored score for class {label!r} (no real photos of it)"
             continue
         real = np.array([_check_real(rows[i]) for i in have], dtype=np.float64)
-        pop = np.concatenate([_history_scores(real_history, label), real])
-        thr, _ = method.threshold_with_note(pop)
-        real_thresholds[label] = float(thr)
-        small = pop.size < min_count
-        for i, value in zip(have, real):
+        floors = [_check_real(rows[i], "real_floor") if rows[i].real_floor is not None else None for i in have]
+        calibrated = basis in CALIBRATED and all(f is not None for f in floors)
+        if calibrated:   # the real photos' own floor: nothing from this run's or earlier images
+            thr_rows, small, decided = np.array(floors, dtype=np.float64), False, basis
+            real_thresholds[label] = float(thr_rows.min())
+        else:
+            if basis in CALIBRATED:
+                uncalibrated[label] = (f"class {label!r}: no calibrated floor (fewer than {MIN_CALIBRATION_PHOTOS} "
+                                       "real photos); real threshold from the method over the generated images")
+            pop = np.concatenate([_history_scores(real_history, label), real])
+            thr, _ = method.threshold_with_note(pop)
+            thr_rows, small = np.full(len(have), float(thr)), pop.size < min_count
+            decided = "both" if basis in ("both", "both_calibrated") else "real"
+            real_thresholds[label] = float(thr)
+        for i, value, thr in zip(have, real, thr_rows):
             real_ok = value >= thr
-            if basis == "real":
+            if decided in ("real", "real_calibrated"):
                 accepted[i] = real_ok
                 reasons[i] = "ok" if real_ok else "below_real_threshold"
             else:   # both: the text check's reason first
                 accepted[i] = text_ok[i] and real_ok
                 reasons[i] = "ok" if accepted[i] else ("below_threshold" if not text_ok[i] else "below_real_threshold")
-            facts[i] = {"decided_on": basis, "real_threshold": float(thr), "_real_provisional": small}
-    return facts, {"decide_on": basis, "real_thresholds": real_thresholds, "real_skipped": skipped}
+            facts[i] = {"decided_on": decided, "real_threshold": float(thr), "_real_provisional": small}
+    config = {"decide_on": basis, "real_thresholds": real_thresholds, "real_skipped": skipped}
+    if basis in CALIBRATED:
+        config["real_calibration_skipped"] = uncalibrated
+    return facts, config
 
 
-def _check_real(row: _Row) -> float:
+def _check_real(row: _Row, name: str = "real_score") -> float:
+    raw = getattr(row, name)
     try:
-        value = float(row.real_score)
+        value = float(raw)
     except (TypeError, ValueError) as exc:
-        raise ClipFilterError(f"real_score {row.real_score!r} is not a number", row.where) from exc
+        raise ClipFilterError(f"{name} {raw!r} is not a number", row.where) from exc
     if not np.isfinite(value):
-        raise ClipFilterError(f"real_score is {value}", row.where)
+        raise ClipFilterError(f"{name} is {value}", row.where)
     return value
 
 

@@ -14,7 +14,8 @@ from ..store.reader import load_history, load_history_embeddings, load_real_embe
 from ..store.reconcile import ensure_consistent
 from .decide import decide
 from .plots import score_histograms, tally
-from .real_anchor import DEFAULT_TOP_K, RealBank, bank_summary, check_basis, check_same_model, clip_identity, real_scores
+from .real_anchor import (DEFAULT_FLOOR_SLACK, DEFAULT_TOP_K, RealBank, bank_summary, check_basis, check_same_model,
+                          clip_identity, real_scores)
 
 MAX_REAL_PHOTOS = 4096          # real photos encoded per run at most (each once per process and model)
 _REAL_CACHE: dict[tuple[str, str], np.ndarray] = {}    # (clip identity, file sha256) -> embedding
@@ -98,25 +99,27 @@ def _digest(path, file_digest) -> str:
     return _DIGESTS[key]
 
 
-def anchor_items(items: list[ScoredItem], bank: RealBank | None, model: str | None, top_k: int) -> None:
+def anchor_items(items: list[ScoredItem], bank: RealBank | None, model: str | None, top_k: int,
+                 floor_slack: float = DEFAULT_FLOOR_SLACK) -> None:
     """Add the real-anchored score (``real_anchor.real_scores``) to each scored item's ``extra``."""
     if bank is None or not items:
         return
     dim = int(np.asarray(items[0].embedding).reshape(-1).shape[0])
     check_same_model(bank, model, dim)
     emb = np.stack([np.asarray(it.embedding, dtype=np.float32).reshape(-1) for it in items])
-    for item, facts in zip(items, real_scores(emb, [it.label for it in items], bank, top_k)):
+    for item, facts in zip(items, real_scores(emb, [it.label for it in items], bank, top_k, floor_slack)):
         item.extra.update(facts)
 
 
 def filter_run(bundle, items: list[ScoredItem], method, *, text_side: str, min_count: int, margin=None,
                near_dup=None, dataset_dir=None, batch_size: int = 32,
                progress: Callable[[int, int], None] | None = None, basis: str = "text", realset=None,
-               real_top_k: int = DEFAULT_TOP_K) -> tuple[ScoredBatch, dict | None]:
+               real_top_k: int = DEFAULT_TOP_K,
+               real_floor_slack: float = DEFAULT_FLOOR_SLACK) -> tuple[ScoredBatch, dict | None]:
     """Score and decide ``items`` in place; (batch, the history scores used) for the plot.
 
-    ``basis`` (text | real | both) and the real photos (``realset`` and the dataset's real records):
-    see ``decide`` and ``real_anchor``. Without real photos every item is decided on its text score,
+    ``basis`` (``real_anchor.BASES``), ``real_floor_slack`` (the calibrated floor's slack) and the
+    real photos (``realset`` and the dataset's real records): see ``decide`` and ``real_anchor``. Without real photos every item is decided on its text score,
     exactly as before, and ``batch.config["real_anchor"]`` says the check was skipped and why."""
     check_basis(basis)
     # class texts: for the margin check, and the fallback of class_text scoring without metadata
@@ -137,7 +140,7 @@ def filter_run(bundle, items: list[ScoredItem], method, *, text_side: str, min_c
         history_emb = load_history_embeddings(dataset_dir) if near_dup is not None else None
         real_history = load_history(dataset_dir, key="real_score") if basis != "text" else None
     bank, why = real_bank_for(bundle, realset, dataset_dir, batch_size)
-    anchor_items(items, bank, model, real_top_k)
+    anchor_items(items, bank, model, real_top_k, real_floor_slack)
     if bank is None:   # said in the manifest too: this image was checked against text only
         for item in items:
             item.extra["real_skipped"] = why

@@ -10,6 +10,15 @@ with one real photo is scored (``real_weak``: one photo is a thin anchor).
 Real embeddings must come from the same CLIP as the images' embeddings: ``RealBank.model`` and the
 images' model are compared by ``clip_identity`` (architecture, weights file, weights sha256) and a
 mismatch is refused naming both.
+
+``real_floor`` calibrates the real-anchored threshold on the real photos themselves rather than on
+the generated images' scores: each real photo of a class is scored leave-one-out against the other
+photos of its class (the same top-k mean, k clipped to n - 1), which shows how low an in-domain
+image of that class can score; the floor is ``min - slack * (median - min)`` of those scores
+(slack 0 = the lowest real photo: under exchangeability about 1 / (n + 1) of in-domain images fall
+below it; the default slack 2 extends the photos' own spread twice more below their lowest one,
+picked on bench/bench_real_anchored.py, where slack 1 cost 3-4 good images per 120 and slack 2 about
+1). It needs ``MIN_CALIBRATION_PHOTOS`` photos of the class; with fewer, ``real_floor`` is None.
 """
 from __future__ import annotations
 
@@ -20,7 +29,11 @@ import numpy as np
 from ..scoring.errors import ClipFilterError
 
 DEFAULT_TOP_K = 3
-BASES = ("text", "real", "both")     # what an image is decided on
+# what an image is decided on; the *_calibrated ones use the real photos' own floor (``real_floor``)
+BASES = ("text", "real", "both", "real_calibrated", "both_calibrated")
+CALIBRATED = ("real_calibrated", "both_calibrated")
+DEFAULT_FLOOR_SLACK = 2.0
+MIN_CALIBRATION_PHOTOS = 3
 
 
 def clip_identity(describe: dict | None) -> str | None:
@@ -106,18 +119,52 @@ def top_k_mean(cosines: np.ndarray, k: int) -> np.ndarray:
     return part.mean(axis=1)
 
 
-def real_scores(embeddings, labels, bank: RealBank, top_k: int = DEFAULT_TOP_K) -> list[dict]:
-    """Per image: ``{"real_score", "real_margin", "real_n", "real_k", "real_weak"}``, or
+def leave_one_out_scores(vectors: np.ndarray, top_k: int = DEFAULT_TOP_K) -> np.ndarray:
+    """Each real photo's real-anchored score against the other photos of its class: the mean of its
+    top-k cosines to them (k clipped to n - 1). ``vectors`` [n, D]; empty when n < 2."""
+    vecs = _unit(np.asarray(vectors, dtype=np.float32))
+    if len(vecs) < 2:
+        return np.empty(0)
+    cos = (vecs @ vecs.T).astype(np.float64)
+    np.fill_diagonal(cos, -np.inf)     # never its own cosine; k <= n - 1 so -inf is never picked
+    return top_k_mean(cos, min(int(top_k), len(vecs) - 1))
+
+
+def real_floor(loo: np.ndarray, slack: float = DEFAULT_FLOOR_SLACK) -> float | None:
+    """``min - slack * (median - min)`` of the leave-one-out scores; None with fewer than
+    ``MIN_CALIBRATION_PHOTOS`` of them."""
+    loo = np.asarray(loo, dtype=np.float64).ravel()
+    if loo.size < MIN_CALIBRATION_PHOTOS:
+        return None
+    low = float(loo.min())
+    return low - float(slack) * (float(np.median(loo)) - low)
+
+
+def check_slack(slack) -> float:
+    if isinstance(slack, bool) or not isinstance(slack, (int, float, np.floating)) or not np.isfinite(slack) \
+            or not 0.0 <= slack <= 10.0:
+        raise ClipFilterError(f"real_floor_slack={slack!r} must be a number in [0, 10]", "real_floor_slack")
+    return float(slack)
+
+
+def real_scores(embeddings, labels, bank: RealBank, top_k: int = DEFAULT_TOP_K,
+                floor_slack: float = DEFAULT_FLOOR_SLACK) -> list[dict]:
+    """Per image: ``{"real_score", "real_margin", "real_n", "real_k", "real_weak", "real_floor"}``
+    (``real_floor``: its class's floor, module doc; None with fewer than 3 photos), or
     ``{"real_skipped": why}`` when its class has no real photo."""
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ClipFilterError(f"real_top_k={top_k!r} must be an integer >= 1", "real_top_k")
+    slack = check_slack(floor_slack)
     emb = _unit(np.asarray(embeddings, dtype=np.float32).reshape(len(labels), -1)) if len(labels) else None
     per_class = {}
     for label, vecs in bank.vectors.items():
         if len(vecs):
             per_class[label] = top_k_mean(emb @ vecs.T, top_k) if emb is not None else None
+    floors: dict[str, float | None] = {}
     out = []
     for i, label in enumerate(labels):
+        if label in per_class and label not in floors:
+            floors[label] = real_floor(leave_one_out_scores(bank.vectors[label], top_k), slack)
         if label not in per_class:
             out.append({"real_skipped": f"no real photos of class {label!r}"})
             continue
@@ -125,7 +172,7 @@ def real_scores(embeddings, labels, bank: RealBank, top_k: int = DEFAULT_TOP_K) 
         others = [float(v[i]) for other, v in per_class.items() if other != label]
         n = int(len(bank.vectors[label]))
         out.append({"real_score": own, "real_margin": own - max(others) if others else None, "real_n": n,
-                    "real_k": min(int(top_k), n), "real_weak": n == 1})
+                    "real_k": min(int(top_k), n), "real_weak": n == 1, "real_floor": floors[label]})
     return out
 
 
@@ -148,4 +195,6 @@ def bank_summary(bank: RealBank | None, labels, why_none: str | None = None) -> 
             lines.append(f"{label}: no real photos, decided on the text score only")
         elif n == 1:
             lines.append(f"{label}: 1 real photo (weak anchor)")
+        elif n < MIN_CALIBRATION_PHOTOS:
+            lines.append(f"{label}: {n} real photos, too few for a calibrated floor ({MIN_CALIBRATION_PHOTOS} needed)")
     return lines

@@ -50,7 +50,8 @@ def with_real_scores(records: list[dict], top_k: int = DEFAULT_TOP_K) -> tuple[l
             out.append(rec)
             continue
         extra = {k: v for k, v in (rec.get("extra") or {}).items()
-                 if k not in ("real_score", "real_margin", "real_n", "real_k", "real_weak", "real_skipped")}
+                 if k not in ("real_score", "real_margin", "real_n", "real_k", "real_weak", "real_floor",
+                              "real_skipped")}
         out.append(dict(rec, extra={**extra, **facts}))
     return out, None
 
@@ -62,7 +63,7 @@ def decide_fn_for(method, min_count: int = 8, margin=None, near_dup=None, basis:
     The threshold is always re-applied. The class-margin and near-duplicate checks are re-run only
     when ``margin`` / ``near_dup`` is given; otherwise a record the filter rejected for that reason
     stays rejected (a re-threshold must not bring such images back).
-    ``basis`` real / both: decide on the real-anchored score too (``decide``), recomputed from the
+    ``basis`` real / both / real_calibrated / both_calibrated: decide on the real-anchored score too (``decide``), recomputed from the
     stored embeddings (``with_real_scores``); the fifth element is the record's updated ``extra``
     (real score, decided_on, real threshold). ``decide_records.real_note`` says when it was skipped.
     """

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.curation.decide import decide, refilter
-from dtgen.nodes.curation.real_anchor import RealBank, bank_summary, check_same_model, real_scores, top_k_mean
+from dtgen.nodes.curation.real_anchor import (RealBank, bank_summary, check_same_model, leave_one_out_scores, real_floor,
+                                             real_scores, top_k_mean)
 from dtgen.nodes.scoring.errors import ClipFilterError
 
 BANK = RealBank.build([("a", "a1", [1, 0, 0]), ("a", "a2", [0.8, 0.6, 0]), ("b", "b1", [0, 0, 2])], "clip-A", "test")
@@ -100,3 +101,83 @@ def test_refilter_reads_stored_real_scores_and_records_the_basis():
     assert out[0]["reason"] == "below_real_threshold" and out[0]["extra"]["decided_on"] == "both"
     with pytest.raises(ClipFilterError, match="decide_on='sometimes'"):
         refilter(recs, "fixed", basis="sometimes")
+
+
+# four photos of class "q" on the unit circle: pairwise cosines a1a2 0.8, a1a3 0.6, a1a4 0, a2a3 0.96, a2a4 0.6, a3a4 0.8
+FOUR = [[1, 0], [0.8, 0.6], [0.6, 0.8], [0, 1]]
+
+
+def test_leave_one_out_scores_by_hand():
+    # top-2 of the other three: a1 (0.8+0.6)/2, a2 (0.96+0.8)/2, a3 (0.96+0.8)/2, a4 (0.8+0.6)/2
+    assert leave_one_out_scores(np.array(FOUR), top_k=2) == pytest.approx([0.7, 0.88, 0.88, 0.7])
+    # k clipped to n - 1 = 3: a1 (0.8+0.6+0)/3; never the photo's own cosine 1.0
+    assert leave_one_out_scores(np.array(FOUR), top_k=9)[0] == pytest.approx(1.4 / 3)
+    assert leave_one_out_scores(np.array([[1, 0]]), top_k=3).size == 0
+
+
+def test_the_floor_is_min_minus_slack_times_the_spread_below_the_median():
+    loo = [0.7, 0.88, 0.88, 0.7]                       # min 0.7, median 0.79
+    assert real_floor(loo, slack=1.0) == pytest.approx(0.7 - 0.09)
+    assert real_floor(loo, slack=0.0) == pytest.approx(0.7)
+    assert real_floor(loo, slack=2.0) == pytest.approx(0.7 - 0.18)
+    assert real_floor([0.9, 0.8], slack=1.0) is None   # fewer than 3 photos: no floor
+
+
+def test_real_scores_carry_the_class_floor_and_none_with_few_photos():
+    bank = RealBank.build([("q", f"q{i}", v) for i, v in enumerate(FOUR)] + [("a", "a1", [1, 0]), ("a", "a2", [0, 1])],
+                          "m", "test")
+    out = real_scores([[1, 0], [1, 0]], ["q", "a"], bank, top_k=2)     # default slack 2: 0.7 - 2 * 0.09
+    assert out[0]["real_floor"] == pytest.approx(0.52) and out[1]["real_floor"] is None
+    assert real_scores([[1, 0]], ["q"], bank, top_k=2, floor_slack=0.0)[0]["real_floor"] == pytest.approx(0.7)
+    with pytest.raises(ClipFilterError, match="real_floor_slack=-1"):
+        real_scores([[1, 0]], ["q"], bank, floor_slack=-1)
+    assert "a: 2 real photos, too few for a calibrated floor (3 needed)" in bank_summary(bank, ["q", "a"])
+
+
+def calibrated_items(real, floor):
+    out = items(real)
+    for it in out:
+        if "real_score" in it.extra:
+            it.extra["real_floor"] = floor
+    return out
+
+
+@pytest.mark.parametrize("basis, accepted, reasons", [
+    ("real_calibrated", [True, True, False, True], ["ok", "ok", "below_real_threshold", "ok"]),
+    ("both_calibrated", [True, True, False, False], ["ok", "ok", "below_real_threshold", "below_threshold"]),
+])
+def test_calibrated_bases_use_the_real_photos_floor_not_the_generated_scores(basis, accepted, reasons):
+    # real scores 0.9, 0.65, 0.5, 0.9 against the floor 0.61; text 0.3, 0.3, 0.3, 0.1 against fixed 0.25
+    batch = decide(calibrated_items([0.9, 0.65, 0.5, 0.9], 0.61), "fixed", min_count=1, basis=basis)
+    assert [it.accepted for it in batch.items] == accepted and [it.reason for it in batch.items] == reasons
+    assert {it.extra["decided_on"] for it in batch.items} == {basis}
+    assert batch.config["real_thresholds"] == {"a": pytest.approx(0.61)}
+    assert batch.items[0].extra["real_threshold"] == pytest.approx(0.61)
+    # mean_std over the generated real scores cuts at 0.7375 - 1.5 * 0.1709 = 0.481 and keeps 0.5 ...
+    plain = decide(items([0.9, 0.65, 0.5, 0.9]), "mean_std", min_count=1, basis="real")
+    assert plain.config["real_thresholds"]["a"] == pytest.approx(0.7375 - 1.5 * np.std([0.9, 0.65, 0.5, 0.9]))
+    assert plain.items[2].accepted
+    # ... the calibrated floor ignores that distribution, and earlier real scores too
+    batch = decide(calibrated_items([0.9, 0.65, 0.5, 0.9], 0.61), "mean_std", min_count=1, basis=basis,
+                   real_history={"a": [0.0, 0.0]})
+    assert batch.items[2].reason == "below_real_threshold" and batch.items[1].accepted
+
+
+def test_a_class_without_a_floor_falls_back_to_the_method_and_says_so():
+    batch = decide(items([0.9, 0.9, 0.2, 0.9]), "fixed", min_count=1, basis="real_calibrated")
+    assert [it.accepted for it in batch.items] == [True, True, False, True]
+    assert {it.extra["decided_on"] for it in batch.items} == {"real"}
+    assert "fewer than 3 real photos" in batch.config["real_calibration_skipped"]["a"]
+    batch = decide(items([0.9, 0.9, 0.2, 0.9]), "fixed", min_count=1, basis="both_calibrated")
+    assert {it.extra["decided_on"] for it in batch.items} == {"both"}
+
+
+def test_refilter_reads_the_stored_floor_and_refuses_a_bad_one():
+    recs = [{"label": "a", "score": 0.3, "extra": {"real_score": 0.6, "real_floor": 0.61}},
+            {"label": "a", "score": 0.3, "real_score": 0.62, "real_floor": 0.61}]
+    out = refilter(recs, "fixed", min_count=1, basis="real_calibrated").records
+    assert [r["accepted"] for r in out] == [False, True]
+    assert out[0]["extra"]["decided_on"] == "real_calibrated"
+    with pytest.raises(ClipFilterError, match="real_floor 'low' is not a number"):
+        refilter([{"label": "a", "score": 0.3, "real_score": 0.6, "real_floor": "low"}], "fixed",
+                 basis="real_calibrated")

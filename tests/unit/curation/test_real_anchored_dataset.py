@@ -154,6 +154,23 @@ def test_finalize_decides_on_the_real_score_from_stored_embeddings_and_reports_f
     assert all(r["decision"] == "accepted" for r in live_records(ds))
 
 
+def test_finalize_decides_on_the_real_photos_own_floor(tmp_path):
+    from dtgen.nodes.curation.real_anchor import DEFAULT_FLOOR_SLACK, leave_one_out_scores, real_floor
+
+    ds = tmp_path / "ds"
+    toy_dataset(ds)
+    finalize(ds, decide_fn=decide_fn_for(method_from("fixed", fixed_threshold=0.25), min_count=1,
+                                         basis="both_calibrated"), echo=False)
+    photos = np.stack([vec for label, _, vec, _ in load_real_embeddings(ds) if label == "a"])
+    floor = real_floor(leave_one_out_scores(photos, 3), DEFAULT_FLOOR_SLACK)   # the 4 stored photos of 'a' only
+    gen = sorted((r for r in live_records(ds) if r["source"] != "real"), key=lambda r: r["index"])
+    assert {r["extra"]["decided_on"] for r in gen} == {"both_calibrated"}
+    assert [r["extra"]["real_threshold"] for r in gen] == pytest.approx([floor] * 12)
+    assert [r["decision"] for r in gen] == ["accepted" if r["extra"]["real_score"] >= floor else "rejected" for r in gen]
+    assert {r["reason"] for r in gen[8:]} == {"below_real_threshold"}       # the 4 off-domain images
+    assert sum(r["decision"] == "accepted" for r in gen[:8]) >= 6          # in-domain: noise may put one below
+
+
 def test_finalize_refuses_real_embeddings_of_another_clip(tmp_path):
     ds = tmp_path / "ds"
     toy_dataset(ds)
