@@ -240,7 +240,10 @@ class DTGenClipFilter(io.ComfyNode):
                 io.Combo.Input("decide_on", options=list(BASES), default="text", optional=True,
                                tooltip="What the per-class threshold is applied to: text (the image-text score, as "
                                        "before), real (the real-anchored score) or both (each its own threshold, both "
-                                       "must pass). A class without real photos is decided on text; the node says so."),
+                                       "must pass). real_calibrated / both_calibrated: the real threshold is your "
+                                       "photos' own floor (each photo scored against the others of its class; min - "
+                                       "2 x (median - min)); classes with fewer than 3 photos use the method. A class "
+                                       "without real photos is decided on text; the node says so."),
                 io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
                              tooltip="k of the real-anchored score: the mean of the k highest cosines to the class's "
                                      "real photos (fewer photos: all of them)."),

@@ -236,7 +236,9 @@ class DTGenDatasetFinalize(io.ComfyNode):
                 io.Combo.Input("decide_on", options=list(BASES), default="text", optional=True,
                                tooltip="What the re-decision thresholds: text (the stored image-text score, as before), "
                                        "real (the real-anchored score, recomputed from the stored embeddings against "
-                                       "the dataset's real photos) or both. Classes without real photos: text."),
+                                       "the dataset's real photos) or both; real_calibrated / both_calibrated take the "
+                                       "real threshold from the photos' own floor (leave-one-out; classes with fewer "
+                                       "than 3 photos use the method). Classes without real photos: text."),
                 io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
                              tooltip="k of the real-anchored score: mean of the k highest cosines to the class's "
                                      "real photos."),
