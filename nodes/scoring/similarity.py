@@ -1,7 +1,8 @@
 """Batched CLIP scoring: images and texts -> L2-normalised embeddings -> cosine similarities.
 
-Preprocessing runs in torch on the model's device, a batch at a time (one upload per image
-size), and follows open_clip's eval transform (``Resize(shortest side, bicubic)`` ->
+Preprocessing runs in torch on the model's device, a batch at a time (on a GPU one upload per
+image size; on the CPU image by image from the caller's pixels into one model-input buffer, see
+``model_input``), and follows open_clip's eval transform (``Resize(shortest side, bicubic)`` ->
 ``CenterCrop`` -> ``Normalize(mean, std)``): the resize is ``F.interpolate(..., mode="bicubic",
 antialias=True)``, whose kernel is PIL's (a = -0.5, widened when downscaling), output size and
 crop offsets are computed exactly as torchvision does. Known difference: open_clip works on an
