@@ -60,8 +60,8 @@ def _prepare_one(img, index: int) -> np.ndarray:
         arr = np.repeat(arr, 3, axis=2)
     elif arr.shape[2] == 4:
         arr = arr[:, :, :3]
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint8:   # one pass, one buffer; the same values as astype(float32) / 255
+        return np.divide(arr, np.float32(255.0), dtype=np.float32)
     if not np.issubdtype(arr.dtype, np.floating):
         raise ClipFilterError(f"pixel type {arr.dtype} not supported; use float in [0, 1] or uint8",
                               where)
