@@ -1,25 +1,36 @@
-"""CLIP filter throughput: DTGen's one-image-per-forward loop vs this pack's batched filter, in
-fp32 and in bf16 where the CPU has native bf16.
+"""CLIP filter on the CPU: this pack's filter against the image encoder's own ceiling and against
+DTGen's REAL procedure (issue #28), per precision the CPU runs natively.
 
-Same 256 real photos (crops / flips of scikit-image's sample photos, 512 x 512 PNG files), same
-random-init ViT-B-32 weights (weights do not change the cost), same threads, same run:
-  (a) DTGen's procedure, reimplemented faithfully: for every image PIL.Image.open -> open_clip
-      preprocess -> model.encode_image on a batch of 1, the prompt tokenized and encoded again for
-      every image, cosine, then mean - k*std per class;
-  (b) this filter in fp32: score_items (batched preprocessing on the model's device, one forward
-      per batch, each distinct text encoded once) + decide(mean_std);
-  (c) the same in bf16 (weights cast to bfloat16), only where the CPU has amx_bf16/avx512_bf16:
-      what the loader's precision "auto" picks there.
-(b), (c) get the images as arrays, as the ComfyUI node does (they come from the VAE decoder, not
-from files); the PNG decode time that (a) pays is printed separately.
-Also: the CPU's bf16 flags and auto's choice; the image encoder alone at the chosen batch in fp32,
-bf16 autocast (fp32 weights) and bf16 weights (why the filter casts instead of autocasting), and
-their embedding cosines vs fp32; preprocessing alone (PIL per image vs batched torch); the
-machine's fp32 matmul rate measured now (2048^3, the reference for the percentage), the fraction
-of it (b) reaches (image encoder FLOPs counted with torch.utils.flop_counter), the rate of the
-encoder's own GEMM shapes as context, batch size choices, and re-thresholding 10,000 stored scores.
+Material: ``--images`` (64) real photos (crops / flips of scikit-image's photos) at ``--side`` (1024)
+px, four classes named like DTGen's dirtiness levels, each image's prompt DTGen's own
+``f"a photo of a {level} of tableware"``. One random-init ViT-B-32 (weights do not change the cost)
+is used by everything: loaded by the pack (``load_clip``) and converted to a transformers
+``CLIPModel`` folder (``_hf_clip.py``; the cosines of both models' embeddings are printed).
 
-Run: python bench/bench_clip_filter.py [--images 256] [--threads 2]
+Measured, in interleaved rounds (``--rounds``; best of each, since other processes on a shared CPU
+only ever slow a run down), images/s of:
+  ceiling   the image encoder alone: ``model.encode_image`` on one batch of ``--batch`` images
+            already preprocessed to 224² (no validation, no resize, no text, no decision);
+  filter    ``nodes.curation.filtering.filter_run`` (score_items + decide, mean_std k = 1.5 as
+            DTGen), batch ``--batch``:
+              from arrays: float32 H x W x 3 in [0, 1], as VAEDecode hands them (the graph's case);
+              from files:  each PNG decoded with PIL first, as DTGen does;
+  DTGen     DTGen's ``scripts/filter_unmatched_images.py`` pass 1 as written: per image
+            ``Image.open(png).convert("RGB")``, ``CLIPProcessor(text=[prompt], images=image, ...)``,
+            ``CLIPModel(**inputs)``, ``image_embeds @ text_embeds.T`` (fp32, one image and its prompt
+            per forward), from files, and from arrays (``Image.fromarray`` instead of the PNG).
+Then the fraction of the ceiling each filter run reaches (target >= 0.85 at the same precision), the
+ratios to DTGen, one run's time per stage, and the score agreement with DTGen.
+Precisions: fp32, plus bf16 where the CPU computes it natively (amx_bf16 / avx512_bf16; what the
+loader's precision "auto" picks there). On a CPU without them bf16 is emulated (several times slower
+than fp32), "auto" picks fp32, and bf16 is skipped (``--emulated-bf16`` times it anyway).
+Also: re-thresholding 10,000 stored scores.
+
+``--clock cpu`` times the main thread's CPU seconds with one torch thread instead of wall-clock
+seconds: on a CPU shared with other processes their load does not inflate it (ratios at one thread).
+
+Run: python bench/bench_clip_filter.py [--images 64] [--side 1024] [--batch 64] [--rounds 3] [--threads N]
+     [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -36,21 +47,28 @@ from _pkg import load_package
 load_package()
 
 import numpy as np
+from bench_copy_paste import cpu_line
 from dtgen.nodes.common.records import ScoredItem
+from dtgen.nodes.curation.decide import refilter
+from dtgen.nodes.curation.filtering import filter_run
+from dtgen.nodes.curation.thresholds import get_method
 from dtgen.nodes.scoring.clip_model import load_clip
-from dtgen.nodes.curation.decide import decide, refilter
 from dtgen.nodes.scoring.precision import cpu_bf16, resolve_precision
-from dtgen.nodes.scoring.similarity import TextEmbeddingCache, model_input, score_items
+from dtgen.nodes.scoring.similarity import (
+    TextEmbeddingCache,
+    model_input,
+    prepare_images,
+)
 
 # photos bundled with scikit-image (no download): colour and gray, natural and microscopy
 SOURCES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "retina", "hubble_deep_field",
            "immunohistochemistry", "coins", "moon", "page", "brick", "grass", "gravel", "logo", "text"]
-CLASSES = ["cup", "plate", "bowl", "glass"]
-SIZE = 512
+LEVELS = ["clean", "heavily_dirty", "moderately_dirty", "slightly_dirty"]   # DTGen's classes
+K = 1.5   # DTGen's --std-dev-factor default
 
 
-def photos(n: int, seed: int = 0) -> list[np.ndarray]:
-    """n distinct 512 x 512 x 3 uint8 crops / flips of the bundled scikit-image photos."""
+def photos(n: int, side: int, seed: int = 0) -> list[np.ndarray]:
+    """n distinct side x side x 3 uint8 crops / flips of the bundled scikit-image photos."""
     from PIL import Image
     from skimage import data
 
@@ -65,87 +83,106 @@ def photos(n: int, seed: int = 0) -> list[np.ndarray]:
     for i in range(n):
         base = bases[i % len(bases)]
         h, w = base.shape[:2]
-        side = int(min(h, w) * rng.uniform(0.45, 1.0))
-        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = base[top:top + side, left:left + side]
+        edge = int(min(h, w) * rng.uniform(0.45, 1.0))
+        top, left = rng.integers(0, h - edge + 1), rng.integers(0, w - edge + 1)
+        crop = base[top:top + edge, left:left + edge]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        out.append(np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((SIZE, SIZE),
-                                                                                Image.BICUBIC)))
+        out.append(np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((side, side), Image.BICUBIC)))
     return out
 
 
-def prompts(n: int, seed: int = 1) -> tuple[list[str], list[str]]:
-    rng = np.random.default_rng(seed)
-    styles = ["on a wooden table", "studio lighting", "top view", "close-up", "on a shelf",
-              "in a kitchen", "white background", "outdoors", "macro photo", "soft shadows",
-              "product shot", "cluttered scene", "on a plate rack", "dim light", "bright day", "blurry"]
-    labels = [CLASSES[i % len(CLASSES)] for i in range(n)]
-    texts = [f"a photo of a {lab}, {styles[rng.integers(len(styles))]}" for lab in labels]
-    return labels, texts
+def labels_prompts(n: int) -> tuple[list[str], list[str]]:
+    labels = [LEVELS[i % len(LEVELS)] for i in range(n)]
+    return labels, [f"a photo of a {lab} of tableware" for lab in labels]
 
 
-def build_weights(folder: Path) -> Path:
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+_clock = [time.perf_counter]
+
+
+def clock() -> float:
+    """The bench's timer: wall-clock seconds, or (``--clock cpu``) this thread's CPU seconds, which
+    other processes on a shared CPU do not inflate (with one torch thread all the work runs on it)."""
+    return _clock[0]()
+
+
+def use_clock(name: str) -> None:
+    """Select the timer; ``cpu`` also sets one torch thread (else other threads' work goes uncounted)."""
+    import torch
+
+    _clock[0] = CLOCK[name]
+    if name == "cpu":
+        torch.set_num_threads(1)
+
+
+def build_weights(folder: Path):
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     path = folder / "vit_b32_random.safetensors"
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    model = open_clip.create_model("ViT-B-32", pretrained=None).eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+    return path, model
 
 
-def dtgen_reference(bundle, files, texts) -> np.ndarray:
-    """(a) DTGen's loop: one image and one text per forward, file opened with PIL."""
-    import open_clip
-    import torch
+def run_filter(bundle, images, labels, prompts, batch: int):
+    """``filter_run`` as the node calls it (prompt side, mean_std k = 1.5, no dataset)."""
+    items = [ScoredItem(image=a, label=lab, prompt=p, index=i)
+             for i, (a, lab, p) in enumerate(zip(images, labels, prompts))]
+    out, _ = filter_run(bundle, items, get_method("mean_std", k=K), text_side="prompt", min_count=0,
+                        batch_size=batch)
+    return out
+
+
+def decode_png(path) -> np.ndarray:
     from PIL import Image
 
-    preprocess = open_clip.image_transform(bundle.image_size, is_train=False,
-                                           mean=bundle.mean, std=bundle.std)
-    model, tokenizer = bundle.model, bundle.tokenizer
-    scores = []
-    for path, text in zip(files, texts):
-        image = preprocess(Image.open(path)).unsqueeze(0)
-        tokens = tokenizer([text])
-        with torch.no_grad():
-            img_f = model.encode_image(image)
-            txt_f = model.encode_text(tokens)
-        img_f = img_f / img_f.norm(dim=-1, keepdim=True)
-        txt_f = txt_f / txt_f.norm(dim=-1, keepdim=True)
-        scores.append(float((img_f @ txt_f.T)[0, 0]))
-    return np.array(scores)
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
 
 
-def dtgen_threshold(scores, labels, k=1.5) -> np.ndarray:
-    keep = np.zeros(len(scores), bool)
-    for lab in set(labels):
-        idx = np.array([i for i, x in enumerate(labels) if x == lab])
-        s = scores[idx]
-        keep[idx] = s >= s.mean() - k * s.std()
-    return keep
+def ceiling(bundle, x) -> float:
+    """Seconds of one ``encode_image`` on the preprocessed batch ``x``."""
+    import torch
+
+    with torch.inference_mode():
+        t = clock()
+        bundle.model.encode_image(x)
+        return clock() - t
 
 
-def ours(bundle, arrays, labels, texts, batch_size, cache=None, embeddings=None) -> np.ndarray:
-    """(b)/(c) scoring: batched, each distinct text encoded once per cache."""
-    items = [ScoredItem(image=a, label=lab, prompt=t, index=i)
-             for i, (a, lab, t) in enumerate(zip(arrays, labels, texts))]
-    score_items(bundle, items, "prompt", batch_size=batch_size, text_cache=cache)
-    if embeddings is not None:
-        embeddings.extend(it.embedding for it in items)
-    return np.array([it.score for it in items])
+def stage_times(bundle, floats, prompts, batch: int) -> dict:
+    """One pass of the filter's image path split by stage (seconds for all images)."""
+    import torch
+
+    out = {"validate": 0.0, "preprocess": 0.0, "encode": 0.0}
+    with torch.inference_mode():
+        for start in range(0, len(floats), batch):
+            t = clock()
+            ready = prepare_images(floats[start:start + batch])
+            out["validate"] += clock() - t
+            t = clock()
+            x = model_input(bundle, ready)
+            out["preprocess"] += clock() - t
+            t = clock()
+            bundle.model.encode_image(x)
+            out["encode"] += clock() - t
+    t = clock()
+    TextEmbeddingCache(bundle).encode(prompts)
+    out[f"text ({len(set(prompts))} distinct prompts, no memo)"] = clock() - t
+    return out
 
 
-def encoder_rates(bundle, floats, batch: int, rounds: int = 3) -> dict:
-    """Image encoder alone on one preprocessed batch: fp32, bf16 autocast (fp32 weights), bf16
-    weights; best images/s of ``rounds`` interleaved rounds, and each one's embeddings."""
+def encoder_precisions(bundle, x) -> None:
+    """The encoder alone in fp32, bf16 autocast (fp32 weights) and bf16 weights, and the bf16
+    embeddings' cosines to fp32: why the filter casts the weights instead of autocasting."""
     import copy
 
     import torch
 
-    x = model_input(bundle, floats[:batch])
     cast = copy.deepcopy(bundle.model).to(torch.bfloat16)
 
     def autocast(t):
@@ -154,16 +191,17 @@ def encoder_rates(bundle, floats, batch: int, rounds: int = 3) -> dict:
 
     runs = {"fp32": bundle.model.encode_image, "bf16 autocast": autocast,
             "bf16 weights": lambda t: cast.encode_image(t.to(torch.bfloat16))}
-    rates, embs = {k: 0.0 for k in runs}, {}
+    rates, embs = {}, {}
     with torch.inference_mode():
-        for name, fn in runs.items():   # warm-up (oneDNN picks its kernels on the first call)
+        for name, fn in runs.items():
+            fn(x[:2])
+            t = clock()
             embs[name] = torch.nn.functional.normalize(fn(x).float(), dim=-1).numpy()
-        for _ in range(rounds):
-            for name, fn in runs.items():
-                t = time.perf_counter()
-                fn(x)
-                rates[name] = max(rates[name], batch / (time.perf_counter() - t))
-    return {"rates": rates, "embs": embs}
+            rates[name] = len(x) / (clock() - t)
+    print("encoder alone, images/s: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
+    for name in ("bf16 autocast", "bf16 weights"):
+        c = cosines(embs["fp32"], embs[name])
+        print(f"  embedding cosine {name} vs fp32: min {c.min():.6f}, mean {c.mean():.6f} ({len(x)} photos)")
 
 
 def cosines(a, b) -> np.ndarray:
@@ -171,210 +209,127 @@ def cosines(a, b) -> np.ndarray:
     return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def ours_decide(scores, labels):
-    items = [ScoredItem(image=None, label=lab, prompt="", score=float(s))
-             for s, lab in zip(scores, labels)]
-    batch = decide(items, "mean_std", min_count=0)
-    return scores, np.array([it.accepted for it in batch.items])
-
-
-def matmul_gflops(shapes=((2048, 2048, 2048),), reps: int = 6) -> float:
-    """Best fp32 rate over ``reps`` runs of the matmuls [m, k] x [k, n] in ``shapes``, together."""
-    import torch
-
-    pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
-    flops = sum(2 * m * k * n for m, k, n in shapes)
-    for a, b in pairs:
-        torch.matmul(a, b)
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
-        for a, b in pairs:
-            torch.matmul(a, b)
-        best = max(best, flops / (time.perf_counter() - t) / 1e9)
-    return best
-
-
-def encoder_gemm_shapes(bundle, batch: int) -> list[tuple[int, int, int]]:
-    """The image encoder's per-layer GEMMs for ``batch`` images: qkv, out proj, MLP up, MLP down."""
-    visual = bundle.model.visual
-    d = visual.conv1.out_channels
-    rows = batch * ((bundle.image_size[0] // visual.conv1.kernel_size[0])
-                    * (bundle.image_size[1] // visual.conv1.kernel_size[1]) + 1)
-    hidden = visual.transformer.resblocks[0].mlp.c_fc.out_features
-    return [(rows, d, 3 * d), (rows, d, d), (rows, d, hidden), (rows, hidden, d)]
-
-
-def image_flops(bundle) -> tuple[float, float]:
-    """FLOPs (2 x multiply-adds) of one image through the image encoder: counted, and analytic.
-
-    Counted with FlopCounterMode with autograd on, so nn.MultiheadAttention takes its plain
-    (countable) path instead of the fused inference kernel that the counter does not see.
-    """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 3, *bundle.image_size)
-    with FlopCounterMode(display=False) as counter:
-        bundle.model.encode_image(x)
-    visual = bundle.model.visual
-    d = visual.conv1.out_channels
-    patch = visual.conv1.kernel_size[0]
-    tokens = (bundle.image_size[0] // patch) * (bundle.image_size[1] // patch) + 1
-    layers = len(visual.transformer.resblocks)
-    hidden = visual.transformer.resblocks[0].mlp.c_fc.out_features
-    macs = (tokens - 1) * 3 * patch * patch * d                       # patch embedding
-    macs += layers * tokens * (4 * d * d + 2 * d * hidden)            # qkv + out proj + MLP
-    macs += layers * 2 * tokens * tokens * d                          # QK^T and attn @ V
-    macs += d * visual.output_dim                                     # final projection
-    return float(counter.get_total_flops()), 2.0 * macs
-
-
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sweep-images", type=int, default=64)
-    parser.add_argument("--chunk", type=int, default=64, help="images per (a)/(b) alternation")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock", choices=tuple(CLOCK), default="wall",
+                        help="wall: wall-clock seconds; cpu: the main thread's CPU seconds with one torch thread "
+                             "(for a CPU shared with other processes)")
+    parser.add_argument("--emulated-bf16", action="store_true", help="time bf16 even without native bf16")
     args = parser.parse_args()
 
     import torch
+    import transformers
+    from _hf_clip import check_same_model, dtgen_filter_loop, load_hf_clip, save_hf_clip
     from PIL import Image
 
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_clock(args.clock)
+    unit = "images/s" if args.clock == "wall" else "images per CPU-second (1 thread)"
+    if hasattr(os, "getloadavg"):
+        print(f"load average before the run: {os.getloadavg()[0]:.2f}")
+    print(cpu_line())
     cpu = cpu_bf16()
-    auto = resolve_precision("auto", "cpu")
-    print(f"CPU bf16 flags: {cpu.describe()}; precision auto on this CPU: {auto}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, torch threads "
+          f"{torch.get_num_threads()}; native bf16: {cpu.describe()}; precision auto on this CPU: "
+          f"{resolve_precision('auto', 'cpu')}")
+    precisions = ["fp32"] + (["bf16"] if cpu.native or args.emulated_bf16 else [])
+    if "bf16" not in precisions:
+        print("bf16: skipped (no native bf16 on this CPU: emulated, several times slower than fp32; "
+              "--emulated-bf16 times it anyway)")
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        arrays = photos(args.images)
+        n, side = args.images, args.side
+        u8 = photos(n, side)
+        assert len({a.tobytes() for a in u8}) == n, "images must be distinct"
+        floats = [a.astype(np.float32) / 255.0 for a in u8]   # VAEDecode's output, as arrays
         files = []
-        for i, a in enumerate(arrays):
-            files.append(tmp / f"{i:04d}.png")
-            Image.fromarray(a).save(files[-1])
-        assert len({a.tobytes() for a in arrays}) == len(arrays), "images must be distinct"
-        labels, texts = prompts(args.images)
-        weights = str(build_weights(tmp))
-        bundle = load_clip("ViT-B-32", weights)
-        bf16 = load_clip("ViT-B-32", weights, dtype="bf16") if cpu.native else None
-        floats = [a.astype(np.float32) / 255.0 for a in arrays]
-        print(f"{len(arrays)} distinct {SIZE}x{SIZE} photos, {len(set(texts))} distinct prompts, "
-              f"{len(CLASSES)} classes")
+        for i, a in enumerate(u8):
+            files.append(tmp / f"{i:04d}_{LEVELS[i % len(LEVELS)]}.png")
+            Image.fromarray(a).save(files[-1], compress_level=4)   # ComfyUI SaveImage's level
+        labels, prompts = labels_prompts(n)
+        weights, oc_model = build_weights(tmp)
+        hf_model, processor = load_hf_clip(save_hf_clip(oc_model, tmp / "hf"))
+        bundles = {p: load_clip("ViT-B-32", str(weights), precision=p) for p in precisions}
+        check = check_same_model(oc_model, hf_model, processor, bundles["fp32"].tokenizer,
+                                 model_input(bundles["fp32"], prepare_images(floats[:4])), prompts[1])
+        print(f"{n} distinct real photos at {side}², {len(LEVELS)} classes, prompts as DTGen's "
+              f"('{prompts[1]}'), batch {args.batch}; transformers model vs open_clip, same weights: image "
+              f"embedding cosine min {check['image_cosine_min']:.7f}, text {check['text_cosine']:.7f}, same "
+              f"tokens {check['same_tokens']}; processor {type(processor.image_processor).__name__}")
+        del oc_model
 
-        t = time.perf_counter()
-        for f in files:
-            Image.open(f).convert("RGB").load()
-        decode = time.perf_counter() - t
-        print(f"PNG decode alone (paid by (a) only): {decode:.2f} s")
+        # warm-up: oneDNN picks its kernels on the first call of each shape
+        for p, b in bundles.items():
+            run_filter(b, floats[:args.batch], labels, prompts, args.batch)
+        dtgen_filter_loop(hf_model, processor, files[:2], prompts[:2])
+        xs = {p: model_input(b, prepare_images(floats[:args.batch])) for p, b in bundles.items()}
 
-        gflops_peak = matmul_gflops()
-        flops_img, flops_formula = image_flops(bundle)
-        print(f"fp32 matmul 2048^3: {gflops_peak:.1f} GFLOP/s; ViT-B-32 image encoder: "
-              f"{flops_img / 1e9:.2f} GFLOP per 224 image (FlopCounterMode), "
-              f"{flops_formula / 1e9:.2f} from the architecture")
+        best: dict[str, float] = {}
 
-        # batch size choice, on a subset
-        sub = args.sweep_images
-        ours(bundle, floats[:8], labels[:8], texts[:8], 8)   # warm-up
-        if bf16 is not None:
-            ours(bf16, floats[:8], labels[:8], texts[:8], 8)
-        best_bs, best_rate = 32, 0.0
-        for bs in (8, 16, 32, 64):
-            if bs > sub:
-                break
-            t = time.perf_counter()
-            ours(bundle, floats[:sub], labels[:sub], texts[:sub], bs)
-            rate = sub / (time.perf_counter() - t)
-            print(f"  batch {bs:3d}: {rate:6.2f} images/s ({sub} images, fp32)")
-            if rate > best_rate:
-                best_bs, best_rate = bs, rate
+        def keep(name: str, images: int, seconds: float) -> None:
+            best[name] = max(best.get(name, 0.0), images / seconds)
 
-        # preprocessing alone: open_clip's PIL transform per image vs the batched torch path
-        import open_clip
+        dt_scores = {}
+        for r in range(args.rounds):
+            for p, b in bundles.items():
+                keep(f"ceiling {p}", args.batch, ceiling(b, xs[p]))
+                t = clock()
+                ours = run_filter(b, floats, labels, prompts, args.batch)
+                keep(f"filter {p} from arrays", n, clock() - t)
+                t = clock()
+                run_filter(b, [decode_png(f) for f in files], labels, prompts, args.batch)
+                keep(f"filter {p} from files", n, clock() - t)
+            for source, inputs in (("arrays", u8), ("files", files)):
+                t = clock()
+                dt_scores[source] = dtgen_filter_loop(hf_model, processor, inputs, prompts)
+                keep(f"DTGen fp32 from {source}", n, clock() - t)
+            print(f"  round {r + 1}/{args.rounds} done" + (f", load average {os.getloadavg()[0]:.2f}"
+                                                           if hasattr(os, "getloadavg") else ""), flush=True)
 
-        pil = open_clip.image_transform(bundle.image_size, is_train=False, mean=bundle.mean, std=bundle.std)
-        n_pre = min(64, len(arrays))
-        t = time.perf_counter()
-        for a in arrays[:n_pre]:
-            pil(Image.fromarray(a))
-        t_pil = (time.perf_counter() - t) / n_pre
-        t = time.perf_counter()
-        for start in range(0, n_pre, best_bs):
-            model_input(bundle, floats[start:min(start + best_bs, n_pre)])
-        t_torch = (time.perf_counter() - t) / n_pre
-        print(f"preprocessing alone, {SIZE}^2 -> 224^2: PIL per image (from array, no decode) "
-              f"{t_pil * 1e3:.1f} ms/image; batched torch on the model's device {t_torch * 1e3:.1f} ms/image "
-              f"({t_pil / t_torch:.2f}x)")
+        print(f"\n{unit} (best of {args.rounds} interleaved rounds, {args.clock} clock):")
+        for name, rate in best.items():
+            print(f"  {name:28s} {rate:7.2f}")
+        print("\nfraction of the encoder's ceiling at the same precision (target >= 0.85), and x DTGen's "
+              "real procedure (fp32):")
+        for p in bundles:
+            for source in ("arrays", "files"):
+                rate = best[f"filter {p} from {source}"]
+                print(f"  filter {p} from {source:6s}: {rate / best[f'ceiling {p}']:.3f} of the ceiling; "
+                      f"{rate / best[f'DTGen fp32 from {source}']:.2f}x DTGen from {source}")
+        print(f"  DTGen fp32 from arrays / files: {best['DTGen fp32 from arrays'] / best['ceiling fp32']:.3f} / "
+              f"{best['DTGen fp32 from files'] / best['ceiling fp32']:.3f} of the fp32 ceiling")
 
-        # the image encoder alone: fp32 vs bf16 autocast vs bf16 weights
-        enc = encoder_rates(bundle, floats, best_bs)
-        r = enc["rates"]
-        line = ", ".join(f"{k} {v:.2f}" for k, v in r.items())
-        print(f"image encoder alone, batch {best_bs}, images/s: {line}")
-        print(f"  ratios vs fp32: bf16 autocast {r['bf16 autocast'] / r['fp32']:.2f}x, bf16 weights "
-              f"{r['bf16 weights'] / r['fp32']:.2f}x" + ("" if cpu.native else " (bf16 emulated: no native bf16)"))
-        for name in ("bf16 autocast", "bf16 weights"):
-            c = cosines(enc["embs"]["fp32"], enc["embs"][name])
-            print(f"  embedding cosine {name} vs fp32: min {c.min():.6f}, mean {c.mean():.6f} ({best_bs} photos)")
+        for p, b in bundles.items():
+            runs = [stage_times(b, floats, prompts, args.batch) for _ in range(2)]
+            st = {k: min(r[k] for r in runs) for k in runs[0]}   # each stage's best of two passes
+            total = sum(st.values())
+            print(f"\nthe filter's image path, {p}, by stage (s for {n} images, best of 2 passes): "
+                  + ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in st.items()))
+            t = clock()
+            [decode_png(f) for f in files]
+            print(f"  PNG decode alone (PIL, what 'from files' adds): {clock() - t:.2f} s")
 
-        # (a), (b), (c) alternate chunk by chunk so all meet the same load from other processes
-        t_a = t_b = t_c = 0.0
-        cache = TextEmbeddingCache(bundle)
-        cache_c = TextEmbeddingCache(bf16) if bf16 is not None else None
-        ref_scores, our_scores, bf_scores, emb_b, emb_c = [], [], [], [], []
-        for start in range(0, len(files), args.chunk):
-            part = slice(start, start + args.chunk)
-            t = time.perf_counter()
-            ref_scores.append(dtgen_reference(bundle, files[part], texts[part]))
-            t_a += time.perf_counter() - t
-            t = time.perf_counter()
-            our_scores.append(ours(bundle, floats[part], labels[part], texts[part], best_bs, cache, emb_b))
-            t_b += time.perf_counter() - t
-            if bf16 is not None:
-                t = time.perf_counter()
-                bf_scores.append(ours(bf16, floats[part], labels[part], texts[part], best_bs, cache_c, emb_c))
-                t_c += time.perf_counter() - t
-        t = time.perf_counter()
-        ref_keep = dtgen_threshold(np.concatenate(ref_scores), labels)
-        t_a += time.perf_counter() - t
-        t = time.perf_counter()
-        our_scores, our_keep = ours_decide(np.concatenate(our_scores), labels)
-        t_b += time.perf_counter() - t
-        ref_scores = np.concatenate(ref_scores)
+        ours_scores = np.array([it.score for it in ours.items])
+        for source, scores in dt_scores.items():
+            scores = np.asarray(scores)
+            keep_dt = np.zeros(n, bool)
+            for lab in LEVELS:
+                idx = np.array([i for i, x in enumerate(labels) if x == lab])
+                keep_dt[idx] = scores[idx] >= scores[idx].mean() - K * scores[idx].std()
+            same = int((keep_dt == np.array([it.accepted for it in ours.items])).sum())
+            diff = np.abs(scores - ours_scores)
+            print(f"scores vs DTGen from {source} (fp32): max |diff| {diff.max():.2e}, mean {diff.mean():.2e} "
+                  f"(score std {ours_scores.std():.2e}); same accept/reject {same}/{n}")
 
-        rate_a, rate_b = len(files) / t_a, len(files) / t_b
-        print(f"(a) DTGen loop (PIL per image, 1 image + 1 text per forward, fp32): {t_a:6.1f} s  "
-              f"{rate_a:6.2f} images/s")
-        print(f"(b) this filter fp32 (batch {best_bs}, {cache.encoded_count} texts encoded once): "
-              f"{t_b:6.1f} s  {rate_b:6.2f} images/s")
-        if bf16 is not None:
-            t = time.perf_counter()
-            bf_scores, bf_keep = ours_decide(np.concatenate(bf_scores), labels)
-            t_c += time.perf_counter() - t
-            rate_c = len(files) / t_c
-            print(f"(c) this filter bf16 (batch {best_bs}): {t_c:6.1f} s  {rate_c:6.2f} images/s")
-        print(f"speed-up (b)/(a): {rate_b / rate_a:.2f}x (target >= 3x)")
-        if bf16 is not None:
-            print(f"speed-up (c)/(a): {rate_c / rate_a:.2f}x; (c)/(b) bf16 vs fp32: {rate_c / rate_b:.2f}x")
-        gflops_after = matmul_gflops()
-        peak = max(gflops_peak, gflops_after)   # other processes share the CPU: be conservative
-        shaped = matmul_gflops(encoder_gemm_shapes(bundle, best_bs))
-        reached = rate_b * flops_img / 1e9
-        print(f"(b) reaches {reached:.1f} GFLOP/s = {100 * reached / peak:.0f}% of the measured "
-              f"matmul rate (2048^3: {gflops_peak:.1f} before, {gflops_after:.1f} GFLOP/s after; "
-              f"image encoder FLOPs only, text encoding and preprocessing count as overhead)")
-        print(f"  context: the encoder's own GEMM shapes at batch {best_bs} run at {shaped:.1f} "
-              f"GFLOP/s here; (b) reaches {100 * reached / shaped:.0f}% of that")
-        diff = np.abs(ref_scores - our_scores)
-        print(f"score agreement (a) vs (b): max |diff| {diff.max():.2e}, mean {diff.mean():.2e}; "
-              f"same accept/reject for {int((ref_keep == our_keep).sum())}/{len(files)}")
-        if bf16 is not None:
-            c = cosines(emb_b, emb_c)
-            diff = np.abs(our_scores - bf_scores)
-            print(f"(b) fp32 vs (c) bf16: image embedding cosine min {c.min():.6f}, mean {c.mean():.6f}; "
-                  f"score max |diff| {diff.max():.2e}, mean {diff.mean():.2e} (score std {our_scores.std():.2e}); "
-                  f"same accept/reject for {int((our_keep == bf_keep).sum())}/{len(files)}")
+        if cpu.native or args.emulated_bf16:
+            encoder_precisions(bundles["fp32"], xs["fp32"])
 
     rng = np.random.default_rng(0)
     labels10 = [f"class{i % 10}" for i in range(10_000)]
@@ -382,9 +337,9 @@ def main():
                 "class_scores": {f"class{j}": float(rng.normal(0.2, 0.03)) for j in range(10)}}
                for lab, s in zip(labels10, rng.normal(0.3, 0.03, 10_000))]
     for margin in (None, 0.0):
-        t = time.perf_counter()
+        t = clock()
         res = refilter(records, "mean_std", margin=margin)
-        dt = time.perf_counter() - t
+        dt = clock() - t
         print(f"refilter 10,000 stored scores, 10 classes, margin={margin}: {dt * 1000:.0f} ms "
               f"({sum(r['accepted'] for r in res.records)} kept)")
 

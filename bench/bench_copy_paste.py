@@ -29,10 +29,11 @@ from PIL import Image
 
 load_package()
 
-from dtgen.nodes.synthesis.copy_paste import CopyPaste, summary  # noqa: E402
-from dtgen.nodes.synthesis.cutouts import load_cutouts  # noqa: E402
+from dtgen.nodes.synthesis.copy_paste import CopyPaste, summary
+from dtgen.nodes.synthesis.cutouts import load_cutouts
 
-SIMD = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "amx_tile", "neon",
+SIMD = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile",
+        "amx_bf16", "neon",
         "asimd", "sve")
 
 
