@@ -186,7 +186,7 @@ def first_answer(cmd: str, timeout: float = 120) -> None:
     raise AssertionError(f"{url} never answered")
 
 
-@pytest.mark.parametrize("workers, when", [(1, "0.5 s"), (1, "first answer"), (2, "0.5 s")])
+@pytest.mark.parametrize("workers, when", [(1, "0.5 s"), (1, "first answer"), (2, "0.5 s"), (2, "first answer")])
 def test_a_replacement_comfyui_killed_while_starting_is_restarted_again(comfyui_path, model_dirs, tmp_path,
                                                                        workers, when):
     """The CLI, ``--ray-workers N``: once items are stored, kill -9 worker 0's ComfyUI; kill its
