@@ -30,10 +30,10 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _clock import CLOCK, clock, use_clock
 from _pkg import load_package
 
 load_package()
@@ -48,23 +48,6 @@ from dtgen.nodes.store.writer import DatasetWriter
 from dtgen.nodes.synthesis.copy_paste import CopyPaste
 from dtgen.nodes.synthesis.cutouts import load_cutouts
 
-CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
-_clock = [time.perf_counter]
-
-
-def clock() -> float:
-    """The bench's timer: wall-clock seconds, or (``--clock cpu``) this thread's CPU seconds, which
-    other processes on a shared CPU do not inflate (with one torch thread all the work runs on it)."""
-    return _clock[0]()
-
-
-def use_clock(name: str) -> None:
-    """Select the timer; ``cpu`` also sets one torch thread (else other threads' work goes uncounted)."""
-    import torch
-
-    _clock[0] = CLOCK[name]
-    if name == "cpu":
-        torch.set_num_threads(1)
 
 
 def build_weights(folder: Path) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..common.vectors import unit_rows
 from ..common.records import ScoredBatch, ScoredItem
 from ..scoring.errors import ClipFilterError
 from .real_anchor import CALIBRATED, MIN_CALIBRATION_PHOTOS, check_basis
@@ -308,14 +309,14 @@ def _near_duplicates(rows, by_label, accepted, reasons, threshold, history_embed
         earlier = (history_embeddings or {}).get(label)
         bank = _Bank()
         if earlier is not None and len(earlier):
-            bank.add(_unit_rows(np.asarray(earlier, dtype=np.float32).reshape(len(earlier), -1)),
+            bank.add(unit_rows(np.asarray(earlier, dtype=np.float32).reshape(len(earlier), -1)),
                      f"history_embeddings[{label!r}]")
         for i in idx:
             if not accepted[i]:
                 continue   # only accepted items count as originals
             if rows[i].embedding is None:
                 raise ClipFilterError("near-duplicate check needs an image embedding", rows[i].where)
-            emb = _unit_rows(np.asarray(rows[i].embedding, dtype=np.float32).reshape(1, -1))
+            emb = unit_rows(np.asarray(rows[i].embedding, dtype=np.float32).reshape(1, -1))
             if bank.max_cosine(emb[0], rows[i].where) >= threshold:
                 accepted[i], reasons[i] = False, "near_duplicate"
             else:
@@ -349,8 +350,3 @@ class _Bank:
         if dim != self.data.shape[1]:
             raise ClipFilterError(f"embedding size {dim} differs from earlier {self.data.shape[1]}",
                                   where)
-
-
-def _unit_rows(m: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    return m / np.where(norms > 0, norms, 1.0)

@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..common.vectors import unit_rows
+
 DEFAULT_K = 3
 
-
-def _unit(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D array [n, D], got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -37,7 +32,7 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def knn_radii(x, k: int) -> np.ndarray:
     """Distance of each row to its k-th nearest other row (``k`` is clipped to n - 1)."""
-    x = _unit(x)
+    x = unit_rows(x, np.float64)
     n = len(x)
     if n < 2:
         raise ValueError(f"a k-NN radius needs at least 2 points, got {n}")
@@ -54,7 +49,7 @@ def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.nd
 
 def precision_recall(real, fake, k: int = DEFAULT_K) -> tuple[float, float]:
     """(precision, recall) of ``fake`` against ``real``; both sets need >= 2 points."""
-    real, fake = _unit(real), _unit(fake)
+    real, fake = unit_rows(real, np.float64), unit_rows(fake, np.float64)
     p = float(_inside(fake, real, knn_radii(real, k)).any(axis=1).mean())
     r = float(_inside(real, fake, knn_radii(fake, k)).any(axis=1).mean())
     return p, r
@@ -63,7 +58,7 @@ def precision_recall(real, fake, k: int = DEFAULT_K) -> tuple[float, float]:
 def density_coverage(real, fake, k: int = DEFAULT_K) -> tuple[float, float]:
     """(density, coverage) of ``fake`` against ``real``; balls around the real points only
     (``real`` needs >= 2 points, ``fake`` >= 1). ``k`` is clipped to n_real - 1, as the radii are."""
-    real, fake = _unit(real), _unit(fake)
+    real, fake = unit_rows(real, np.float64), unit_rows(fake, np.float64)
     k_eff = max(1, min(int(k), len(real) - 1))
     inside = _inside(fake, real, knn_radii(real, k_eff))
     density = float(inside.sum() / (k_eff * len(fake)))
@@ -73,7 +68,7 @@ def density_coverage(real, fake, k: int = DEFAULT_K) -> tuple[float, float]:
 
 def vendi(x) -> float:
     """Vendi score (cosine kernel) of the rows of ``x``: the effective number of distinct items."""
-    x = _unit(x)
+    x = unit_rows(x, np.float64)
     if len(x) == 0:
         raise ValueError("a Vendi score needs at least 1 point")
     # the nonzero eigenvalues of X X^T / n and X^T X / n are the same: take the smaller matrix
@@ -85,7 +80,7 @@ def vendi(x) -> float:
 
 def pca_2d(real, fake) -> tuple[np.ndarray, np.ndarray]:
     """Both sets on the first two principal axes of their union (centred on its mean)."""
-    real, fake = _unit(real), _unit(fake)
+    real, fake = unit_rows(real, np.float64), unit_rows(fake, np.float64)
     both = np.concatenate([real, fake])
     centre = both.mean(axis=0)
     _, _, vt = np.linalg.svd(both - centre, full_matrices=False)
@@ -98,8 +93,8 @@ def pca_2d(real, fake) -> tuple[np.ndarray, np.ndarray]:
 def class_fidelity(real, fake, k: int = DEFAULT_K) -> dict:
     """The per-class figures of Finalize's report; a figure a set is too small for is None and
     ``note`` says why (k-NN balls need >= 2 points of the set they are drawn around)."""
-    real = np.zeros((0, 1)) if real is None or len(real) == 0 else _unit(real)
-    fake = np.zeros((0, 1)) if fake is None or len(fake) == 0 else _unit(fake)
+    real = np.zeros((0, 1)) if real is None or len(real) == 0 else unit_rows(real, np.float64)
+    fake = np.zeros((0, 1)) if fake is None or len(fake) == 0 else unit_rows(fake, np.float64)
     out = {"n_real": int(len(real)), "n_synthetic": int(len(fake)), "k": int(k), "precision": None,
            "recall": None, "density": None, "coverage": None,
            "vendi_real": vendi(real) if len(real) else None, "vendi_synthetic": vendi(fake) if len(fake) else None,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..common.vectors import unit_rows
 from ..scoring.errors import ClipFilterError
 
 DEFAULT_TOP_K = 3
@@ -42,12 +43,6 @@ def clip_identity(describe: dict | None) -> str | None:
         return None
     sha = describe.get("sha256") or ""
     return f"{describe.get('arch')} ({describe.get('weights')}, sha256 {sha[:12] or '?'})"
-
-
-def _unit(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float32)
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    return m / np.where(norms > 0, norms, 1.0)
 
 
 @dataclass
@@ -84,7 +79,7 @@ class RealBank:
             seen.add(key)
             grouped.setdefault(label, []).append(np.asarray(vec, dtype=np.float32).reshape(-1))
         for label, vecs in grouped.items():
-            new = _unit(np.stack(vecs))
+            new = unit_rows(np.stack(vecs))
             old = self.vectors.get(label)
             if old is not None and old.shape[1] != new.shape[1]:
                 raise ClipFilterError(f"real embeddings of class {label!r} have {new.shape[1]} and {old.shape[1]} "
@@ -122,7 +117,7 @@ def top_k_mean(cosines: np.ndarray, k: int) -> np.ndarray:
 def leave_one_out_scores(vectors: np.ndarray, top_k: int = DEFAULT_TOP_K) -> np.ndarray:
     """Each real photo's real-anchored score against the other photos of its class: the mean of its
     top-k cosines to them (k clipped to n - 1). ``vectors`` [n, D]; empty when n < 2."""
-    vecs = _unit(np.asarray(vectors, dtype=np.float32))
+    vecs = unit_rows(np.asarray(vectors, dtype=np.float32))
     if len(vecs) < 2:
         return np.empty(0)
     cos = (vecs @ vecs.T).astype(np.float64)
@@ -155,7 +150,7 @@ def real_scores(embeddings, labels, bank: RealBank, top_k: int = DEFAULT_TOP_K,
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ClipFilterError(f"real_top_k={top_k!r} must be an integer >= 1", "real_top_k")
     slack = check_slack(floor_slack)
-    emb = _unit(np.asarray(embeddings, dtype=np.float32).reshape(len(labels), -1)) if len(labels) else None
+    emb = unit_rows(np.asarray(embeddings, dtype=np.float32).reshape(len(labels), -1)) if len(labels) else None
     per_class = {}
     for label, vecs in bank.vectors.items():
         if len(vecs):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.vectors import unit_rows
 from ..fewshot.imageset import FewShotError
 from ..fewshot.pixels import load_image
 from ..store import embeddings
@@ -44,11 +45,6 @@ def clip_encoder(bundle, batch_size: int = 32) -> Encode:
 
     encode.image_size = int(max(bundle.image_size))
     return encode
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return (rows / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 class FeatureSource:
@@ -128,7 +124,7 @@ class FeatureSource:
             self._stored_ok = self._verify(with_emb)
             if not self._stored_ok:
                 return {}
-        return {r["id"]: _unit(self._stored[r["id"]][None].astype(np.float32))[0]
+        return {r["id"]: unit_rows(self._stored[r["id"]][None].astype(np.float32))[0]
                 for r in with_emb if r["id"] in self._stored and self._stored[r["id"]].shape[0] == self.dim}
 
     def _verify(self, with_emb: list[dict]) -> bool:
@@ -142,7 +138,7 @@ class FeatureSource:
         if dims != {self.dim}:
             problem = f"stored embeddings have size {', '.join(map(str, sorted(dims)))}, the encoder gives {self.dim}"
         else:
-            stored = _unit(np.stack([self._stored[r["id"]] for r in sample]).astype(np.float32))
+            stored = unit_rows(np.stack([self._stored[r["id"]] for r in sample]).astype(np.float32))
             cosine = float(np.median(np.einsum("nd,nd->n", stored, feats)))
             if cosine < MIN_STORED_COSINE:
                 problem = (f"stored embeddings do not match the encoder (median cosine {cosine:.3f} on {len(sample)} "
@@ -179,7 +175,7 @@ class FeatureSource:
             self.dim = int(out.shape[1])
         elif out.shape[1] != self.dim:
             raise EvaluationError(None, f"encode returned {out.shape[1]}-d features after {self.dim}-d ones")
-        return _unit(out)
+        return unit_rows(out)
 
     def _stack(self, rows: list[np.ndarray]) -> np.ndarray:
         if not rows:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..common.vectors import unit_rows
 from ..fewshot.pixels import load_image
 
 KEY_SIZE = 64
@@ -62,23 +63,16 @@ def pixel_matches(test_keys: Sequence[str], train_keys: Sequence[str]) -> list[t
     return [(i, first[k]) for i, k in enumerate(test_keys) if k in first]
 
 
-def _unit(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"features must be [n, D], got shape {x.shape}")
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n > 0, n, 1.0)
-
 
 def centred(test_x, train_x) -> tuple[np.ndarray, np.ndarray]:
     """Both sets' rows L2-normalised, minus the mean row of both sets together, L2-normalised again."""
-    a, b = _unit(test_x), _unit(train_x)
+    a, b = unit_rows(test_x, np.float64), unit_rows(train_x, np.float64)
     if len(a) and len(b) and a.shape[1] != b.shape[1]:
         raise ValueError(f"test features are {a.shape[1]}-d and training features {b.shape[1]}-d")
     if not len(a) or not len(b):
         return a, b
     mu = np.concatenate([a, b]).mean(axis=0)
-    return _unit(a - mu), _unit(b - mu)
+    return unit_rows(a - mu, np.float64), unit_rows(b - mu, np.float64)
 
 
 def near_duplicates(test_x, train_x, min_cosine: float = NEAR_DUPLICATE_COSINE,
@@ -86,7 +80,7 @@ def near_duplicates(test_x, train_x, min_cosine: float = NEAR_DUPLICATE_COSINE,
     """(test index, nearest training index, cosine) for each test row whose nearest training row
     (by cosine; ties: the first) has a cosine >= ``min_cosine``, in test order; ``centre``: the
     cosine of the ``centred`` rows, else of the rows as given."""
-    a, b = centred(test_x, train_x) if centre else (_unit(test_x), _unit(train_x))
+    a, b = centred(test_x, train_x) if centre else (unit_rows(test_x, np.float64), unit_rows(train_x, np.float64))
     if not len(a) or not len(b):
         return []
     if a.shape[1] != b.shape[1]:
@@ -122,7 +116,7 @@ def find_leaks(test_names: Sequence[str], train_names: Sequence[str], test_keys:
                train_keys: Sequence[str], test_x, train_x, min_cosine: float = NEAR_DUPLICATE_COSINE,
                centre: bool = True) -> list[Leak]:
     """Every test photo found among the training images, by ``pixels`` first, then ``embedding``."""
-    a, b = centred(test_x, train_x) if centre else (_unit(test_x), _unit(train_x))
+    a, b = centred(test_x, train_x) if centre else (unit_rows(test_x, np.float64), unit_rows(train_x, np.float64))
     found: dict[int, Leak] = {}
     for i, j in pixel_matches(test_keys, train_keys):
         cos = float(a[i] @ b[j]) if len(a) and len(b) else 1.0
