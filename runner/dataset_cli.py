@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..nodes.curation.finalize import finalize
 from ..nodes.curation.quotas import counts, missing
-from ..nodes.curation.real_anchor import BASES
+from ..nodes.curation.real_anchor import BASES, DEFAULT_TOP_K
 from ..nodes.curation.redecide import decide_fn_for, histogram_image
 from ..nodes.curation.thresholds import method_from
 from ..nodes.store.clean_marker import is_clean, mark_clean
@@ -52,7 +52,9 @@ def add_dataset_commands(sub) -> None:
                    help="threshold the text score (default, as before), the real-anchored score (recomputed from the "
                         "stored embeddings against the dataset's real photos) or both; *_calibrated: the real "
                         "threshold is the photos' own leave-one-out floor; classes without real photos: text")
-    p.add_argument("--real-top-k", type=int, default=3, help="k of the real-anchored score (mean of the top-k cosines)")
+    p.add_argument("--real-top-k", type=int, default=DEFAULT_TOP_K,
+                   help=f"k of the real-anchored score (mean of the top-k cosines, at most one less than the class's "
+                        f"photos; default {DEFAULT_TOP_K})")
     p.add_argument("--split", help="train,val,test fractions, e.g. 0.8,0.1,0.1")
     p.add_argument("--split-folders", action="store_true", help=SPLIT_FOLDERS_HELP)
     p = sub.add_parser("finalize", help="split and write report/ (report.json, histograms, contact sheets), "

@@ -13,7 +13,8 @@ import folder_paths
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from .comfy_types import DtgenClip, RealImagesType, ScoredBatchType, dataset_input, dataset_name_of, threshold_inputs
+from .comfy_types import (DtgenClip, RealImagesType, ScoredBatchType, dataset_input, dataset_name_of,
+                          real_anchor_inputs, threshold_inputs)
 from .comfy_paths import dataset_dir
 from .off_loop import off_loop
 from ..common.items import items_from_lists
@@ -237,16 +238,7 @@ class DTGenClipFilter(io.ComfyNode):
                                              "real-anchored score (mean of its top-k CLIP cosines to the real photos of "
                                              "its class) and a margin against the other classes' photos, stored beside "
                                              "the text score. The dataset's stored real photos count too."),
-                io.Combo.Input("decide_on", options=list(BASES), default="text", optional=True,
-                               tooltip="What the per-class threshold is applied to: text (the image-text score, as "
-                                       "before), real (the real-anchored score) or both (each its own threshold, both "
-                                       "must pass). real_calibrated / both_calibrated: the real threshold is your "
-                                       "photos' own floor (each photo scored against the others of its class; min - "
-                                       "2 x (median - min)); classes with fewer than 3 photos use the method. A class "
-                                       "without real photos is decided on text; the node says so."),
-                io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
-                             tooltip="k of the real-anchored score: the mean of the k highest cosines to the class's "
-                                     "real photos (fewer photos: all of them)."),
+                *real_anchor_inputs("against the real photos of its class"),
             ],
             outputs=[
                 ScoredBatchType.Output("scored", display_name="scored",

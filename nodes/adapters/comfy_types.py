@@ -41,3 +41,25 @@ def threshold_inputs() -> list:
         io.Int.Input("min_count", **R["min_count"],
                      tooltip="Below this many scores in a class (history + run) decisions are marked provisional."),
     ]
+
+
+def real_anchor_inputs(scored_from: str) -> list:
+    """``decide_on`` and ``real_top_k``, shared by DTGen CLIP Filter and DTGen Dataset Finalize
+    (same names, choices, defaults and wording; ``scored_from`` says where each node's real score
+    comes from). Appended as optional inputs."""
+    from ..curation.real_anchor import BASES, DEFAULT_FLOOR_SLACK, DEFAULT_TOP_K, MIN_CALIBRATION_PHOTOS
+
+    return [
+        io.Combo.Input("decide_on", options=list(BASES), default="text", optional=True,
+                       tooltip="What the per-class threshold is applied to: text (the image-text score, as before), "
+                               f"real (the real-anchored score, {scored_from}) or both (each its own threshold, both "
+                               "must pass). real_calibrated / both_calibrated: the real threshold is your photos' own "
+                               "floor (each photo scored against the others of its class; min - "
+                               f"{DEFAULT_FLOOR_SLACK:g} x (median - min)); classes with fewer than "
+                               f"{MIN_CALIBRATION_PHOTOS} photos use the method. A class without real photos is "
+                               "decided on text; the node says so."),
+        io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
+                     tooltip="k of the real-anchored score: the mean of the k highest cosines to the class's real "
+                             "photos (at most one less than the class has, as when a photo is scored against the "
+                             "others)."),
+    ]

@@ -16,7 +16,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from .comfy_types import (DatasetHandle, RealImagesType, ScoredBatchType, dataset_input, dataset_name_of,
-                          threshold_inputs)
+                          real_anchor_inputs, threshold_inputs)
 from . import comfy_paths
 from ..common.items import items_from_lists
 from ..common.lists import as_list, first
@@ -233,15 +233,7 @@ class DTGenDatasetFinalize(io.ComfyNode):
                                tooltip="Labels for detection / segmentation from the stored instance masks: COCO "
                                        "annotations/instances[_<split>].json and/or YOLO labels/ + data.yaml. auto: "
                                        "both when any image has masks."),
-                io.Combo.Input("decide_on", options=list(BASES), default="text", optional=True,
-                               tooltip="What the re-decision thresholds: text (the stored image-text score, as before), "
-                                       "real (the real-anchored score, recomputed from the stored embeddings against "
-                                       "the dataset's real photos) or both; real_calibrated / both_calibrated take the "
-                                       "real threshold from the photos' own floor (leave-one-out; classes with fewer "
-                                       "than 3 photos use the method). Classes without real photos: text."),
-                io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
-                             tooltip="k of the real-anchored score: mean of the k highest cosines to the class's "
-                                     "real photos."),
+                *real_anchor_inputs("recomputed from the stored embeddings against the dataset's real photos"),
             ],
             outputs=[
                 io.String.Output("report", display_name="report",

@@ -6,6 +6,7 @@ restarts the worker and runs its blocks again), the driver SIGKILLed mid-run and
 run again (resume). No Ray or ComfyUI process may be left behind."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -186,6 +187,28 @@ def first_answer(cmd: str, timeout: float = 120) -> None:
     raise AssertionError(f"{url} never answered")
 
 
+@contextlib.contextmanager
+def driver_after_first_item(tmp_path: Path, args: list, ds: Path):
+    """``python -m runner queue`` on ``args`` (output to tmp_path/out and /err, its processes tagged),
+    yielded as (process, tag) once it has stored a first item in ``ds``; killed on the way out when
+    it still runs."""
+    tag = uuid.uuid4().hex
+    out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
+    run = subprocess.Popen([*RUNNER, *map(str, args)], stdout=out, stderr=err, cwd=tmp_path,
+                           env=dict(os.environ, DTGEN_TEST_TAG=tag))
+    try:
+        wait_for(lambda: (ds / "manifest.jsonl").is_file() and lines(ds) or run.poll() is not None, 300,
+                 "a first stored item")
+        assert run.poll() is None, (tmp_path / "err").read_text()
+        yield run, tag
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        out.close()
+        err.close()
+
+
 @pytest.mark.parametrize("workers, when", [(1, "0.5 s"), (1, "first answer"), (2, "0.5 s"), (2, "first answer")])
 def test_a_replacement_comfyui_killed_while_starting_is_restarted_again(comfyui_path, model_dirs, tmp_path,
                                                                        workers, when):
@@ -199,15 +222,8 @@ def test_a_replacement_comfyui_killed_while_starting_is_restarted_again(comfyui_
     args = [small_workflow(tmp_path / "wf.json"), "--quota", quota, "--dataset", "rq_twice", "--ray",
             "--ray-workers", workers, "--comfyui", comfyui_path, "--python", sys.executable, "--output-dir", central,
             "--ray-scratch", scratch, *model_args(model_dirs)]
-    tag = uuid.uuid4().hex
     ds = central / "rq_twice"
-    out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
-    run = subprocess.Popen([*RUNNER, *map(str, args)], stdout=out, stderr=err, cwd=tmp_path,
-                           env=dict(os.environ, DTGEN_TEST_TAG=tag))
-    try:
-        wait_for(lambda: (ds / "manifest.jsonl").is_file() and lines(ds) or run.poll() is not None, 300,
-                 "a first stored item")
-        assert run.poll() is None, (tmp_path / "err").read_text()
+    with driver_after_first_item(tmp_path, args, ds) as (run, tag):
         first, _ = comfyui_of(scratch, 0)
         os.kill(first, signal.SIGKILL)
         second, cmd = wait_for(lambda: comfyui_of(scratch, 0, other_than={first}), 120, "the replacement ComfyUI")
@@ -217,10 +233,6 @@ def test_a_replacement_comfyui_killed_while_starting_is_restarted_again(comfyui_
             first_answer(cmd)
         os.kill(second, signal.SIGKILL)
         rc = run.wait(timeout=600)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert rc == 0, stderr
     check_dataset(ds, quota)
@@ -253,15 +265,8 @@ def test_a_run_ended_by_ctrl_c_or_by_rays_death_leaves_nothing(comfyui_path, mod
     args = [small_workflow(tmp_path / "wf.json"), "--quota", QUOTA, "--dataset", "rq_end", "--ray", "--ray-workers", 1,
             "--comfyui", comfyui_path, "--python", sys.executable, "--output-dir", central, "--ray-scratch", scratch,
             *model_args(model_dirs)]
-    tag = uuid.uuid4().hex
     ds = central / "rq_end"
-    out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
-    run = subprocess.Popen([*RUNNER, *map(str, args)], stdout=out, stderr=err, cwd=tmp_path,
-                           env=dict(os.environ, DTGEN_TEST_TAG=tag))
-    try:
-        wait_for(lambda: (ds / "manifest.jsonl").is_file() and lines(ds) or run.poll() is not None, 300,
-                 "a first stored item")
-        assert run.poll() is None, (tmp_path / "err").read_text()
+    with driver_after_first_item(tmp_path, args, ds) as (run, tag):
         if fault == "ctrl-c":
             run.send_signal(signal.SIGINT)
         else:
@@ -272,10 +277,6 @@ def test_a_run_ended_by_ctrl_c_or_by_rays_death_leaves_nothing(comfyui_path, mod
         t0 = time.monotonic()
         rc = run.wait(timeout=120)
         seconds = time.monotonic() - t0
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert stdout == "" and "Traceback" not in stderr and "used up" not in stderr, (stdout, stderr)
     if fault == "ctrl-c":

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.curation.decide import decide, refilter
-from dtgen.nodes.curation.real_anchor import (RealBank, bank_summary, check_same_model, leave_one_out_scores, real_floor,
-                                             real_scores, top_k_mean)
+from dtgen.nodes.curation.real_anchor import (RealBank, bank_summary, check_same_model, effective_k, leave_one_out_scores,
+                                             real_floor, real_scores, top_k_mean)
 from dtgen.nodes.scoring.errors import ClipFilterError
 
-BANK = RealBank.build([("a", "a1", [1, 0, 0]), ("a", "a2", [0.8, 0.6, 0]), ("b", "b1", [0, 0, 2])], "clip-A", "test")
+BANK = RealBank.build([("a", "a1", [1, 0, 0]), ("a", "a2", [0.8, 0.6, 0]), ("a", "a3", [0, 1, 0]), ("b", "b1", [0, 0, 2])],
+                      "clip-A", "test")
 
 
 def test_top_k_mean():
@@ -19,14 +20,21 @@ def test_top_k_mean():
 
 def test_scores_and_margins_by_hand():
     out = real_scores([[1, 0, 0], [0.6, 0.8, 0], [0, 0, 1], [1, 0, 0]], ["a", "a", "b", "c"], BANK, top_k=2)
-    assert out[0]["real_score"] == pytest.approx(0.9) and out[0]["real_margin"] == pytest.approx(0.9)
-    assert out[1]["real_score"] == pytest.approx((0.6 + 0.96) / 2)     # cosines 0.6 and 0.48 + 0.48
-    assert out[0]["real_k"] == 2 and out[0]["real_n"] == 2 and not out[0]["real_weak"]
-    assert out[2]["real_score"] == pytest.approx(1.0) and out[2]["real_margin"] == pytest.approx(1.0 - 0.0)
+    assert out[0]["real_score"] == pytest.approx(0.9) and out[0]["real_margin"] == pytest.approx(0.9)   # cosines 1, 0.8, 0
+    assert out[1]["real_score"] == pytest.approx((0.96 + 0.8) / 2)     # cosines 0.6, 0.48 + 0.48, 0.8
+    assert out[0]["real_k"] == 2 and out[0]["real_n"] == 3 and not out[0]["real_weak"]
+    assert out[2]["real_score"] == pytest.approx(1.0) and out[2]["real_margin"] == pytest.approx(1.0)   # no cosine to class a
     assert out[2]["real_weak"] and out[2]["real_k"] == 1                 # one photo: allowed, flagged
     assert out[3] == {"real_skipped": "no real photos of class 'c'"}
     top1 = real_scores([[0.6, 0.8, 0]], ["a"], BANK, top_k=1)[0]
     assert top1["real_score"] == pytest.approx(0.96)
+
+
+def test_k_is_at_most_one_less_than_the_photos_as_in_leave_one_out():
+    # k = 9 with 3 photos averages the best 2 (what a photo scored against the other two has), not all 3
+    out = real_scores([[1, 0, 0]], ["a"], BANK, top_k=9)[0]
+    assert out["real_k"] == 2 and out["real_score"] == pytest.approx(0.9)
+    assert [effective_k(7, n) for n in (1, 2, 3, 8, 20)] == [1, 1, 2, 7, 7]
 
 
 def test_one_photo_counts_once_whatever_its_source():
@@ -126,8 +134,8 @@ def test_the_floor_is_min_minus_slack_times_the_spread_below_the_median():
 def test_real_scores_carry_the_class_floor_and_none_with_few_photos():
     bank = RealBank.build([("q", f"q{i}", v) for i, v in enumerate(FOUR)] + [("a", "a1", [1, 0]), ("a", "a2", [0, 1])],
                           "m", "test")
-    out = real_scores([[1, 0], [1, 0]], ["q", "a"], bank, top_k=2)     # default slack 2: 0.7 - 2 * 0.09
-    assert out[0]["real_floor"] == pytest.approx(0.52) and out[1]["real_floor"] is None
+    out = real_scores([[1, 0], [1, 0]], ["q", "a"], bank, top_k=2)     # default slack 1.75: 0.7 - 1.75 * 0.09
+    assert out[0]["real_floor"] == pytest.approx(0.5425) and out[1]["real_floor"] is None
     assert real_scores([[1, 0]], ["q"], bank, top_k=2, floor_slack=0.0)[0]["real_floor"] == pytest.approx(0.7)
     with pytest.raises(ClipFilterError, match="real_floor_slack=-1"):
         real_scores([[1, 0]], ["q"], bank, floor_slack=-1)

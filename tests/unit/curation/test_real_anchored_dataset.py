@@ -45,7 +45,7 @@ def test_a_run_with_real_photos_scores_each_image_against_them(tmp_path, bundle,
     batch, _ = filter_run(bundle, items, method_from("fixed", fixed_threshold=-1.0), text_side="prompt",
                           min_count=1, basis="both", realset=realset)
     plate, bowl, cup = batch.items[0].extra, batch.items[2].extra, batch.items[3].extra
-    assert plate["real_n"] == 2 and plate["real_k"] == 2 and not plate["real_weak"]
+    assert plate["real_n"] == 2 and plate["real_k"] == 1 and not plate["real_weak"]   # k <= n - 1
     assert bowl["real_n"] == 1 and bowl["real_weak"]                      # one photo: allowed, flagged
     assert cup["real_skipped"] == "no real photos of class 'cup'" and cup["decided_on"] == "text"
     # the score is the mean of the top-k cosines to the class's photos, the margin against the other class
@@ -59,7 +59,7 @@ def test_a_run_with_real_photos_scores_each_image_against_them(tmp_path, bundle,
     by_label = {}
     for im in realset.images:
         by_label.setdefault(im.label, []).append(real[file_digest(im.path)])
-    own = np.mean(np.stack(by_label["plate"]) @ emb[0])                 # k = 2 = both plate photos
+    own = np.max(np.stack(by_label["plate"]) @ emb[0])                  # k = 1: the nearer plate photo
     other = float((np.stack(by_label["bowl"]) @ emb[0])[0])
     assert plate["real_score"] == pytest.approx(own, abs=1e-5)
     assert plate["real_margin"] == pytest.approx(own - other, abs=1e-5)
