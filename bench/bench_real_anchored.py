@@ -35,13 +35,17 @@ every planted image (the best an extra check can do), so the spread of its probe
 noise floor of target 2. Pooled figures carry a 95 % bootstrap interval over repeats.
 
 Settings are never chosen on the runs they are reported on. ``--select`` runs the calibrated rule
-over a grid (k 3-10, slack 1-4) on the given seeds and names the setting that rejects the most planted
-images among those whose precision on the images the text check keeps, and that of every neighbour
-(k +- 1, slack +- 0.25), is >= 0.85; the pack's defaults (``real_anchor.DEFAULT_TOP_K`` and
-``DEFAULT_FLOOR_SLACK``) were chosen so on the development seeds 0-3, and the README reports the
-held-out seeds 10-13 with those defaults:
-``python bench/bench_real_anchored.py --seed 0 1 2 3 --repeats 5 --select`` (development),
-``python bench/bench_real_anchored.py --seed 10 11 12 13 --repeats 5`` (held out).
+over a grid (k 3-9, slack 0.5-3) on the given seeds and names the setting that rejects the most
+planted images among those whose precision on the images the text check keeps, and that of every
+neighbour (k +- 1, one slack step), is >= 0.9. The pack's defaults (``real_anchor.DEFAULT_TOP_K``,
+``DEFAULT_FLOOR_SLACK``) were chosen so on the development seeds 0-3:
+``python bench/bench_real_anchored.py --seed 0 1 2 3 --repeats 5 --select``. How the rule came to be:
+a first floor (each class's own spread only) and bar (0.85) chose k 7, slack 1.75 on seeds 0-3
+(0.86 there) and reached only 0.77 on the held-out seeds 10-13, most of the miss in one repeat
+whose photos of one class were near-alike; the typical spread across classes and the bar of 0.9
+came from that, so seeds 10-13 are no longer untouched, and the README's final figures are on seeds
+20-23, run once with the defaults fixed before:
+``python bench/bench_real_anchored.py --seed 20 21 22 23 --repeats 5``.
 
 Run from the checkout (installs: tests/requirements.txt):
 ``python bench/bench_real_anchored.py [--method mean_std] [--k 1.5] [--top-k K] [--slack S] [--anchors 10]
@@ -67,9 +71,9 @@ from PIL import Image, ImageFilter  # noqa: E402
 KINDS = ("blur", "colour", "rescale", "other_source")
 BASES = ("text", "real", "both", "real_calibrated", "both_calibrated")
 ROWS = BASES + ("oracle",)          # oracle: text's kept set minus every planted image
-GRID_K = (3, 4, 5, 6, 7, 8, 9, 10)
-GRID_SLACK = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
-SELECT_PRECISION = 0.85
+GRID_K = (3, 4, 5, 6, 7, 8, 9)          # with 10 photos a class, k is at most 9
+GRID_SLACK = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
+SELECT_PRECISION = 0.9
 
 
 def to_pil(img: np.ndarray) -> Image.Image:

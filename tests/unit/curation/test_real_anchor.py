@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from dtgen.nodes.common.records import ScoredItem
 from dtgen.nodes.curation.decide import decide, refilter
-from dtgen.nodes.curation.real_anchor import (RealBank, bank_summary, check_same_model, effective_k, leave_one_out_scores,
-                                             real_floor, real_scores, top_k_mean)
+from dtgen.nodes.curation.real_anchor import (RealBank, bank_summary, check_same_model, class_floors, effective_k,
+                                             leave_one_out_scores, real_floor, real_scores, spread, top_k_mean)
 from dtgen.nodes.scoring.errors import ClipFilterError
 
 BANK = RealBank.build([("a", "a1", [1, 0, 0]), ("a", "a2", [0.8, 0.6, 0]), ("a", "a3", [0, 1, 0]), ("b", "b1", [0, 0, 2])],
@@ -124,22 +124,34 @@ def test_leave_one_out_scores_by_hand():
 
 
 def test_the_floor_is_min_minus_slack_times_the_spread_below_the_median():
-    loo = [0.7, 0.88, 0.88, 0.7]                       # min 0.7, median 0.79
+    loo = [0.7, 0.88, 0.88, 0.7]                       # min 0.7, median 0.79: spread 0.09
+    assert spread(loo) == pytest.approx(0.09) and spread([0.9, 0.8]) is None
     assert real_floor(loo, slack=1.0) == pytest.approx(0.7 - 0.09)
     assert real_floor(loo, slack=0.0) == pytest.approx(0.7)
     assert real_floor(loo, slack=2.0) == pytest.approx(0.7 - 0.18)
     assert real_floor([0.9, 0.8], slack=1.0) is None   # fewer than 3 photos: no floor
+    # a typical spread wider than the class's own widens it: 0.79 - 2 * 0.2; a narrower one does not
+    assert real_floor(loo, slack=1.0, typical_spread=0.2) == pytest.approx(0.39)
+    assert real_floor(loo, slack=1.0, typical_spread=0.01) == pytest.approx(0.61)
 
 
-def test_real_scores_carry_the_class_floor_and_none_with_few_photos():
-    bank = RealBank.build([("q", f"q{i}", v) for i, v in enumerate(FOUR)] + [("a", "a1", [1, 0]), ("a", "a2", [0, 1])],
-                          "m", "test")
-    out = real_scores([[1, 0], [1, 0]], ["q", "a"], bank, top_k=2)     # default slack 1.75: 0.7 - 1.75 * 0.09
-    assert out[0]["real_floor"] == pytest.approx(0.5425) and out[1]["real_floor"] is None
-    assert real_scores([[1, 0]], ["q"], bank, top_k=2, floor_slack=0.0)[0]["real_floor"] == pytest.approx(0.7)
-    with pytest.raises(ClipFilterError, match="real_floor_slack=-1"):
-        real_scores([[1, 0]], ["q"], bank, floor_slack=-1)
-    assert "a: 2 real photos, too few for a calibrated floor (3 needed)" in bank_summary(bank, ["q", "a"])
+def test_a_class_of_near_alike_photos_gets_the_classes_typical_spread_not_its_own():
+    # class "q": FOUR (spread 0.09 at k = 2); class "t": three photos at 10, 11 and 12 degrees (cosines
+    # cos 1 = 0.99985, cos 2 = 0.99939; leave-one-out top-2: 0.99962, 0.99985, 0.99962: spread 0)
+    deg = np.deg2rad([10, 11, 12])
+    tight = [[np.cos(a), np.sin(a)] for a in deg]
+    bank = RealBank.build([("q", f"q{i}", v) for i, v in enumerate(FOUR)]
+                          + [("t", f"t{i}", v) for i, v in enumerate(tight)] + [("a", "a1", [1, 0])], "m", "test")
+    floors = class_floors(bank, top_k=2, slack=1.0)
+    loo_t = leave_one_out_scores(np.array(tight), top_k=2)
+    assert spread(loo_t) == pytest.approx(0.0, abs=1e-6)
+    typical = (0.09 + spread(loo_t)) / 2                # the mean over the classes with a floor ("a" has none)
+    assert floors["t"] == pytest.approx(np.median(loo_t) - 2 * typical)
+    assert floors["q"] == pytest.approx(0.79 - 2 * 0.09)   # its own spread is the wider one
+    assert floors["a"] is None
+    # without the typical spread, "t" would reject an image at 14 degrees, 2 degrees from its nearest photo
+    near = real_scores([[np.cos(np.deg2rad(14)), np.sin(np.deg2rad(14))]], ["t"], bank, top_k=2, floor_slack=1.0)[0]
+    assert near["real_score"] < real_floor(loo_t, 1.0) and near["real_score"] >= near["real_floor"]
 
 
 def calibrated_items(real, floor):
