@@ -5,7 +5,7 @@ anywhere else (tests, scripts, ``python -c "import dtgen"``) the import guard le
 out, so the plain modules under ``nodes/`` work without ComfyUI. Importing does no heavy work:
 no open_clip, no model, no prompt-pack parsing.
 """
-__version__ = "0.7.0"
+__version__ = "0.7.1"
 # The editor extension that shows each DTGen node's text on the canvas (served by ComfyUI).
 WEB_DIRECTORY = "./nodes/adapters/web"
 

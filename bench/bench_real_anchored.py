@@ -24,7 +24,8 @@ class text, real-anchored score = mean top-k cosine to the class's anchors, k = 
 decided per class with ``--method`` (default ``mean_std``, k = ``--k``) over the candidates of the class, on text, real
 and both; ``real_calibrated`` / ``both_calibrated`` take the real-anchored threshold from the anchors
 themselves instead (each anchor's leave-one-out real score against the other anchors of its class; floor =
-min - ``--slack`` * (median - min)). Reported per basis: precision / recall of the rejections (planted = positive), and, the
+median - (1 + ``--slack``) * spread, spread = median - min, at least the classes' mean spread:
+``real_anchor.real_floor``). Reported per basis: precision / recall of the rejections (planted = positive), and, the
 target, the precision of the rejections the real-anchored check adds over the text check (images
 text keeps and real rejects); then the accuracy of the pack's linear probe (Evaluate's
 ``LinearProbe`` on the tiny CLIP's image embeddings) trained on the kept candidates (plus the
@@ -206,7 +207,7 @@ def main() -> None:
     ap.add_argument("--method", default="mean_std", help="threshold method (mean_std | median_mad | percentile | gmm)")
     ap.add_argument("--k", type=float, default=1.5, help="k of mean_std / median_mad (the filter's default 1.5)")
     ap.add_argument("--slack", type=float, default=DEFAULT_FLOOR_SLACK,
-                    help="slack of the calibrated floor: min - slack * (median - min) of the anchors' leave-one-out "
+                    help="slack of the calibrated floor: median - (1 + slack) * spread of the anchors' leave-one-out "
                          f"scores (the pack's default {DEFAULT_FLOOR_SLACK:g})")
     ap.add_argument("--repeats", type=int, default=3, help="repeats per seed")
     ap.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds; repeat r of seed s draws "

@@ -54,8 +54,9 @@ def real_anchor_inputs(scored_from: str) -> list:
                        tooltip="What the per-class threshold is applied to: text (the image-text score, as before), "
                                f"real (the real-anchored score, {scored_from}) or both (each its own threshold, both "
                                "must pass). real_calibrated / both_calibrated: the real threshold is your photos' own "
-                               "floor (each photo scored against the others of its class; min - "
-                               f"{DEFAULT_FLOOR_SLACK:g} x (median - min)); classes with fewer than "
+                               "floor (each photo scored against the others of its class; median - "
+                               f"{1 + DEFAULT_FLOOR_SLACK:g} x spread, spread = median - min, never narrower than your "
+                               "classes' mean spread); classes with fewer than "
                                f"{MIN_CALIBRATION_PHOTOS} photos use the method. A class without real photos is "
                                "decided on text; the node says so."),
         io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
