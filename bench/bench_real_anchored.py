@@ -36,9 +36,10 @@ every planted image (the best an extra check can do), so the spread of its probe
 noise floor of target 2. Pooled figures carry a 95 % bootstrap interval over repeats.
 
 Settings are never chosen on the runs they are reported on. ``--select`` runs the calibrated rule
-over a grid (k 3-9, slack 0.5-3) on the given seeds and names the setting that rejects the most
-planted images among those whose precision on the images the text check keeps, and that of every
-neighbour (k +- 1, one slack step), is >= 0.9. The pack's defaults (``real_anchor.DEFAULT_TOP_K``,
+over a grid (k 3-9, slack 0.5-3) on the given seeds, from the same embeddings the filter decides on,
+and names the setting that rejects the most planted images (ties: the higher precision) among those
+whose precision on the images the text check keeps, and that of every neighbour (k +- 1, one slack
+step), is >= 0.9. The pack's defaults (``real_anchor.DEFAULT_TOP_K``,
 ``DEFAULT_FLOOR_SLACK``) were chosen so on the development seeds 0-3:
 ``python bench/bench_real_anchored.py --seed 0 1 2 3 --repeats 5 --select``. How the rule came to be:
 a first floor (each class's own spread only) and bar (0.85) chose k 7, slack 1.75 on seeds 0-3
@@ -220,8 +221,7 @@ def main() -> None:
     print("command: " + shlex.join(["python", "bench/bench_real_anchored.py", *sys.argv[1:]]))
 
     from dtgen.nodes.common.records import ScoredItem
-    from dtgen.nodes.curation.filtering import filter_run
-    from dtgen.nodes.curation.real_anchor import RealBank
+    from dtgen.nodes.curation.filtering import filter_run, real_bank_for
     from dtgen.nodes.curation.thresholds import method_from
     from dtgen.nodes.evaluation import metrics as M
     from dtgen.nodes.evaluation.probe import LinearProbe
@@ -275,6 +275,7 @@ def main() -> None:
                 for p in anchors[c]:
                     (root / c / p.name).write_bytes(p.read_bytes())
             realset = make_set(root, scan(root), lambda label: TEXTILE[label], size=250, part="all")
+            photos, _ = real_bank_for(bundle, realset)   # the filter's own bank, for --select
             decided = {}
             for basis in BASES:
                 fresh = [ScoredItem(image=it.image, label=it.label, prompt=it.prompt, metadata=dict(it.metadata))
@@ -348,8 +349,7 @@ def main() -> None:
             print(f"  rejected by {basis}, kept by text: {int(extra.sum())} images, {int((extra & planted).sum())} of "
                   f"them planted (precision {p_add:.3f}); of the planted images text kept, {basis} rejected {r_add:.1%}")
         runs.append({"emb": emb, "labels": [classes[i] for i in y], "text_kept": kept_masks["text"],
-                     "planted": planted, "bank": RealBank.build(
-                         [(classes[anchor_y[i]], i, v) for i, v in enumerate(anchor_emb)], None, "anchors")})
+                     "planted": planted, "bank": photos})
 
     n_runs = len(plan)
     one_image = 100 / (len(classes) * args.test)

@@ -58,9 +58,9 @@ def real_anchor_inputs(scored_from: str) -> list:
                                f"{1 + DEFAULT_FLOOR_SLACK:g} x spread, spread = median - min, never narrower than your "
                                "classes' mean spread); classes with fewer than "
                                f"{MIN_CALIBRATION_PHOTOS} photos use the method. A class without real photos is "
-                               "decided on text; the node says so."),
+                               "decided on text; each image records what it was decided on (decided_on)."),
         io.Int.Input("real_top_k", default=DEFAULT_TOP_K, min=1, max=64, optional=True,
                      tooltip="k of the real-anchored score: the mean of the k highest cosines to the class's real "
-                             "photos (at most one less than the class has, as when a photo is scored against the "
-                             "others)."),
+                             "photos (at most one less than the class has when it has 2 or more, as when a photo is "
+                             "scored against the others)."),
     ]

@@ -18,7 +18,8 @@ photos of its class (the same top-k mean), which shows how low an in-domain imag
 score. The floor is ``median - (1 + slack) * width`` of those scores, where width is the class's
 spread (``median - min``), but never less than the mean spread of the classes that have photos
 enough: a class whose few photos happen to be near-alike would otherwise get a floor so high that it
-rejects good images (seen on the bench: 17 good of 27 images rejected in one repeat). It needs
+rejects good images (seen on the bench: 17 good of 27 images rejected in one repeat). With one class,
+or when every class's photos are near-alike, the typical spread is no wider and nothing changes. It needs
 ``MIN_CALIBRATION_PHOTOS`` photos of the class; with fewer, ``real_floor`` is None.
 
 The defaults (k = 8, slack 1) were chosen on bench/bench_real_anchored.py's development seeds 0-3
@@ -160,7 +161,7 @@ def class_floors(bank: RealBank, top_k: int = DEFAULT_TOP_K, slack: float = DEFA
     """Each class's ``real_floor`` (None with too few photos); the typical spread is the mean of
     the spreads of the classes that have one (module doc)."""
     loo = {label: leave_one_out_scores(vecs, top_k) for label, vecs in bank.vectors.items() if len(vecs)}
-    spreads = [w for w in map(spread, loo.values()) if w is not None]
+    spreads = [w for w in map(spread, loo.values()) if w is not None and np.isfinite(w)]
     typical = float(np.mean(spreads)) if spreads else None
     return {label: real_floor(scores, slack, typical) for label, scores in loo.items()}
 

@@ -154,6 +154,17 @@ def test_a_class_of_near_alike_photos_gets_the_classes_typical_spread_not_its_ow
     assert near["real_score"] < real_floor(loo_t, 1.0) and near["real_score"] >= near["real_floor"]
 
 
+def test_real_scores_carry_the_class_floor_and_none_with_few_photos():
+    bank = RealBank.build([("q", f"q{i}", v) for i, v in enumerate(FOUR)] + [("a", "a1", [1, 0]), ("a", "a2", [0, 1])],
+                          "m", "test")
+    out = real_scores([[1, 0], [1, 0]], ["q", "a"], bank, top_k=2)     # default slack 1: 0.79 - 2 * 0.09
+    assert out[0]["real_floor"] == pytest.approx(0.61) and out[1]["real_floor"] is None
+    assert real_scores([[1, 0]], ["q"], bank, top_k=2, floor_slack=0.0)[0]["real_floor"] == pytest.approx(0.7)
+    with pytest.raises(ClipFilterError, match="real_floor_slack=-1"):
+        real_scores([[1, 0]], ["q"], bank, floor_slack=-1)
+    assert "a: 2 real photos, too few for a calibrated floor (3 needed)" in bank_summary(bank, ["q", "a"])
+
+
 def calibrated_items(real, floor):
     out = items(real)
     for it in out:

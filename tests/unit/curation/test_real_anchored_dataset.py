@@ -155,14 +155,14 @@ def test_finalize_decides_on_the_real_score_from_stored_embeddings_and_reports_f
 
 
 def test_finalize_decides_on_the_real_photos_own_floor(tmp_path):
-    from dtgen.nodes.curation.real_anchor import DEFAULT_FLOOR_SLACK, leave_one_out_scores, real_floor
+    from dtgen.nodes.curation.real_anchor import RealBank, class_floors
 
     ds = tmp_path / "ds"
     toy_dataset(ds)
     finalize(ds, decide_fn=decide_fn_for(method_from("fixed", fixed_threshold=0.25), min_count=1,
                                          basis="both_calibrated"), echo=False)
-    photos = np.stack([vec for label, _, vec, _ in load_real_embeddings(ds) if label == "a"])
-    floor = real_floor(leave_one_out_scores(photos, 3), DEFAULT_FLOOR_SLACK)   # the 4 stored photos of 'a' only
+    bank = RealBank.build([(label, key, vec) for label, key, vec, _ in load_real_embeddings(ds)], None, "stored")
+    floor = class_floors(bank)["a"]                    # from the stored photos, at the pack's defaults
     gen = sorted((r for r in live_records(ds) if r["source"] != "real"), key=lambda r: r["index"])
     assert {r["extra"]["decided_on"] for r in gen} == {"both_calibrated"}
     assert [r["extra"]["real_threshold"] for r in gen] == pytest.approx([floor] * 12)
