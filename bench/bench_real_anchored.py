@@ -39,9 +39,11 @@ Settings are never chosen on the runs they are reported on. ``--select`` runs th
 over a grid (k 3-9, slack 0.5-3) on the given seeds, from the same embeddings the filter decides on,
 and names the setting that rejects the most planted images (ties: the higher precision) among those
 whose precision on the images the text check keeps, and that of every neighbour (k +- 1, one slack
-step), is >= 0.9. The pack's defaults (``real_anchor.DEFAULT_TOP_K``,
-``DEFAULT_FLOOR_SLACK``) were chosen so on the development seeds 0-3:
-``python bench/bench_real_anchored.py --seed 0 1 2 3 --repeats 5 --select``. How the rule came to be:
+step), is >= 0.9. The pack's defaults (``real_anchor.DEFAULT_TOP_K`` 8, ``DEFAULT_FLOOR_SLACK`` 1)
+were chosen so on the development seeds 0-3:
+``python bench/bench_real_anchored.py --seed 0 1 2 3 --repeats 5 --select`` (when the grid still scored
+against the bench's own encoding of the photos; from the filter's own bank, as now, it picks k 9 at the
+grid's edge, 0.4 planted images per repeat more, and the defaults were left). How the rule came to be:
 a first floor (each class's own spread only) and bar (0.85) chose k 7, slack 1.75 on seeds 0-3
 (0.86 there) and reached only 0.77 on the held-out seeds 10-13, most of the miss in one repeat
 whose photos of one class were near-alike; the typical spread across classes and the bar of 0.9

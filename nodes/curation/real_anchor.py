@@ -25,7 +25,8 @@ or when every class's photos are near-alike, the typical spread is no wider and 
 The defaults (k = 8, slack 1) were chosen on bench/bench_real_anchored.py's development seeds 0-3
 (20 repeats, 10 photos per class) by the bench's ``--select`` rule: the setting that rejects the
 most planted off-domain images among those whose own precision and that of their neighbours
-(k +- 1, slack one grid step) is >= 0.9 on the images the text check keeps. The README reports them
+(k +- 1, slack one grid step) is >= 0.9 on the images the text check keeps (re-run with the filter's
+own photo bank it picks k = 9, at the grid's edge, by 0.4 images per repeat). The README reports them
 on held-out seeds, and how this rule came to be (the first one failed on held-out seeds).
 """
 from __future__ import annotations
