@@ -366,6 +366,7 @@ def sweep_bench(args) -> None:
         for kind, (ds, wrong_files) in datasets.items():
             records = [r for r in live_records(ds) if r.get("score") is not None]
             is_wrong = {r["id"]: (r.get("metadata") or {}).get("source_file") in wrong_files for r in records}
+            by_all = None   # the old sweep uses every test photo and no seed: once per dataset
             for seed in args.sweep_seeds:
                 rep = evaluate(ds, test_root, encode, sweep=True, seed=seed, write_report=False,
                                batch_size=args.batch)
@@ -374,7 +375,7 @@ def sweep_bench(args) -> None:
                     print(f"\n{kind} dataset, seed {seed}: photos {sw.split_text()}")
                     print(sw.table())
                 # before: the best by macro-F1 on all test photos, reported on them
-                by_all = _old_sweep(rep, ds, records, test_root, encode, args.batch)
+                by_all = by_all or _old_sweep(rep, ds, records, test_root, encode, args.batch)
                 old_best, old_gain, old_moved = by_all
                 old_moved_right = sum(1 for rid in old_moved if not is_wrong[rid])
                 copy = tmp / f"{kind}_apply_{seed}"
@@ -450,17 +451,15 @@ def _leakage_calibration(encode, train, test_root, classes, tmp, batch, centred)
     xs, xc = src.for_files(held[::10]), src.for_files(copies)
     print(f"\nleakage rule calibration ({len(held)} held-out photos vs {len(others)} distinct training photos; "
           f"{len(copies)} re-saved JPEG q75 copies):")
-    for name, (a, b, s, c) in (("raw", (_unit_rows(xh), _unit_rows(xo), _unit_rows(xs), _unit_rows(xc))),
+    from dtgen.nodes.common.vectors import unit_rows
+
+    raw = [unit_rows(x, np.float64) for x in (xh, xo, xs, xc)]
+    for name, (a, b, s, c) in (("raw", raw),
                                ("centred", (*centred(xh, xo), *centred(xs, xc)))):
         nearest = (a @ b.T).max(axis=1)
         pair = (s * c).sum(axis=1)
         print(f"  {name:8s} distinct: nearest cosine median {np.median(nearest):.4f}, max {nearest.max():.4f}, "
               f">= 0.99: {100 * (nearest >= 0.99).mean():.1f} %; copies: min {pair.min():.4f}")
-
-
-def _unit_rows(x):
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Custom socket types shared by the V3 adapters (ComfyUI only)."""
 from comfy_api.latest import io
 
+from ..curation.real_anchor import BASES, DEFAULT_FLOOR_SLACK, DEFAULT_TOP_K, MIN_CALIBRATION_PHOTOS
+
 DtgenClip = io.Custom("DTGEN_CLIP")                       # DTGenClipLoader -> DTGenClipFilter
 ScoredBatchType = io.Custom("DTGEN_SCORED_BATCH")         # DTGenClipFilter -> DTGenDatasetWriter
 DatasetHandle = io.Custom("DTGEN_DATASET")                # DTGenDataset / DTGenDatasetWriter -> any dataset user
@@ -47,8 +49,6 @@ def real_anchor_inputs(scored_from: str) -> list:
     """``decide_on`` and ``real_top_k``, shared by DTGen CLIP Filter and DTGen Dataset Finalize
     (same names, choices, defaults and wording; ``scored_from`` says where each node's real score
     comes from). Appended as optional inputs."""
-    from ..curation.real_anchor import BASES, DEFAULT_FLOOR_SLACK, DEFAULT_TOP_K, MIN_CALIBRATION_PHOTOS
-
     return [
         io.Combo.Input("decide_on", options=list(BASES), default="text", optional=True,
                        tooltip="What the per-class threshold is applied to: text (the image-text score, as before), "

@@ -19,6 +19,7 @@ from ..common.naming import category, node_id
 CUTOUT_FOLDER, BACKGROUND_FOLDER = "dtgen_cutouts", "dtgen_backgrounds"
 SOURCE = "copy_paste"
 MAX_COUNT = 4096
+MIN_SIZE, MAX_SIZE = 64, 4096
 for _folder in (CUTOUT_FOLDER, BACKGROUND_FOLDER):
     register_folder(_folder)
 
@@ -94,7 +95,7 @@ class DTGenCopyPaste(io.ComfyNode):
                                tooltip="Background set: a folder of photos (any size, centre-cropped) in "
                                        "models/dtgen_backgrounds or input/<name>. Ignored when background_images "
                                        "is wired."),
-                io.Int.Input("size", default=512, min=64, max=4096, step=8,
+                io.Int.Input("size", default=512, min=MIN_SIZE, max=MAX_SIZE, step=8,
                              tooltip="Output images are size x size pixels."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Base seed: items derive from (files, settings, seed, index)."),
@@ -240,7 +241,7 @@ def _check_sets(cutouts, backgrounds, classes="", size=512, count=8, objects_max
     from ..synthesis.errors import SynthesisError
 
     try:
-        sized = [(n, v, lo, hi) for n, v, lo, hi in (("size", size, 64, 4096), ("count", count, 1, MAX_COUNT),
+        sized = [(n, v, lo, hi) for n, v, lo, hi in (("size", size, MIN_SIZE, MAX_SIZE), ("count", count, 1, MAX_COUNT),
                                                       ("objects_max", objects_max, 1, MAX_OBJECTS)) if not linked(v)]
         for name, value, lo, hi in sized:
             check_int(name, value, lo, hi)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..common.vectors import unit_rows
+from .real_anchor import effective_k
 
 DEFAULT_K = 3
-
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ def knn_radii(x, k: int) -> np.ndarray:
     n = len(x)
     if n < 2:
         raise ValueError(f"a k-NN radius needs at least 2 points, got {n}")
-    k = max(1, min(int(k), n - 1))
+    k = effective_k(k, n)
     d = _distances(x, x)
     np.fill_diagonal(d, np.inf)
     return np.sort(d, axis=1)[:, k - 1]
@@ -47,23 +47,33 @@ def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.nd
     return _distances(points, centres) <= radii[None, :] + 1e-9
 
 
+def _in_real_balls(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """[n_fake, n_real] bool: synthetic point inside a real point's k-NN ball; and that k (clipped
+    to n_real - 1). Rows already unit length."""
+    k_eff = effective_k(k, len(real))
+    return _inside(fake, real, knn_radii(real, k_eff)), k_eff
+
+
+def _recall(real: np.ndarray, fake: np.ndarray, k: int) -> float:
+    return float(_inside(real, fake, knn_radii(fake, k)).any(axis=1).mean())
+
+
 def precision_recall(real, fake, k: int = DEFAULT_K) -> tuple[float, float]:
     """(precision, recall) of ``fake`` against ``real``; both sets need >= 2 points."""
     real, fake = unit_rows(real, np.float64), unit_rows(fake, np.float64)
-    p = float(_inside(fake, real, knn_radii(real, k)).any(axis=1).mean())
-    r = float(_inside(real, fake, knn_radii(fake, k)).any(axis=1).mean())
-    return p, r
+    inside, _ = _in_real_balls(real, fake, k)
+    return float(inside.any(axis=1).mean()), _recall(real, fake, k)
+
+
+def _density_coverage(inside: np.ndarray, k_eff: int) -> tuple[float, float]:
+    return float(inside.sum() / (k_eff * inside.shape[0])), float(inside.any(axis=0).mean())
 
 
 def density_coverage(real, fake, k: int = DEFAULT_K) -> tuple[float, float]:
     """(density, coverage) of ``fake`` against ``real``; balls around the real points only
     (``real`` needs >= 2 points, ``fake`` >= 1). ``k`` is clipped to n_real - 1, as the radii are."""
     real, fake = unit_rows(real, np.float64), unit_rows(fake, np.float64)
-    k_eff = max(1, min(int(k), len(real) - 1))
-    inside = _inside(fake, real, knn_radii(real, k_eff))
-    density = float(inside.sum() / (k_eff * len(fake)))
-    coverage = float(inside.any(axis=0).mean())
-    return density, coverage
+    return _density_coverage(*_in_real_balls(real, fake, k))
 
 
 def vendi(x) -> float:
@@ -106,9 +116,10 @@ def class_fidelity(real, fake, k: int = DEFAULT_K) -> dict:
     if real.shape[1] != fake.shape[1]:
         out["note"] = f"real embeddings have {real.shape[1]} dimensions, synthetic {fake.shape[1]}: not comparable"
         return out
-    out["density"], out["coverage"] = density_coverage(real, fake, k)
+    inside, k_eff = _in_real_balls(real, fake, k)     # once for density, coverage and precision
+    out["density"], out["coverage"] = _density_coverage(inside, k_eff)
     if len(fake) >= 2:
-        out["precision"], out["recall"] = precision_recall(real, fake, k)
+        out["precision"], out["recall"] = float(inside.any(axis=1).mean()), _recall(real, fake, k)
     else:
         out["note"] = "1 synthetic image: recall needs >= 2 (its k-NN ball), precision/recall left out"
     return out

@@ -26,6 +26,7 @@ from ..store.fsio import fsync_dir, move_unique
 from ..store.clean_marker import mark_clean, mark_dirty
 from ..store.layout import IMAGES, MANIFEST, ORPHANS, REJECTED, REPORT, DatasetError, now_iso, open_dataset
 from ..store.lock import DatasetLock
+from ..store.reader import is_real
 from ..store.reconcile import ReconcileReport, reconcile
 
 # decide_fn(records) -> one (accepted, threshold, reason, provisional) per record, same order.
@@ -278,11 +279,11 @@ def fidelity_report(dataset_dir: Path, records: list[dict], out: Path) -> tuple[
     from .fidelity import class_fidelity, pca_2d
     from .plots import embedding_scatter
 
-    real = [r for r in records if r.get("source") == "real" and r.get("embedding_dim")]
+    real = [r for r in records if is_real(r) and r.get("embedding_dim")]
     if not real:
         return {}, {}
     synth = {}
-    for r in sorted((r for r in records if r.get("source") != "real" and r["decision"] == "accepted"
+    for r in sorted((r for r in records if not is_real(r) and r["decision"] == "accepted"
                      and r.get("embedding_dim")), key=lambda r: r["id"]):
         bucket = synth.setdefault(r["label"], [])
         if len(bucket) < FIDELITY_MAX:

@@ -44,6 +44,8 @@ BASES = ("text", "real", "both", "real_calibrated", "both_calibrated")
 CALIBRATED = ("real_calibrated", "both_calibrated")
 DEFAULT_FLOOR_SLACK = 1.0
 MIN_CALIBRATION_PHOTOS = 3
+# what ``real_scores`` writes into an image's ``extra`` (a re-decision replaces all of them)
+REAL_FACTS = ("real_score", "real_margin", "real_n", "real_k", "real_weak", "real_floor", "real_skipped")
 
 
 def clip_identity(describe: dict | None) -> str | None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..store.reader import is_real
 from .decide import refilter
-from .real_anchor import DEFAULT_TOP_K, RealBank, check_basis, check_same_model, real_scores
+from .real_anchor import DEFAULT_TOP_K, REAL_FACTS, RealBank, check_basis, check_same_model, real_scores
 
 
 def real_bank_of(records: list[dict]) -> RealBank | None:
@@ -49,9 +49,7 @@ def with_real_scores(records: list[dict], top_k: int = DEFAULT_TOP_K) -> tuple[l
         if facts is None:
             out.append(rec)
             continue
-        extra = {k: v for k, v in (rec.get("extra") or {}).items()
-                 if k not in ("real_score", "real_margin", "real_n", "real_k", "real_weak", "real_floor",
-                              "real_skipped")}
+        extra = {k: v for k, v in (rec.get("extra") or {}).items() if k not in REAL_FACTS}
         out.append(dict(rec, extra={**extra, **facts}))
     return out, None
 

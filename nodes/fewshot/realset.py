@@ -15,12 +15,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..common.hashing import sha256_file
+from ..common.memory import MAX_OUTPUT_BYTES, planes_bytes
 from ..common.records import ScoredItem
 from .imageset import FewShotError, RealImage, caption_of, split
 from .pixels import FITS, load_image
 
 PARTS = ("train", "held_out", "all")
-MAX_BATCH_BYTES = 8 * 1024 ** 3      # 8 GiB of float32 pixels: ~680 images at 1024 px
+MAX_BATCH_BYTES = MAX_OUTPUT_BYTES   # the one output budget (8 GiB of float32 pixels: ~680 images at 1024 px)
 MAX_FILE_BYTES = 256 * 1024 ** 2
 SOURCE = "real"
 
@@ -70,7 +71,7 @@ def make_set(root, images: Sequence[RealImage], caption_fallback: Callable[[str]
 
 
 def check_budget(count: int, size: int) -> None:
-    need = count * size * size * 3 * 4
+    need = planes_bytes(count, size, 3)
     if need > MAX_BATCH_BYTES:
         raise FewShotError(None, f"{count} images at {size} x {size} need {need / 1024 ** 3:.1f} GiB as one float32 "
                            f"batch; at most {MAX_BATCH_BYTES / 1024 ** 3:.0f} GiB are loaded: lower size, use part "

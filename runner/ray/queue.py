@@ -142,7 +142,7 @@ class WorkerPool:
             return False
         self.gen[slot] += 1
         self.up[slot] = False
-        self._end(self.actors[slot])
+        self._end([self.actors[slot]])
         self.actors[slot] = None
         label, most = self.labels[slot], self.rs.max_restarts
         if not permanent and self.restarts[slot] < most:
@@ -159,18 +159,21 @@ class WorkerPool:
         self.events.append(f"Ray {label} is gone: {why}; {reason}{rest}")
         return True
 
-    def _end(self, actor, timeout: float = 10.0) -> None:
-        """Stop its ComfyUI and remove its workspace (if its process still runs), then end it."""
-        if actor is None:
+    def _end(self, actors, timeout: float = 10.0) -> None:
+        """Stop their ComfyUIs and remove their workspaces (where their processes still run), then
+        end them."""
+        actors = [a for a in actors if a is not None]
+        if not actors:
             return
         try:
-            self.ray.wait([actor.close.remote()], timeout=timeout)
+            self.ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=timeout)
         except Exception:   # noqa: BLE001 - a process already gone has nothing to close
             pass
-        try:
-            self.ray.kill(actor, no_restart=True)
-        except Exception:   # noqa: BLE001
-            pass
+        for actor in actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:   # noqa: BLE001
+                pass
 
     def poll(self, timeout: float = 0) -> list[int]:
         """Start the workers whose back-off is over, take in those whose ComfyUI came up (or failed
@@ -235,19 +238,11 @@ class WorkerPool:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop every worker's ComfyUI and remove its workspace, end the actors, then remove what a
-        dead worker left in this run's workspace folder (on this host)."""
-        if not self.lost_cluster():
-            try:
-                refs = [a.close.remote() for a in self.actors if a is not None]
-                self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
-            except Exception:   # noqa: BLE001 - a worker already gone has nothing to close
-                pass
-            for actor in self.actors:
-                try:
-                    if actor is not None:
-                        self.ray.kill(actor, no_restart=True)
-                except Exception:   # noqa: BLE001
-                    pass
+        dead worker left in this run's workspace folder (on this host). With the raylet or GCS lost
+        the servers may still be writing there: ``run_ray`` removes the folder once Ray is down."""
+        if self.lost_cluster():
+            return
+        self._end(self.actors, timeout)
         if self.workspaces is not None:
             shutil.rmtree(self.workspaces, ignore_errors=True)
 
